@@ -1,0 +1,249 @@
+"""Value types an architecture plugin answers with: its variants, page-table and sparse geometry.
+
+Mirrors the constants of ``arch/*/include/asm/pgtable*.h`` and ``asm/sparsemem.h`` and the generic
+ones of ``include/linux/mmzone.h`` (sections, sub-sections, pageblocks).
+"""
+
+from types import MappingProxyType
+
+import attrs
+from attrs import field, frozen
+
+from .units import format_size
+
+SUBSECTION_SHIFT = 21  # include/linux/mmzone.h: 2 MiB on every architecture
+
+
+def _positive(instance, attribute, value):
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+def _power_of_two(instance, attribute, value):
+    if value <= 0 or value & (value - 1):
+        raise ValueError(f"{attribute.name} must be a power of two, got {value}")
+
+
+@frozen
+class Level:
+    """One level of a kernel page table, named as Linux names it (pgd, p4d, pud, pmd, pte)."""
+
+    name: str = field(validator=attrs.validators.in_(("pgd", "p4d", "pud", "pmd", "pte")))
+    shift: int = field(validator=_positive)  # log2 of the virtual span one entry maps
+    bits: int = field(validator=_positive)  # index bits: the table has 1 << bits entries
+    table_bytes: int = field(validator=_positive)  # bytes of one table of this level
+    alloc_bytes: int = field(validator=_power_of_two)  # bytes taken from the allocator per table
+    leaf: bool = False  # may an entry of this level map memory directly (a block / huge leaf)?
+    hw_name: str = ""  # the architecture's own name, e.g. "segment" or "region-third" on s390
+
+    @property
+    def entries(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def entry_span(self) -> int:
+        return 1 << self.shift
+
+    @property
+    def table_span(self) -> int:
+        return 1 << (self.shift + self.bits)
+
+
+@frozen
+class PageTableGeometry:
+    """The kernel page table that holds the vmemmap: levels from the top table down to the PTE."""
+
+    page_shift: int = field(validator=attrs.validators.in_((12, 14, 16)))
+    va_bits: int = field(validator=_positive)
+    levels: tuple = field(converter=tuple)
+
+    @levels.validator
+    def _check_levels(self, attribute, levels):
+        if not levels or not all(isinstance(level, Level) for level in levels):
+            raise ValueError("levels must be a non-empty sequence of Level, top table first")
+        if levels[-1].name != "pte" or levels[-1].shift != self.page_shift or not levels[-1].leaf:
+            raise ValueError("the last level must be the leaf-capable 'pte' level with shift == page_shift")
+        for upper, lower in zip(levels, levels[1:]):
+            if upper.shift != lower.shift + lower.bits:
+                raise ValueError(
+                    f"level {upper.name} has shift {upper.shift}, but {lower.name} below it spans "
+                    f"{lower.shift + lower.bits} bits"
+                )
+        names = [level.name for level in levels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"level names repeat: {names}")
+        top = levels[0]
+        if top.shift + top.bits < self.va_bits:
+            raise ValueError(f"the top level covers {top.shift + top.bits} bits, less than va_bits {self.va_bits}")
+        page = 1 << self.page_shift
+        for level in levels[1:]:
+            if level.alloc_bytes < max(level.table_bytes, page):
+                raise ValueError(f"level {level.name}: alloc_bytes must hold a table and be at least a page")
+
+    @property
+    def page_size(self) -> int:
+        return 1 << self.page_shift
+
+    def level(self, name: str) -> Level:
+        for level in self.levels:
+            if level.name == name:
+                return level
+        raise KeyError(f"this geometry has no {name!r} level (levels: {[lv.name for lv in self.levels]})")
+
+    def index_of(self, name: str) -> int:
+        return [level.name for level in self.levels].index(name)
+
+
+@frozen
+class SparseGeometry:
+    """SPARSEMEM constants of an architecture (``asm/sparsemem.h``, ``mmzone.h``, memory block size)."""
+
+    page_shift: int = field(validator=attrs.validators.in_((12, 14, 16)))
+    section_size_bits: int = field(validator=_positive)
+    max_physmem_bits: int = field(validator=_positive)
+    memory_block_size: int = field(validator=_power_of_two)
+    vmemmap_base: int = field(validator=attrs.validators.ge(0))  # virtual address of pfn 0's struct page
+    vmemmap_size: int = field(validator=_positive)  # bytes of virtual space reserved for the vmemmap
+    pageblock_order: int = field(validator=attrs.validators.ge(0))
+    max_page_order: int = field(validator=attrs.validators.ge(0))
+    struct_page_size: int = field(default=64, validator=_positive)
+
+    def __attrs_post_init__(self):
+        if self.section_size_bits < SUBSECTION_SHIFT or self.section_size_bits > self.max_physmem_bits:
+            raise ValueError("section_size_bits must lie between the sub-section shift (21) and max_physmem_bits")
+        if self.memory_block_size < self.section_size:
+            raise ValueError("memory_block_size must be at least one section")
+
+    @property
+    def page_size(self) -> int:
+        return 1 << self.page_shift
+
+    @property
+    def section_size(self) -> int:
+        return 1 << self.section_size_bits
+
+    @property
+    def pfn_section_shift(self) -> int:
+        return self.section_size_bits - self.page_shift
+
+    @property
+    def pages_per_section(self) -> int:
+        return 1 << self.pfn_section_shift
+
+    @property
+    def pages_per_subsection(self) -> int:
+        return 1 << (SUBSECTION_SHIFT - self.page_shift)
+
+    @property
+    def subsections_per_section(self) -> int:
+        return 1 << (self.section_size_bits - SUBSECTION_SHIFT)
+
+    @property
+    def nr_mem_sections(self) -> int:
+        return 1 << (self.max_physmem_bits - self.section_size_bits)
+
+    @property
+    def max_pfn(self) -> int:
+        return 1 << (self.max_physmem_bits - self.page_shift)
+
+    @property
+    def section_memmap_bytes(self) -> int:
+        return self.pages_per_section * self.struct_page_size
+
+    def pfn_to_page(self, pfn: int) -> int:
+        """Virtual address of the struct page of ``pfn`` (``pfn_to_page`` with SPARSEMEM_VMEMMAP)."""
+        return self.vmemmap_base + pfn * self.struct_page_size
+
+    def page_to_pfn(self, vaddr: int) -> int:
+        return (vaddr - self.vmemmap_base) // self.struct_page_size
+
+
+@frozen
+class Variant:
+    """One configuration an arch plugin offers, such as x86_64 ``5-level`` or arm64 ``16K-47``."""
+
+    name: str
+    options: MappingProxyType = field(converter=lambda d: MappingProxyType(dict(d)), eq=False, hash=False)
+    _options_key: tuple = field(init=False, repr=False)
+    description: str = field(default="", eq=False)
+
+    @_options_key.default
+    def _key(self):
+        return tuple(sorted(self.options.items()))
+
+    def matches(self, wanted) -> bool:
+        """True if ``wanted`` (a variant name or a dict of options) selects this variant."""
+        if isinstance(wanted, str):
+            return wanted == self.name
+        return all(str(self.options.get(key)) == str(value) for key, value in dict(wanted).items())
+
+
+@frozen
+class Feature:
+    """A CPU or firmware feature the machine may have (x86_64 ``pse``), with its default."""
+
+    name: str
+    default: bool
+    description: str = ""
+
+
+@frozen
+class ArchInfo:
+    """What ``vmemcore_arch_info`` returns: the arch's name, its variants and machine features."""
+
+    name: str = field(validator=attrs.validators.matches_re(r"^[a-z0-9_]+$"))
+    description: str
+    variants: tuple = field(converter=tuple)
+    default_variant: str
+    features: tuple = field(default=(), converter=tuple)
+
+    def __attrs_post_init__(self):
+        if not self.variants or not all(isinstance(v, Variant) for v in self.variants):
+            raise ValueError("variants must be a non-empty sequence of Variant")
+        if self.default_variant not in {v.name for v in self.variants}:
+            raise ValueError(f"default_variant {self.default_variant!r} is not one of the variants")
+        if not all(isinstance(f, Feature) for f in self.features):
+            raise ValueError("features must be Feature values")
+
+    def variant(self, wanted=None) -> Variant:
+        """The variant ``wanted`` names (a name or an options dict); the default when None."""
+        if wanted is None:
+            wanted = self.default_variant
+        found = [v for v in self.variants if v.matches(wanted)]
+        if not found:
+            names = ", ".join(v.name for v in self.variants)
+            raise ValueError(f"{self.name} has no variant {wanted!r} (variants: {names})")
+        if len(found) > 1 and not isinstance(wanted, str):
+            default = [v for v in found if v.name == self.default_variant]
+            if default:
+                return default[0]
+        return found[0]
+
+
+def describe_geometry(pt: PageTableGeometry, sparse: SparseGeometry) -> list:
+    """Rows (label, value) describing a geometry for ``vmemcore arches ARCH``."""
+    rows = [
+        ("page size", format_size(pt.page_size)),
+        ("virtual address bits", str(pt.va_bits)),
+        ("page-table levels", str(len(pt.levels))),
+    ]
+    for level in pt.levels:
+        name = level.name + (f" ({level.hw_name})" if level.hw_name else "")
+        rows.append((
+            f"  {name}",
+            f"shift {level.shift}, {level.entries} entries, table {format_size(level.table_bytes)}"
+            f" (allocated {format_size(level.alloc_bytes)}), entry maps {format_size(level.entry_span)}"
+            + (", may hold leaves" if level.leaf else ""),
+        ))
+    rows += [
+        ("section size", f"{format_size(sparse.section_size)} (SECTION_SIZE_BITS {sparse.section_size_bits})"),
+        ("max physical address bits", str(sparse.max_physmem_bits)),
+        ("memory block size", format_size(sparse.memory_block_size)),
+        ("vmemmap base", hex(sparse.vmemmap_base)),
+        ("vmemmap size", format_size(sparse.vmemmap_size)),
+        ("struct page", f"{sparse.struct_page_size} bytes"),
+        ("memmap per section", format_size(sparse.section_memmap_bytes)),
+        ("pageblock order", str(sparse.pageblock_order)),
+        ("MAX_PAGE_ORDER", str(sparse.max_page_order)),
+    ]
+    return rows

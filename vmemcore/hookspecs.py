@@ -1,0 +1,67 @@
+"""The hooks an architecture plugin implements (pluggy specs, project name ``vmemcore``).
+
+Every hook is named ``vmemcore_*``. The engine never calls ``pm.hook`` directly: it goes through
+:class:`vmemcore.plugins.ArchHooks`, which checks each answer, names the plugin that gave a bad one,
+and writes the trace. Geometry questions have exactly one owning plugin: if two plugins answer, the
+engine refuses the machine and names both. Action hooks (populate, free) are first-result-wins.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("vmemcore")
+
+
+@hookspec
+def vmemcore_arch_info():
+    """Describe the architecture this plugin provides.
+
+    Called once when plugins are discovered (``vmemcore arches``) and when a machine is built.
+    Returns a :class:`vmemcore.ArchInfo` (name, variants, default variant, machine features), or
+    None from a plugin that provides no architecture (an observer). All results are collected; a
+    machine's plugin manager must hold exactly one plugin that answers.
+    """
+
+
+@hookspec
+def vmemcore_pagetable_geometry(variant, profile):
+    """Give the geometry of the kernel page table that maps the vmemmap.
+
+    Called once per machine, with the selected :class:`vmemcore.Variant` and
+    :class:`vmemcore.KernelProfile`. Returns a :class:`vmemcore.PageTableGeometry` (levels from the
+    top table down to the PTE, bits and table sizes, which levels may hold leaves). Exactly one
+    plugin must answer; every other plugin returns None.
+    """
+
+
+@hookspec
+def vmemcore_sparse_geometry(variant, profile):
+    """Give the SPARSEMEM constants of the architecture.
+
+    Called once per machine, with the selected variant and kernel profile. Returns a
+    :class:`vmemcore.SparseGeometry` (section size, max physical address bits, memory block size,
+    vmemmap base and size, pageblock order). Exactly one plugin must answer.
+    """
+
+
+@hookspec(firstresult=True)
+def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
+    """Map the struct pages in the virtual range ``[start, end)`` (the arch's ``vmemmap_populate``).
+
+    Called by the engine's section populate (``__populate_section_memmap``) with a range that is a
+    whole number of sub-sections' memmap: one sub-section range for a hot-add, and at boot one call
+    per run of consecutive present sections of one node, which on every built-in architecture maps
+    exactly what one call per section would. ``node`` is the node the memmap should live on;
+    ``altmap`` is a :class:`vmemcore.VmemAltmap` or None. The plugin uses the engine's helpers
+    (``vmemcore.populate``) and raises :class:`vmemcore.OutOfMemory` when an allocation fails; the
+    engine rolls back what was changed. Returns True when handled; the first True wins.
+    """
+
+
+@hookspec(firstresult=True)
+def vmemcore_vmemmap_free(machine, start, end, altmap):
+    """Unmap and free the struct pages in ``[start, end)`` (the arch's ``vmemmap_free``).
+
+    Called when a section's or sub-section's memmap is depopulated. The plugin decides which frames
+    go back where (boot memory, buddy, altmap), which page-table pages are freed when empty, and
+    what partly used leaves keep. Returns True when handled; the first True wins.
+    """
