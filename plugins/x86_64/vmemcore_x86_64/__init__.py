@@ -5,7 +5,17 @@ physical); 4 KiB pages and 512-entry tables at every level; the vmemmap is mappe
 leaves when the CPU has PSE and the range covers a section, with base pages otherwise.
 """
 
-from vmemcore import ArchInfo, Feature, Level, PageTableGeometry, SparseGeometry, TiB, Variant, hookimpl
+import numpy as np
+
+from vmemcore import ArchInfo, Feature, Level, OutOfMemory, PageTableGeometry, SparseGeometry, TiB, Variant, hookimpl
+from vmemcore.pagetable import PRESENT, table_index_range
+from vmemcore.populate import (
+    free_table,
+    free_vmemmap_frames,
+    vmemmap_populate_basepages,
+    vmemmap_populate_hugepages,
+)
+from vmemcore.subpmd import SubPmdTracker
 
 VMEMMAP_BASE = {"4-level": 0xFFFFEA0000000000, "5-level": 0xFFD4000000000000}  # __VMEMMAP_BASE_L4/_L5
 VMEMMAP_SIZE = {"4-level": 1 * TiB, "5-level": 512 * TiB}
@@ -55,3 +65,64 @@ def vmemcore_sparse_geometry(variant, profile):
         pageblock_order=9,
         max_page_order=10,
     )
+
+
+def _sub_pmd(machine):
+    return machine.plugin_state("x86_64.sub_pmd", SubPmdTracker)
+
+
+@hookimpl
+def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
+    """``vmemmap_populate``: base pages (never from the altmap) for less than a section's memmap;
+    PMD leaves with PSE; without PSE an altmap cannot be used (-ENOMEM)."""
+    if end - start < machine.sparse_geometry.section_memmap_bytes:
+        vmemmap_populate_basepages(machine, start, end, node, None)
+    elif machine.features["pse"]:
+        tracker = _sub_pmd(machine)
+        vmemmap_populate_hugepages(
+            machine, start, end, node, altmap,
+            on_new_leaf=lambda m, a, n: tracker.use_new(a, n),
+            on_existing_leaf=lambda m, a, n: tracker.use(a, n),
+        )
+    elif altmap is not None:
+        raise OutOfMemory("vmemmap_populate: no cpu support for altmap allocations (no PSE)")
+    else:
+        vmemmap_populate_basepages(machine, start, end, node, None)
+    return True
+
+
+@hookimpl
+def vmemcore_vmemmap_free(machine, start, end, altmap):
+    """``vmemmap_free`` = ``remove_pagetable(start, end, false, altmap)`` then ``flush_tlb_all``."""
+    _remove(machine, machine.pagetable.top, start, end, altmap, machine.variant.name == "5-level")
+    machine.flush_tlb_all()
+    return True
+
+
+def _remove(machine, table, start, end, altmap, five_level):
+    """The ``remove_{p4d,pud,pmd,pte}_table`` walk below ``table`` over ``[start, end)``."""
+    pt = machine.pagetable
+    lo, hi = table_index_range(table, start, end)
+    present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
+    if table.level.name == "pte":
+        for pfn in table.pfns[present].tolist():  # "we never populate base pages from the altmap"
+            free_vmemmap_frames(machine, pfn, 1)
+        pt.clear_leaves(table, present)
+        machine.flush_tlb_all()
+        return
+    span = table.level.entry_span
+    pmd_pages = span >> machine.geometry.page_shift
+    for i in present.tolist():
+        first, last = max(table.va(i), start), min(table.va(i + 1), end)
+        if table.is_leaf(i):
+            if table.level.name != "pmd":
+                continue  # PUD leaves belong to the direct map, never to the vmemmap
+            if (first % span == 0 and last % span == 0) or _sub_pmd(machine).pmd_is_unused(first, last):
+                free_vmemmap_frames(machine, int(table.pfns[i]), pmd_pages, altmap)
+                pt.clear_leaves(table, slice(i, i + 1))
+            continue
+        child = table.children[i]
+        _remove(machine, child, first, last, altmap, five_level)
+        # free_pte_table / free_pmd_table always; free_pud_table only under 5-level paging; P4D never
+        if child.empty and (child.level.name in ("pte", "pmd") or (child.level.name == "pud" and five_level)):
+            free_table(machine, table, i)

@@ -1,0 +1,112 @@
+"""arm64 for vmemcore: ``arch/arm64/include/asm/{pgtable-hwdef.h,memory.h,sparsemem.h}``, ``arch/arm64/Kconfig``.
+
+Geometry only (no populate/free yet). One variant per granule and ``CONFIG_ARM64_VA_BITS`` choice;
+the number of levels is the ``CONFIG_PGTABLE_LEVELS`` default for that pair. Every table below the
+top is one page of ``PAGE_SIZE / 8`` entries; the top (``swapper_pg_dir``) has
+``1 << (VA_BITS - PGDIR_SHIFT)`` entries. 52-bit variants are modelled with LPA2/LVA present (no
+runtime folding to 48 bits).
+"""
+
+from vmemcore import ArchInfo, Level, PageTableGeometry, SparseGeometry, Variant, hookimpl
+
+PAGE_SHIFT = {"4K": 12, "16K": 14, "64K": 16}
+# (granule, VA_BITS) -> CONFIG_PGTABLE_LEVELS (arch/arm64/Kconfig defaults)
+PGTABLE_LEVELS = {
+    ("4K", 39): 3, ("4K", 48): 4, ("4K", 52): 5,
+    ("16K", 36): 2, ("16K", 47): 3, ("16K", 48): 4, ("16K", 52): 4,
+    ("64K", 42): 2, ("64K", 48): 3, ("64K", 52): 3,
+}
+LEVEL_NAMES = ("pgd", "p4d", "pud", "pmd", "pte")
+SECTION_SIZE_BITS = {"4K": 27, "16K": 27, "64K": 29}  # asm/sparsemem.h
+MAX_PAGE_ORDER = {"4K": 10, "16K": 11, "64K": 13}  # ARCH_FORCE_MAX_ORDER
+STRUCT_PAGE = 64
+VMEMMAP_END = (1 << 64) - (1 << 30)  # memory.h: -SZ_1G in 6.12 and 7.1
+PUD_SHIFT_4K = 30
+
+
+def _parse(variant):
+    return variant.options["page"], int(variant.options["va_bits"])
+
+
+def level_shift(page_shift, n):
+    """``ARM64_HW_PGTABLE_LEVEL_SHIFT(n)`` (pgtable-hwdef.h): the shift of hardware level ``n``."""
+    return (page_shift - 3) * (4 - n) + 3
+
+
+def va_bits_min(page, va_bits):
+    """``VA_BITS_MIN`` (memory.h): 52-bit kernels must also run with 48 (47 with 16K) bits."""
+    if va_bits > 48:
+        return 47 if page == "16K" else 48
+    return va_bits
+
+
+def vmemmap_size(page, va_bits):
+    """``VMEMMAP_SIZE`` (memory.h): one struct page per page of ``[PAGE_OFFSET, _PAGE_END(VA_BITS_MIN))``.
+
+    ``PAGE_OFFSET`` is ``-(1 << VA_BITS)`` and ``_PAGE_END(va)`` is ``-(1 << (va - 1))``, so the range is
+    ``2**VA_BITS - 2**(VA_BITS_MIN - 1)``: half the VA space when ``VA_BITS == VA_BITS_MIN``, but almost all
+    of it for the 52-bit variants (the 48-bit fallback uses the top end of the same vmemmap).
+    """
+    linear_range = (1 << va_bits) - (1 << (va_bits_min(page, va_bits) - 1))
+    return (linear_range >> PAGE_SHIFT[page]) * STRUCT_PAGE
+
+
+def _variant(page, va_bits):
+    levels = PGTABLE_LEVELS[(page, va_bits)]
+    return Variant(
+        f"{page}-{va_bits}",
+        {"page": page, "va_bits": str(va_bits)},
+        description=f"{page} granule, {va_bits}-bit VA, {levels} levels",
+    )
+
+
+@hookimpl
+def vmemcore_arch_info():
+    return ArchInfo(
+        name="arm64",
+        description="arm64, 4K/16K/64K granules (arch/arm64/mm)",
+        variants=tuple(_variant(page, va) for page, va in PGTABLE_LEVELS),
+        default_variant="4K-48",
+        features=(),
+    )
+
+
+@hookimpl
+def vmemcore_pagetable_geometry(variant, profile):
+    page, va_bits = _parse(variant)
+    page_shift = PAGE_SHIFT[page]
+    nlevels = PGTABLE_LEVELS[(page, va_bits)]
+    pmd_shift = level_shift(page_shift, 2)
+    page_bytes = 1 << page_shift
+    # top first: the top is always "pgd", the rest are the lowest names (folded levels vanish)
+    names = ("pgd",) + LEVEL_NAMES[len(LEVEL_NAMES) - nlevels + 1:]
+    levels = []
+    for k, name in enumerate(names):
+        shift = level_shift(page_shift, 4 - nlevels + k)
+        bits = va_bits - shift if k == 0 else page_shift - 3
+        table = (1 << bits) * 8
+        # Leaves by span, since folding renames levels: PMD blocks always; PUD (1 GiB) blocks only with
+        # 4K (mmu.c pud_sect_supported()); e.g. 4K/39's top is the folded PUD and may hold 1 GiB blocks.
+        leaf = shift in (page_shift, pmd_shift) or (page == "4K" and shift == PUD_SHIFT_4K)
+        # Tables below the top are one page each; the top (swapper_pg_dir, static) takes one page too.
+        levels.append(Level(name, shift, bits, table, max(table, page_bytes), leaf=leaf))
+    return PageTableGeometry(page_shift=page_shift, va_bits=va_bits, levels=levels)
+
+
+@hookimpl
+def vmemcore_sparse_geometry(variant, profile):
+    page, va_bits = _parse(variant)
+    page_shift = PAGE_SHIFT[page]
+    size = vmemmap_size(page, va_bits)
+    return SparseGeometry(
+        page_shift=page_shift,
+        section_size_bits=SECTION_SIZE_BITS[page],
+        max_physmem_bits=52 if va_bits == 52 else 48,  # CONFIG_ARM64_PA_BITS
+        memory_block_size=1 << SECTION_SIZE_BITS[page],  # weak memory_block_size_bytes(): one section
+        # VMEMMAP_START = VMEMMAP_END - VMEMMAP_SIZE; the kernel's `vmemmap` is that minus
+        # memstart_addr >> PAGE_SHIFT struct pages: DRAM is taken to start at physical 0.
+        vmemmap_base=VMEMMAP_END - size,
+        vmemmap_size=size,
+        pageblock_order=level_shift(page_shift, 2) - page_shift,  # HUGETLB_PAGE_ORDER = PMD order
+        max_page_order=MAX_PAGE_ORDER[page],
+    )

@@ -1,0 +1,38 @@
+"""Undo journal: what makes every machine operation transactional.
+
+Each piece of mutable state records how to undo a change while a transaction is open. A failed
+operation replays the records backwards, leaving the machine exactly as before, at a cost that
+grows with the entries changed, never with the machine's size.
+"""
+
+from contextlib import contextmanager
+
+
+class Journal:
+    def __init__(self):
+        self._records = None  # None: no transaction open, nothing recorded
+
+    @property
+    def active(self) -> bool:
+        return self._records is not None
+
+    def record(self, undo):
+        """Remember ``undo`` (a callable) if a transaction is open."""
+        if self._records is not None:
+            self._records.append(undo)
+
+    @contextmanager
+    def transaction(self):
+        """Run a block all-or-nothing; nested transactions join the outer one."""
+        if self._records is not None:
+            yield
+            return
+        self._records = []
+        try:
+            yield
+        except BaseException:
+            records, self._records = self._records, None
+            for undo in reversed(records):
+                undo()
+            raise
+        self._records = None

@@ -1,0 +1,229 @@
+"""One simulated computer: an arch plugin and its variant, a kernel profile, physical memory.
+
+Building a ``Machine`` boots it: memory is declared, ``sparse_init`` maps the memmap of every
+present section through the arch plugin, and memblock hands over to the buddy allocator. Every
+public operation afterwards is a transaction: if it fails, the machine is as it was.
+"""
+
+from contextlib import contextmanager
+
+import attrs
+import numpy as np
+
+from .errors import BadRequest, PluginError
+from .journal import Journal
+from .pagetable import LEAF, PRESENT, PageTable
+from .physmem import PhysMem, Use
+from .plugins import ArchHooks, Registry
+from .profiles import get_profile
+from .sparse import Sparse
+from .stats import Counters
+from .units import format_size, parse_size
+
+
+@attrs.frozen
+class MemoryRange:
+    """Present memory of one node at boot: ``[start, start + size)`` in bytes."""
+
+    node: int = attrs.field(validator=attrs.validators.ge(0))
+    start: int = attrs.field(converter=parse_size)
+    size: int = attrs.field(converter=parse_size)
+
+    @size.validator
+    def _positive(self, attribute, value):
+        if value <= 0:
+            raise BadRequest("memory size must be positive")
+
+
+def _memory_ranges(memory):
+    ranges, cursor = [], 0
+    for entry in memory:
+        if isinstance(entry, MemoryRange):
+            item = entry
+        else:
+            entry = dict(entry)
+            entry.setdefault("start", cursor)
+            entry.setdefault("node", 0)
+            item = MemoryRange(**entry)
+        ranges.append(item)
+        cursor = item.start + item.size
+    if not ranges:
+        raise BadRequest("a machine needs at least one memory range")
+    return ranges
+
+
+class Machine:
+    """A booted machine. ``memory`` is a list of :class:`MemoryRange` or dicts with ``node``,
+    ``start`` (default: right after the previous range) and ``size``."""
+
+    def __init__(self, arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
+                 observers=(), registry=None, disabled=()):
+        registry = registry or Registry(disabled=disabled)
+        self.plugin = registry.get(arch)
+        self.hooks = ArchHooks(self.plugin.name, self.plugin.plugin, observers=observers)
+        self.arch = self.plugin.info
+        try:
+            self.variant = self.arch.variant(variant)
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
+        self.profile = get_profile(kernel)
+        self.features = self._features(features or {})
+        self.geometry = self.hooks.pagetable_geometry(self.variant, self.profile)
+        self.sparse_geometry = self.hooks.sparse_geometry(self.variant, self.profile)
+        if self.geometry.page_shift != self.sparse_geometry.page_shift:
+            raise PluginError(self.plugin.name, "vmemcore_sparse_geometry", "page_shift differs from the page-table geometry's")
+        self.journal = Journal()
+        self.stats = Counters(self.journal)
+        self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
+        self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
+        self.sparse = Sparse(self)
+        self.sparse_buffer = None
+        self._plugin_state = {}
+        self.memory = _memory_ranges(memory)
+        page = self.geometry.page_size
+        for item in self.memory:
+            if item.start % page or item.size % page:
+                raise BadRequest(f"memory range at {item.start:#x} of {item.size:#x} bytes is not page-aligned ({format_size(page)})")
+            if item.start + item.size > 1 << self.sparse_geometry.max_physmem_bits:
+                raise BadRequest(
+                    f"memory range [{item.start:#x}, {item.start + item.size:#x}) ends past the {self.sparse_geometry.max_physmem_bits}-bit "
+                    f"physical limit of {self.arch.name} {self.variant.name} ({format_size(1 << self.sparse_geometry.max_physmem_bits)})"
+                )
+            self.physmem.add_range(item.node, item.start // page, (item.start + item.size) // page)
+        self.sparse.init()
+        self.physmem.end_boot()
+
+    def _features(self, wanted):
+        known = {f.name: f.default for f in self.arch.features}
+        unknown = set(wanted) - set(known)
+        if unknown:
+            raise BadRequest(f"{self.arch.name} has no feature {sorted(unknown)[0]!r} (features: {', '.join(known) or 'none'})")
+        known.update({name: bool(value) for name, value in wanted.items()})
+        return known
+
+    def plugin_state(self, key, factory):
+        """Per-machine state a plugin keeps (created with ``factory(machine)`` on first use)."""
+        if key not in self._plugin_state:
+            self._plugin_state[key] = factory(self)
+        return self._plugin_state[key]
+
+    @contextmanager
+    def transaction(self):
+        """All-or-nothing: a failure inside restores tables, owners, counters and altmaps."""
+        with self.journal.transaction():
+            yield
+
+    # -- operations -----------------------------------------------------------------------------
+    def populate_section_memmap(self, pfn, nr_pages, node=0, altmap=None):
+        """Map the memmap of ``[pfn, pfn + nr_pages)`` (whole sub-sections) on ``node``."""
+        with self.transaction():
+            self.sparse.populate(pfn, nr_pages, node, altmap)
+
+    def depopulate_section_memmap(self, pfn, nr_pages, altmap=None):
+        """Unmap and free the memmap of ``[pfn, pfn + nr_pages)`` through the arch's ``vmemmap_free``."""
+        with self.transaction():
+            self.sparse.check_span(pfn, nr_pages)
+            self.sparse.depopulate(pfn, nr_pages, altmap)
+
+    def add_memmap(self, pfn, nr_pages, node=0, altmap=None):
+        """``sparse_add_section`` for each section piece of the range (as ``__add_pages`` splits it)."""
+        with self.transaction():
+            for start, count in self._section_pieces(pfn, nr_pages):
+                self.sparse.add(node, start, count, altmap)
+
+    def remove_memmap(self, pfn, nr_pages, altmap=None):
+        """``sparse_remove_section`` for each section piece of the range (as ``__remove_pages``)."""
+        with self.transaction():
+            for start, count in self._section_pieces(pfn, nr_pages):
+                self.sparse.remove(start, count, altmap)
+
+    def _section_pieces(self, pfn, nr_pages):
+        self.sparse.check_span(pfn, nr_pages)
+        pps = self.sparse_geometry.pages_per_section
+        end = pfn + nr_pages
+        while pfn < end:
+            cut = min(end, (pfn // pps + 1) * pps)
+            yield pfn, cut - pfn
+            pfn = cut
+
+    def flush_tlb_all(self):
+        self.stats.add("tlb_flush_all", 1)
+
+    def flush_tlb_kernel_range(self, start, end):
+        self.stats.add("tlb_flush_kernel_range", 1)
+
+    # -- queries --------------------------------------------------------------------------------
+    def pfn_to_page(self, pfn) -> int:
+        return self.sparse_geometry.pfn_to_page(pfn)
+
+    def memmap_frame(self, pfn):
+        """The frame holding the struct page of ``pfn``, found through the vmemmap page tables."""
+        phys = self.pagetable.translate(self.pfn_to_page(pfn))
+        return None if phys is None else phys >> self.geometry.page_shift
+
+    def leaf_counts(self):
+        """Present leaf entries of the vmemmap per level name."""
+        counts = {}
+        for table in self.pagetable.all_tables():
+            n = int(np.count_nonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF)))
+            if n:
+                counts[table.level.name] = counts.get(table.level.name, 0) + n
+        return counts
+
+    def counters(self):
+        """Kernel-named counters plus page-table pages per level and vmemmap bytes per leaf size."""
+        out = self.stats.as_dict()
+        for name, count in self.pagetable.tables.items():
+            out[f"vmemmap_pagetable_pages_{name}"] = count * (self.geometry.level(name).alloc_bytes >> self.geometry.page_shift)
+        for name, count in self.leaf_counts().items():
+            span = self.geometry.level(name).entry_span
+            out[f"vmemmap_leaves_{format_size(span)}"] = count
+            out[f"vmemmap_mapped_bytes_{format_size(span)}"] = count * span
+        out["memmap_frames"] = self.physmem.pages_owned(Use.MEMMAP)
+        out["pagetable_frames"] = self.physmem.pages_owned(Use.PAGETABLE)
+        out["free_frames"] = self.physmem.free_pages()
+        out["present_pages"] = self.physmem.present_pages()
+        return out
+
+    def check(self):
+        """Assert the machine's invariants: owners add up, every table frame and every mapped
+        memmap frame is owned as such, and nothing owned as memmap or page table is unmapped."""
+        self.physmem.check()
+        page_shift = self.geometry.page_shift
+        table_frames, leaf_frames = [], []
+        for table in self.pagetable.all_tables():
+            if table.pfn is not None:
+                table_frames.append((table.pfn, table.level.alloc_bytes >> page_shift))
+            leaves = np.flatnonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF))
+            if len(leaves):
+                leaf_frames.append((table.pfns[leaves], table.level.entry_span >> page_shift))
+        _assert_owned(self.physmem, Use.PAGETABLE, [(p, n) for p, n in table_frames])
+        _assert_owned(self.physmem, Use.MEMMAP, leaf_frames, arrays=True)
+
+
+def _assert_owned(physmem, use, blocks, arrays=False):
+    """The frames of ``blocks`` are exactly the frames owned by ``use``."""
+    if arrays:
+        starts = np.concatenate([p for p, _ in blocks]) if blocks else np.empty(0, np.int64)
+        lengths = np.concatenate([np.full(len(p), n) for p, n in blocks]) if blocks else np.empty(0, np.int64)
+    else:
+        starts = np.array([p for p, _ in blocks], dtype=np.int64)
+        lengths = np.array([n for _, n in blocks], dtype=np.int64)
+    order = np.argsort(starts, kind="stable")
+    starts, lengths = starts[order], lengths[order]
+    merged = []
+    for s, n in zip(starts.tolist(), lengths.tolist()):
+        if merged and merged[-1][1] > s:
+            raise AssertionError(f"{use.value} frame {s:#x} is mapped twice")
+        if merged and merged[-1][1] == s:
+            merged[-1][1] = s + n
+        else:
+            merged.append([s, s + n])
+    owned = []
+    for s, e, owner in physmem.frames.items():
+        if owner.use is use:
+            if owned and owned[-1][1] == s:
+                owned[-1][1] = e
+            else:
+                owned.append([s, e])
+    assert merged == owned, f"{use.value} frames mapped {merged[:4]}... differ from frames owned {owned[:4]}..."

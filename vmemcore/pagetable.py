@@ -1,0 +1,242 @@
+"""Generic N-level kernel page tables, driven by a :class:`PageTableGeometry`.
+
+Each table is a real structure: an array of entries (a pfn and flags) whose frame was allocated
+from simulated memory, so page-table overhead is counted as the kernel counts it. Entries are
+numpy arrays written a run at a time, so mapping a whole table costs one write, and leaves may sit
+at any level the geometry allows. Every change is journaled for rollback.
+"""
+
+import numpy as np
+
+from .errors import BadRequest
+
+PRESENT = 1
+LEAF = 2  # the entry maps memory (a page at PTE level, a block above); else it points to a table
+RDONLY = 4
+CONT = 8  # arm64 contiguous hint
+
+NO_PFN = -1
+
+
+class Table:
+    """One page table: ``nr`` entries of (pfn, flags), child tables for non-leaf entries."""
+
+    __slots__ = ("depth", "level", "pfn", "base", "pfns", "flags", "children", "nr_present")
+
+    def __init__(self, depth, level, pfn, base):
+        self.depth = depth  # index into geometry.levels
+        self.level = level
+        self.pfn = pfn  # the frame holding this table (None for the static top table)
+        self.base = base  # virtual address mapped by entry 0
+        self.pfns = np.full(level.entries, NO_PFN, dtype=np.int64)
+        self.flags = np.zeros(level.entries, dtype=np.uint8)
+        self.children = {}
+        self.nr_present = 0
+
+    def index(self, vaddr) -> int:
+        return (vaddr - self.base) >> self.level.shift
+
+    def va(self, index) -> int:
+        return self.base + (index << self.level.shift)
+
+    def is_leaf(self, index) -> bool:
+        return self.flags[index] & (PRESENT | LEAF) == PRESENT | LEAF
+
+    def present(self, index) -> bool:
+        return bool(self.flags[index] & PRESENT)
+
+    @property
+    def empty(self) -> bool:
+        return self.nr_present == 0
+
+    def __repr__(self):
+        return f"<Table {self.level.name} @{self.base:#x} pfn={self.pfn} present={self.nr_present}>"
+
+
+class PageTable:
+    """The kernel page table that maps the vmemmap (the static top table preexists)."""
+
+    def __init__(self, geometry, journal=None, va_base=0):
+        self.geometry = geometry
+        self.journal = journal
+        top = geometry.levels[0]
+        span = top.shift + top.bits
+        self.top = Table(0, top, None, va_base >> span << span)
+        self.tables = {level.name: 0 for level in geometry.levels[1:]}  # allocated tables per level
+        self._cursor = (None, None, None)  # (depth, base, table): walks along a range hit the same table
+
+    def _record(self, undo):
+        if self.journal is not None and self.journal.active:
+            self.journal.record(undo)
+
+    # -- walking --------------------------------------------------------------------------------
+    def walk(self, vaddr, depth, alloc=None):
+        """The table at ``depth`` whose span holds ``vaddr``.
+
+        Missing tables are created with ``alloc(level)`` (which returns the new table's pfn or raises
+        :class:`OutOfMemory`); without ``alloc`` a missing table gives None. A leaf above ``depth``
+        also gives None.
+        """
+        span_shift = self.geometry.levels[depth].shift + self.geometry.levels[depth].bits
+        base = vaddr >> span_shift << span_shift
+        cdepth, cbase, ctable = self._cursor
+        if cdepth == depth and cbase == base:
+            return ctable
+        table = self.top
+        while table.depth < depth:
+            i = table.index(vaddr)
+            child = table.children.get(i)
+            if child is None:
+                if table.flags[i] & PRESENT or alloc is None:
+                    return None
+                child = self._new_table(table, i, alloc)
+            table = child
+        self._cursor = (depth, base, table)
+        return table
+
+    def walk_parent(self, table):
+        """The table holding the entry that points to ``table`` (None for the top)."""
+        if table.depth == 0:
+            return None
+        parent = self.top
+        while parent.depth < table.depth - 1:
+            parent = parent.children.get(parent.index(table.base))
+            if parent is None:
+                return None
+        return parent
+
+    def _new_table(self, parent, index, alloc):
+        level = self.geometry.levels[parent.depth + 1]
+        pfn = alloc(level)
+        child = Table(parent.depth + 1, level, pfn, parent.va(index))
+        self.attach(parent, index, child)
+        return child
+
+    def attach(self, parent, index, child):
+        """Make entry ``index`` of ``parent`` point to ``child`` (``pmd_populate`` and friends)."""
+        if parent.flags[index] & PRESENT:
+            raise BadRequest(f"entry {index} of {parent} is already present")
+        parent.children[index] = child
+        parent.pfns[index] = child.pfn if child.pfn is not None else NO_PFN
+        parent.flags[index] = PRESENT
+        parent.nr_present += 1
+        self.tables[child.level.name] += 1
+        self._record(lambda: self._detach(parent, index))
+
+    def detach(self, parent, index):
+        """Clear the entry pointing to a child table and return that table (its frame is the caller's)."""
+        child = parent.children[index]
+        self._detach(parent, index)
+        self._record(lambda: self.attach_restore(parent, index, child))
+        return child
+
+    def _detach(self, parent, index):
+        child = parent.children.pop(index)
+        parent.pfns[index] = NO_PFN
+        parent.flags[index] = 0
+        parent.nr_present -= 1
+        self.tables[child.level.name] -= 1
+        self._cursor = (None, None, None)
+
+    def attach_restore(self, parent, index, child):
+        parent.children[index] = child
+        parent.pfns[index] = child.pfn if child.pfn is not None else NO_PFN
+        parent.flags[index] = PRESENT
+        parent.nr_present += 1
+        self.tables[child.level.name] += 1
+
+    # -- entries --------------------------------------------------------------------------------
+    def set_leaves(self, table, index, pfns, flags=0):
+        """Entries ``index`` (a slice or an index array) of ``table`` become leaves mapping ``pfns``."""
+        if not table.level.leaf:
+            raise BadRequest(f"level {table.level.name} cannot hold leaves on this architecture")
+        self._save(table, index)
+        old_present = int(np.count_nonzero(table.flags[index] & PRESENT))
+        table.pfns[index] = pfns
+        table.flags[index] = flags | PRESENT | LEAF
+        table.nr_present += len(table.flags[index]) - old_present
+
+    def set_flags(self, table, index, set_bits=0, clear_bits=0):
+        """Set and clear flag bits of leaf entries ``index`` (e.g. make them read-only)."""
+        self._save(table, index)
+        table.flags[index] = (table.flags[index] | np.uint8(set_bits)) & np.uint8(0xFF ^ clear_bits)
+
+    def clear_leaves(self, table, index):
+        """Entries ``index`` (leaves or none, never table pointers) become none."""
+        flags = table.flags[index]
+        if np.any((flags & (PRESENT | LEAF)) == PRESENT):
+            raise BadRequest(f"clear_leaves over a table entry of {table}")
+        self._save(table, index)
+        table.nr_present -= int(np.count_nonzero(flags & PRESENT))
+        table.pfns[index] = NO_PFN
+        table.flags[index] = 0
+
+    def _save(self, table, index):
+        if self.journal is not None and self.journal.active:
+            pfns, flags, present = table.pfns[index].copy(), table.flags[index].copy(), table.nr_present
+
+            def undo():
+                table.pfns[index] = pfns
+                table.flags[index] = flags
+                table.nr_present = present
+
+            self.journal.record(undo)
+
+    # -- queries --------------------------------------------------------------------------------
+    def lookup(self, vaddr):
+        """``(table, index)`` of the leaf mapping ``vaddr``, or None if it is not mapped."""
+        table = self.top
+        while True:
+            i = table.index(vaddr)
+            if not table.flags[i] & PRESENT:
+                return None
+            if table.flags[i] & LEAF:
+                return table, i
+            table = table.children[i]
+
+    def translate(self, vaddr):
+        """Physical address ``vaddr`` maps to, or None."""
+        hit = self.lookup(vaddr)
+        if hit is None:
+            return None
+        table, i = hit
+        offset = vaddr & (table.level.entry_span - 1)
+        return (int(table.pfns[i]) << self.geometry.page_shift) + offset
+
+    def tables_in(self, start, end, depth=None, table=None):
+        """Yield ``(table, lo, hi)`` for every table reached in ``[start, end)``, leaves-first order
+        of addresses; ``lo..hi`` is the index range of that table inside the range."""
+        table = table or self.top
+        lo = max(table.index(max(start, table.base)), 0)
+        last = min(end, table.base + table.level.table_span) - 1
+        hi = table.index(last) + 1
+        yield table, lo, hi
+        for i in sorted(k for k in table.children if lo <= k < hi):
+            yield from self.tables_in(start, end, table=table.children[i])
+
+    def leaf_runs(self, start, end):
+        """Yield ``(vaddr, level, pfns)`` for each table's present leaves in ``[start, end)``:
+        ``pfns`` is the array of backing pfns of consecutive leaf entries starting at ``vaddr``."""
+        for table, lo, hi in self.tables_in(start, end):
+            flags = table.flags[lo:hi]
+            is_leaf = (flags & (PRESENT | LEAF)) == (PRESENT | LEAF)
+            if not is_leaf.any():
+                continue
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], is_leaf.view(np.int8), [0]))))
+            for a, b in zip(edges[::2], edges[1::2]):
+                yield table.va(lo + a), table.level, table.pfns[lo + a: lo + b]
+
+    def all_tables(self):
+        stack = [self.top]
+        while stack:
+            table = stack.pop()
+            yield table
+            stack.extend(table.children.values())
+
+
+def table_index_range(table, start, end):
+    """Index range ``lo, hi`` of ``table`` that ``[start, end)`` touches."""
+    lo = max(table.index(max(start, table.base)), 0)
+    hi = table.index(min(end, table.base + table.level.table_span) - 1) + 1
+    return lo, hi
+

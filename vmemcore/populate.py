@@ -1,0 +1,200 @@
+"""Generic vmemmap population and the frame allocators behind it (``mm/sparse-vmemmap.c``).
+
+Mirrors ``vmemmap_populate_basepages``, ``vmemmap_populate_hugepages``, ``vmemmap_alloc_block_buf``,
+``vmemmap_alloc_block``, ``vmemmap_alloc_block_zero``, ``vmemmap_verify`` and the sparse buffer of
+``mm/sparse.c`` (``sparse_buffer_init/alloc/fini``). Arch plugins build their ``vmemmap_populate``
+and ``vmemmap_free`` from these. The loops go a page table at a time: a run of empty entries gets
+its frames in one batch (the same frames, in the same order, that one call per entry would get),
+so populating a 1 PiB machine costs its page tables, not its 8 million PMD entries one by one.
+"""
+
+import numpy as np
+
+from .errors import BadRequest, OutOfMemory
+from .pagetable import PRESENT, table_index_range
+from .physmem import Owner, Use
+
+MEMMAP = Owner(Use.MEMMAP)
+
+
+class SparseBuffer:
+    """One node's boot memmap buffer (``sparse_buffer_init``): handed out in order, gaps freed."""
+
+    def __init__(self, machine, nr_pages, align, node):
+        self.machine = machine
+        self.start = machine.physmem.alloc(nr_pages, node, Use.MEMMAP, align=align, exact_nid=True)
+        self.cursor = self.start
+        self.end = None if self.start is None else self.start + nr_pages
+
+    def alloc(self, nr_pages, count):
+        """``count`` calls of ``sparse_buffer_alloc(nr_pages pages)``: ``(granted, first_pfn)``."""
+        if self.start is None or count == 0:
+            return 0, None
+        first = -(-self.cursor // nr_pages) * nr_pages
+        granted = min(count, max((self.end - first) // nr_pages, 0))
+        if granted:
+            self.machine.physmem.release(self.cursor, first - self.cursor)  # the skipped alignment gap
+            self.cursor = first + granted * nr_pages
+        return granted, first
+
+    def fini(self):
+        """``sparse_buffer_fini``: the unused tail goes back to memblock."""
+        if self.start is not None and self.cursor < self.end:
+            self.machine.physmem.release(self.cursor, self.end - self.cursor)
+        self.start = None
+
+
+def vmemmap_alloc_block(machine, nr_pages, node):
+    """A naturally aligned block of frames for memmap on (or near) ``node``; None on failure."""
+    return machine.physmem.alloc(nr_pages, node, Use.MEMMAP, align=nr_pages)
+
+
+def alloc_blocks(machine, nr_pages, count, node, altmap):
+    """``count`` successive ``vmemmap_alloc_block_buf`` calls of ``nr_pages`` pages each.
+
+    Returns the pfns of the blocks granted, in order (fewer than ``count`` when the next call
+    failed). With an altmap there is no fallback; otherwise the sparse buffer (at boot), then
+    ``vmemmap_alloc_block`` one block at a time.
+    """
+    if altmap is not None:
+        granted, first = altmap.alloc_blocks(nr_pages, count)
+        if granted:
+            machine.physmem.claim(first, granted * nr_pages, MEMMAP)
+            return first + np.arange(granted, dtype=np.int64) * nr_pages
+        return np.empty(0, dtype=np.int64)
+    parts = []
+    buffer = machine.sparse_buffer
+    if buffer is not None:
+        granted, first = buffer.alloc(nr_pages, count)
+        if granted:
+            parts.append(first + np.arange(granted, dtype=np.int64) * nr_pages)
+            count -= granted
+    singles = []
+    for _ in range(count):
+        pfn = vmemmap_alloc_block(machine, nr_pages, node)
+        if pfn is None:
+            break
+        singles.append(pfn)
+    parts.append(np.array(singles, dtype=np.int64))
+    return np.concatenate(parts)
+
+
+def table_allocator(machine, node):
+    """``vmemmap_alloc_block_zero(PAGE_SIZE, node)`` for page-table pages, raising on failure."""
+
+    def alloc(level):
+        nr_pages = level.alloc_bytes >> machine.geometry.page_shift
+        pfn = machine.physmem.alloc(nr_pages, node, Use.PAGETABLE, align=nr_pages)
+        if pfn is None:
+            raise OutOfMemory(f"no memory for a {level.name} table of the vmemmap (node {node})")
+        return pfn
+
+    return alloc
+
+
+def vmemmap_verify(machine, pfns, node):
+    """Count entries whose backing frame is on another node (``vmemmap_verify``'s warning)."""
+    if len(pfns) == 0 or len(machine.physmem.node_ids) < 2:
+        return
+    nodes = machine.physmem.nodes
+    lo, hi = int(pfns.min()), int(pfns.max()) + 1
+    extents = nodes.items(lo, hi)
+    if len(extents) == 1 and extents[0][0] <= lo and extents[0][1] >= hi:
+        offnode = 0 if extents[0][2] == node else len(pfns)
+    else:
+        offnode = sum(nodes.get(int(p)) != node for p in pfns)
+    machine.stats.add("vmemmap_offnode_entries", offnode)
+
+
+def vmemmap_populate_basepages(machine, start, end, node, altmap=None):
+    """Map ``[start, end)`` with base pages, leaving present PTEs alone; frames from ``altmap``
+    if given. Raises :class:`OutOfMemory` when a frame or table cannot be had."""
+    pt = machine.pagetable
+    page = machine.geometry.page_size
+    depth = len(machine.geometry.levels) - 1
+    alloc = table_allocator(machine, node)
+    addr, end = start // page * page, -(-end // page) * page
+    while addr < end:
+        table = pt.walk(addr, depth, alloc)
+        if table is None:
+            raise BadRequest(f"vmemmap address {addr:#x} is already mapped by a leaf above the PTE level")
+        lo, hi = table_index_range(table, addr, end)
+        empty = np.flatnonzero((table.flags[lo:hi] & PRESENT) == 0) + lo
+        if len(empty):
+            pfns = alloc_blocks(machine, 1, len(empty), node, altmap)
+            if len(pfns):
+                pt.set_leaves(table, empty[: len(pfns)], pfns)
+                vmemmap_verify(machine, pfns, node)
+            if len(pfns) < len(empty):
+                where = table.va(int(empty[len(pfns)]))
+                raise OutOfMemory(f"no memory for the struct pages at {where:#x} (node {node}{', altmap' if altmap else ''})")
+        addr = table.va(hi)
+
+
+def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, on_new_leaf=None, on_existing_leaf=None):
+    """Map ``[start, end)`` with PMD leaves, falling back to base pages per PMD when a block cannot
+    be had without an altmap; with an altmap a failed block is :class:`OutOfMemory` (no fallback).
+
+    ``on_new_leaf(machine, addr, next)`` is the arch's extra work after installing a leaf (its
+    ``vmemmap_set_pmd``); it is called for leaves ``[addr, next)`` does not cover whole, since a
+    whole PMD needs none. ``on_existing_leaf(machine, addr, next)`` is the arch's
+    ``vmemmap_check_pmd`` for a PMD that is already a leaf. An existing PTE table is filled with
+    base pages.
+    """
+    pt = machine.pagetable
+    geometry = machine.geometry
+    depth = geometry.index_of("pmd")
+    span = geometry.levels[depth].entry_span
+    nr_pages = span >> geometry.page_shift
+    alloc = table_allocator(machine, node)
+    addr = start
+    while addr < end:
+        table = pt.walk(addr, depth, alloc)
+        if table is None:
+            raise BadRequest(f"vmemmap address {addr:#x} is already mapped by a leaf above the PMD level")
+        lo, hi = table_index_range(table, addr, end)
+        i = lo
+        while i < hi:
+            if table.flags[i] & PRESENT:
+                first, last = max(table.va(i), start), min(table.va(i + 1), end)
+                if table.is_leaf(i):
+                    vmemmap_verify(machine, table.pfns[i:i + 1], node)
+                    if on_existing_leaf is not None:
+                        on_existing_leaf(machine, first, last)
+                else:
+                    vmemmap_populate_basepages(machine, first, last, node, altmap)
+                i += 1
+                continue
+            present = np.flatnonzero(table.flags[i:hi] & PRESENT)
+            j = i + (int(present[0]) if len(present) else hi - i)
+            pfns = alloc_blocks(machine, nr_pages, j - i, node, altmap)
+            if len(pfns):
+                pt.set_leaves(table, slice(i, i + len(pfns)), pfns)
+                vmemmap_verify(machine, pfns, node)
+                if on_new_leaf is not None:
+                    for k in {i, i + len(pfns) - 1}:
+                        first, last = max(table.va(k), start), min(table.va(k + 1), end)
+                        if last - first != span:
+                            on_new_leaf(machine, first, last)
+            i += len(pfns)
+            if i < j:
+                if altmap is not None:
+                    raise OutOfMemory(f"altmap exhausted at vmemmap address {table.va(i):#x}: no fallback to base pages")
+                vmemmap_populate_basepages(machine, max(table.va(i), start), min(table.va(i + 1), end), node)
+                i += 1
+        addr = table.va(hi)
+
+
+def free_vmemmap_frames(machine, pfn, nr_pages, altmap=None):
+    """Give back the frames behind a vmemmap mapping: to the altmap (``vmem_altmap_free``), or as
+    ``free_reserved_page`` (boot frames) / ``free_pages`` (buddy frames) — free either way."""
+    if altmap is not None:
+        altmap.release(nr_pages)
+    machine.physmem.release(pfn, nr_pages)
+
+
+def free_table(machine, parent, index):
+    """Detach the table under ``parent[index]`` and free its frame (``free_pagetable``)."""
+    table = machine.pagetable.detach(parent, index)
+    machine.physmem.release(table.pfn, table.level.alloc_bytes >> machine.geometry.page_shift)
+    return table

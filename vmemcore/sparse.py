@@ -1,0 +1,166 @@
+"""Sections and their memmap: boot-time ``sparse_init`` and the runtime section lifecycle.
+
+Mirrors ``mm/sparse.c``: ``memblocks_present``, ``sparse_init``/``sparse_init_nid`` (one sparse
+buffer per node), ``__populate_section_memmap``/``depopulate_section_memmap`` with the memmap
+counters, and ``sparse_add_section``/``sparse_remove_section`` (``section_activate`` and
+``section_deactivate``: sub-section maps, early sections, ``free_map_bootmem``).
+"""
+
+from attrs import frozen
+
+from .errors import BadRequest
+from .geometry import SUBSECTION_SHIFT
+from .populate import SparseBuffer
+from .rangemap import RangeMap
+from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
+
+
+@frozen
+class SectionState:
+    """A present section: its node, whether it came from boot memory (``SECTION_IS_EARLY``), and
+    its sub-section map (bit i set: sub-section i has a memmap)."""
+
+    node: int
+    early: bool
+    subsections: int
+
+
+class Sparse:
+    """The machine's ``mem_section`` array, stored as runs of equal sections."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.geometry = machine.sparse_geometry
+        self.sections = RangeMap(machine.journal)  # section number -> SectionState
+        self.full_map = (1 << self.geometry.subsections_per_section) - 1
+
+    # -- arithmetic -----------------------------------------------------------------------------
+    def section_nr(self, pfn) -> int:
+        return pfn >> self.geometry.pfn_section_shift
+
+    def section_pfn(self, nr) -> int:
+        return nr << self.geometry.pfn_section_shift
+
+    def subsection_bits(self, pfn, nr_pages) -> int:
+        """``fill_subsection_map``'s mask for ``[pfn, pfn + nr_pages)`` inside one section."""
+        per = self.geometry.pages_per_subsection
+        first = (pfn - self.section_pfn(self.section_nr(pfn))) // per
+        count = -(-nr_pages // per)
+        return ((1 << count) - 1) << first
+
+    def memmap_pages(self, nr_pages) -> int:
+        """``DIV_ROUND_UP(nr_pages * sizeof(struct page), PAGE_SIZE)``: what the counters add."""
+        return -(-nr_pages * self.geometry.struct_page_size // self.geometry.page_size)
+
+    def section_map_pages(self) -> int:
+        """``section_map_size()`` in pages: a section's memmap rounded up to ``PMD_SIZE``."""
+        pmd = self.machine.geometry.level("pmd").entry_span
+        size = -(-self.geometry.section_memmap_bytes // pmd) * pmd
+        return size >> self.geometry.page_shift
+
+    def check_span(self, pfn, nr_pages):
+        per = self.geometry.pages_per_subsection
+        if nr_pages <= 0 or pfn % per or nr_pages % per:
+            raise BadRequest(
+                f"pfn range [{pfn:#x}, +{nr_pages:#x}) is not a whole number of {1 << SUBSECTION_SHIFT >> 20} MiB sub-sections"
+            )
+        if pfn + nr_pages > self.geometry.max_pfn:
+            raise BadRequest(f"pfn range ends past the architecture's physical limit ({self.geometry.max_physmem_bits} bits)")
+
+    def valid(self, pfn) -> bool:
+        """``pfn_valid``: the section has a memmap and is early or has the pfn's sub-section."""
+        state = self.sections.get(self.section_nr(pfn))
+        if state is None:
+            return False
+        return state.early or bool(state.subsections & self.subsection_bits(pfn, 1))
+
+    # -- memmap population ----------------------------------------------------------------------
+    def populate(self, pfn, nr_pages, node, altmap=None, sections=1):
+        """``__populate_section_memmap``: map the memmap of ``[pfn, pfn + nr_pages)`` through the
+        arch's ``vmemmap_populate`` and count it. ``sections`` > 1 is the boot batch of that many
+        whole sections (each counted as the kernel counts one call)."""
+        self.check_span(pfn, nr_pages)
+        machine = self.machine
+        start, end = self.geometry.pfn_to_page(pfn), self.geometry.pfn_to_page(pfn + nr_pages)
+        machine.hooks.vmemmap_populate(machine, start, end, node, altmap)
+        counted = sections * self.memmap_pages(nr_pages // sections)
+        machine.stats.add(NR_MEMMAP_BOOT_PAGES if machine.physmem.booting else NR_MEMMAP_PAGES, counted)
+
+    def depopulate(self, pfn, nr_pages, altmap=None):
+        """``depopulate_section_memmap``: the arch's ``vmemmap_free`` of the range, counted."""
+        machine = self.machine
+        start, end = self.geometry.pfn_to_page(pfn), self.geometry.pfn_to_page(pfn + nr_pages)
+        machine.hooks.vmemmap_free(machine, start, end, altmap)
+        machine.stats.add(NR_MEMMAP_PAGES, -self.memmap_pages(nr_pages))
+
+    # -- boot -----------------------------------------------------------------------------------
+    def init(self):
+        """``sparse_init``: mark present sections, then populate them node run by node run."""
+        machine = self.machine
+        for start, end, node in machine.physmem.nodes.items():
+            first, last = self.section_nr(start), self.section_nr(end - 1) + 1
+            for s, e, state in self.sections.items(first, last):
+                if state.node != node:
+                    raise BadRequest(
+                        f"section {s} holds memory of node {state.node} and node {node}: node boundaries must be section-aligned"
+                    )
+            self.sections.set(first, last, SectionState(node, True, self.full_map))
+        runs = []  # [node, [(first section, end section), ...]] for consecutive present sections per node
+        for first, last, state in self.sections.items():
+            if runs and runs[-1][0] == state.node:
+                runs[-1][1].append((first, last))
+            else:
+                runs.append([state.node, [(first, last)]])
+        pps = self.geometry.pages_per_section
+        for node, extents in runs:
+            map_count = sum(last - first for first, last in extents)
+            per_section = self.section_map_pages()
+            machine.sparse_buffer = SparseBuffer(machine, map_count * per_section, per_section, node)
+            try:
+                for first, last in extents:
+                    self.populate(self.section_pfn(first), (last - first) * pps, node, sections=last - first)
+            finally:
+                machine.sparse_buffer.fini()
+                machine.sparse_buffer = None
+
+    # -- runtime section lifecycle --------------------------------------------------------------
+    def add(self, node, pfn, nr_pages, altmap=None):
+        """``sparse_add_section`` of a range inside one section (``section_activate``)."""
+        self.check_span(pfn, nr_pages)
+        nr = self.section_nr(pfn)
+        if self.section_nr(pfn + nr_pages - 1) != nr:
+            raise BadRequest(f"pfn range [{pfn:#x}, +{nr_pages:#x}) crosses a section boundary")
+        state = self.sections.get(nr)
+        bits = self.subsection_bits(pfn, nr_pages)
+        if state is not None and state.subsections & bits:
+            raise BadRequest(f"sub-sections of [{pfn:#x}, +{nr_pages:#x}) already have a memmap (-EEXIST)")
+        if state is not None and state.node != node:
+            raise BadRequest(f"section {nr} belongs to node {state.node}, not node {node}")
+        early = state is not None and state.early
+        if not (early and nr_pages < self.geometry.pages_per_section):
+            self.populate(pfn, nr_pages, node, altmap)
+        self.sections.set(nr, nr + 1, SectionState(node, early, (state.subsections if state else 0) | bits))
+
+    def remove(self, pfn, nr_pages, altmap=None):
+        """``sparse_remove_section`` of a range inside one section (``section_deactivate``)."""
+        self.check_span(pfn, nr_pages)
+        nr = self.section_nr(pfn)
+        state = self.sections.get(nr)
+        bits = self.subsection_bits(pfn, nr_pages)
+        if self.section_nr(pfn + nr_pages - 1) != nr or state is None or state.subsections & bits != bits:
+            raise BadRequest(f"pfn range [{pfn:#x}, +{nr_pages:#x}) has no memmap to remove (section already deactivated)")
+        left = state.subsections ^ bits
+        if not state.early:
+            self.depopulate(pfn, nr_pages, altmap)
+        elif not left:
+            self.free_map_bootmem(nr)
+        self.sections.set(nr, nr + 1, SectionState(state.node, state.early, left) if left else None)
+
+    def free_map_bootmem(self, nr):
+        """Free a whole early section's memmap (no altmap); 6.12 leaves the boot counter alone."""
+        machine = self.machine
+        pfn = self.section_pfn(nr)
+        start = self.geometry.pfn_to_page(pfn)
+        machine.hooks.vmemmap_free(machine, start, start + self.geometry.section_memmap_bytes, None)
+        if machine.profile.boot_memmap_free_lowers_counter:
+            machine.stats.add(NR_MEMMAP_BOOT_PAGES, -self.memmap_pages(self.geometry.pages_per_section))
