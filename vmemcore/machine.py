@@ -102,9 +102,11 @@ class Machine:
         return known
 
     def plugin_state(self, key, factory):
-        """Per-machine state a plugin keeps (created with ``factory(machine)`` on first use)."""
+        """Per-machine state a plugin keeps, created with ``factory(machine)`` on first use; it must
+        journal its changes (as :class:`vmemcore.rangemap.RangeMap` does) and offer ``snapshot()``."""
         if key not in self._plugin_state:
             self._plugin_state[key] = factory(self)
+            self.journal.record(lambda: self._plugin_state.pop(key))
         return self._plugin_state[key]
 
     @contextmanager
@@ -184,6 +186,21 @@ class Machine:
         out["free_frames"] = self.physmem.free_pages()
         out["present_pages"] = self.physmem.present_pages()
         return out
+
+    def snapshot(self):
+        """Everything that defines the machine's state, comparable with ``==`` (for tests)."""
+        tables = sorted(
+            (t.depth, t.base, t.pfn, t.pfns.tobytes(), t.flags.tobytes(), t.nr_present)
+            for t in self.pagetable.all_tables()
+        )
+        return {
+            "tables": tables,
+            "tables_per_level": dict(self.pagetable.tables),
+            "physmem": self.physmem.snapshot(),
+            "sections": self.sparse.sections.items(),
+            "counters": self.stats.as_dict(),
+            "plugin_state": {key: state.snapshot() for key, state in self._plugin_state.items()},
+        }
 
     def check(self):
         """Assert the machine's invariants: owners add up, every table frame and every mapped

@@ -187,6 +187,9 @@ class PhysMem:
         """``memblock_free_all()``: what memblock still holds free goes to the buddy allocator."""
         self.booting = False
 
+    def snapshot(self):
+        return self.frames.items(), {node: free.items() for node, free in self._free.items()}
+
     # -- invariants -----------------------------------------------------------------------------
     def check(self):
         """Raise AssertionError unless every present frame has exactly one owner and totals agree."""

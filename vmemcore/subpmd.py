@@ -37,3 +37,6 @@ class SubPmdTracker:
             self.unused.set(pmd_start, pmd_end, None)
             return True
         return False
+
+    def snapshot(self):
+        return self.unused.items()
