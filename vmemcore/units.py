@@ -38,3 +38,16 @@ def format_size(nbytes: int) -> str:
         if nbytes and nbytes % _SUFFIX[unit] == 0:
             return f"{nbytes // _SUFFIX[unit]}{unit}"
     return str(nbytes)
+
+
+def human_size(nbytes) -> str:
+    """``nbytes`` in the largest binary unit it reaches: "256M", "15.75G", "-32K", "0"."""
+    if nbytes < 0:
+        return "-" + human_size(-nbytes)
+    for unit in ("E", "P", "T", "G", "M", "K"):
+        scale = _SUFFIX[unit]
+        if nbytes >= scale:
+            if nbytes % scale == 0:
+                return f"{nbytes // scale}{unit}"
+            return f"{nbytes / scale:.2f}".rstrip("0").rstrip(".") + unit
+    return f"{nbytes}B" if nbytes else "0"

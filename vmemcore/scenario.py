@@ -1,0 +1,419 @@
+"""Scenario files: a TOML description of a machine and the steps to run on it.
+
+``load_scenario``/``parse_scenario`` read and validate a scenario without simulating anything:
+every unknown key, missing key, wrong type or impossible value is a :class:`ScenarioError` that
+names the key path (``memory[1].size``) and its line in the file. ``run_scenario`` then boots the
+:class:`Machine` and runs the steps. The format is documented in ``docs/scenarios.md``.
+"""
+
+import difflib
+import re
+import tomllib
+from types import MappingProxyType
+
+import attrs
+from attrs import frozen
+
+from .errors import BadRequest, ScenarioError, VmemcoreError
+from .geometry import SUBSECTION_SHIFT
+from .machine import Machine
+from .plugins import ArchHooks, Registry
+from .profiles import DEFAULT_PROFILE, PROFILES
+from .units import format_size, human_size, parse_size
+
+REQUIRED = object()  # marks a step key without a default
+
+
+@frozen
+class MachineSpec:
+    """The ``[machine]`` table, resolved: ``variant`` and ``kernel`` are names, never None."""
+
+    arch: str
+    variant: str
+    kernel: str
+    features: MappingProxyType = attrs.field(converter=lambda d: MappingProxyType(dict(d)))
+
+
+@frozen
+class MemorySpec:
+    """One ``[[memory]]`` range with its start resolved to bytes."""
+
+    node: int
+    start: int
+    size: int
+
+
+@frozen
+class Step:
+    """One ``[[steps]]`` entry: its op and its arguments (sizes in bytes, defaults filled in)."""
+
+    index: int
+    op: str
+    args: MappingProxyType = attrs.field(converter=lambda d: MappingProxyType(dict(d)))
+    line: int | None = None
+
+
+@frozen
+class Scenario:
+    """A validated scenario, ready for :func:`run_scenario`."""
+
+    machine: MachineSpec
+    memory: tuple
+    steps: tuple = ()
+    path: str | None = None
+
+
+@frozen
+class Op:
+    """A step operation: ``keys`` maps each key to (kind, default), kind "size" or "node", default
+    REQUIRED when the key must be given; ``run(machine, pfn, nr_pages, args)`` performs it."""
+
+    name: str
+    keys: dict
+    run: object
+    help: str
+
+
+_RANGE = {"start": ("size", REQUIRED), "size": ("size", REQUIRED)}
+_NODE = {"node": ("node", 0)}
+OPS = {
+    op.name: op
+    for op in (
+        Op("memmap.populate", {**_RANGE, **_NODE},
+           lambda m, pfn, n, a: m.populate_section_memmap(pfn, n, a["node"]),
+           "map the memmap of the range (__populate_section_memmap)"),
+        Op("memmap.depopulate", dict(_RANGE),
+           lambda m, pfn, n, a: m.depopulate_section_memmap(pfn, n),
+           "unmap and free the memmap of the range (depopulate_section_memmap)"),
+        Op("memmap.add", {**_RANGE, **_NODE},
+           lambda m, pfn, n, a: m.add_memmap(pfn, n, a["node"]),
+           "sparse_add_section for each section piece of the range"),
+        Op("memmap.remove", dict(_RANGE),
+           lambda m, pfn, n, a: m.remove_memmap(pfn, n),
+           "sparse_remove_section for each section piece of the range"),
+    )
+}
+
+_TOP_KEYS = ("machine", "memory", "steps")
+_MACHINE_KEYS = ("arch", "variant", "kernel", "features")
+_MEMORY_KEYS = ("node", "start", "size")
+
+
+# -- locating keys in the text ------------------------------------------------------------------
+
+class _Locator:
+    """Finds the line of a key path such as ``memory[1].size`` by scanning the scenario text.
+
+    The n-th ``[[memory]]`` header (or the ``[machine]`` header), then the first ``key =`` line
+    after it and before the next header; sub-tables such as ``[machine.features]`` are tried when
+    the key is not written inline. Falls back to the nearest header found.
+    """
+
+    _HEADER = re.compile(r"^\s*\[")
+
+    def __init__(self, text):
+        self.lines = text.splitlines()
+
+    def line(self, path):
+        parts = [(m.group(1), m.group(2)) for m in re.finditer(r"([^.\[\]]+)(?:\[(\d+)\])?", path)]
+        if not parts:
+            return None
+        name, index = parts[0]
+        keys = [key for key, _ in parts[1:]]
+        arrays = self._headers([name], array=True)
+        if index is not None:
+            scope = arrays[int(index)] if int(index) < len(arrays) else None
+        else:
+            scope = (self._headers([name]) or arrays or [None])[0]
+        if scope is None:  # not a header: a top-level key (``memory = [...]``) before the first header
+            return self._key(-1, name)
+        best = scope
+        for depth, key in enumerate(keys):
+            found = self._key(scope, key)
+            if found is not None:
+                return found  # deeper keys sit inside this key's inline value
+            sub = self._headers([name] + keys[: depth + 1])  # e.g. a [machine.features] table
+            if not sub:
+                break
+            scope = best = sub[0]
+        return best + 1
+
+    def _headers(self, names, array=False):
+        """Line indexes of the ``[a.b]`` (or ``[[a]]``) headers of the dotted table ``names``."""
+        dotted = r"\s*\.\s*".join(re.escape(n) for n in names)
+        pattern = rf"^\s*\[\[\s*{dotted}\s*\]\]" if array else rf"^\s*\[\s*{dotted}\s*\](?!\])"
+        regex = re.compile(pattern)
+        return [i for i, text in enumerate(self.lines) if regex.match(text)]
+
+    def _key(self, scope, key):
+        """1-based line of ``key =`` after line index ``scope`` (-1: top) and before the next header."""
+        regex = re.compile(rf"^\s*(\"?){re.escape(key)}\1\s*=")
+        for i in range(scope + 1, len(self.lines)):
+            if self._HEADER.match(self.lines[i]):
+                return None
+            if regex.match(self.lines[i]):
+                return i + 1
+        return None
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+def load_scenario(path, registry=None) -> Scenario:
+    """Read and validate the scenario file at ``path`` (nothing is simulated)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ScenarioError("file", f"not UTF-8 text ({error.reason} at byte {error.start})", path=str(path)) from None
+    return parse_scenario(text, path=str(path), registry=registry)
+
+
+def parse_scenario(text, path=None, registry=None) -> Scenario:
+    """Validate scenario ``text``; ``registry`` (default: a fresh :class:`Registry`) finds the arch."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        found = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        line = int(found.group(1)) if found else None
+        if found:
+            message = message[: found.start()].strip() + f" (column {found.group(2)})"
+        raise ScenarioError("syntax", message, line, path) from None
+    return _Validator(text, path, registry or Registry()).scenario(doc)
+
+
+def _type_name(value):
+    return {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table", list: "array"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class _Validator:
+    """Turns the parsed TOML document into a :class:`Scenario`, raising at the first error."""
+
+    def __init__(self, text, path, registry):
+        self.locator = _Locator(text)
+        self.path = path
+        self.registry = registry
+
+    def error(self, key, message):
+        return ScenarioError(key, message, self.locator.line(key), self.path)
+
+    def known_keys(self, table, known, where):
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise self.error(f"{where}.{key}" if where else key, f"unknown key (expected one of: {', '.join(known)}){hint}")
+
+    def expect(self, key, value, kind, what):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"must be {what}, got {_type_name(value)} {value!r}")
+        return value
+
+    def size(self, key, value):
+        try:
+            return parse_size(value)
+        except BadRequest as error:
+            raise self.error(key, str(error)) from None
+
+    def node(self, key, value):
+        self.expect(key, value, int, "a node number (integer)")
+        if value < 0:
+            raise self.error(key, f"node {value} is negative")
+        return value
+
+    def scenario(self, doc) -> Scenario:
+        self.known_keys(doc, _TOP_KEYS, "")
+        machine, sparse = self.machine(doc.get("machine"))
+        memory = self.memory(doc.get("memory"), sparse)
+        raw_steps = doc.get("steps", [])
+        if not isinstance(raw_steps, list) or not all(isinstance(s, dict) for s in raw_steps):
+            raise self.error("steps", "must be an array of tables ([[steps]])")
+        steps = tuple(self.step(i, raw, sparse) for i, raw in enumerate(raw_steps))
+        return Scenario(machine, memory, steps, self.path)
+
+    def machine(self, table):
+        if table is None:
+            raise self.error("machine", "a [machine] table with at least arch = \"...\" is required")
+        self.expect("machine", table, dict, "a table ([machine])")
+        self.known_keys(table, _MACHINE_KEYS, "machine")
+        if "arch" not in table:
+            raise self.error("machine.arch", "missing required key (e.g. arch = \"x86_64\")")
+        arch = self.expect("machine.arch", table["arch"], str, "a string")
+        if arch not in self.registry.arches:
+            broken = "".join(f"\n  {error}" for error in self.registry.errors)
+            raise self.error(
+                "machine.arch",
+                f"no plugin provides architecture {arch!r} (found: {', '.join(self.registry.arches) or 'none'})"
+                + (f"; plugins that failed to load:{broken}" if broken else ""),
+            )
+        plugin = self.registry.get(arch)
+        info = plugin.info
+
+        variant = self.variant(info, table.get("variant"))
+        kernel = table.get("kernel", DEFAULT_PROFILE)
+        if isinstance(kernel, float):
+            raise self.error("machine.kernel", f"must be a quoted string such as \"6.12\", got the float {kernel} (unquoted, 6.10 reads as 6.1)")
+        self.expect("machine.kernel", kernel, str, "a string such as \"6.12\"")
+        if kernel not in PROFILES:
+            raise self.error("machine.kernel", f"unknown kernel profile {kernel!r} (known: {', '.join(PROFILES)})")
+
+        features = table.get("features", {})
+        self.expect("machine.features", features, dict, "a table such as { pse = true }")
+        known = [f.name for f in info.features]
+        for name, value in features.items():
+            if name not in known:
+                raise self.error(f"machine.features.{name}", f"{arch} has no such feature (features: {', '.join(known) or 'none'})")
+            self.expect(f"machine.features.{name}", value, bool, "true or false")
+
+        sparse = ArchHooks(plugin.name, plugin.plugin).sparse_geometry(variant, PROFILES[kernel])
+        return MachineSpec(arch, variant.name, kernel, features), sparse
+
+    def variant(self, info, wanted):
+        if wanted is not None:
+            if isinstance(wanted, dict):
+                options = sorted({key for v in info.variants for key in v.options})
+                for key, value in wanted.items():
+                    if key not in options:
+                        raise self.error(f"machine.variant.{key}", f"unknown variant option (options of {info.name}: {', '.join(options)})")
+                    self.expect(f"machine.variant.{key}", value, (str, int), "a string or integer")
+            else:
+                self.expect("machine.variant", wanted, str, "a variant name or a table of options")
+        try:
+            return info.variant(wanted)
+        except ValueError as error:
+            raise self.error("machine.variant", str(error)) from None
+
+    def memory(self, ranges, sparse):
+        if ranges is None:
+            raise self.error("memory", "at least one [[memory]] range is required")
+        if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges) or not ranges:
+            raise self.error("memory", "must be a non-empty array of tables ([[memory]])")
+        limit = 1 << sparse.max_physmem_bits
+        page = sparse.page_size
+        out, cursor = [], 0
+        for i, table in enumerate(ranges):
+            key = f"memory[{i}]"
+            self.known_keys(table, _MEMORY_KEYS, key)
+            if "size" not in table:
+                raise self.error(f"{key}.size", "missing required key (e.g. size = \"16G\")")
+            node = self.node(f"{key}.node", table.get("node", 0))
+            start = self.size(f"{key}.start", table["start"]) if "start" in table else cursor
+            size = self.size(f"{key}.size", table["size"])
+            if size == 0:
+                raise self.error(f"{key}.size", "must be positive")
+            for name, value in (("start", start), ("size", size)):
+                if value % page:
+                    raise self.error(f"{key}.{name}", f"{value:#x} is not a multiple of the page size ({format_size(page)})")
+            if start + size > limit:
+                raise self.error(
+                    f"{key}.start" if start >= limit else f"{key}.size",
+                    f"range [{human_size(start)}, {human_size(start + size)}) ends past the {sparse.max_physmem_bits}-bit "
+                    f"physical limit ({format_size(limit)}) of this arch and variant",
+                )
+            where = f"{key}.start" if "start" in table else key
+            shift = sparse.section_size_bits
+            for j, other in enumerate(out):
+                if start < other.start + other.size and other.start < start + size:
+                    raise self.error(
+                        where,
+                        f"range [{human_size(start)}, {human_size(start + size)}) overlaps memory[{j}] "
+                        f"[{human_size(other.start)}, {human_size(other.start + other.size)})",
+                    )
+                if node != other.node and start >> shift <= (other.start + other.size - 1) >> shift \
+                        and other.start >> shift <= (start + size - 1) >> shift:
+                    raise self.error(
+                        where,
+                        f"node {node} shares a {format_size(sparse.section_size)} section with memory[{j}] of node "
+                        f"{other.node}: node boundaries must be section-aligned",
+                    )
+            out.append(MemorySpec(node, start, size))
+            cursor = start + size
+        return tuple(out)
+
+    def step(self, index, table, sparse):
+        key = f"steps[{index}]"
+        if "op" not in table:
+            raise self.error(f"{key}.op", f"missing required key (ops: {', '.join(OPS)})")
+        name = self.expect(f"{key}.op", table["op"], str, "a string")
+        if name not in OPS:
+            close = difflib.get_close_matches(name, OPS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise self.error(f"{key}.op", f"unknown op {name!r} (ops: {', '.join(OPS)}){hint}")
+        op = OPS[name]
+        self.known_keys({k: v for k, v in table.items() if k != "op"}, list(op.keys), key)
+        args = {}
+        for arg, (kind, default) in op.keys.items():
+            if arg not in table:
+                if default is REQUIRED:
+                    raise self.error(f"{key}.{arg}", f"missing required key of {name} (keys: {', '.join(op.keys)})")
+                args[arg] = default
+            elif kind == "size":
+                args[arg] = self.size(f"{key}.{arg}", table[arg])
+            else:
+                args[arg] = self.node(f"{key}.{arg}", table[arg])
+        unit = 1 << SUBSECTION_SHIFT
+        for arg in ("start", "size"):
+            if args[arg] % unit:
+                raise self.error(f"{key}.{arg}", f"{args[arg]:#x} is not a multiple of the {format_size(unit)} sub-section")
+        if args["size"] == 0:
+            raise self.error(f"{key}.size", "must be positive")
+        if args["start"] + args["size"] > 1 << sparse.max_physmem_bits:
+            raise self.error(f"{key}.size", f"range ends past the {sparse.max_physmem_bits}-bit physical limit")
+        return Step(index, name, args, self.locator.line(key))
+
+
+# -- running ------------------------------------------------------------------------------------
+
+@frozen
+class StepResult:
+    """What one step did: the counters it changed (name -> delta)."""
+
+    index: int
+    op: str
+    args: dict
+    line: int | None
+    changes: dict
+
+
+class RunError(VmemcoreError):
+    """A simulation failure at boot or in a step; ``cause`` is the engine's error, ``machine`` and
+    ``results`` are the state before the failing operation (operations are transactional)."""
+
+    def __init__(self, where, cause, machine=None, results=()):
+        super().__init__(f"{where}: {type(cause).__name__}: {cause}")
+        self.where = where
+        self.cause = cause
+        self.machine = machine
+        self.results = list(results)
+
+
+def run_scenario(scenario, progress=None, registry=None):
+    """Boot the scenario's machine and run its steps; returns ``(machine, [StepResult, ...])``.
+
+    ``progress(step)`` is called before each step. A :class:`VmemcoreError` at boot or in a step
+    is raised as :class:`RunError` naming where it happened.
+    """
+    spec = scenario.machine
+    memory = [{"node": m.node, "start": m.start, "size": m.size} for m in scenario.memory]
+    try:
+        machine = Machine(spec.arch, spec.variant, spec.kernel, memory, dict(spec.features), registry=registry)
+    except VmemcoreError as error:
+        raise RunError(f"{scenario.path + ': ' if scenario.path else ''}boot", error) from error
+    results = []
+    shift = machine.geometry.page_shift
+    for step in scenario.steps:
+        if progress is not None:
+            progress(step)
+        before = machine.counters()
+        try:
+            OPS[step.op].run(machine, step.args["start"] >> shift, step.args["size"] >> shift, step.args)
+        except VmemcoreError as error:
+            where = ":".join(str(p) for p in (scenario.path, step.line) if p is not None)
+            raise RunError(f"{where + ': ' if where else ''}steps[{step.index}] ({step.op})", error, machine, results) from error
+        after = machine.counters()
+        changes = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
+        results.append(StepResult(step.index, step.op, dict(step.args), step.line, {k: d for k, d in changes.items() if d}))
+    return machine, results
