@@ -147,3 +147,33 @@ def test_failed_pmd_block_falls_back_to_base_pages(x86_16g):
     assert c["vmemmap_leaves_2M"] == 128
     assert c["vmemmap_leaves_4K"] == 512
     m.check()
+
+
+def test_depopulate_refuses_boot_sections(x86_16g):
+    before = x86_16g.snapshot()
+    with pytest.raises(BadRequest, match="boot section"):
+        x86_16g.depopulate_section_memmap(0, SUB)
+    assert x86_16g.snapshot() == before
+
+
+def test_memmap_for_a_node_without_memory_falls_back_and_counts_offnode(x86_16g):
+    # node 3 has no memory: buddy's zonelist falls back to node 0, vmemmap_verify warns per entry
+    x86_16g.populate_section_memmap(64 * GiB // 4096, SUB, node=3)
+    assert x86_16g.stats["vmemmap_offnode_entries"] == 0  # single-node machines never warn
+    m = Machine("x86_64", memory=[{"node": 0, "size": 8 * GiB}, {"node": 1, "size": 8 * GiB}])
+    m.populate_section_memmap(64 * GiB // 4096, SECTION, node=2)
+    assert m.stats["vmemmap_offnode_entries"] == 1  # one PMD leaf, its block on another node
+    assert m.physmem.node_of(m.memmap_frame(64 * GiB // 4096)) == 0  # remote nodes tie: lowest id
+
+
+def test_split_leaf_keeps_every_translation(x86_16g):
+    m = x86_16g
+    table, index = m.pagetable.lookup(m.pfn_to_page(0))
+    before = [m.pagetable.translate(m.pfn_to_page(p)) for p in range(0, 32768, 64)]
+    with m.transaction():
+        from vmemcore.populate import table_allocator
+        child = m.pagetable.split_leaf(table, index, table_allocator(m, 0))
+    assert child.level.name == "pte" and child.nr_present == 512
+    assert [m.pagetable.translate(m.pfn_to_page(p)) for p in range(0, 32768, 64)] == before
+    c = m.counters()
+    assert (c["vmemmap_leaves_2M"], c["vmemmap_leaves_4K"], c["vmemmap_pagetable_pages_pte"]) == (127, 512, 1)

@@ -93,6 +93,10 @@ class Machine:
         self.sparse.init()
         self.physmem.end_boot()
 
+    def __repr__(self):
+        size = format_size(self.physmem.present_pages() << self.geometry.page_shift)
+        return f"<Machine {self.arch.name} {self.variant.name} kernel {self.profile.name}, {size}>"
+
     def _features(self, wanted):
         known = {f.name: f.default for f in self.arch.features}
         unknown = set(wanted) - set(known)
@@ -125,6 +129,13 @@ class Machine:
         """Unmap and free the memmap of ``[pfn, pfn + nr_pages)`` through the arch's ``vmemmap_free``."""
         with self.transaction():
             self.sparse.check_span(pfn, nr_pages)
+            for start, count in self._section_pieces(pfn, nr_pages):
+                state = self.sparse.sections.get(self.sparse.section_nr(start))
+                if state is not None and state.early:
+                    raise BadRequest(
+                        f"pfn {start:#x} lies in a boot section: its memmap is freed only by removing the "
+                        "section (free_map_bootmem), never by depopulate_section_memmap"
+                    )
             self.sparse.depopulate(pfn, nr_pages, altmap)
 
     def add_memmap(self, pfn, nr_pages, node=0, altmap=None):

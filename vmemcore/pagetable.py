@@ -182,6 +182,24 @@ class PageTable:
 
             self.journal.record(undo)
 
+    def split_leaf(self, table, index, alloc):
+        """Replace the leaf at ``table[index]`` by a table of the next level whose entries map the
+        same memory with the same flags (``vmemmap_split_pmd`` and friends); returns the new table."""
+        if not table.is_leaf(index):
+            raise BadRequest(f"entry {index} of {table} is not a leaf")
+        if table.depth + 1 >= len(self.geometry.levels):
+            raise BadRequest("a PTE cannot be split")
+        pfn, flags = int(table.pfns[index]), int(table.flags[index])
+        level = self.geometry.levels[table.depth + 1]
+        child = Table(table.depth + 1, level, alloc(level), table.va(index))
+        step = level.entry_span >> self.geometry.page_shift
+        child.pfns[:] = pfn + np.arange(level.entries, dtype=np.int64) * step
+        child.flags[:] = flags
+        child.nr_present = level.entries
+        self.clear_leaves(table, slice(index, index + 1))
+        self.attach(table, index, child)
+        return child
+
     # -- queries --------------------------------------------------------------------------------
     def lookup(self, vaddr):
         """``(table, index)`` of the leaf mapping ``vaddr``, or None if it is not mapped."""

@@ -142,12 +142,12 @@ class PhysMem:
         return None
 
     def _node_order(self, node, exact_nid):
+        """The node, then (unless ``exact_nid``) the others: with the default distance table every
+        remote node is equally far (20), and the zonelist breaks ties by the lowest node id."""
         nodes = self.node_ids
-        if node in nodes:
-            if exact_nid:
-                return [node]
-            return [node] + sorted((n for n in nodes if n != node), key=lambda n: (abs(n - node), n))
-        return [] if exact_nid else nodes
+        if exact_nid:
+            return [node] if node in nodes else []
+        return ([node] if node in nodes else []) + [n for n in nodes if n != node]
 
     def _find_top_down(self, node, size, align):
         free = self._free.get(node)
