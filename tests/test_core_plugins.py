@@ -101,7 +101,8 @@ def test_every_hookspec_is_documented_and_tested():
     tests = open(__file__).read() + "".join(open(p).read() for p in __import__("glob").glob(__file__.rsplit("/", 1)[0] + "/test_*.py"))
     facade = {"vmemcore_arch_info": "info", "vmemcore_pagetable_geometry": "pagetable_geometry",
               "vmemcore_sparse_geometry": "sparse_geometry", "vmemcore_vmemmap_populate": "populate_section_memmap",
-              "vmemcore_vmemmap_free": "remove_memmap"}
+              "vmemcore_vmemmap_free": "remove_memmap", "vmemcore_hugepage_sizes": "hugepage_sizes",
+              "vmemcore_hvo_support": "hvo_support"}
     for name in specs:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert "Called" in doc and "Returns" in doc, f"{name} must say when it is called and what it returns"

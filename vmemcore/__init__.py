@@ -3,14 +3,14 @@
 import pluggy
 
 from .errors import BadRequest, OutOfMemory, PluginError, ScenarioError, Veto, VmemcoreError
-from .geometry import ArchInfo, Feature, Level, PageTableGeometry, SparseGeometry, Variant
+from .geometry import ArchInfo, Feature, HugePageSize, Level, PageTableGeometry, SparseGeometry, Support, Variant
 from .profiles import KernelProfile, get_profile
 from .units import GiB, KiB, MiB, PiB, TiB, format_size, parse_size
 
 hookimpl = pluggy.HookimplMarker("vmemcore")
 
 __all__ = [
-    "ArchInfo", "BadRequest", "Feature", "GiB", "KernelProfile", "KiB", "Level", "MiB", "OutOfMemory",
+    "ArchInfo", "BadRequest", "Feature", "GiB", "HugePageSize", "Support", "KernelProfile", "KiB", "Level", "MiB", "OutOfMemory",
     "PageTableGeometry", "PiB", "PluginError", "ScenarioError", "SparseGeometry", "TiB", "Variant", "Veto",
     "VmemcoreError", "format_size", "get_profile", "hookimpl", "parse_size",
 ]

@@ -247,3 +247,28 @@ def describe_geometry(pt: PageTableGeometry, sparse: SparseGeometry) -> list:
         ("MAX_PAGE_ORDER", str(sparse.max_page_order)),
     ]
     return rows
+
+
+@frozen
+class HugePageSize:
+    """A HugeTLB page size the arch offers and how it is mapped (``arch_hugetlb_valid_size``)."""
+
+    size: int = field(validator=_power_of_two)
+    level: str = field(validator=attrs.validators.in_(("pgd", "p4d", "pud", "pmd", "pte")))
+    contiguous: int = field(default=1, validator=_power_of_two)  # entries of a contiguous-bit span
+
+    @property
+    def name(self) -> str:
+        return format_size(self.size)
+
+
+@frozen
+class Support:
+    """A yes, or a no with the kernel's reason (an arch answering whether it has a mechanism)."""
+
+    supported: bool
+    reason: str = ""
+
+    def __attrs_post_init__(self):
+        if not self.supported and not self.reason:
+            raise ValueError("a refusal must say why")

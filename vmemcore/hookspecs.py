@@ -65,3 +65,24 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     go back where (boot memory, buddy, altmap), which page-table pages are freed when empty, and
     what partly used leaves keep. Returns True when handled; the first True wins.
     """
+
+
+@hookspec
+def vmemcore_hugepage_sizes(machine):
+    """List the HugeTLB page sizes the architecture offers on this machine.
+
+    Called once when the machine's hstates are set up, after boot (features such as x86_64
+    ``gbpages`` may remove a size). Returns a tuple of :class:`vmemcore.HugePageSize` (size, the
+    page-table level that maps it, the contiguous-entry count for arm64-style contiguous sizes).
+    Exactly one plugin must answer.
+    """
+
+
+@hookspec
+def vmemcore_hvo_support(machine):
+    """Say whether this kernel (``machine.profile``) has HugeTLB Vmemmap Optimization on the arch.
+
+    Called when the machine's hstates are set up. Returns a :class:`vmemcore.Support`: yes, or no
+    with the kernel's reason (arm64 lost HVO in 6.3 to break-before-make, for instance), which the
+    engine reports when HVO is asked for. Exactly one plugin must answer.
+    """

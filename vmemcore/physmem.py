@@ -17,6 +17,7 @@ class Use(enum.Enum):
     FREE = "free"
     MEMMAP = "memmap"
     PAGETABLE = "pagetable"
+    HUGETLB = "hugetlb"
 
 
 @frozen
@@ -25,9 +26,10 @@ class Owner:
 
     use: Use
     reserved: bool = False
+    self_hosted: bool = False  # memmap carved from the memory it describes (PageVmemmapSelfHosted)
 
     def __str__(self):
-        return self.use.value + (" (boot)" if self.reserved else "")
+        return self.use.value + (" (boot)" if self.reserved else "") + (" (self-hosted)" if self.self_hosted else "")
 
 
 FREE = Owner(Use.FREE)
@@ -65,11 +67,26 @@ class FaultInjector:
         self._predicate = None
 
     def should_fail(self, allocator, nr_pages, node, purpose) -> bool:
-        self.attempts += 1
-        request = AllocRequest(allocator, nr_pages, node, purpose, self.attempts)
-        fail = self.attempts == self._nth or bool(self._predicate and self._predicate(request))
-        self.failed += fail
-        return fail
+        return self.successes_before_failure(1, allocator, nr_pages, node, purpose) == 0
+
+    def successes_before_failure(self, count, allocator, nr_pages, node, purpose) -> int:
+        """Make up to ``count`` attempts; how many succeed before the first failure (which, if
+        any, is consumed too)."""
+        first = self.attempts + 1
+        stop = first + count
+        if self._nth is not None and first <= self._nth < stop:
+            stop = self._nth
+        if self._predicate is not None:
+            for index in range(first, stop):
+                if self._predicate(AllocRequest(allocator, nr_pages, node, purpose, index)):
+                    stop = index
+                    break
+        granted = stop - first
+        self.attempts += granted
+        if granted < count:
+            self.attempts += 1
+            self.failed += 1
+        return granted
 
 
 class PhysMem:
@@ -140,6 +157,24 @@ class PhysMem:
                 self._take(pfn, size, Owner(purpose, reserved=self.booting))
                 return pfn
         return None
+
+    def alloc_pages(self, count, node, purpose):
+        """``count`` successive single-page allocations, stopping at the first failure: the same
+        frames, in the same order, as ``count`` calls of ``alloc(1, node, purpose)``, in a few steps.
+        Returns the list of pfns granted."""
+        granted = self.faults.successes_before_failure(count, "memblock" if self.booting else "buddy", 1, node, purpose)
+        pfns = []
+        owner = Owner(purpose, reserved=self.booting)
+        for candidate in self._node_order(node, False):
+            free = self._free.get(candidate)
+            while len(pfns) < granted and free.totals.get(True):
+                start, end, _ = next(iter(free.items_reversed()))
+                take = min(granted - len(pfns), end - start)
+                self._take(end - take, take, owner)
+                pfns.extend(range(end - 1, end - take - 1, -1))
+            if len(pfns) == granted:
+                break
+        return pfns
 
     def _node_order(self, node, exact_nid):
         """The node, then (unless ``exact_nid``) the others: with the default distance table every

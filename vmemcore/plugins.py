@@ -16,7 +16,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, VmemcoreError
-from .geometry import ArchInfo, PageTableGeometry, SparseGeometry
+from .geometry import ArchInfo, HugePageSize, PageTableGeometry, SparseGeometry, Support
 
 ENTRY_POINT_GROUP = "vmemcore.arch"
 AUTOLOAD_ENV = "VMEMCORE_DISABLE_PLUGIN_AUTOLOAD"
@@ -176,6 +176,15 @@ class ArchHooks:
 
     def sparse_geometry(self, variant, profile) -> SparseGeometry:
         return self._one("vmemcore_sparse_geometry", SparseGeometry, variant=variant, profile=profile)
+
+    def hugepage_sizes(self, machine) -> tuple:
+        sizes = self._one("vmemcore_hugepage_sizes", tuple, machine=machine)
+        if not all(isinstance(size, HugePageSize) for size in sizes):
+            raise PluginError(self.name, "vmemcore_hugepage_sizes", "returned a tuple holding something other than HugePageSize")
+        return sizes
+
+    def hvo_support(self, machine) -> Support:
+        return self._one("vmemcore_hvo_support", Support, machine=machine)
 
     def vmemmap_populate(self, machine, start, end, node, altmap):
         return self._first_true("vmemcore_vmemmap_populate", machine=machine, start=start, end=end, node=node, altmap=altmap)

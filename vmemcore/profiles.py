@@ -1,4 +1,4 @@
-"""Kernel versions as data: where kernels differ, a profile says how (kernel-facts.md §1, §3.5)."""
+"""Kernel versions as data: where kernels differ, a profile says how (kernel-facts.md §1, §3.5, §5)."""
 
 from attrs import frozen
 
@@ -14,19 +14,38 @@ class KernelProfile:
     # mm/sparse.c free_map_bootmem(): 6.12 leaves nr_memmap_boot_pages alone when a boot section's
     # memmap is freed; 6.19 and 7.1 subtract the whole section.
     boot_memmap_free_lowers_counter: bool
+    # HVO (mm/hugetlb_vmemmap.c): vmemmap pages kept per HugeTLB page: 2 in the v17 design (5.14-5.17)
+    hvo_reserve_pages: int
+    # the head vmemmap page: "keep" (reuse the old frame), "try" (6.2+: a new page, falling back to
+    # the old one), "always" (7.1: a new page, failure aborts)
+    hvo_head_page: str
+    # where tail PTEs point: "reuse" (the kept head / first tail page) or "shared" (7.1's per-zone
+    # read-only tail page)
+    hvo_tail_page: str
+    # 5.14-5.17: the vmemmap must be base-page mapped while HVO is on (the walk BUG()s on PMD leaves)
+    hvo_needs_basepage_vmemmap: bool
+    # 6.7+: hugetlb_vmemmap_optimize_folios / _restore_folios batch with one TLB flush
+    hvo_batched: bool
+    # struct pages of a restored tail page rewritten from their neighbours (reset_struct_pages)
+    nr_reset_struct_page: int
 
     def at_least(self, major: int, minor: int) -> bool:
         return self.version >= (major, minor)
 
 
+def _profile(name, boot_free, reserve, head, tail, basepage, batched, reset):
+    major, minor = (int(part) for part in name.split("."))
+    return KernelProfile(name, (major, minor), boot_free, reserve, head, tail, basepage, batched, reset)
+
+
 PROFILES = {
     p.name: p
     for p in (
-        KernelProfile("5.14", (5, 14), boot_memmap_free_lowers_counter=False),
-        KernelProfile("6.1", (6, 1), boot_memmap_free_lowers_counter=False),
-        KernelProfile("6.12", (6, 12), boot_memmap_free_lowers_counter=False),
-        KernelProfile("6.19", (6, 19), boot_memmap_free_lowers_counter=True),
-        KernelProfile("7.1", (7, 1), boot_memmap_free_lowers_counter=True),
+        _profile("5.14", False, 2, "keep", "reuse", True, False, 0),
+        _profile("6.1", False, 1, "keep", "reuse", False, False, 3),
+        _profile("6.12", False, 1, "try", "reuse", False, True, 3),
+        _profile("6.19", True, 1, "try", "reuse", False, True, 4),
+        _profile("7.1", True, 1, "always", "shared", False, True, 0),
     )
 }
 DEFAULT_PROFILE = "6.12"

@@ -1,13 +1,23 @@
 """arm64 for vmemcore: ``arch/arm64/include/asm/{pgtable-hwdef.h,memory.h,sparsemem.h}``, ``arch/arm64/Kconfig``.
 
-Geometry only (no populate/free yet). One variant per granule and ``CONFIG_ARM64_VA_BITS`` choice;
+One variant per granule and ``CONFIG_ARM64_VA_BITS`` choice;
 the number of levels is the ``CONFIG_PGTABLE_LEVELS`` default for that pair. Every table below the
 top is one page of ``PAGE_SIZE / 8`` entries; the top (``swapper_pg_dir``) has
 ``1 << (VA_BITS - PGDIR_SHIFT)`` entries. 52-bit variants are modelled with LPA2/LVA present (no
 runtime folding to 48 bits).
+
+The vmemmap (``arch/arm64/mm/mmu.c``) is mapped with 2 MiB PMD blocks only with 4K pages (and, since
+6.14-rc7, only for whole sections), with base pages otherwise; ``vmemmap_free`` clears every leaf it
+touches and frees its whole backing (no sub-PMD tracking), then frees the tables left empty.
 """
 
-from vmemcore import ArchInfo, Level, PageTableGeometry, SparseGeometry, Variant, hookimpl
+import numpy as np
+
+from vmemcore import (
+    ArchInfo, BadRequest, HugePageSize, Level, PageTableGeometry, SparseGeometry, Support, Variant, hookimpl,
+)
+from vmemcore.pagetable import LEAF, PRESENT, table_index_range
+from vmemcore.populate import free_table, free_vmemmap_frames, vmemmap_populate_basepages, vmemmap_populate_hugepages
 
 PAGE_SHIFT = {"4K": 12, "16K": 14, "64K": 16}
 # (granule, VA_BITS) -> CONFIG_PGTABLE_LEVELS (arch/arm64/Kconfig defaults)
@@ -22,6 +32,9 @@ MAX_PAGE_ORDER = {"4K": 10, "16K": 11, "64K": 13}  # ARCH_FORCE_MAX_ORDER
 STRUCT_PAGE = 64
 VMEMMAP_END = (1 << 64) - (1 << 30)  # memory.h: -SZ_1G in 6.12 and 7.1
 PUD_SHIFT_4K = 30
+# Entries of a contiguous-hint span: 1 << CONFIG_ARM64_CONT_PTE_SHIFT and 1 << CONFIG_ARM64_CONT_PMD_SHIFT
+CONT_PTES = {"4K": 16, "16K": 128, "64K": 32}
+CONT_PMDS = {"4K": 16, "16K": 32, "64K": 32}
 
 
 def _parse(variant):
@@ -110,3 +123,114 @@ def vmemcore_sparse_geometry(variant, profile):
         pageblock_order=level_shift(page_shift, 2) - page_shift,  # HUGETLB_PAGE_ORDER = PMD order
         max_page_order=MAX_PAGE_ORDER[page],
     )
+
+
+def _hugepage(geometry, size, contiguous=1):
+    """``size`` mapped by ``contiguous`` entries of the level whose entries span ``size // contiguous``
+    (folded levels vanish from the geometry: the 1 GiB PUD block of 4K/39 sits in its top table)."""
+    span = size // contiguous
+    level = next(level for level in geometry.levels if level.entry_span == span)
+    return HugePageSize(size, level.name, contiguous)
+
+
+@hookimpl
+def vmemcore_hugepage_sizes(machine):
+    """``__hugetlb_valid_size``: CONT_PTE, PMD and CONT_PMD sizes, and PUD with 4K pages
+    (``pud_sect_supported``)."""
+    page, _ = _parse(machine.variant)
+    geometry = machine.geometry
+    pmd_size = 1 << level_shift(geometry.page_shift, 2)
+    sizes = [
+        _hugepage(geometry, CONT_PTES[page] * geometry.page_size, CONT_PTES[page]),
+        _hugepage(geometry, pmd_size),
+        _hugepage(geometry, CONT_PMDS[page] * pmd_size, CONT_PMDS[page]),
+    ]
+    if page == "4K":
+        sizes.append(_hugepage(geometry, 1 << PUD_SHIFT_4K))
+    return tuple(sizes)
+
+
+@hookimpl
+def vmemcore_hvo_support(machine):
+    """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 5.19 (47010c040dec) until
+    060a2c92d1b6 (6.3), whose revert of it went back to 6.1.y and 6.2.y: only 5.19 and 6.0 kept HVO."""
+    profile = machine.profile
+    if not profile.at_least(5, 19):
+        return Support(False, "arm64 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 5.19 (47010c040dec)")
+    if profile.at_least(6, 1):
+        return Support(
+            False,
+            "HVO changes the output address of live vmemmap PTEs, which arm64's break-before-make rule "
+            "forbids: disabled in 6.3 by 060a2c92d1b6, backported to 6.1.y and 6.2.y",
+        )
+    return Support(True)
+
+
+@hookimpl
+def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
+    """``vmemmap_populate``: PMD blocks with 4K pages (``vmemmap_check_pmd`` keeps an existing
+    block), base pages from the altmap too with 16K and 64K pages. Since "Populate vmemmap at the
+    page level if not section aligned" (6.14-rc7) less than a section's memmap takes base pages."""
+    page, _ = _parse(machine.variant)
+    partial = end - start < machine.sparse_geometry.section_memmap_bytes
+    if page != "4K" or (partial and machine.profile.at_least(6, 14)):
+        vmemmap_populate_basepages(machine, start, end, node, altmap)
+    else:
+        vmemmap_populate_hugepages(machine, start, end, node, altmap)
+    return True
+
+
+@hookimpl
+def vmemcore_vmemmap_free(machine, start, end, altmap):
+    """``vmemmap_free`` = ``unmap_hotplug_range(start, end, free_mapped=true, altmap)`` then
+    ``free_empty_tables(start, end, VMEMMAP_START, VMEMMAP_END)``."""
+    _refuse_boot_memory(machine, start, end)
+    top = machine.pagetable.top
+    _unmap_hotplug(machine, top, start, end, altmap)
+    floor = machine.sparse_geometry.vmemmap_base  # VMEMMAP_START, DRAM starting at physical 0
+    _free_empty_tables(machine, top, start, end, floor, floor + machine.sparse_geometry.vmemmap_size)
+    return True
+
+
+def _refuse_boot_memory(machine, start, end):
+    """``prevent_bootmem_remove_notifier`` refuses to offline boot memory, so a memmap backed by
+    boot (PageReserved) frames never reaches ``free_hotplug_page_range``."""
+    for table, lo, hi in machine.pagetable.tables_in(start, end):
+        leaves = np.flatnonzero(table.flags[lo:hi] & LEAF) + lo
+        for i, pfn in zip(leaves.tolist(), table.pfns[leaves].tolist()):
+            if machine.physmem.owner(pfn).reserved:
+                raise BadRequest(
+                    f"arm64 never removes boot memory (prevent_bootmem_remove_notifier): the memmap at "
+                    f"{table.va(i):#x} is backed by boot frames"
+                )
+
+
+def _unmap_hotplug(machine, table, start, end, altmap):
+    """``unmap_hotplug_{p4d,pud,pmd,pte}_range`` below ``table``: every leaf touched is cleared, its
+    TLB entry flushed, and its whole backing freed (``free_hotplug_page_range``)."""
+    lo, hi = table_index_range(table, start, end)
+    present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
+    is_leaf = (table.flags[present] & LEAF) != 0
+    leaves, tables = present[is_leaf], present[~is_leaf]
+    nr_pages = table.level.entry_span >> machine.geometry.page_shift
+    for i in leaves.tolist():
+        machine.flush_tlb_kernel_range(table.va(i), table.va(i) + machine.geometry.page_size)
+        free_vmemmap_frames(machine, int(table.pfns[i]), nr_pages, altmap)
+    if len(leaves):
+        machine.pagetable.clear_leaves(table, leaves)
+    for i in tables.tolist():
+        _unmap_hotplug(machine, table.children[i], max(table.va(i), start), min(table.va(i + 1), end), altmap)
+
+
+def _free_empty_tables(machine, table, start, end, floor, ceiling):
+    """``free_empty_{p4d,pud,pmd,pte}_table`` below ``table``: a table goes when all its entries are
+    none and ``pgtable_range_aligned`` puts the range, rounded to the table's span, inside
+    ``[floor, ceiling)``; the top table (``swapper_pg_dir``) stays."""
+    lo, hi = table_index_range(table, start, end)
+    span = table.level.entry_span  # the span of each child table
+    for i in sorted(k for k in table.children if lo <= k < hi):
+        child = table.children[i]
+        first, last = max(table.va(i), start), min(table.va(i + 1), end)
+        _free_empty_tables(machine, child, first, last, floor, ceiling)
+        if child.empty and first // span * span >= floor and last <= ceiling // span * span:
+            free_table(machine, table, i)

@@ -1,12 +1,21 @@
 """s390x for vmemcore: ``arch/s390/include/asm/{pgtable.h,pgalloc.h,sparsemem.h}``, ``arch/s390/boot/startup.c``.
 
-Geometry only (no populate/free yet). The kernel ASCE has 3 levels (region-third top, 4 TiB) or 4
-levels (region-second top, 8 PiB). Region and segment ("CRST") tables are 2048 x 8 B = 16 KiB; page
-tables are 256 x 8 B = 2 KiB. The vmemmap is mapped with 1 MiB segment leaves when EDAT1 is present;
-region-third entries may hold 2 GiB leaves with EDAT2.
+The kernel ASCE has 3 levels (region-third top, 4 TiB) or 4 levels (region-second top, 8 PiB).
+Region and segment ("CRST") tables are 2048 x 8 B = 16 KiB; page tables are 256 x 8 B = 2 KiB. The
+vmemmap (``arch/s390/mm/vmem.c``) is mapped with 1 MiB segment leaves when EDAT1 is present, even
+where a range uses only part of one (tracked as x86 does), with 4 KiB pages otherwise; every
+allocation ignores the node. Region-third entries may hold 2 GiB leaves with EDAT2.
 """
 
-from vmemcore import ArchInfo, Feature, Level, PageTableGeometry, SparseGeometry, TiB, Variant, hookimpl
+import numpy as np
+
+from vmemcore import (
+    ArchInfo, Feature, GiB, HugePageSize, Level, MiB, OutOfMemory, PageTableGeometry, SparseGeometry, Support, TiB,
+    Variant, hookimpl,
+)
+from vmemcore.pagetable import PRESENT, table_index_range
+from vmemcore.populate import alloc_blocks, free_table, free_vmemmap_frames, table_allocator
+from vmemcore.subpmd import SubPmdTracker
 
 CRST_BYTES = 2048 * 8  # _CRST_ENTRIES; allocated as CRST_ALLOC_ORDER 2 = 16 KiB
 # A 2 KiB page table takes a whole 4 KiB page: page_table_alloc() since d08d4e7cd6bf (~6.7), boot-time
@@ -19,6 +28,7 @@ MAX_PHYSMEM_BITS = 46  # CONFIG_MAX_PHYSMEM_BITS default
 VMEMMAP_SIZE = 1 * TiB
 VMEMMAP_BASE = {"3-level": 2 * TiB, "4-level": 1 << 52}  # inside 4 TiB / 8 PiB, 2 GiB / 4 TiB aligned
 VA_BITS = {"3-level": 42, "4-level": 53}
+NUMA_NO_NODE = -1  # vmemmap_populate ignores the node: every node is tried, lowest id first
 
 
 def _crst(name, shift, hw_name, leaf=False):
@@ -72,3 +82,140 @@ def vmemcore_sparse_geometry(variant, profile):
         pageblock_order=8,  # HPAGE_SHIFT 20: 1 MiB
         max_page_order=10,
     )
+
+
+@hookimpl
+def vmemcore_hugepage_sizes(machine):
+    """``arch_hugetlb_valid_size``: 1 MiB segments with EDAT1, 2 GiB region-third entries with EDAT2
+    (the region-third level is the top, named "pgd", of the 3-level ASCE)."""
+    sizes = []
+    if machine.features["edat1"]:
+        sizes.append(HugePageSize(1 * MiB, "pmd"))
+    if machine.features["edat2"]:
+        region_third = next(level for level in machine.geometry.levels if level.hw_name == "region-third")
+        sizes.append(HugePageSize(2 * GiB, region_third.name))
+    return tuple(sizes)
+
+
+@hookimpl
+def vmemcore_hvo_support(machine):
+    """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 6.2 (00a34d5a99c0) until
+    64e2f60f355e (6.18, with stable backports)."""
+    profile = machine.profile
+    if not profile.at_least(6, 2):
+        return Support(False, "s390 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 6.2 (00a34d5a99c0)")
+    if profile.at_least(6, 18):
+        return Support(
+            False,
+            "s390 may not replace a valid page-table entry by another valid one without going through "
+            "invalid (IPTE/IDTE or CRDTE/CSPG), which HVO's remapping does: disabled by 64e2f60f355e "
+            "(2025-10-30) in 6.18, with stable backports",
+        )
+    return Support(True)
+
+
+def _sub_pmd(machine):
+    return machine.plugin_state("s390.sub_pmd", SubPmdTracker)
+
+
+@hookimpl
+def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
+    """``vmemmap_populate`` = ``add_pagetable(start, end, direct=false, altmap)`` with ``NUMA_NO_NODE``
+    allocations; missing region and segment tables come from ``vmem_crst_alloc``. On failure the
+    kernel undoes the range with ``remove_pagetable``; here :class:`OutOfMemory` propagates and the
+    engine's journal restores the machine."""
+    alloc_table = table_allocator(machine, NUMA_NO_NODE)
+    depth = machine.geometry.index_of("pmd")
+    addr = start
+    while addr < end:
+        segments = machine.pagetable.walk(addr, depth, alloc_table)
+        lo, hi = table_index_range(segments, addr, end)
+        _populate_segments(machine, segments, lo, hi, start, end, altmap, alloc_table)
+        addr = segments.va(hi)
+    return True
+
+
+def _populate_segments(machine, table, lo, hi, start, end, altmap, alloc_table):
+    """``modify_pmd_table`` (add) over entries ``lo..hi`` of a segment table: with EDAT1 an empty
+    segment gets a 1 MiB frame (``vmemmap_alloc_block_buf(PMD_SIZE, NUMA_NO_NODE, altmap)``) even if the
+    range uses only part of it (``vmemmap_use_new_sub_pmd``); a segment leaf gains a user
+    (``vmemmap_use_sub_pmd``); without EDAT1, or when the 1 MiB frame cannot be had (from the altmap
+    too), the segment gets a page table of 4 KiB pages."""
+    span = table.level.entry_span
+    nr_pages = span >> machine.geometry.page_shift
+    tracker = _sub_pmd(machine)
+    i = lo
+    while i < hi:
+        first, last = max(table.va(i), start), min(table.va(i + 1), end)
+        if table.is_leaf(i):
+            tracker.use(first, last)
+            i += 1
+            continue
+        if table.present(i) or not machine.features["edat1"]:
+            _populate_page_table(machine, first, last, altmap, alloc_table)
+            i += 1
+            continue
+        present = np.flatnonzero(table.flags[i:hi] & PRESENT)
+        j = i + (int(present[0]) if len(present) else hi - i)  # a run of empty segments: i..j
+        pfns = alloc_blocks(machine, nr_pages, j - i, NUMA_NO_NODE, altmap)
+        if len(pfns):
+            machine.pagetable.set_leaves(table, slice(i, i + len(pfns)), pfns)
+            for k in sorted({i, i + len(pfns) - 1}):  # only the run's ends can be partly used
+                first, last = max(table.va(k), start), min(table.va(k + 1), end)
+                if last - first != span:
+                    tracker.use_new(first, last)
+        i += len(pfns)
+        if i < j:
+            _populate_page_table(machine, max(table.va(i), start), min(table.va(i + 1), end), altmap, alloc_table)
+            i += 1
+
+
+def _populate_page_table(machine, start, end, altmap, alloc_table):
+    """``vmem_pte_alloc`` for an empty segment, then ``modify_pte_table`` (add): every empty page
+    entry of ``[start, end)`` gets ``vmemmap_alloc_block_buf(PAGE_SIZE, NUMA_NO_NODE, altmap)``."""
+    pt = machine.pagetable
+    table = pt.walk(start, len(machine.geometry.levels) - 1, alloc_table)
+    lo, hi = table_index_range(table, start, end)
+    empty = np.flatnonzero((table.flags[lo:hi] & PRESENT) == 0) + lo
+    pfns = alloc_blocks(machine, 1, len(empty), NUMA_NO_NODE, altmap)
+    if len(pfns):
+        pt.set_leaves(table, empty[: len(pfns)], pfns)
+    if len(pfns) < len(empty):
+        where = table.va(int(empty[len(pfns)]))
+        raise OutOfMemory(f"no memory for the struct pages at {where:#x}{' (altmap)' if altmap else ''}")
+
+
+@hookimpl
+def vmemcore_vmemmap_free(machine, start, end, altmap):
+    """``vmemmap_free`` = ``remove_pagetable(start, end, direct=false, altmap)``, which ends with one
+    ``flush_tlb_kernel_range(start, end)``."""
+    _remove(machine, machine.pagetable.top, start, end, altmap)
+    machine.flush_tlb_kernel_range(start, end)
+    return True
+
+
+def _remove(machine, table, start, end, altmap):
+    """``modify_{p4d,pud,pmd,pte}_table`` (remove) below ``table``, each child followed by its
+    ``try_free_*_table``: page frames freed (``vmem_free_pages``, to the altmap if given); a segment
+    leaf freed when the range covers it or ``vmemmap_unuse_sub_pmd`` finds all of it unused; a page,
+    segment or region table freed once all its entries are empty (the top table stays)."""
+    pt = machine.pagetable
+    lo, hi = table_index_range(table, start, end)
+    present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
+    if table.level.name == "pte":
+        for pfn in table.pfns[present].tolist():
+            free_vmemmap_frames(machine, pfn, 1, altmap)
+        pt.clear_leaves(table, present)
+        return
+    span = table.level.entry_span
+    for i in present.tolist():
+        first, last = max(table.va(i), start), min(table.va(i + 1), end)
+        if table.is_leaf(i):  # a segment leaf: region-third leaves map only the identity map
+            if last - first == span or _sub_pmd(machine).pmd_is_unused(first, last):
+                free_vmemmap_frames(machine, int(table.pfns[i]), span >> machine.geometry.page_shift, altmap)
+                pt.clear_leaves(table, slice(i, i + 1))
+            continue
+        child = table.children[i]
+        _remove(machine, child, first, last, altmap)
+        if child.empty:
+            free_table(machine, table, i)

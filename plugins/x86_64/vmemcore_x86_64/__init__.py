@@ -7,7 +7,10 @@ leaves when the CPU has PSE and the range covers a section, with base pages othe
 
 import numpy as np
 
-from vmemcore import ArchInfo, Feature, Level, OutOfMemory, PageTableGeometry, SparseGeometry, TiB, Variant, hookimpl
+from vmemcore import (
+    ArchInfo, Feature, GiB, HugePageSize, Level, MiB, OutOfMemory, PageTableGeometry, SparseGeometry, Support, TiB,
+    Variant, hookimpl,
+)
 from vmemcore.pagetable import PRESENT, table_index_range
 from vmemcore.populate import (
     free_table,
@@ -65,6 +68,23 @@ def vmemcore_sparse_geometry(variant, profile):
         pageblock_order=9,
         max_page_order=10,
     )
+
+
+@hookimpl
+def vmemcore_hugepage_sizes(machine):
+    """``arch_hugetlb_valid_size``: 2 MiB always, 1 GiB with GBPAGES."""
+    sizes = [HugePageSize(2 * MiB, "pmd")]
+    if machine.features["gbpages"]:
+        sizes.append(HugePageSize(1 * GiB, "pud"))
+    return tuple(sizes)
+
+
+@hookimpl
+def vmemcore_hvo_support(machine):
+    """x86_64 selects ARCH_WANT_OPTIMIZE_HUGETLB_VMEMMAP since HVO was merged (5.14)."""
+    if machine.profile.at_least(5, 14):
+        return Support(True)
+    return Support(False, "HugeTLB Vmemmap Optimization was merged in 5.14")
 
 
 def _sub_pmd(machine):

@@ -1,0 +1,507 @@
+"""HugeTLB Vmemmap Optimization: remap a HugeTLB folio's tail vmemmap onto one page and free the rest.
+
+Mirrors ``mm/hugetlb_vmemmap.c`` (seed 003 = 6.12): the remap walk (``vmemmap_remap_range`` with
+``vmemmap_pmd_entry``/``vmemmap_pte_entry``), ``vmemmap_split_pmd``, ``vmemmap_remap_pte``,
+``vmemmap_restore_pte``, ``vmemmap_remap_free`` (new head page, rollback walk),
+``vmemmap_remap_alloc``/``alloc_vmemmap_page_list``, ``free_vmemmap_page``, the single-folio and
+batched ``hugetlb_vmemmap_optimize_folio(s)`` / ``hugetlb_vmemmap_restore_folio(s)``. The kernel
+profile picks the variant: the v17 design's two reserved pages (5.14), the kept head page (6.1), the
+new head page with fallback (6.2+), batching (6.7+), and 7.1's shared read-only tail page.
+
+A failed optimization is not an error: as in the kernel the folio simply stays unoptimized, the
+walk's rollback having restored its PTEs (split PMDs stay split). A failed restore leaves the folio
+optimized, and the caller keeps it in the pool.
+"""
+
+import attrs
+import numpy as np
+
+from .pagetable import RDONLY, table_index_range
+from .physmem import Use
+from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
+from .structpage import CopyOf, SharedTail
+
+SPLIT_NO_TLB_FLUSH = 1
+REMAP_NO_TLB_FLUSH = 2
+
+ENOMEM = "ENOMEM"
+ENOTSUPP = "ENOTSUPP"
+UNTRIED = object()  # no new head page has been asked for yet
+
+
+@attrs.define
+class Walk:
+    """``struct vmemmap_remap_walk``. ``pages`` is the ``vmemmap_pages`` list: its front (where
+    ``list_add`` puts a page and ``list_first_entry`` takes one) is the end of the Python list."""
+
+    remap: object  # None (split only), "free" (vmemmap_remap_pte) or "restore" (vmemmap_restore_pte)
+    reuse_addr: int = 0
+    tail_page: object = None  # the frame tail PTEs map (walk->reuse_page); None: the first PTE tells
+    head_page: object = None  # the frame mapped read-write at reuse_addr (a new head page)
+    head_pos: int = -1  # where head_page sits on the list
+    pages: list = attrs.Factory(list)
+    flags: int = 0
+    nr_walked: int = 0
+
+
+def optimizable_pages(machine, order) -> int:
+    """``hugetlb_vmemmap_optimizable_size / PAGE_SIZE``: vmemmap pages HVO can free per folio."""
+    sparse = machine.sparse_geometry
+    if sparse.struct_page_size & (sparse.struct_page_size - 1):
+        return 0
+    vmemmap = (1 << order) * sparse.struct_page_size
+    return max(vmemmap - machine.profile.hvo_reserve_pages * sparse.page_size, 0) // sparse.page_size
+
+
+class Hvo:
+    """HVO on one machine: the walks, the per-folio and batched entry points, 7.1's tail pages."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.page = machine.geometry.page_size
+        self.tail_pages = {}  # (node, order) -> frame of 7.1's shared tail page (zone->vmemmap_tails)
+        self._home_copies = {}  # where a restored copy sits in its folio -> does it read like home?
+        self.batch_runs = True  # remap runs of folios a page table at a time (False: folio by folio)
+
+    def snapshot(self):
+        return dict(self.tail_pages)
+
+    # -- the walk -------------------------------------------------------------------------------
+    def remap_range(self, start, end, walk):
+        """``vmemmap_remap_range``: walk ``[start, end)``; returns None, ENOMEM or ENOTSUPP."""
+        m = self.machine
+        pt = m.pagetable
+        depth = m.geometry.index_of("pmd")
+        addr = start
+        while addr < end:
+            table = pt.walk(addr, depth)
+            i = table.index(addr)
+            nxt = min(table.va(i + 1), end)
+            error = self._pmd_entry(table, i, addr, walk)
+            if error:
+                return error
+            if walk.remap is not None:
+                self._pte_range(table.children[i], addr, nxt, walk)
+            addr = nxt
+        if walk.remap is not None and not walk.flags & REMAP_NO_TLB_FLUSH:
+            m.flush_tlb_kernel_range(start, end)
+        return None
+
+    def _pmd_entry(self, table, i, addr, walk):
+        """``vmemmap_pmd_entry``: the self-hosted check, then split a leaf PMD."""
+        m = self.machine
+        leaf = table.is_leaf(i)
+        if walk.nr_walked == 0:
+            frame = m.pagetable.translate(addr) >> m.geometry.page_shift
+            owner = m.physmem.owner(frame)
+            if owner is not None and owner.self_hosted:
+                return ENOTSUPP
+        if not leaf:
+            return None
+        return self.split_pmd(table, i, addr, walk)
+
+    def split_pmd(self, table, i, addr, walk):
+        """``vmemmap_split_pmd``: a PTE table mapping the same 2 MiB, installed in place of the leaf."""
+        m = self.machine
+        level = m.geometry.levels[table.depth + 1]
+        nr_pages = level.alloc_bytes >> m.geometry.page_shift
+        node = m.physmem.node_of(int(table.pfns[i]))
+        pfn = m.physmem.alloc(nr_pages, node, Use.PAGETABLE, align=nr_pages)  # pte_alloc_one_kernel
+        if pfn is None:
+            return ENOMEM
+        m.pagetable.split_leaf(table, i, lambda _level: pfn)
+        m.stats.add("hvo_pmd_splits", 1)
+        if not walk.flags & SPLIT_NO_TLB_FLUSH:
+            start = table.va(i)
+            m.flush_tlb_kernel_range(start, start + table.level.entry_span)
+        return None
+
+    def _pte_range(self, table, addr, end, walk):
+        """``vmemmap_pte_entry`` over the PTEs of one table, a run at a time."""
+        lo, hi = table_index_range(table, addr, end)
+        if walk.tail_page is None:  # the reuse page is found first in the walk
+            walk.tail_page = int(table.pfns[lo])
+            self._alias(walk.tail_page, table.va(lo))
+            walk.nr_walked += 1
+            lo += 1
+        if lo < hi:
+            if walk.remap == "free":
+                self._remap_ptes(table, lo, hi, walk)
+            else:
+                self._restore_ptes(table, lo, hi, walk)
+            walk.nr_walked += hi - lo
+
+    def _alias(self, frame, vaddr):
+        """``frame``, mapped at ``vaddr``, is about to be mapped elsewhere too: materialise it."""
+        structpages = self.machine.structpages
+        if frame not in structpages.contents:
+            structpages.describe(frame, structpages.descriptor_at(vaddr))
+
+    def _remap_ptes(self, table, lo, hi, walk):
+        """``vmemmap_remap_pte``: old frames onto the list; PTEs to the tail page read-only, the
+        reuse address to the new head page read-write (taking it off the list)."""
+        pt = self.machine.pagetable
+        walk.pages.extend(table.pfns[lo:hi].tolist())
+        pt.set_leaves(table, slice(lo, hi), walk.tail_page, RDONLY)
+        if table.va(lo) <= walk.reuse_addr < table.va(hi):
+            del walk.pages[walk.head_pos]
+            head_index = table.index(walk.reuse_addr)
+            pt.set_leaves(table, slice(head_index, head_index + 1), walk.head_page, 0)
+
+    def _restore_ptes(self, table, lo, hi, walk):
+        """``vmemmap_restore_pte``: each PTE that maps the tail page gets a fresh page from the
+        list holding a copy of the tail page (with ``reset_struct_pages``), read-write."""
+        if np.any(table.pfns[lo:hi] != walk.tail_page):
+            raise AssertionError(f"restore walk found a PTE not mapping the reuse page {walk.tail_page:#x}")
+        frames = walk.pages[:-(hi - lo) - 1:-1]
+        del walk.pages[-(hi - lo):]
+        self._fill_copies(frames, walk.tail_page, table.va(lo))
+        self.machine.pagetable.set_leaves(table, slice(lo, hi), np.array(frames, dtype=np.int64), 0)
+
+    def _fill_copies(self, frames, source_frame, vaddr):
+        """Copy the page ``source_frame`` into ``frames`` (to be mapped from ``vaddr`` on) and reset
+        their first struct pages; copies whose struct pages then equal what the kernel keeps at
+        that address need no descriptor of their own."""
+        m = self.machine
+        structpages = m.structpages
+        source = structpages.contents[source_frame]
+        target = m.sparse_geometry.page_to_pfn(vaddr) // structpages.per_page * structpages.per_page
+        folio = m.hugetlb.folio_of(target)
+        key = None
+        if folio is not None and not getattr(source, "overrides", ()):
+            # the outcome depends only on where source and target sit in the folio
+            first = getattr(source, "first_pfn", None)
+            key = (type(source), None if first is None else first - folio.head,
+                   min(target - folio.head, structpages.per_page), folio.order, m.hugetlb.is_optimized(folio.head))
+        same = self._home_copies.get(key)
+        copy = None
+        if same is None:
+            copy = structpages.reset_struct_pages(source, m.profile.nr_reset_struct_page)
+            same = structpages.equals_home(copy, target)
+            if key is not None:
+                self._home_copies[key] = same
+        if not same:
+            copy = copy or structpages.reset_struct_pages(source, m.profile.nr_reset_struct_page)
+            for frame in frames:
+                structpages.describe(frame, copy)
+
+    # -- free and allocate vmemmap pages --------------------------------------------------------
+    def free_page_list(self, pages):
+        """``free_vmemmap_page_list``: boot frames lower the boot counter, buddy frames the other."""
+        if not pages:
+            return
+        m = self.machine
+        frames = np.sort(np.array(pages, dtype=np.int64))
+        m.structpages.forget_many(frames)
+        breaks = np.flatnonzero(np.diff(frames) != 1) + 1
+        for run in np.split(frames, breaks):
+            start, end = int(run[0]), int(run[-1]) + 1
+            for s, e, owner in m.physmem.frames.items(start, end):
+                m.stats.add(NR_MEMMAP_BOOT_PAGES if owner.reserved else NR_MEMMAP_PAGES, -(e - s))
+            m.physmem.release(start, end - start)
+        m.stats.add("hvo_vmemmap_pages_freed", len(frames))
+        pages.clear()
+
+    def _alloc_page(self, node):
+        return self.machine.physmem.alloc(1, node, Use.MEMMAP)
+
+    def alloc_page_list(self, count, node):
+        """``alloc_vmemmap_page_list``: all ``count`` pages (in allocation order) or None."""
+        physmem = self.machine.physmem
+        pages = physmem.alloc_pages(count, node, Use.MEMMAP)
+        if len(pages) < count:
+            for frame in pages:
+                physmem.release(frame, 1)
+            return None
+        self.machine.stats.add(NR_MEMMAP_PAGES, count)
+        self.machine.stats.add("hvo_vmemmap_pages_allocated", count)
+        return pages
+
+    def shared_tail_page(self, node, order):
+        """7.1 ``vmemmap_get_tail``: one read-only page of tail struct pages per (zone, order),
+        allocated on first use, never freed, not counted in the memmap counters."""
+        key = (node, order)
+        frame = self.tail_pages.get(key)
+        if frame is None:
+            frame = self._alloc_page(node)
+            if frame is None:
+                return None
+            self.machine.structpages.describe(frame, SharedTail(order))
+            journal = self.machine.journal
+            if journal.active:
+                journal.record(lambda: self.tail_pages.pop(key))
+            self.tail_pages[key] = frame
+        return frame
+
+    # -- one folio ------------------------------------------------------------------------------
+    def _range(self, folio):
+        m = self.machine
+        start = m.pfn_to_page(folio.head)
+        return start, start + (1 << folio.order) * m.sparse_geometry.struct_page_size
+
+    def split_folio(self, folio):
+        """``hugetlb_vmemmap_split_folio``: split-only walk of the folio's vmemmap."""
+        start, end = self._range(folio)
+        reuse = start + (self.machine.profile.hvo_reserve_pages - 1) * self.page
+        return self.remap_range(reuse, end, Walk(None, flags=SPLIT_NO_TLB_FLUSH))
+
+    def optimize_folio(self, folio, pages, flags, head=UNTRIED):
+        """``__hugetlb_vmemmap_optimize_folio``: None on success, else the error (the folio is then
+        left unoptimized). Freed frames go onto ``pages`` for the caller to free. ``head`` is the
+        outcome of a new-head allocation already attempted for this folio (None: it failed)."""
+        m = self.machine
+        profile = m.profile
+        start, end = self._range(folio)
+        node = m.physmem.node_of(folio.head)
+        walk = Walk("free", flags=flags, pages=pages)
+        if profile.hvo_tail_page == "shared":
+            walk.tail_page = self.shared_tail_page(node, folio.order)
+            if walk.tail_page is None:
+                return ENOMEM
+        m.hugetlb.set_optimized(folio.head, True)  # set first, so the new head page's copy carries it
+        walk.reuse_addr = start + (profile.hvo_reserve_pages - 1) * self.page
+        if profile.hvo_head_page != "keep":
+            if head is UNTRIED:
+                head = self._alloc_page(node)
+            if head is None and profile.hvo_head_page == "always":
+                m.hugetlb.set_optimized(folio.head, False)
+                return ENOMEM
+            if head is not None:
+                m.structpages.describe(head, m.structpages.copy_page(walk.reuse_addr))
+                walk.head_pos = len(pages)
+                pages.append(head)
+                m.stats.add(NR_MEMMAP_PAGES, 1)
+                walk.head_page = head
+                if walk.tail_page is None:
+                    walk.tail_page = head
+        error = self.remap_range(walk.reuse_addr, end, walk)
+        if error and walk.nr_walked:
+            self._rollback(walk)
+        if error:
+            m.hugetlb.set_optimized(folio.head, False)
+        return error
+
+    def _rollback(self, failed):
+        """The second walk of ``vmemmap_remap_free``: restore what the failed walk remapped."""
+        start = failed.reuse_addr
+        walk = Walk("restore", reuse_addr=start, pages=failed.pages)
+        if self.machine.profile.hvo_tail_page == "shared":
+            walk.tail_page = failed.tail_page
+            start += self.page  # 7.1 restores only the PTEs mapping the shared tail page
+        self.remap_range(start, failed.reuse_addr + failed.nr_walked * self.page, walk)
+
+    def restore_folio(self, folio, flags):
+        """``__hugetlb_vmemmap_restore_folio``: None on success, else ENOMEM (folio unchanged)."""
+        m = self.machine
+        if not m.hugetlb.is_optimized(folio.head):
+            return None
+        start, end = self._range(folio)
+        reserve = m.profile.hvo_reserve_pages * self.page
+        pages = self.alloc_page_list((end - start - reserve) // self.page, m.physmem.node_of(folio.head))
+        if pages is None:
+            return ENOMEM
+        walk = Walk("restore", flags=flags, pages=pages, reuse_addr=start + reserve - self.page)
+        walk_start = walk.reuse_addr
+        if m.profile.hvo_tail_page == "shared":
+            walk.tail_page = self.tail_pages[(m.physmem.node_of(folio.head), folio.order)]
+            walk_start += self.page
+        self.remap_range(walk_start, end, walk)
+        m.hugetlb.set_optimized(folio.head, False)
+        return None
+
+    # -- entry points ---------------------------------------------------------------------------
+    def optimize(self, folios):
+        """Optimize ``folios`` as the profile's kernel does: batched with one TLB flush (6.7+,
+        ``hugetlb_vmemmap_optimize_folios``) or one at a time (``hugetlb_vmemmap_optimize_folio``).
+        Returns {head: error} for the folios left unoptimized."""
+        m = self.machine
+        failed = {}
+        todo = [f for f in folios if m.hugetlb.should_optimize(f)]
+        if not m.profile.hvo_batched:
+            for folio in todo:
+                pages = []
+                error = self.optimize_folio(folio, pages, 0)
+                self.free_page_list(pages)
+                if error:
+                    failed[folio.head] = error
+            return failed
+        self._split_pass(todo)
+        m.flush_tlb_all()
+        pages = []
+        shared = m.profile.hvo_tail_page == "shared"
+        for run, groupable in self._runs(todo):
+            k = 0
+            while k < len(run):
+                folio, head = run[k], UNTRIED
+                if groupable and (not shared or (folio.node, folio.order) in self.tail_pages):
+                    k += self._optimize_group(run[k:], pages)
+                    if k == len(run):
+                        break
+                    folio, head = run[k], None  # its new head page could not be had
+                k += 1
+                error = self.optimize_folio(folio, pages, REMAP_NO_TLB_FLUSH, head)
+                if error == ENOMEM and pages:  # free what is pending and try once more
+                    m.flush_tlb_all()
+                    self.free_page_list(pages)
+                    error = self.optimize_folio(folio, pages, REMAP_NO_TLB_FLUSH)
+                if error:
+                    failed[folio.head] = error
+        m.flush_tlb_all()
+        self.free_page_list(pages)
+        return failed
+
+    def restore(self, folios):
+        """``hugetlb_vmemmap_restore_folios`` (or one at a time before 6.7): restore in order and
+        stop at the first failure. Returns (folios with a full vmemmap, the rest, error)."""
+        m = self.machine
+        batched = m.profile.hvo_batched
+        optimized = m.hugetlb.is_optimized
+        done, restored, error = [], 0, None
+        runs = self._runs(folios) if batched else [(list(folios), False)]
+        for r, (run, groupable) in enumerate(runs):
+            k = 0
+            while k < len(run):
+                if not optimized(run[k].head):
+                    done.append(run[k])
+                    k += 1
+                    continue
+                if groupable:
+                    n = 1
+                    while k + n < len(run) and optimized(run[k + n].head):
+                        n += 1
+                    count, error = self._restore_group(run[k:k + n])
+                else:
+                    error = self.restore_folio(run[k], REMAP_NO_TLB_FLUSH if batched else 0)
+                    count = 0 if error else 1
+                done.extend(run[k:k + count])
+                restored += count
+                k += count
+                if error:
+                    if batched and restored:
+                        m.flush_tlb_all()
+                    return done, run[k:] + [f for later, _ in runs[r + 1:] for f in later], error
+        if batched and restored:
+            m.flush_tlb_all()
+        return done, [], None
+
+    # -- batches a page table at a time ---------------------------------------------------------
+    def _any_self_hosted(self):
+        return any(owner.self_hosted for owner in self.machine.physmem.frames.totals)
+
+    def _split_pass(self, todo):
+        """Pass 1 of the batch: split every PMD the folios' vmemmap needs, stopping at the first
+        ENOMEM. Each PMD is split when the first folio needing it comes, as one walk per folio would."""
+        if not todo:
+            return
+        m = self.machine
+        if self._any_self_hosted() or len({f.order for f in todo}) > 1:
+            for folio in todo:
+                if self.split_folio(folio) == ENOMEM:
+                    return
+            return
+        depth = m.geometry.index_of("pmd")
+        span = m.geometry.levels[depth].entry_span
+        size = m.sparse_geometry.struct_page_size
+        heads = np.array([f.head for f in todo], dtype=np.int64)
+        first = (heads * size + (m.profile.hvo_reserve_pages - 1) * self.page) // span
+        last = (heads * size + (size << todo[0].order) - 1) // span
+        pmds = (first[:, None] + np.arange(int((last - first).max()) + 1)).ravel()
+        pmds = pmds[pmds <= np.repeat(last, len(pmds) // len(heads))]
+        _, where = np.unique(pmds, return_index=True)
+        base = m.sparse_geometry.vmemmap_base
+        for pmd in pmds[np.sort(where)].tolist():
+            addr = base + pmd * span
+            table = m.pagetable.walk(addr, depth)
+            i = table.index(addr)
+            if table.is_leaf(i) and self.split_pmd(table, i, addr, Walk(None, flags=SPLIT_NO_TLB_FLUSH)) == ENOMEM:
+                return
+
+    def _runs(self, folios):
+        """Split ``folios`` into runs, each marked True when its folios' whole vmemmap lies in one
+        existing PTE table on one node, so that a batch can remap the run with a few array writes."""
+        m = self.machine
+        if not folios or not self.batch_runs or m.profile.hvo_reserve_pages != 1 or self._any_self_hosted():
+            return [(list(folios), False)]
+        pte = m.geometry.levels[-1]
+        size = m.sparse_geometry.struct_page_size
+        runs, i = [], 0
+        while i < len(folios):
+            folio = folios[i]
+            vmemmap, offset = size << folio.order, folio.head * size
+            table = offset // pte.table_span
+            if vmemmap < self.page or table != (offset + vmemmap - 1) // pte.table_span:
+                runs.append(([folio], False))
+                i += 1
+                continue
+            j = i + 1
+            while (j < len(folios) and folios[j].order == folio.order and folios[j].node == folio.node
+                   and folios[j].head * size // pte.table_span == table):
+                j += 1
+            split = m.pagetable.walk(m.pfn_to_page(folio.head), len(m.geometry.levels) - 1) is not None
+            runs.append((folios[i:j], split))
+            i = j
+        return runs
+
+    def _entries(self, group):
+        """The PTE table of a group and the (folios x vmemmap pages) index array of its entries."""
+        m = self.machine
+        table = m.pagetable.walk(m.pfn_to_page(group[0].head), len(m.geometry.levels) - 1)
+        size = m.sparse_geometry.struct_page_size
+        pages = (size << group[0].order) // self.page
+        offsets = np.array([f.head for f in group], dtype=np.int64) * size
+        first = (offsets - (table.base - m.sparse_geometry.vmemmap_base)) // self.page
+        return table, first[:, None] + np.arange(pages)
+
+    def _optimize_group(self, group, pages):
+        """``__hugetlb_vmemmap_optimize_folio`` for a run of folios sharing a PTE table, all split
+        already: new head pages in one allocation sweep, the PTEs in one write. Returns how many
+        folios were optimized; fewer than ``len(group)`` means the next one's head allocation failed."""
+        m = self.machine
+        structpages = m.structpages
+        heads = m.physmem.alloc_pages(len(group), group[0].node, Use.MEMMAP)
+        if not heads:
+            return 0
+        group = group[:len(heads)]
+        table, index = self._entries(group)
+        old = table.pfns[index]
+        new = np.empty_like(old)
+        new[:, 0] = heads
+        new[:, 1:] = self.tail_pages[(group[0].node, group[0].order)] if m.profile.hvo_tail_page == "shared" else np.array(heads)[:, None]
+        flags = np.full(old.shape, RDONLY, dtype=np.uint8)
+        flags[:, 0] = 0
+        per_page = structpages.per_page
+        for folio, head, old_head in zip(group, heads, old[:, 0].tolist()):
+            m.hugetlb.set_optimized(folio.head, True)
+            structpages.describe(head, structpages.contents.get(old_head) or CopyOf(folio.head // per_page * per_page))
+        m.pagetable.set_leaves(table, index.ravel(), new.ravel(), flags.ravel())
+        pages.extend(old.ravel().tolist())
+        m.stats.add(NR_MEMMAP_PAGES, len(heads))
+        return len(heads)
+
+    def _restore_group(self, group):
+        """``__hugetlb_vmemmap_restore_folio`` for a run of optimized folios sharing a PTE table:
+        their page lists in one allocation sweep, the PTEs in one write. Returns (restored, error)."""
+        m = self.machine
+        table, index = self._entries(group)
+        tails = index[:, 1:]
+        per_folio = tails.shape[1]
+        frames = m.physmem.alloc_pages(len(group) * per_folio, group[0].node, Use.MEMMAP)
+        count = len(frames) // per_folio
+        for frame in frames[count * per_folio:]:  # the failing folio frees what it got
+            m.physmem.release(frame, 1)
+        if count:
+            group, index, tails = group[:count], index[:count], tails[:count]
+            if m.profile.hvo_tail_page == "shared":
+                source = np.full(count, self.tail_pages[(group[0].node, group[0].order)], dtype=np.int64)
+            else:
+                source = table.pfns[index[:, 0]]  # the reuse page: what the head PTE maps
+            if np.any(table.pfns[tails] != source[:, None]):
+                raise AssertionError("restore found a tail PTE not mapping its folio's reuse page")
+            fresh = np.array(frames[:count * per_folio], dtype=np.int64).reshape(count, per_folio)[:, ::-1]
+            for folio, source_frame, row in zip(group, source.tolist(), fresh):
+                self._fill_copies(row.tolist(), source_frame, m.pfn_to_page(folio.head) + self.page)
+                m.hugetlb.set_optimized(folio.head, False)
+            m.pagetable.set_leaves(table, tails.ravel(), fresh.ravel(), 0)
+            m.stats.add(NR_MEMMAP_PAGES, count * per_folio)
+            m.stats.add("hvo_vmemmap_pages_allocated", count * per_folio)
+        return count, (ENOMEM if count < len(group) else None)

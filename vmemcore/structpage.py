@@ -1,0 +1,239 @@
+"""struct page contents, read through the simulated vmemmap.
+
+Contents are lazy. A memmap frame mapped where populate put it ("at home") holds the struct pages
+of the pfns its virtual address describes, and those are computed from the machine's state (which
+HugeTLB folio a pfn belongs to, whether its frame is boot memory). Only frames whose contents can
+differ from that are materialised: a frame that HVO maps somewhere else or copies (a new head
+page, a restored tail page, 7.1's shared tail page) gets a descriptor. Reading the struct page of
+a pfn always translates its vmemmap address through the page tables first, so after HVO every tail
+pfn really reads the page it shares — and ``compound_head`` (with the kernel's fake-head fix,
+``page_fixed_fake_head``, or 7.1's mask encoding) must still find the right head.
+
+The kpageflags view mirrors ``stable_page_flags`` (``fs/proc/page.c``) for the flags modelled here.
+"""
+
+import attrs
+import numpy as np
+
+from .errors import VmemcoreError
+from .pagetable import RDONLY
+
+PLAIN, HEAD, TAIL = "plain", "head", "tail"
+
+# page flags modelled (bits of StructPage.flags)
+PG_RESERVED = 1
+PG_HUGETLB = 2  # the folio is a HugeTLB folio (kept in the folio's first struct pages)
+PG_VMEMMAP_OPTIMIZED = 4  # HPG_vmemmap_optimized, on the head
+PG_FOLIO_META = 8  # struct pages 1 and 2 of a large folio carry folio metadata (__NR_USED_SUBPAGE = 3)
+
+# include/uapi/linux/kernel-page-flags.h
+KPF_COMPOUND_HEAD = 15
+KPF_COMPOUND_TAIL = 16
+KPF_HUGE = 17
+KPF_NOPAGE = 20
+KPF_RESERVED = 32
+
+
+@attrs.frozen
+class StructPage:
+    """One struct page as the simulation keeps it.
+
+    ``kind`` is plain, head or tail. A head has ``order``. A tail links to its head either by the
+    head's pfn (``head``, kernels before 7.1: ``compound_head`` with bit 0 set) or by the folio
+    order alone (``order``, 7.1's ``compound_info`` mask: the head is found from the tail's own
+    address).
+    """
+
+    kind: str = PLAIN
+    head: int = -1
+    order: int = 0
+    flags: int = 0
+
+
+class ReadOnlyFault(VmemcoreError):
+    """A write hit a read-only vmemmap mapping (HVO maps shared tail pages read-only)."""
+
+
+@attrs.frozen
+class CopyOf:
+    """A frame holding a copy of the struct pages of ``first_pfn``'s vmemmap page, with the
+    struct pages in ``overrides`` (index -> StructPage) rewritten."""
+
+    first_pfn: int
+    overrides: tuple = ()
+
+
+@attrs.frozen
+class SharedTail:
+    """7.1's per-zone read-only page of identical tail struct pages of one folio order."""
+
+    order: int
+
+
+class StructPages:
+    """The machine's struct page contents: descriptors of materialised frames, and the reads."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.per_page = machine.geometry.page_size // machine.sparse_geometry.struct_page_size
+        self.contents = {}  # frame pfn -> CopyOf | SharedTail
+        self.journal = machine.journal
+
+    def snapshot(self):
+        return dict(self.contents)
+
+    # -- descriptors ----------------------------------------------------------------------------
+    def describe(self, frame, descriptor):
+        """Materialise ``frame``'s contents as ``descriptor`` (None: back to plain "at home")."""
+        old = self.contents.get(frame)
+        if self.journal.active:
+            self.journal.record(lambda: self._put(frame, old))
+        self._put(frame, descriptor)
+
+    def _put(self, frame, descriptor):
+        if descriptor is None:
+            self.contents.pop(frame, None)
+        else:
+            self.contents[frame] = descriptor
+
+    def descriptor_at(self, vaddr):
+        """What the frame mapped at vmemmap address ``vaddr`` holds, as a descriptor."""
+        frame = self.machine.pagetable.translate(vaddr) >> self.machine.geometry.page_shift
+        found = self.contents.get(frame)
+        if found is not None:
+            return found
+        first = self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page
+        return CopyOf(first)
+
+    def copy_page(self, vaddr, overrides=()):
+        """A descriptor for a copy of the page mapped at ``vaddr`` (``copy_page``)."""
+        source = self.descriptor_at(vaddr)
+        if isinstance(source, SharedTail):
+            return source
+        merged = dict(source.overrides)
+        merged.update(overrides)
+        return CopyOf(source.first_pfn, tuple(sorted(merged.items())))
+
+    def reset_struct_pages(self, descriptor, count):
+        """``reset_struct_pages``: struct pages ``count..2*count-1`` copied over ``0..count-1``."""
+        if count == 0 or isinstance(descriptor, SharedTail):
+            return descriptor
+        first = descriptor.first_pfn
+        overrides = dict(descriptor.overrides)
+        for i in range(count):
+            overrides[i] = overrides[count + i] if count + i in overrides else self.home(first + count + i)
+        return CopyOf(first, tuple(sorted(overrides.items())))
+
+    def equals_home(self, descriptor, first_pfn) -> bool:
+        """Does a frame holding ``descriptor`` read exactly like the struct pages the kernel keeps
+        for ``first_pfn``'s vmemmap page? (Only records that can differ are compared: overrides,
+        heads and folio metadata; both pages must lie inside one HugeTLB folio.)"""
+        hugetlb = self.machine.hugetlb
+        folio = hugetlb.folio_of(first_pfn)
+        if folio is None or first_pfn + self.per_page > folio.head + (1 << folio.order):
+            return False
+        if isinstance(descriptor, SharedTail):
+            shared = self.machine.profile.hvo_tail_page == "shared"
+            return shared and descriptor.order == folio.order and first_pfn - folio.head >= 3
+        source = descriptor.first_pfn
+        if hugetlb.folio_of(source) != folio or source + self.per_page > folio.head + (1 << folio.order):
+            return False
+        overrides = dict(descriptor.overrides)
+        suspects = set(overrides) | {j for j in range(self.per_page)
+                                     if source + j - folio.head < 3 or first_pfn + j - folio.head < 3}
+        return all((overrides[j] if j in overrides else self.home(source + j)) == self.home(first_pfn + j)
+                   for j in suspects)
+
+    def forget_many(self, frames):
+        """``forget`` for a sorted numpy array of frames."""
+        if not self.contents:
+            return
+        keys = np.fromiter(self.contents.keys(), dtype=np.int64, count=len(self.contents))
+        for frame in keys[np.isin(keys, frames)].tolist():
+            self.describe(frame, None)
+
+    def forget(self, frame, nr_pages=1):
+        """Frames given back to the allocator: their contents no longer matter."""
+        if not self.contents:
+            return
+        if nr_pages <= len(self.contents):
+            frames = [f for f in range(frame, frame + nr_pages) if f in self.contents]
+        else:
+            frames = [f for f in self.contents if frame <= f < frame + nr_pages]
+        for f in frames:
+            self.describe(f, None)
+
+    # -- reading --------------------------------------------------------------------------------
+    def home(self, pfn) -> StructPage:
+        """The struct page of ``pfn`` as the kernel has written it (from the machine's state)."""
+        owner = self.machine.physmem.owner(pfn)
+        reserved = PG_RESERVED if owner is not None and owner.reserved and owner.use.value != "hugetlb" else 0
+        folio = self.machine.hugetlb.folio_of(pfn) if self.machine.hugetlb else None
+        if folio is None:
+            return StructPage(flags=reserved)
+        if pfn == folio.head:
+            flags = PG_HUGETLB | (PG_VMEMMAP_OPTIMIZED if self.machine.hugetlb.is_optimized(folio.head) else 0)
+            return StructPage(HEAD, order=folio.order, flags=flags)
+        meta = PG_FOLIO_META if pfn - folio.head < 3 else 0
+        if self.machine.profile.hvo_tail_page == "shared":
+            return StructPage(TAIL, order=folio.order, flags=meta)
+        return StructPage(TAIL, head=folio.head, flags=meta)
+
+    def read(self, pfn):
+        """The struct page of ``pfn``, read through the vmemmap; None if it is not mapped."""
+        vaddr = self.machine.pfn_to_page(pfn)
+        if self.machine.pagetable.lookup(vaddr) is None:
+            return None
+        descriptor = self.descriptor_at(vaddr)
+        if isinstance(descriptor, SharedTail):
+            return StructPage(TAIL, order=descriptor.order)
+        index = pfn % self.per_page
+        for i, page in descriptor.overrides:
+            if i == index:
+                return page
+        return self.home(descriptor.first_pfn + index)
+
+    def compound_head(self, pfn):
+        """``compound_head(pfn_to_page(pfn))`` as a pfn, through the vmemmap."""
+        page = self.read(pfn)
+        if page is None:
+            return None
+        if page.kind == TAIL:
+            return page.head if page.head >= 0 else pfn >> page.order << page.order
+        if page.kind == HEAD and pfn % self.per_page == 0:
+            # page_fixed_fake_head: an HVO'd tail page aliasing the head page reads a head here;
+            # the struct page after it tells the truth
+            after = self.read(pfn + 1)
+            if after is not None and after.kind == TAIL and after.head >= 0:
+                return after.head
+        return pfn
+
+    def kpageflags(self, pfn) -> int:
+        """The flags ``/proc/kpageflags`` reports for ``pfn`` (the subset modelled here)."""
+        if not self.machine.sparse.valid(pfn):
+            return 1 << KPF_NOPAGE
+        page = self.read(pfn)
+        if page is None:
+            return 1 << KPF_NOPAGE
+        flags = (1 << KPF_RESERVED) if page.flags & PG_RESERVED else 0
+        head = self.compound_head(pfn)
+        head_page = page if head == pfn else self.read(head)
+        if head_page is not None and head_page.kind == HEAD:
+            flags |= 1 << (KPF_COMPOUND_HEAD if head == pfn else KPF_COMPOUND_TAIL)
+            if head_page.flags & PG_HUGETLB:
+                flags |= 1 << KPF_HUGE
+        return flags
+
+    # -- writing --------------------------------------------------------------------------------
+    def write(self, pfn, page: StructPage):
+        """Store ``page`` as the struct page of ``pfn`` through the vmemmap; a read-only mapping
+        faults (:class:`ReadOnlyFault`) and nothing changes."""
+        vaddr = self.machine.pfn_to_page(pfn)
+        hit = self.machine.pagetable.lookup(vaddr)
+        if hit is None:
+            raise ReadOnlyFault(f"struct page of pfn {pfn:#x} at {vaddr:#x} is not mapped")
+        table, index = hit
+        if table.flags[index] & RDONLY:
+            raise ReadOnlyFault(f"write to the struct page of pfn {pfn:#x} hit a read-only vmemmap mapping at {vaddr:#x}")
+        frame = self.machine.pagetable.translate(vaddr) >> self.machine.geometry.page_shift
+        self.describe(frame, self.copy_page(vaddr, {pfn % self.per_page: page}))
