@@ -170,6 +170,23 @@ def test_a_table_reaching_past_vmemmap_end_is_never_freed():
     m.check()
 
 
+def test_a_table_reaching_below_vmemmap_start_is_never_freed():
+    # The floor side: VMEMMAP_START (-2 TiB - 1 GiB) is not 512 GiB aligned, so the PUD table holding
+    # pfn 0's struct pages starts below it. Boot RAM is put at 64 GiB (another PUD table) and the RAM
+    # at physical 0 is hot-added, so that table holds nothing else.
+    m = Machine("arm64", variant="4K-48", kernel="7.1", memory=[{"start": 64 * GiB, "size": 16 * GiB}])
+    before = m.counters()
+    m.add_memmap(0, SECTION_4K)
+    assert m.pfn_to_page(0) == m.sparse_geometry.vmemmap_base
+    c = m.counters()
+    assert (c["vmemmap_pagetable_pages_pud"], c["vmemmap_pagetable_pages_pmd"]) == (2, 2)
+    m.remove_memmap(0, SECTION_4K)
+    c = m.counters()
+    assert (c["vmemmap_pagetable_pages_pud"], c["vmemmap_pagetable_pages_pmd"]) == (2, 1)
+    assert c["pagetable_frames"] == before["pagetable_frames"] + 1
+    m.check()
+
+
 def test_a_16k_pte_table_goes_only_with_its_last_page():
     m = machine("16K-48", "7.1")
     pfn = pfn_of(m, 256 * GiB)  # memmap 1 GiB into the vmemmap: a PTE table of its own (32 MiB of VA)

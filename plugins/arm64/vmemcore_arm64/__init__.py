@@ -1,14 +1,14 @@
-"""arm64 for vmemcore: ``arch/arm64/include/asm/{pgtable-hwdef.h,memory.h,sparsemem.h}``, ``arch/arm64/Kconfig``.
+"""arm64 for vmemcore: ``arch/arm64/include/asm/{pgtable-hwdef.h,memory.h,sparsemem.h}``, ``arch/arm64/Kconfig``,
+``arch/arm64/mm/{mmu.c,hugetlbpage.c}``.
 
-One variant per granule and ``CONFIG_ARM64_VA_BITS`` choice;
-the number of levels is the ``CONFIG_PGTABLE_LEVELS`` default for that pair. Every table below the
-top is one page of ``PAGE_SIZE / 8`` entries; the top (``swapper_pg_dir``) has
-``1 << (VA_BITS - PGDIR_SHIFT)`` entries. 52-bit variants are modelled with LPA2/LVA present (no
-runtime folding to 48 bits).
+One variant per granule and ``CONFIG_ARM64_VA_BITS`` choice; the number of levels is the
+``CONFIG_PGTABLE_LEVELS`` default for that pair. Every table below the top is one page of
+``PAGE_SIZE / 8`` entries; the top (``swapper_pg_dir``) has ``1 << (VA_BITS - PGDIR_SHIFT)`` entries.
+52-bit variants are modelled with LPA2/LVA present (no runtime folding to 48 bits).
 
-The vmemmap (``arch/arm64/mm/mmu.c``) is mapped with 2 MiB PMD blocks only with 4K pages (and, since
-6.14-rc7, only for whole sections), with base pages otherwise; ``vmemmap_free`` clears every leaf it
-touches and frees its whole backing (no sub-PMD tracking), then frees the tables left empty.
+The vmemmap is mapped with PMD blocks only with 4K pages (and, since 6.14-rc7, only for whole
+sections), with base pages otherwise; ``vmemmap_free`` clears every leaf it touches and frees its
+whole backing (no sub-PMD tracking), then frees the tables left empty.
 """
 
 import numpy as np
@@ -153,7 +153,7 @@ def vmemcore_hugepage_sizes(machine):
 @hookimpl
 def vmemcore_hvo_support(machine):
     """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 5.19 (47010c040dec) until
-    060a2c92d1b6 (6.3), whose revert of it went back to 6.1.y and 6.2.y: only 5.19 and 6.0 kept HVO."""
+    060a2c92d1b6 (6.3) dropped it; that went back to 6.1.y and 6.2.y, so only 5.19 and 6.0 keep HVO."""
     profile = machine.profile
     if not profile.at_least(5, 19):
         return Support(False, "arm64 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 5.19 (47010c040dec)")

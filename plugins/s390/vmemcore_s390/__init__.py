@@ -1,10 +1,11 @@
-"""s390x for vmemcore: ``arch/s390/include/asm/{pgtable.h,pgalloc.h,sparsemem.h}``, ``arch/s390/boot/startup.c``.
+"""s390x for vmemcore: ``arch/s390/include/asm/{pgtable.h,pgalloc.h,sparsemem.h}``, ``arch/s390/boot/startup.c``,
+``arch/s390/mm/{vmem.c,hugetlbpage.c}``.
 
 The kernel ASCE has 3 levels (region-third top, 4 TiB) or 4 levels (region-second top, 8 PiB).
 Region and segment ("CRST") tables are 2048 x 8 B = 16 KiB; page tables are 256 x 8 B = 2 KiB. The
-vmemmap (``arch/s390/mm/vmem.c``) is mapped with 1 MiB segment leaves when EDAT1 is present, even
-where a range uses only part of one (tracked as x86 does), with 4 KiB pages otherwise; every
-allocation ignores the node. Region-third entries may hold 2 GiB leaves with EDAT2.
+vmemmap is mapped with 1 MiB segment leaves when EDAT1 is present, even where a range uses only
+part of one (tracked as x86 does), with 4 KiB pages otherwise; its allocations ignore the node.
+Region-third entries may hold 2 GiB leaves with EDAT2.
 """
 
 import numpy as np
