@@ -214,8 +214,13 @@ class HugeTLB:
             return self._shrink(h, count)
 
     def _grow(self, h, count):
-        fresh = []
-        while h.nr_huge_pages + len(fresh) < count:
+        nodes = self._nodes()
+        if len(nodes) == 1:  # no interleaving: one allocation sweep gives the same folios
+            heads = self.machine.physmem.alloc_pages(count - h.nr_huge_pages, nodes[0], Use.HUGETLB, h.order, exact_nid=True)
+            fresh = [Folio(head, h.order, nodes[0]) for head in heads]
+        else:
+            fresh = []
+        while len(nodes) > 1 and h.nr_huge_pages + len(fresh) < count:
             folio = self._alloc_folio(h)
             if folio is None:
                 break
@@ -227,6 +232,8 @@ class HugeTLB:
         failed = failed or {}
         eligible = [f for f in fresh if optimizable_pages(self.machine, f.order)] if self.optimize_vmemmap else []
         reasons = {}
+        if self.optimize_vmemmap and len(eligible) < len(fresh):
+            reasons["not optimizable"] = len(fresh) - len(eligible)  # struct pages fill at most a page
         for error in failed.values():
             reasons[error] = reasons.get(error, 0) + 1
         return ResizeResult(h.name, requested, h.nr_huge_pages, optimized=len(eligible) - len(failed),
@@ -279,9 +286,16 @@ class HugeTLB:
         return freed
 
     def _free_folio(self, h, folio):
-        """``update_and_free_hugetlb_folio``: the folio's memory goes back to the page allocator."""
+        """``update_and_free_hugetlb_folio``: the folio's memory goes back to the page allocator.
+        The head vmemmap page, now holding plain struct pages again, needs no descriptor."""
         self._drop(h, folio.head)
         self.machine.physmem.release(folio.head, 1 << folio.order)
+        structpages = self.machine.structpages
+        vaddr = self.machine.pfn_to_page(folio.head)
+        frame = self.machine.pagetable.translate(vaddr) >> self.machine.geometry.page_shift
+        descriptor = structpages.contents.get(frame)
+        if descriptor is not None and structpages.reads_like_home(descriptor, vaddr):
+            structpages.describe(frame, None)
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):

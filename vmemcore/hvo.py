@@ -482,10 +482,11 @@ class Hvo:
         """``__hugetlb_vmemmap_restore_folio`` for a run of optimized folios sharing a PTE table:
         their page lists in one allocation sweep, the PTEs in one write. Returns (restored, error)."""
         m = self.machine
+        wanted = len(group)
         table, index = self._entries(group)
         tails = index[:, 1:]
         per_folio = tails.shape[1]
-        frames = m.physmem.alloc_pages(len(group) * per_folio, group[0].node, Use.MEMMAP)
+        frames = m.physmem.alloc_pages(wanted * per_folio, group[0].node, Use.MEMMAP)
         count = len(frames) // per_folio
         for frame in frames[count * per_folio:]:  # the failing folio frees what it got
             m.physmem.release(frame, 1)
@@ -504,4 +505,4 @@ class Hvo:
             m.pagetable.set_leaves(table, tails.ravel(), fresh.ravel(), 0)
             m.stats.add(NR_MEMMAP_PAGES, count * per_folio)
             m.stats.add("hvo_vmemmap_pages_allocated", count * per_folio)
-        return count, (ENOMEM if count < len(group) else None)
+        return count, (ENOMEM if count < wanted else None)

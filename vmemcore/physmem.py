@@ -158,22 +158,33 @@ class PhysMem:
                 return pfn
         return None
 
-    def alloc_pages(self, count, node, purpose):
-        """``count`` successive single-page allocations, stopping at the first failure: the same
-        frames, in the same order, as ``count`` calls of ``alloc(1, node, purpose)``, in a few steps.
-        Returns the list of pfns granted."""
-        granted = self.faults.successes_before_failure(count, "memblock" if self.booting else "buddy", 1, node, purpose)
+    def alloc_pages(self, count, node, purpose, order=0, exact_nid=False):
+        """``count`` successive buddy allocations of ``2**order`` pages, stopping at the first
+        failure: the same blocks, in the same order, as ``count`` calls of ``alloc``, carved a free
+        extent at a time. Returns the list of first pfns granted."""
+        size = 1 << order
+        before = self.faults.attempts, self.faults.failed
+        granted = self.faults.successes_before_failure(count, "buddy", size, node, purpose)
         pfns = []
-        owner = Owner(purpose, reserved=self.booting)
-        for candidate in self._node_order(node, False):
+        owner = Owner(purpose)
+        for candidate in self._node_order(node, exact_nid):
             free = self._free.get(candidate)
-            while len(pfns) < granted and free.totals.get(True):
-                start, end, _ = next(iter(free.items_reversed()))
-                take = min(granted - len(pfns), end - start)
-                self._take(end - take, take, owner)
-                pfns.extend(range(end - 1, end - take - 1, -1))
+            extents = list(free.items_reversed())
+            for start, end, _ in extents:
+                if len(pfns) == granted:
+                    break
+                top = (end - size) // size * size
+                if top < start:
+                    continue
+                take = min(granted - len(pfns), (top - start) // size + 1)
+                low = top - (take - 1) * size
+                self._take(low, top + size - low, owner)
+                pfns.extend(range(top, low - 1, -size))
             if len(pfns) == granted:
                 break
+        if len(pfns) < granted:  # memory ran out before any injected failure: that attempt ends it
+            self.faults.attempts = before[0] + len(pfns) + 1
+            self.faults.failed = before[1]
         return pfns
 
     def _node_order(self, node, exact_nid):

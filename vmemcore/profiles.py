@@ -42,6 +42,7 @@ PROFILES = {
     p.name: p
     for p in (
         _profile("5.14", False, 2, "keep", "reuse", True, False, 0),
+        _profile("6.0", False, 1, "keep", "reuse", False, False, 3),
         _profile("6.1", False, 1, "keep", "reuse", False, False, 3),
         _profile("6.12", False, 1, "try", "reuse", False, True, 3),
         _profile("6.19", True, 1, "try", "reuse", False, True, 4),

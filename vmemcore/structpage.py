@@ -144,6 +144,11 @@ class StructPages:
         return all((overrides[j] if j in overrides else self.home(source + j)) == self.home(first_pfn + j)
                    for j in suspects)
 
+    def reads_like_home(self, descriptor, vaddr) -> bool:
+        """Is ``descriptor`` a plain copy of the struct pages that belong at ``vaddr``?"""
+        first = self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page
+        return descriptor == CopyOf(first)
+
     def forget_many(self, frames):
         """``forget`` for a sorted numpy array of frames."""
         if not self.contents:
@@ -181,48 +186,81 @@ class StructPages:
 
     def read(self, pfn):
         """The struct page of ``pfn``, read through the vmemmap; None if it is not mapped."""
-        vaddr = self.machine.pfn_to_page(pfn)
-        if self.machine.pagetable.lookup(vaddr) is None:
-            return None
-        descriptor = self.descriptor_at(vaddr)
-        if isinstance(descriptor, SharedTail):
-            return StructPage(TAIL, order=descriptor.order)
-        index = pfn % self.per_page
-        for i, page in descriptor.overrides:
-            if i == index:
-                return page
-        return self.home(descriptor.first_pfn + index)
+        return self.read_range(pfn, 1)[0]
+
+    def read_range(self, start, count):
+        """The struct pages of ``[start, start + count)``, each read through the vmemmap (one
+        translation per vmemmap page); None where nothing is mapped."""
+        machine = self.machine
+        page_shift = machine.geometry.page_shift
+        pages, pfn, end = [], start, start + count
+        while pfn < end:
+            first = pfn - pfn % self.per_page
+            stop = min(first + self.per_page, end)
+            phys = machine.pagetable.translate(machine.pfn_to_page(first))
+            if phys is None:
+                pages.extend([None] * (stop - pfn))
+                pfn = stop
+                continue
+            descriptor = self.contents.get(phys >> page_shift) or CopyOf(first)
+            if isinstance(descriptor, SharedTail):
+                pages.extend([StructPage(TAIL, order=descriptor.order)] * (stop - pfn))
+            else:
+                overrides = dict(descriptor.overrides)
+                for q in range(pfn, stop):
+                    index = q - first
+                    pages.append(overrides[index] if index in overrides else self.home(descriptor.first_pfn + index))
+            pfn = stop
+        return pages
+
+    def compound_heads(self, start, count):
+        """``compound_head`` of each pfn of the range, as pfns (None where nothing is mapped)."""
+        pages = self.read_range(start, count + 1)
+        heads = []
+        for k in range(count):
+            pfn, page = start + k, pages[k]
+            if page is None:
+                heads.append(None)
+            elif page.kind == TAIL:
+                heads.append(page.head if page.head >= 0 else pfn >> page.order << page.order)
+            elif page.kind == HEAD and pfn % self.per_page == 0 and pages[k + 1] is not None \
+                    and pages[k + 1].kind == TAIL and pages[k + 1].head >= 0:
+                # page_fixed_fake_head: an HVO'd tail page aliasing the head page reads a head
+                # here; the struct page after it tells the truth
+                heads.append(pages[k + 1].head)
+            else:
+                heads.append(pfn)
+        return heads
 
     def compound_head(self, pfn):
         """``compound_head(pfn_to_page(pfn))`` as a pfn, through the vmemmap."""
-        page = self.read(pfn)
-        if page is None:
-            return None
-        if page.kind == TAIL:
-            return page.head if page.head >= 0 else pfn >> page.order << page.order
-        if page.kind == HEAD and pfn % self.per_page == 0:
-            # page_fixed_fake_head: an HVO'd tail page aliasing the head page reads a head here;
-            # the struct page after it tells the truth
-            after = self.read(pfn + 1)
-            if after is not None and after.kind == TAIL and after.head >= 0:
-                return after.head
-        return pfn
+        return self.compound_heads(pfn, 1)[0]
+
+    def kpageflags_range(self, start, count):
+        """The flags ``/proc/kpageflags`` reports for each pfn of the range (the subset modelled)."""
+        pages = self.read_range(start, count)
+        heads = self.compound_heads(start, count)
+        head_pages = {}
+        out = []
+        for k in range(count):
+            pfn, page, head = start + k, pages[k], heads[k]
+            if page is None or not self.machine.sparse.valid(pfn):
+                out.append(1 << KPF_NOPAGE)
+                continue
+            flags = (1 << KPF_RESERVED) if page.flags & PG_RESERVED else 0
+            if head not in head_pages:
+                head_pages[head] = page if head == pfn else self.read(head)
+            head_page = head_pages[head]
+            if head_page is not None and head_page.kind == HEAD:
+                flags |= 1 << (KPF_COMPOUND_HEAD if head == pfn else KPF_COMPOUND_TAIL)
+                if head_page.flags & PG_HUGETLB:
+                    flags |= 1 << KPF_HUGE
+            out.append(flags)
+        return out
 
     def kpageflags(self, pfn) -> int:
-        """The flags ``/proc/kpageflags`` reports for ``pfn`` (the subset modelled here)."""
-        if not self.machine.sparse.valid(pfn):
-            return 1 << KPF_NOPAGE
-        page = self.read(pfn)
-        if page is None:
-            return 1 << KPF_NOPAGE
-        flags = (1 << KPF_RESERVED) if page.flags & PG_RESERVED else 0
-        head = self.compound_head(pfn)
-        head_page = page if head == pfn else self.read(head)
-        if head_page is not None and head_page.kind == HEAD:
-            flags |= 1 << (KPF_COMPOUND_HEAD if head == pfn else KPF_COMPOUND_TAIL)
-            if head_page.flags & PG_HUGETLB:
-                flags |= 1 << KPF_HUGE
-        return flags
+        """The flags ``/proc/kpageflags`` reports for ``pfn``."""
+        return self.kpageflags_range(pfn, 1)[0]
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, pfn, page: StructPage):

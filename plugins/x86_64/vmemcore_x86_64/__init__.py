@@ -93,9 +93,13 @@ def _sub_pmd(machine):
 
 @hookimpl
 def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
-    """``vmemmap_populate``: base pages (never from the altmap) for less than a section's memmap;
-    PMD leaves with PSE; without PSE an altmap cannot be used (-ENOMEM)."""
-    if end - start < machine.sparse_geometry.section_memmap_bytes:
+    """``vmemmap_populate``: base pages (never from the altmap) for less than a section's memmap,
+    or while the v17-era HVO is on (its walk cannot split PMD leaves); PMD leaves with PSE; without
+    PSE an altmap cannot be used (-ENOMEM)."""
+    hvo_wants_basepages = (
+        machine.profile.hvo_needs_basepage_vmemmap and machine.hugetlb.optimize_vmemmap and altmap is None
+    )
+    if hvo_wants_basepages or end - start < machine.sparse_geometry.section_memmap_bytes:
         vmemmap_populate_basepages(machine, start, end, node, None)
     elif machine.features["pse"]:
         tracker = _sub_pmd(machine)

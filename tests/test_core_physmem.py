@@ -1,0 +1,58 @@
+"""Physical memory: owners add up, and bulk allocation equals one call per block."""
+
+import random
+
+import pytest
+
+from vmemcore.physmem import PhysMem, Use
+
+
+def _machine(seed):
+    rng = random.Random(seed)
+    p = PhysMem(12, 1 << 30)
+    p.add_range(0, 0, 5000)
+    p.add_range(1, 5000, 9000)
+    p.end_boot()
+    for _ in range(30):
+        p.alloc(rng.choice([1, 4, 16]), rng.choice([0, 1]), Use.MEMMAP)
+    return p
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_alloc_pages_equals_successive_allocs(seed):
+    rng = random.Random(1000 + seed)
+    order, node, exact = rng.choice([0, 1, 3, 5]), rng.choice([0, 1]), rng.choice([True, False])
+    count, nth = rng.randint(1, 400), rng.choice([None, rng.randint(1, 400)])
+    one = _machine(seed)
+    one.faults.arm(nth=nth)
+    singles = []
+    for _ in range(count):
+        pfn = one.alloc(1 << order, node, Use.HUGETLB, exact_nid=exact)
+        if pfn is None:
+            break
+        singles.append(pfn)
+    bulk = _machine(seed)
+    bulk.faults.arm(nth=nth)
+    assert bulk.alloc_pages(count, node, Use.HUGETLB, order=order, exact_nid=exact) == singles
+    assert bulk.snapshot() == one.snapshot()
+    assert bulk.faults.attempts == one.faults.attempts
+    bulk.check()
+
+
+def test_buddy_blocks_are_naturally_aligned_and_top_down():
+    p = PhysMem(12, 1 << 30)
+    p.add_range(0, 0, 4096)
+    p.end_boot()
+    assert p.alloc(3, 0, Use.PAGETABLE) == 4092  # order 2 block
+    assert p.alloc(512, 0, Use.HUGETLB) == 3072  # the highest 512-aligned block that is free
+    assert p.free_pages() == 4096 - 4 - 512
+    p.check()
+
+
+def test_memblock_can_fall_back_to_another_node_unless_exact():
+    p = PhysMem(12, 1 << 30)
+    p.add_range(0, 0, 100)
+    p.add_range(1, 100, 1000)
+    assert p.alloc(200, 0, Use.MEMMAP, exact_nid=True) is None
+    assert p.alloc(200, 0, Use.MEMMAP) == 800
+    p.check()

@@ -1,0 +1,269 @@
+"""HugeTLB Vmemmap Optimization on x86_64: the kernel's numbers, struct pages through the vmemmap,
+fault injection, and the batched path against the one-folio-at-a-time path."""
+
+import pytest
+
+from vmemcore.errors import BadRequest, Veto
+from vmemcore.machine import Machine
+from vmemcore.physmem import Owner, Use
+from vmemcore.structpage import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE, ReadOnlyFault, StructPage
+from vmemcore.units import GiB, TiB
+
+
+def machine(kernel="6.12", size=16 * GiB, hvo=True, **kw):
+    return Machine("x86_64", kernel=kernel, memory=[{"size": size}], hugetlb={"optimize_vmemmap": hvo}, **kw)
+
+
+def memmap_total(m):
+    c = m.counters()
+    return c["nr_memmap_boot_pages"] + c["nr_memmap_pages"]
+
+
+def assert_selftest(m, folio):
+    """tools/testing/selftests/mm/hugepage-vmemmap.c: head is head+huge, every other pfn tail+huge."""
+    sp = m.structpages
+    count = 1 << folio.order
+    flags = sp.kpageflags_range(folio.head, count)
+    assert flags[0] & (1 << KPF_COMPOUND_HEAD | 1 << KPF_HUGE) == (1 << KPF_COMPOUND_HEAD | 1 << KPF_HUGE)
+    for pfn, value in enumerate(flags[1:], folio.head + 1):
+        assert value & (1 << KPF_COMPOUND_TAIL) and value & (1 << KPF_HUGE), hex(pfn)
+        assert not value & (1 << KPF_COMPOUND_HEAD), f"pfn {pfn:#x} reads as a head"
+    assert set(sp.compound_heads(folio.head, count)) == {folio.head}
+
+
+@pytest.mark.parametrize("kernel, size, count, vmemmap_pages, freed", [
+    ("6.12", "2M", 4, 8, 7), ("7.1", "2M", 4, 8, 7), ("5.14", "2M", 4, 8, 6), ("6.1", "2M", 4, 8, 7),
+    ("6.12", "1G", 2, 4096, 4095), ("7.1", "1G", 2, 4096, 4095), ("5.14", "1G", 2, 4096, 4094),
+])
+def test_vmemmap_pages_freed_per_folio(kernel, size, count, vmemmap_pages, freed):
+    m = machine(kernel)
+    frames = m.counters()["memmap_frames"]
+    total = memmap_total(m)
+    m.hugetlb.resize(size, count)
+    h = m.hugetlb.hstate(size)
+    assert h.nr_huge_pages == count
+    tail_pages = len(m.hugetlb.hvo.tail_pages)  # 7.1's shared tail page: kept, not counted
+    assert frames - m.counters()["memmap_frames"] == count * freed - tail_pages
+    assert total - memmap_total(m) == count * freed
+    for folio in h.folios.values():
+        start = m.pfn_to_page(folio.head)
+        mapped = {m.pagetable.translate(start + k * 4096) >> 12 for k in range(vmemmap_pages)}
+        assert len(mapped) == vmemmap_pages - freed + (kernel == "7.1")
+        assert_selftest(m, folio)
+    m.check()
+
+
+def test_growing_and_shrinking_512_pages_moves_the_counters_as_the_kernel_does():
+    m = machine()
+    before = m.counters()
+    result = m.hugetlb.resize("2M", 512)
+    assert (result.allocated, result.optimized, result.not_optimized) == (512, 512, {})
+    grown = m.counters()
+    # 6.12: all 8 boot-allocated frames per folio freed (boot counter), 1 new head page (buddy counter)
+    assert before["nr_memmap_boot_pages"] - grown["nr_memmap_boot_pages"] == 512 * 8
+    assert grown["nr_memmap_pages"] - before["nr_memmap_pages"] == 512
+    assert before["memmap_frames"] - grown["memmap_frames"] == 512 * 7
+    assert grown["tlb_flush_all"] - before.get("tlb_flush_all", 0) == 2  # one batch: after the splits, at the end
+    result = m.hugetlb.resize("2M", 0)
+    assert (result.freed, result.nr_hugepages, result.surplus) == (512, 0, 0)
+    shrunk = m.counters()
+    assert memmap_total(m) == before["nr_memmap_boot_pages"] + before["nr_memmap_pages"]
+    assert shrunk["nr_memmap_pages"] - before["nr_memmap_pages"] == 512 + 512 * 7  # restored pages come from buddy
+    assert shrunk["memmap_frames"] == before["memmap_frames"]
+    assert shrunk["free_frames"] == before["free_frames"] - grown["vmemmap_pagetable_pages_pte"]  # splits stay
+    m.check()
+
+
+def test_struct_pages_are_right_before_optimize_after_and_after_restore():
+    m = machine(hvo=False)
+    m.hugetlb.resize("2M", 3)
+    folios = list(m.hugetlb.hstate("2M").folios.values())
+    for folio in folios:
+        assert_selftest(m, folio)
+    m.hugetlb.set_optimize_vmemmap(True)
+    m.hugetlb.hvo.optimize(folios)
+    for folio in folios:
+        assert m.hugetlb.is_optimized(folio.head)
+        assert_selftest(m, folio)
+    done, rest, error = m.hugetlb.hvo.restore(folios)
+    assert (len(done), rest, error) == (3, [], None)
+    for folio in folios:
+        assert not m.hugetlb.is_optimized(folio.head)
+        assert_selftest(m, folio)
+    m.check()
+
+
+def test_the_switch_only_affects_pages_allocated_afterwards():
+    m = machine(hvo=False)
+    m.hugetlb.resize("2M", 2)
+    m.hugetlb.set_optimize_vmemmap(True)
+    m.hugetlb.resize("2M", 5)
+    optimized = [m.hugetlb.is_optimized(f.head) for f in m.hugetlb.hstate("2M").folios.values()]
+    assert sorted(optimized) == [False, False, True, True, True]
+    m.hugetlb.set_optimize_vmemmap(False)
+    assert sum(m.hugetlb.is_optimized(f.head) for f in m.hugetlb.hstate("2M").folios.values()) == 3
+
+
+def test_tails_are_read_only_and_a_write_faults_without_changing_anything():
+    m = machine()
+    m.hugetlb.resize("2M", 1)
+    folio = next(iter(m.hugetlb.hstate("2M").folios.values()))
+    before = m.snapshot()
+    with pytest.raises(ReadOnlyFault, match="read-only"):
+        m.structpages.write(folio.head + 100, StructPage())
+    assert m.snapshot() == before
+    m.structpages.write(folio.head + 5, StructPage(flags=0))  # the head vmemmap page is writable
+
+
+def test_new_head_page_falls_back_to_the_old_one_when_it_cannot_be_had():
+    m = machine(hvo=False)
+    m.hugetlb.resize("2M", 1)
+    m.hugetlb.set_optimize_vmemmap(True)
+    folio = next(iter(m.hugetlb.hstate("2M").folios.values()))
+    old_head_frame = m.memmap_frame(folio.head)
+    m.physmem.faults.arm(predicate=lambda r: r.purpose.value == "memmap")
+    assert m.hugetlb.hvo.optimize([folio]) == {}
+    assert m.memmap_frame(folio.head) == old_head_frame  # head kept, 7 tails freed
+    assert m.memmap_frame(folio.head + 511) == old_head_frame
+    assert_selftest(m, folio)
+
+
+def test_71_without_a_new_head_page_does_not_optimize():
+    m = machine("7.1", hvo=False)
+    m.hugetlb.resize("2M", 1)
+    m.hugetlb.set_optimize_vmemmap(True)
+    folio = next(iter(m.hugetlb.hstate("2M").folios.values()))
+    m.hugetlb.hvo.shared_tail_page(folio.node, folio.order)
+    before = m.counters()
+    m.physmem.faults.arm(predicate=lambda r: r.purpose.value == "memmap")
+    assert m.hugetlb.hvo.optimize([folio]) == {folio.head: "ENOMEM"}
+    assert not m.hugetlb.is_optimized(folio.head)
+    assert m.counters()["memmap_frames"] == before["memmap_frames"]
+    assert_selftest(m, folio)
+
+
+def test_a_failed_split_midway_rolls_the_walk_back_as_the_kernel_does():
+    # 1G folio: its 16 MiB of vmemmap spans 8 PMD leaves; from the 3rd on, no split can be had
+    m = machine(hvo=False)
+    m.hugetlb.resize("1G", 1)
+    folio = next(iter(m.hugetlb.hstate("1G").folios.values()))
+    m.hugetlb.set_optimize_vmemmap(True)
+    total, frames = memmap_total(m), m.counters()["memmap_frames"]
+    tables = []
+    m.physmem.faults.arm(predicate=lambda r: r.purpose.value == "pagetable" and (tables.append(r) or len(tables) >= 3))
+    failed = m.hugetlb.hvo.optimize([folio])
+    assert failed == {folio.head: "ENOMEM"}
+    assert not m.hugetlb.is_optimized(folio.head)
+    c = m.counters()
+    # pass 2 fails at the 3rd PMD twice (the batch retries once after freeing what is pending); each
+    # rollback leaves the head on a new page and frees the previous head frame: frames balance
+    assert len(tables) == 5  # pass 1: 2 splits and a failure; pass 2: the walk and its retry fail there
+    assert c["memmap_frames"] == frames
+    assert memmap_total(m) == total
+    assert c["vmemmap_leaves_4K"] == 2 * 512  # the two splits that worked stay split
+    assert m.memmap_frame(folio.head) != m.memmap_frame(folio.head + 64)  # tails have frames of their own
+    assert_selftest(m, folio)
+    m.check()
+
+
+def test_boot_gigantic_pages_are_optimized_through_the_boot_path_as_boot_memory():
+    m = Machine("x86_64", memory=[{"size": 16 * GiB}],
+                hugetlb={"optimize_vmemmap": True, "boot": [{"size": "1G", "count": 2}]})
+    h = m.hugetlb.hstate("1G")
+    assert h.nr_huge_pages == 2 and all(f.boot for f in h.folios.values())
+    c = m.counters()
+    assert c["nr_memmap_boot_pages"] == 65_536 - 2 * 4096
+    assert c["nr_memmap_pages"] == 2  # the new head pages
+    assert all(m.physmem.owner(f.head).reserved for f in h.folios.values())
+    for folio in h.folios.values():
+        assert m.hugetlb.is_optimized(folio.head)
+        assert_selftest(m, folio)
+    m.check()
+
+
+def test_514_maps_the_vmemmap_with_base_pages_and_keeps_two_pages():
+    m = machine("5.14")
+    assert "vmemmap_leaves_2M" not in m.counters()
+    with pytest.raises(BadRequest, match="5.19"):
+        m.hugetlb.set_optimize_vmemmap(False)
+
+
+def test_self_hosted_vmemmap_is_refused():
+    m = machine(hvo=False)
+    m.hugetlb.resize("2M", 2)
+    folios = list(m.hugetlb.hstate("2M").folios.values())
+    m.hugetlb.set_optimize_vmemmap(True)
+    # as if the memory were hot-added with memmap_on_memory: its memmap frames are self-hosted
+    frame = m.memmap_frame(folios[0].head)
+    m.physmem.retag(frame, 1, Owner(Use.MEMMAP, self_hosted=True))
+    failed = m.hugetlb.hvo.optimize(folios)
+    assert failed == {folios[0].head: "ENOTSUPP"}
+    assert m.hugetlb.is_optimized(folios[1].head)
+
+
+def test_an_arch_without_hvo_refuses_with_the_kernels_reason():
+    with pytest.raises(Veto, match="break-before-make"):
+        Machine("arm64", memory=[{"size": 16 * GiB}], hugetlb={"optimize_vmemmap": True})
+
+
+def test_sizes_that_are_not_optimizable_are_left_alone_and_reported():
+    # arm64 4K, kernel 6.0 (arm64 had HVO from 5.19): a 64K cont-PTE page has 16 struct pages = 1 KiB
+    m = Machine("arm64", kernel="6.0", memory=[{"size": 16 * GiB}], hugetlb={"optimize_vmemmap": True})
+    result = m.hugetlb.resize("64K", 4)
+    assert result.not_optimized == {"not optimizable": 4} and result.optimized == 0
+    result = m.hugetlb.resize("2M", 2)
+    assert result.optimized == 2
+
+
+def test_restore_failure_keeps_the_folio_as_a_surplus_page():
+    m = machine()
+    m.hugetlb.resize("2M", 2)
+    m.physmem.faults.arm(predicate=lambda r: r.purpose.value == "memmap")
+    result = m.hugetlb.resize("2M", 0)
+    assert (result.freed, result.nr_hugepages, result.surplus) == (0, 2, 2)
+    assert m.stats["hugetlb_restore_failures"] == 2
+    m.physmem.faults.disarm()
+    result = m.hugetlb.resize("2M", 0)
+    assert (result.freed, result.nr_hugepages) == (2, 0)
+    m.check()
+
+
+def _run(kernel, batch_runs, nth, shrink):
+    m = machine(kernel, size=4 * GiB, hvo=True)
+    m.hugetlb.hvo.batch_runs = batch_runs
+    if shrink:
+        m.hugetlb.resize("2M", 80)
+    m.physmem.faults.arm(nth=nth)
+    m.hugetlb.resize("2M", 20 if shrink else 80)
+    attempts = m.physmem.faults.attempts
+    m.physmem.faults.disarm()
+    return m, attempts
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.1"])
+@pytest.mark.parametrize("shrink", [False, True])
+def test_fault_at_every_allocation_batched_equals_folio_by_folio(kernel, shrink):
+    _, attempts = _run(kernel, True, None, shrink)
+    assert attempts > 80
+    for nth in list(range(1, 12)) + list(range(12, attempts + 1, 7)):
+        fast, _ = _run(kernel, True, nth, shrink)
+        slow, _ = _run(kernel, False, nth, shrink)
+        assert fast.snapshot() == slow.snapshot(), f"fault at allocation {nth}"
+        fast.check()
+        for folio in fast.hugetlb.hstate("2M").folios.values():
+            assert fast.structpages.compound_head(folio.head + 200) == folio.head
+
+
+def test_one_tib_of_2m_pages_frees_3670016_pages_and_splits_8192_pmds():
+    m = Machine("x86_64", memory=[{"size": 1 * TiB + 64 * GiB}])
+    # unoptimized padding so the pool's vmemmap starts on a 2 MiB leaf (the pool covers 128 MiB blocks)
+    top = max(e for s, e, owner in m.physmem.frames.items() if owner.use is Use.FREE) // 512 * 512
+    m.hugetlb.resize("2M", top % 32768 // 512)
+    m.hugetlb.set_optimize_vmemmap(True)
+    frames = m.counters()["memmap_frames"]
+    result = m.hugetlb.resize("2M", m.hugetlb.hstate("2M").nr_huge_pages + 524_288)
+    assert result.optimized == 524_288
+    c = m.counters()
+    assert frames - c["memmap_frames"] == 3_670_016
+    assert c["hvo_pmd_splits"] == 8_192
+    assert c["vmemmap_pagetable_pages_pte"] == 8_192
