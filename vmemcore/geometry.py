@@ -84,6 +84,16 @@ class PageTableGeometry:
     def page_size(self) -> int:
         return 1 << self.page_shift
 
+    @property
+    def pmd_depth(self) -> int:
+        """Index of the level just above the PTE: Linux's PMD (folded into the top table when
+        there are only two levels, as on arm64 16K-36 and 64K-42)."""
+        return len(self.levels) - 2
+
+    @property
+    def pmd(self) -> Level:
+        return self.levels[self.pmd_depth]
+
     def level(self, name: str) -> Level:
         for level in self.levels:
             if level.name == name:

@@ -71,7 +71,7 @@ class Hvo:
         """``vmemmap_remap_range``: walk ``[start, end)``; returns None, ENOMEM or ENOTSUPP."""
         m = self.machine
         pt = m.pagetable
-        depth = m.geometry.index_of("pmd")
+        depth = m.geometry.pmd_depth
         addr = start
         while addr < end:
             table = pt.walk(addr, depth)
@@ -399,7 +399,7 @@ class Hvo:
                 if self.split_folio(folio) == ENOMEM:
                     return
             return
-        depth = m.geometry.index_of("pmd")
+        depth = m.geometry.pmd_depth
         span = m.geometry.levels[depth].entry_span
         size = m.sparse_geometry.struct_page_size
         heads = np.array([f.head for f in todo], dtype=np.int64)

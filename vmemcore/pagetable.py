@@ -242,7 +242,7 @@ class PageTable:
                 continue
             edges = np.flatnonzero(np.diff(np.concatenate(([0], is_leaf.view(np.int8), [0]))))
             for a, b in zip(edges[::2], edges[1::2]):
-                yield table.va(lo + a), table.level, table.pfns[lo + a: lo + b]
+                yield table.va(int(lo + a)), table.level, table.pfns[lo + a: lo + b]
 
     def all_tables(self):
         stack = [self.top]

@@ -143,7 +143,7 @@ def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, on_new
     """
     pt = machine.pagetable
     geometry = machine.geometry
-    depth = geometry.index_of("pmd")
+    depth = geometry.pmd_depth
     span = geometry.levels[depth].entry_span
     nr_pages = span >> geometry.page_shift
     alloc = table_allocator(machine, node)

@@ -54,7 +54,7 @@ class Sparse:
 
     def section_map_pages(self) -> int:
         """``section_map_size()`` in pages: a section's memmap rounded up to ``PMD_SIZE``."""
-        pmd = self.machine.geometry.level("pmd").entry_span
+        pmd = self.machine.geometry.pmd.entry_span
         size = -(-self.geometry.section_memmap_bytes // pmd) * pmd
         return size >> self.geometry.page_shift
 

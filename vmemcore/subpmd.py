@@ -12,7 +12,7 @@ from .rangemap import RangeMap
 
 class SubPmdTracker:
     def __init__(self, machine):
-        self.pmd_size = machine.geometry.level("pmd").entry_span
+        self.pmd_size = machine.geometry.pmd.entry_span
         self.unused = RangeMap(machine.journal)  # vmemmap byte ranges filled with PAGE_UNUSED
 
     def _pmd(self, addr):

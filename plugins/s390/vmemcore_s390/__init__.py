@@ -126,7 +126,7 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     kernel undoes the range with ``remove_pagetable``; here :class:`OutOfMemory` propagates and the
     engine's journal restores the machine."""
     alloc_table = table_allocator(machine, NUMA_NO_NODE)
-    depth = machine.geometry.index_of("pmd")
+    depth = machine.geometry.pmd_depth
     addr = start
     while addr < end:
         segments = machine.pagetable.walk(addr, depth, alloc_table)
