@@ -267,3 +267,51 @@ def test_one_tib_of_2m_pages_frees_3670016_pages_and_splits_8192_pmds():
     assert frames - c["memmap_frames"] == 3_670_016
     assert c["hvo_pmd_splits"] == 8_192
     assert c["vmemmap_pagetable_pages_pte"] == 8_192
+
+
+def _gigantic(kernel):
+    m = machine(kernel, size=4 * GiB, hvo=False)
+    m.hugetlb.resize("1G", 1)
+    m.hugetlb.set_optimize_vmemmap(True)
+    return m, next(iter(m.hugetlb.hstate("1G").folios.values()))
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12", "7.1"])
+def test_fault_at_every_allocation_of_a_gigantic_optimize_and_restore(kernel):
+    m, folio = _gigantic(kernel)
+    m.physmem.faults.arm()
+    m.hugetlb.hvo.optimize([folio])
+    optimize_attempts = m.physmem.faults.attempts
+    m.physmem.faults.arm()
+    m.hugetlb.hvo.restore([folio])
+    restore_attempts = m.physmem.faults.attempts
+    assert optimize_attempts >= 8 and restore_attempts == 4095  # 8 PMD splits (+ new head, tail page)
+    for phase, attempts in (("optimize", optimize_attempts), ("restore", restore_attempts)):
+        for nth in sorted({1, 2, 3, 5, 8, attempts // 2, attempts}):
+            m, folio = _gigantic(kernel)
+            if phase == "restore":
+                m.hugetlb.hvo.optimize([folio])
+            baseline = memmap_total(m) - m.counters()["memmap_frames"] + len(m.hugetlb.hvo.tail_pages)
+            before = m.snapshot()
+            m.physmem.faults.arm(nth=nth)
+            if phase == "optimize":
+                m.hugetlb.hvo.optimize([folio])
+            else:
+                done, rest, error = m.hugetlb.hvo.restore([folio])
+                if error:  # nothing could be allocated: the folio and the machine are as they were
+                    assert m.snapshot() == before and m.hugetlb.is_optimized(folio.head)
+            m.physmem.faults.disarm()
+            assert memmap_total(m) - m.counters()["memmap_frames"] + len(m.hugetlb.hvo.tail_pages) == baseline
+            assert_selftest(m, folio)
+            m.check()
+
+
+def test_a_bad_request_changes_nothing():
+    m = machine()
+    m.hugetlb.resize("2M", 3)
+    before = m.snapshot()
+    with pytest.raises(BadRequest, match="no 4M HugeTLB pages"):
+        m.hugetlb.resize("4M", 1)
+    with pytest.raises(BadRequest, match="non-negative"):
+        m.hugetlb.resize("2M", -1)
+    assert m.snapshot() == before

@@ -206,28 +206,52 @@ class StructPages:
             if isinstance(descriptor, SharedTail):
                 pages.extend([StructPage(TAIL, order=descriptor.order)] * (stop - pfn))
             else:
-                overrides = dict(descriptor.overrides)
-                for q in range(pfn, stop):
-                    index = q - first
-                    pages.append(overrides[index] if index in overrides else self.home(descriptor.first_pfn + index))
+                pages.extend(self._copy_records(descriptor, pfn - first, stop - first))
             pfn = stop
         return pages
 
+    def _copy_records(self, descriptor, lo, hi):
+        """Struct pages ``lo..hi-1`` of a frame holding ``descriptor``."""
+        overrides = dict(descriptor.overrides)
+        base = descriptor.first_pfn
+        records = self.home_range(base + lo, hi - lo)
+        for index, page in overrides.items():
+            if lo <= index < hi:
+                records[index - lo] = page
+        return records
+
+    def home_range(self, start, count):
+        """``home`` for ``count`` pfns from ``start``; a run inside one folio and one owner extent
+        is built from two records instead of looked up pfn by pfn."""
+        folio = self.machine.hugetlb.folio_of(start) if self.machine.hugetlb else None
+        extent = self.machine.physmem.frames.extent(start)
+        end = start + count
+        if folio is None or extent is None or extent[1] < end or folio.head + (1 << folio.order) < end:
+            return [self.home(pfn) for pfn in range(start, end)]
+        records = []
+        plain = max(start, folio.head + 3)
+        records.extend(self.home(pfn) for pfn in range(start, min(plain, end)))
+        if plain < end:
+            records.extend([self.home(plain)] * (end - plain))
+        return records
+
     def compound_heads(self, start, count):
         """``compound_head`` of each pfn of the range, as pfns (None where nothing is mapped)."""
-        pages = self.read_range(start, count + 1)
+        return self._heads(start, self.read_range(start, count + 1))[:count]
+
+    def _heads(self, start, pages):
         heads = []
-        for k in range(count):
-            pfn, page = start + k, pages[k]
+        for k, page in enumerate(pages[:-1]):
+            pfn, after = start + k, pages[k + 1]
             if page is None:
                 heads.append(None)
             elif page.kind == TAIL:
                 heads.append(page.head if page.head >= 0 else pfn >> page.order << page.order)
-            elif page.kind == HEAD and pfn % self.per_page == 0 and pages[k + 1] is not None \
-                    and pages[k + 1].kind == TAIL and pages[k + 1].head >= 0:
+            elif page.kind == HEAD and pfn % self.per_page == 0 and after is not None \
+                    and after.kind == TAIL and after.head >= 0:
                 # page_fixed_fake_head: an HVO'd tail page aliasing the head page reads a head
                 # here; the struct page after it tells the truth
-                heads.append(pages[k + 1].head)
+                heads.append(after.head)
             else:
                 heads.append(pfn)
         return heads
@@ -238,8 +262,8 @@ class StructPages:
 
     def kpageflags_range(self, start, count):
         """The flags ``/proc/kpageflags`` reports for each pfn of the range (the subset modelled)."""
-        pages = self.read_range(start, count)
-        heads = self.compound_heads(start, count)
+        pages = self.read_range(start, count + 1)
+        heads = self._heads(start, pages)
         head_pages = {}
         out = []
         for k in range(count):
