@@ -129,7 +129,7 @@ def test_unknown_key_names_key_and_line():
 
 @pytest.mark.parametrize("text, key, line", [
     ('[machine]\narch = "x86_64"\ncolour = 1\n[[memory]]\nsize = "1G"\n', "machine.colour", 3),
-    ('[machine]\narch = "x86_64"\n[hugetlb]\nx = 1\n[[memory]]\nsize = "1G"\n', "hugetlb", 3),
+    ('[machine]\narch = "x86_64"\n[hugepages]\nx = 1\n[[memory]]\nsize = "1G"\n', "hugepages", 3),
     ('[machine]\narch = "x86_64"\n\n[machine.features]\npse = 1\n[[memory]]\nsize = "1G"\n', "machine.features.pse", 5),
     ('[machine]\narch = "x86_64"\nfeatures = { nx = true }\n[[memory]]\nsize = "1G"\n', "machine.features.nx", 3),
     ('[machine]\narch = "x86_64"\nvariant = "6-level"\n[[memory]]\nsize = "1G"\n', "machine.variant", 3),

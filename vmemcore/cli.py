@@ -1,15 +1,18 @@
-"""The ``vmemcore`` command line: ``vmemcore run SCENARIO`` and ``vmemcore arches [ARCH]``."""
+"""The ``vmemcore`` command line: ``run``, ``kpageflags`` and ``diagram`` of a scenario, ``arches``."""
 
 import argparse
 import json
 import os
 import sys
 
+import attrs
+
+from .diagram import diagram, folio_title
 from .errors import BadRequest, PluginError, ScenarioError
 from .geometry import describe_geometry
 from .plugins import TRACE_ENV, ArchHooks, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, get_profile
-from .report import format_report, report
+from .report import check_folio_flags, format_kpageflags, format_report, kpageflags_report, kpageflags_runs, report
 from .scenario import OPS, REQUIRED, RunError, load_scenario, run_scenario
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLUGIN = 0, 1, 2, 3
@@ -17,8 +20,10 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLUGIN = 0, 1, 2, 3
 EXIT_CODES = """\
 exit codes:
   0  success
-  1  the simulation failed (an error at boot or in a step; the message names it)
-  2  invalid scenario or command line (the message names the key and line; nothing was simulated)
+  1  the simulation failed (an error at boot or in a step; the message names it), or
+     kpageflags --check found a pfn that breaks the rule
+  2  invalid scenario or command line (the message names the key and line; nothing was simulated),
+     or a HugeTLB size or folio index the simulated machine does not have
   3  a plugin failed to load or gave a bad answer (the message names the plugin and hook)
 """
 
@@ -40,13 +45,17 @@ scenario format (TOML; full reference in docs/scenarios.md):
   start = "0"                      # default: right after the previous range
   size = "16G"                     # required; sizes are bytes or "4K", "2M", "16G", "1T", ...
 
+  [hugetlb]                        # optional
+  optimize_vmemmap = true          # hugetlb_free_vmemmap=on (default false)
+  boot = [{{ size = "1G", count = 2, node = 0 }}]   # hugepages= boot pages; node optional
+
   [[steps]]                        # optional, run in order after boot
   op = "memmap.add"
   start = "64G"                    # start and size: whole 2M sub-sections
   size = "2M"
 
 ops:
-""" + "".join(f"  {op.name:<18} {_op_keys(op)}: {op.help}\n" for op in OPS.values()) + "\n" + EXIT_CODES
+""" + "".join(f"  {op.name:<{max(map(len, OPS))}}  {_op_keys(op)}: {op.help}\n" for op in OPS.values()) + "\n" + EXIT_CODES
 
 
 def _plugin_option(value):
@@ -67,17 +76,48 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    scenario = argparse.ArgumentParser(add_help=False, parents=[common])
+    scenario.add_argument("scenario", metavar="SCENARIO", help="a scenario TOML file (see examples/)")
+    scenario.add_argument("--trace", action="store_true",
+                          help=f"trace every plugin hook call on stderr (same as {TRACE_ENV}=1)")
+
     run = sub.add_parser(
-        "run", parents=[common], help="validate and simulate a scenario file, print the counters",
+        "run", parents=[scenario], help="validate and simulate a scenario file, print the counters",
         description="Validate SCENARIO (nothing runs if it has an error), boot its machine, run its\n"
                     "steps and print the kernel-named counters and what each step changed.",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("scenario", metavar="SCENARIO", help="a scenario TOML file (see examples/)")
     run.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    run.add_argument("--trace", action="store_true",
-                     help=f"trace every plugin hook call on stderr (same as {TRACE_ENV}=1)")
     run.set_defaults(func=_run)
+
+    kpageflags = sub.add_parser(
+        "kpageflags", parents=[scenario], help="run a scenario, print the /proc/kpageflags of pfns",
+        description="Run SCENARIO, then print the flags /proc/kpageflags reports for the pfns\n"
+                    "[PFN, PFN+N), or for every pfn of a HugeTLB folio with runs of identical flags\n"
+                    "collapsed (page-types style: pfn, flags in hex, symbolic names).",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pick = kpageflags.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--pfn", type=_number, help="the first pfn (decimal or 0x hex)")
+    pick.add_argument("--hugetlb", metavar="SIZE", help="a folio of this HugeTLB size (e.g. 2M, 1G)")
+    kpageflags.add_argument("--count", type=_number, default=1, help="with --pfn: how many pfns (default 1)")
+    kpageflags.add_argument("--index", type=_number, default=0,
+                            help="with --hugetlb: the folio's position by head pfn (default 0)")
+    kpageflags.add_argument("--check", action="store_true",
+                            help="with --hugetlb: verify the selftest rule (mm/hugepage-vmemmap.c); exit 1 if it fails")
+    kpageflags.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    kpageflags.set_defaults(func=_kpageflags)
+
+    draw = sub.add_parser(
+        "diagram", parents=[scenario], help="run a scenario, draw a HugeTLB folio's vmemmap before and after HVO",
+        description="Run SCENARIO, pick a HugeTLB folio and draw its vmemmap mapping before and\n"
+                    "after HugeTLB Vmemmap Optimization, read from the simulated page tables. The side\n"
+                    "that is not the current state is computed in a rolled-back transaction.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    draw.add_argument("--size", help="the HugeTLB size (default: the smallest size that has folios)")
+    draw.add_argument("--index", type=_number, default=0, help="the folio's position by head pfn (default 0)")
+    draw.set_defaults(func=_diagram)
 
     arches = sub.add_parser(
         "arches", parents=[common], help="list arch plugins, or show one arch's geometry",
@@ -99,6 +139,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (``vmemcore ... | head``): not an error
+        sys.stderr.close()
+        return 0
     except (ScenarioError, BadRequest) as error:
         _error(error)
         return EXIT_INVALID
@@ -114,20 +157,90 @@ def _error(message):
     print(f"vmemcore: error: {message}", file=sys.stderr)
 
 
-def _run(args):
+def _number(text):
+    """A non-negative integer, decimal or ``0x`` hex."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (decimal or 0x hex), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _simulate(args):
+    """Validate and run the scenario of ``args``: ``(machine, step results)``."""
     registry = Registry(disabled=args.disabled)
     try:
         scenario = load_scenario(args.scenario, registry)
     except OSError as error:
-        _error(f"cannot read {args.scenario}: {error.strerror}")
-        return EXIT_INVALID
+        raise BadRequest(f"cannot read {args.scenario}: {error.strerror}") from None
     for error in registry.errors:
         print(f"vmemcore: warning: {error}", file=sys.stderr)
     if args.trace:
         os.environ[TRACE_ENV] = "1"
-    machine, results = run_scenario(scenario, _announce if args.trace else None, registry)
-    data = report(machine, results)
+    return run_scenario(scenario, _announce if args.trace else None, registry)
+
+
+def _run(args):
+    data = report(*_simulate(args))
     print(json.dumps(data, indent=2) if args.json else format_report(data))
+    return EXIT_OK
+
+
+def _folio(machine, size, index):
+    """The hstate of ``size`` (None: the smallest size that has folios) and its ``index``-th folio
+    by head pfn."""
+    hstates = machine.hugetlb.hstates
+    if size is None:
+        pools = [h for _, h in sorted(hstates.items()) if h.folios]
+        if not pools:
+            raise BadRequest("the scenario leaves no HugeTLB folios: add [hugetlb] boot pages or a hugetlb.resize step")
+        hstate = pools[0]
+    else:
+        hstate = machine.hugetlb.hstate(size)
+    heads = sorted(hstate.folios)
+    if index >= len(heads):
+        raise BadRequest(f"no {hstate.name} folio #{index}: the pool holds {len(heads)} (nr_hugepages)")
+    return hstate, hstate.folios[heads[index]]
+
+
+def _kpageflags(args):
+    if args.hugetlb is None and (args.check or args.index):
+        raise BadRequest("--check and --index go with --hugetlb SIZE")
+    if args.count != 1 and (args.hugetlb is not None or args.count == 0):
+        raise BadRequest("--count N (at least 1) goes with --pfn; --hugetlb covers the whole folio")
+    machine, _ = _simulate(args)
+    folio = failure = None
+    if args.hugetlb is None:
+        runs = kpageflags_runs(machine, args.pfn, args.count, collapse=False)
+    else:
+        hstate, folio = _folio(machine, args.hugetlb, args.index)
+        runs = kpageflags_runs(machine, folio.head, 1 << folio.order)
+        failure = check_folio_flags(folio.head, runs) if args.check else None
+    if args.json:
+        data = {"folio": None, "ranges": kpageflags_report(runs)}
+        if folio is not None:
+            data["folio"] = {"size": hstate.name, "index": args.index, **attrs.asdict(folio),
+                             "optimized": machine.hugetlb.is_optimized(folio.head)}
+        if args.check:
+            data["check"] = {"passed": failure is None, "failure": failure}
+        print(json.dumps(data, indent=2))
+    else:
+        if folio is not None:
+            print(folio_title(machine, folio, f"#{args.index} of {hstate.nr_huge_pages}"))
+        print(format_kpageflags(runs))
+        if args.check:
+            print(f"check failed: {failure}" if failure else
+                  f"check passed: head pfn {folio.head:#x} has compound_head,huge; the {(1 << folio.order) - 1:,} other pfns "
+                  "have compound_tail,huge and no compound_head (tools/testing/selftests/mm/hugepage-vmemmap.c)")
+    return EXIT_FAILED if failure else EXIT_OK
+
+
+def _diagram(args):
+    machine, _ = _simulate(args)
+    hstate, folio = _folio(machine, args.size, args.index)
+    print(diagram(machine, folio, f"#{args.index} of {hstate.nr_huge_pages}"))
     return EXIT_OK
 
 

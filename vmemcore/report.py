@@ -1,7 +1,10 @@
-"""The result of a run: one JSON-able dict (``report``) and its terminal table (``format_report``)."""
+"""The result of a run: one JSON-able dict (``report``) and its terminal table (``format_report``);
+and the ``/proc/kpageflags`` view of a range of pfns (``kpageflags_runs``, ``format_kpageflags``)."""
 
 import attrs
 
+from . import structpage
+from .structpage import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE
 from .units import human_size
 
 
@@ -37,10 +40,37 @@ def report(machine, steps=()) -> dict:
             {"node": node, "present_pages": machine.physmem.present_pages(node), "free_pages": machine.physmem.free_pages(node)}
             for node in machine.physmem.node_ids
         ],
+        "hugetlb": hugetlb_report(machine.hugetlb),
         "counters": counters,
         "counter_units": {name: counter_unit(name) for name in counters},
         "steps": [attrs.asdict(step) for step in steps],
     }
+
+
+def hugetlb_report(hugetlb) -> dict:
+    """The HVO switch, the arch's HVO support and each hstate's pool (sizes in ascending order)."""
+    return {
+        "optimize_vmemmap": hugetlb.optimize_vmemmap,
+        "support": attrs.asdict(hugetlb.support),
+        "hstates": {
+            h.name: {
+                "nr_hugepages": h.nr_huge_pages,
+                "surplus": h.surplus_huge_pages,
+                "optimized": sum(map(hugetlb.is_optimized, h.folios)),
+                "boot": sum(f.boot for f in h.folios.values()),
+            }
+            for _, h in sorted(hugetlb.hstates.items())
+        },
+    }
+
+
+def columns(rows, right=(), indent=""):
+    """Rows of cells as aligned lines, two spaces apart; columns in ``right`` right-aligned, empty
+    columns left out."""
+    keep = [i for i in range(len(rows[0])) if any(row[i] for row in rows)]  # rows must not be empty
+    wide = {i: max(len(row[i]) for row in rows) for i in keep}
+    return [(indent + "  ".join(row[i].rjust(wide[i]) if i in right else row[i].ljust(wide[i]) for i in keep)).rstrip()
+            for row in rows]
 
 
 def _value_cells(name, value, page_size, signed=False):
@@ -56,17 +86,23 @@ def _value_cells(name, value, page_size, signed=False):
     return number, ""
 
 
-def _table(rows, indent=""):
-    """Rows of (name, number, size) with the name left-aligned and the number right-aligned."""
-    if not rows:
-        return []
-    wide = max(len(r[0]) for r in rows)
-    wnum = max(len(r[1]) for r in rows)
-    return [f"{indent}{name:<{wide}}  {number:>{wnum}}  {size}".rstrip() for name, number, size in rows]
-
-
 def _args(args):
-    return " ".join(f"{key}={human_size(value) if key in ('start', 'size') else value}" for key, value in args.items())
+    """``key=value`` pairs; byte sizes humanised, empty tables left out."""
+    return " ".join(f"{key}={human_size(value) if key in ('start', 'size') and isinstance(value, int) else value}"
+                    for key, value in args.items() if value != {})
+
+
+def _hugetlb_lines(data):
+    support = data["support"]
+    if not support["supported"]:
+        state = f"HVO unavailable: {support['reason']}"
+    else:
+        state = f"HVO {'on' if data['optimize_vmemmap'] else 'off'}"
+    if not data["hstates"]:
+        return [f"hugetlb   no HugeTLB sizes; {state}"]
+    header = ("size", "nr_hugepages", "surplus", "optimized", "boot")
+    rows = [header] + [(name, *(f"{h[key]:,}" for key in header[1:])) for name, h in data["hstates"].items()]
+    return [f"hugetlb   {state}"] + columns(rows, right=range(5), indent="          ")
 
 
 def format_report(data) -> str:
@@ -88,13 +124,76 @@ def format_report(data) -> str:
         used = n["present_pages"] - n["free_pages"]
         lines.append(f"node {n['node']}    {n['present_pages']:,} pages present, {used:,} used ({human_size(used * page)}), "
                      f"{n['free_pages']:,} free")
+    lines += _hugetlb_lines(data["hugetlb"])
     lines += ["", "counters"]
-    lines += _table([(name, *_value_cells(name, value, page)) for name, value in data["counters"].items()], "  ")
+    lines += columns([(name, *_value_cells(name, value, page)) for name, value in data["counters"].items()], (1,), "  ")
     if data["steps"]:
         lines += ["", "steps"]
         for step in data["steps"]:
             where = f"  (line {step['line']})" if step["line"] else ""
             lines.append(f"  [{step['index']}] {step['op']} {_args(step['args'])}{where}")
+            if step["result"]:
+                lines.append(f"        result: {_args(step['result'])}")
             changes = [(name, *_value_cells(name, delta, page, signed=True)) for name, delta in step["changes"].items()]
-            lines += _table(changes, "        ") or ["        no counter changed"]
+            lines += columns(changes, (1,), "        ") if changes else ["        no counter changed"]
     return "\n".join(lines)
+
+
+# -- /proc/kpageflags ---------------------------------------------------------------------------
+
+KPF_NAMES = {value: name[4:].lower() for name, value in vars(structpage).items() if name.startswith("KPF_")}
+HEAD_PAGE_FLAGS = 1 << KPF_COMPOUND_HEAD | 1 << KPF_HUGE  # tools/testing/selftests/mm/hugepage-vmemmap.c
+TAIL_PAGE_FLAGS = 1 << KPF_COMPOUND_TAIL | 1 << KPF_HUGE
+
+
+def kpageflag_names(flags) -> list:
+    """The names of the bits set in ``flags``, as page-types spells them ("compound_head", "huge")."""
+    return [KPF_NAMES.get(bit, f"bit{bit}") for bit in range(flags.bit_length()) if flags >> bit & 1]
+
+
+def kpageflags_runs(machine, pfn, count, collapse=True) -> list:
+    """``[start, nr_pfns, flags]`` for ``[pfn, pfn + count)``: one per pfn, or with ``collapse``
+    one per run of consecutive pfns whose flags are identical."""
+    runs = []
+    for p, flags in enumerate(machine.structpages.kpageflags_range(pfn, count), pfn):
+        if collapse and runs and runs[-1][2] == flags:
+            runs[-1][1] += 1
+        else:
+            runs.append([p, 1, flags])
+    return runs
+
+
+def check_folio_flags(head, runs):
+    """The kernel selftest's rule over the runs of a HugeTLB folio starting at pfn ``head``: the
+    head has compound_head and huge, every other pfn compound_tail and huge but not compound_head.
+    Returns None when the folio passes, else what the first failing pfn shows."""
+    for start, count, flags in runs:
+        if start == head:
+            if flags & HEAD_PAGE_FLAGS != HEAD_PAGE_FLAGS:
+                return f"head pfn {start:#x} has flags {flags:#x} ({_names(flags)}): compound_head and huge expected"
+            if count == 1:
+                continue
+            start += 1
+        if flags & TAIL_PAGE_FLAGS != TAIL_PAGE_FLAGS or flags & HEAD_PAGE_FLAGS == HEAD_PAGE_FLAGS:
+            return f"tail pfn {start:#x} has flags {flags:#x} ({_names(flags)}): compound_tail and huge without compound_head expected"
+    return None
+
+
+def _names(flags):
+    return ",".join(kpageflag_names(flags)) or "none"
+
+
+def kpageflags_report(runs) -> list:
+    """The runs as plain data: ``start``, ``count``, ``flags`` and ``names`` each."""
+    return [{"start": start, "count": count, "flags": flags, "names": kpageflag_names(flags)} for start, count, flags in runs]
+
+
+def format_kpageflags(runs) -> str:
+    """page-types style lines: the pfn (or ``first-last`` and the count of a run), the flags in
+    hex and their names."""
+    rows = [("pfn", "", "flags", "symbolic-flags")]
+    for start, count, flags in runs:
+        span = f"{start:#x}" if count == 1 else f"{start:#x}-{start + count - 1:#x}"
+        rows.append((span, "" if count == 1 else f"({count:,} pfns)", f"{flags:#018x}", _names(flags)))
+    return "\n".join(columns(rows, right=(1,)))
+

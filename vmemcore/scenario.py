@@ -44,6 +44,24 @@ class MemorySpec:
 
 
 @frozen
+class BootPages:
+    """One ``[hugetlb] boot`` entry: ``count`` HugeTLB pages of ``size`` bytes reserved at boot
+    (``hugepages=``), on ``node`` or interleaved over the nodes when None."""
+
+    size: int
+    count: int
+    node: int | None = None
+
+
+@frozen
+class HugetlbSpec:
+    """The ``[hugetlb]`` table: the boot-time HVO switch and the boot pages."""
+
+    optimize_vmemmap: bool = False
+    boot: tuple = ()
+
+
+@frozen
 class Step:
     """One ``[[steps]]`` entry: its op and its arguments (sizes in bytes, defaults filled in)."""
 
@@ -61,17 +79,30 @@ class Scenario:
     memory: tuple
     steps: tuple = ()
     path: str | None = None
+    hugetlb: HugetlbSpec | None = None
 
 
 @frozen
 class Op:
-    """A step operation: ``keys`` maps each key to (kind, default), kind "size" or "node", default
-    REQUIRED when the key must be given; ``run(machine, pfn, nr_pages, args)`` performs it."""
+    """A step operation: ``keys`` maps each key to (kind, default), kind one of "size", "hugepage"
+    (a HugeTLB page size), "node", "count" or "bool", default REQUIRED when the key must be given;
+    ``run(machine, args)`` performs it and returns what it reports (a dict) or None."""
 
     name: str
     keys: dict
     run: object
     help: str
+
+
+def _pages(machine, args):
+    """``(pfn, nr_pages)`` of a step's ``start`` and ``size``."""
+    shift = machine.geometry.page_shift
+    return args["start"] >> shift, args["size"] >> shift
+
+
+def _switch(machine, args):
+    machine.hugetlb.set_optimize_vmemmap(args["enabled"])
+    return {"optimize_vmemmap": machine.hugetlb.optimize_vmemmap}
 
 
 _RANGE = {"start": ("size", REQUIRED), "size": ("size", REQUIRED)}
@@ -80,23 +111,30 @@ OPS = {
     op.name: op
     for op in (
         Op("memmap.populate", {**_RANGE, **_NODE},
-           lambda m, pfn, n, a: m.populate_section_memmap(pfn, n, a["node"]),
+           lambda m, a: m.populate_section_memmap(*_pages(m, a), a["node"]),
            "map the memmap of the range (__populate_section_memmap)"),
         Op("memmap.depopulate", dict(_RANGE),
-           lambda m, pfn, n, a: m.depopulate_section_memmap(pfn, n),
+           lambda m, a: m.depopulate_section_memmap(*_pages(m, a)),
            "unmap and free the memmap of the range (depopulate_section_memmap)"),
         Op("memmap.add", {**_RANGE, **_NODE},
-           lambda m, pfn, n, a: m.add_memmap(pfn, n, a["node"]),
+           lambda m, a: m.add_memmap(*_pages(m, a), a["node"]),
            "sparse_add_section for each section piece of the range"),
         Op("memmap.remove", dict(_RANGE),
-           lambda m, pfn, n, a: m.remove_memmap(pfn, n),
+           lambda m, a: m.remove_memmap(*_pages(m, a)),
            "sparse_remove_section for each section piece of the range"),
+        Op("hugetlb.resize", {"size": ("hugepage", REQUIRED), "count": ("count", REQUIRED)},
+           lambda m, a: attrs.asdict(m.hugetlb.resize(a["size"], a["count"])),
+           "write count to nr_hugepages of the HugeTLB size (set_max_huge_pages)"),
+        Op("hugetlb.optimize_vmemmap", {"enabled": ("bool", REQUIRED)}, _switch,
+           "the sysctl vm.hugetlb_optimize_vmemmap (5.19+): HVO for folios allocated afterwards"),
     )
 }
 
-_TOP_KEYS = ("machine", "memory", "steps")
+_TOP_KEYS = ("machine", "memory", "hugetlb", "steps")
 _MACHINE_KEYS = ("arch", "variant", "kernel", "features")
 _MEMORY_KEYS = ("node", "start", "size")
+_HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "boot": ("boot", ())}
+_BOOT_KEYS = {"size": ("hugepage", REQUIRED), "count": ("count", REQUIRED), "node": ("node", None)}
 
 
 # -- locating keys in the text ------------------------------------------------------------------
@@ -104,9 +142,10 @@ _MEMORY_KEYS = ("node", "start", "size")
 class _Locator:
     """Finds the line of a key path such as ``memory[1].size`` by scanning the scenario text.
 
-    The n-th ``[[memory]]`` header (or the ``[machine]`` header), then the first ``key =`` line
-    after it and before the next header; sub-tables such as ``[machine.features]`` are tried when
-    the key is not written inline. Falls back to the nearest header found.
+    Each part of the path is looked up as ``key =`` in the current table (deeper parts then sit
+    in its inline value; ``boot[1]`` there is the line of the array's second inline table), or
+    else as the header of a sub-table (``[machine.features]``, the n-th ``[[memory]]``). Falls
+    back to the deepest header found.
     """
 
     _HEADER = re.compile(r"^\s*\[")
@@ -115,28 +154,28 @@ class _Locator:
         self.lines = text.splitlines()
 
     def line(self, path):
-        parts = [(m.group(1), m.group(2)) for m in re.finditer(r"([^.\[\]]+)(?:\[(\d+)\])?", path)]
-        if not parts:
-            return None
-        name, index = parts[0]
-        keys = [key for key, _ in parts[1:]]
-        arrays = self._headers([name], array=True)
-        if index is not None:
-            scope = arrays[int(index)] if int(index) < len(arrays) else None
-        else:
-            scope = (self._headers([name]) or arrays or [None])[0]
-        if scope is None:  # not a header: a top-level key (``memory = [...]``) before the first header
-            return self._key(-1, name)
-        best = scope
-        for depth, key in enumerate(keys):
-            found = self._key(scope, key)
+        scope, best, names = -1, None, []  # scope: the line index of the current table's header
+        for key, index in re.findall(r"([^.\[\]]+)(?:\[(\d+)\])?", path):
+            found = None if scope is None else self._key(scope, key)
             if found is not None:
-                return found  # deeper keys sit inside this key's inline value
-            sub = self._headers([name] + keys[: depth + 1])  # e.g. a [machine.features] table
-            if not sub:
+                return found if index == "" else self._item(found - 1, int(index))
+            names.append(key)
+            headers = self._headers(names, array=True) if index else self._headers(names) or self._headers(names, array=True)
+            headers = headers[int(index or 0):]
+            scope = headers[0] if headers else None  # None: a table whose header is implicit
+            best = best if scope is None else scope
+        return None if best is None else best + 1
+
+    def _item(self, start, index):
+        """1-based line of inline table ``index`` of the array value that begins on line index ``start``."""
+        seen = 0
+        for i in range(start, len(self.lines)):
+            if i > start and self._HEADER.match(self.lines[i]):
                 break
-            scope = best = sub[0]
-        return best + 1
+            seen += self.lines[i].count("{")
+            if seen > index:
+                return i + 1
+        return start + 1
 
     def _headers(self, names, array=False):
         """Line indexes of the ``[a.b]`` (or ``[[a]]``) headers of the dotted table ``names``."""
@@ -196,6 +235,8 @@ class _Validator:
         self.locator = _Locator(text)
         self.path = path
         self.registry = registry
+        self.sparse = None  # the arch's SparseGeometry, once [machine] is read
+        self.nodes = ()  # the nodes of [[memory]], once read
 
     def error(self, key, message):
         return ScenarioError(key, message, self.locator.line(key), self.path)
@@ -224,15 +265,63 @@ class _Validator:
             raise self.error(key, f"node {value} is negative")
         return value
 
+    def hugepage(self, key, value):
+        """A HugeTLB page size: a power of two above the page size (whether the arch offers it is
+        known only once the machine is built)."""
+        size = self.size(key, value)
+        if size & (size - 1) or size <= self.sparse.page_size:
+            raise self.error(key, f"{format_size(size)} cannot be a HugeTLB page size: a power of two above the "
+                                  f"{format_size(self.sparse.page_size)} page size is needed (e.g. \"2M\", \"1G\")")
+        return size
+
+    def count(self, key, value):
+        self.expect(key, value, int, "a count (integer)")
+        if value < 0:
+            raise self.error(key, f"count {value} is negative")
+        return value
+
+    def fields(self, table, keys, where, what=""):
+        """The values of ``table`` checked against ``keys`` (name -> (kind, default)), defaults filled in."""
+        self.known_keys(table, list(keys), where)
+        values = {}
+        for name, (kind, default) in keys.items():
+            key = f"{where}.{name}"
+            if name not in table:
+                if default is REQUIRED:
+                    raise self.error(key, f"missing required key{what} (keys: {', '.join(keys)})")
+                values[name] = default
+            elif kind == "bool":
+                values[name] = self.expect(key, table[name], bool, "true or false")
+            else:
+                values[name] = getattr(self, kind)(key, table[name])
+        return values
+
     def scenario(self, doc) -> Scenario:
         self.known_keys(doc, _TOP_KEYS, "")
-        machine, sparse = self.machine(doc.get("machine"))
-        memory = self.memory(doc.get("memory"), sparse)
+        machine, self.sparse = self.machine(doc.get("machine"))
+        memory = self.memory(doc.get("memory"))
+        self.nodes = sorted({m.node for m in memory})
+        hugetlb = self.hugetlb(doc["hugetlb"]) if "hugetlb" in doc else None
         raw_steps = doc.get("steps", [])
         if not isinstance(raw_steps, list) or not all(isinstance(s, dict) for s in raw_steps):
             raise self.error("steps", "must be an array of tables ([[steps]])")
-        steps = tuple(self.step(i, raw, sparse) for i, raw in enumerate(raw_steps))
-        return Scenario(machine, memory, steps, self.path)
+        steps = tuple(self.step(i, raw) for i, raw in enumerate(raw_steps))
+        return Scenario(machine, memory, steps, self.path, hugetlb)
+
+    def hugetlb(self, table):
+        self.expect("hugetlb", table, dict, "a table ([hugetlb])")
+        return HugetlbSpec(**self.fields(table, _HUGETLB_KEYS, "hugetlb"))
+
+    def boot(self, key, entries):
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self.error(key, 'must be an array of tables such as [{ size = "1G", count = 2 }]')
+        boot = []
+        for i, entry in enumerate(entries):
+            pages = BootPages(**self.fields(entry, _BOOT_KEYS, f"{key}[{i}]"))
+            if pages.node is not None and pages.node not in self.nodes:
+                raise self.error(f"{key}[{i}].node", f"node {pages.node} has no [[memory]] (nodes: {', '.join(map(str, self.nodes))})")
+            boot.append(pages)
+        return tuple(boot)
 
     def machine(self, table):
         if table is None:
@@ -286,11 +375,12 @@ class _Validator:
         except ValueError as error:
             raise self.error("machine.variant", str(error)) from None
 
-    def memory(self, ranges, sparse):
+    def memory(self, ranges):
         if ranges is None:
             raise self.error("memory", "at least one [[memory]] range is required")
         if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges) or not ranges:
             raise self.error("memory", "must be a non-empty array of tables ([[memory]])")
+        sparse = self.sparse
         limit = 1 << sparse.max_physmem_bits
         page = sparse.page_size
         out, cursor = [], 0
@@ -333,7 +423,7 @@ class _Validator:
             cursor = start + size
         return tuple(out)
 
-    def step(self, index, table, sparse):
+    def step(self, index, table):
         key = f"steps[{index}]"
         if "op" not in table:
             raise self.error(f"{key}.op", f"missing required key (ops: {', '.join(OPS)})")
@@ -343,39 +433,37 @@ class _Validator:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise self.error(f"{key}.op", f"unknown op {name!r} (ops: {', '.join(OPS)}){hint}")
         op = OPS[name]
-        self.known_keys({k: v for k, v in table.items() if k != "op"}, list(op.keys), key)
-        args = {}
-        for arg, (kind, default) in op.keys.items():
-            if arg not in table:
-                if default is REQUIRED:
-                    raise self.error(f"{key}.{arg}", f"missing required key of {name} (keys: {', '.join(op.keys)})")
-                args[arg] = default
-            elif kind == "size":
-                args[arg] = self.size(f"{key}.{arg}", table[arg])
-            else:
-                args[arg] = self.node(f"{key}.{arg}", table[arg])
+        args = self.fields({k: v for k, v in table.items() if k != "op"}, op.keys, key, f" of {name}")
+        if "start" in args:
+            self.range(key, args)
+        return Step(index, name, args, self.locator.line(key))
+
+    def range(self, key, args):
+        """A memmap step's ``start`` and ``size``: whole sub-sections within the physical limit."""
         unit = 1 << SUBSECTION_SHIFT
         for arg in ("start", "size"):
             if args[arg] % unit:
                 raise self.error(f"{key}.{arg}", f"{args[arg]:#x} is not a multiple of the {format_size(unit)} sub-section")
         if args["size"] == 0:
             raise self.error(f"{key}.size", "must be positive")
-        if args["start"] + args["size"] > 1 << sparse.max_physmem_bits:
-            raise self.error(f"{key}.size", f"range ends past the {sparse.max_physmem_bits}-bit physical limit")
-        return Step(index, name, args, self.locator.line(key))
+        bits = self.sparse.max_physmem_bits
+        if args["start"] + args["size"] > 1 << bits:
+            raise self.error(f"{key}.size", f"range ends past the {bits}-bit physical limit")
 
 
 # -- running ------------------------------------------------------------------------------------
 
 @frozen
 class StepResult:
-    """What one step did: the counters it changed (name -> delta)."""
+    """What one step did: the counters it changed (name -> delta) and what the op reported
+    (a hugetlb.resize's ResizeResult fields, the switch's new value; empty for memmap ops)."""
 
     index: int
     op: str
     args: dict
     line: int | None
     changes: dict
+    result: dict = attrs.field(factory=dict)
 
 
 class RunError(VmemcoreError):
@@ -398,22 +486,24 @@ def run_scenario(scenario, progress=None, registry=None):
     """
     spec = scenario.machine
     memory = [{"node": m.node, "start": m.start, "size": m.size} for m in scenario.memory]
+    hugetlb = attrs.asdict(scenario.hugetlb) if scenario.hugetlb else None
     try:
-        machine = Machine(spec.arch, spec.variant, spec.kernel, memory, dict(spec.features), registry=registry)
+        machine = Machine(spec.arch, spec.variant, spec.kernel, memory, dict(spec.features), hugetlb, registry=registry)
     except VmemcoreError as error:
         raise RunError(f"{scenario.path + ': ' if scenario.path else ''}boot", error) from error
     results = []
-    shift = machine.geometry.page_shift
     for step in scenario.steps:
         if progress is not None:
             progress(step)
         before = machine.counters()
         try:
-            OPS[step.op].run(machine, step.args["start"] >> shift, step.args["size"] >> shift, step.args)
+            with machine.transaction():
+                result = OPS[step.op].run(machine, step.args)
         except VmemcoreError as error:
             where = ":".join(str(p) for p in (scenario.path, step.line) if p is not None)
             raise RunError(f"{where + ': ' if where else ''}steps[{step.index}] ({step.op})", error, machine, results) from error
         after = machine.counters()
         changes = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
-        results.append(StepResult(step.index, step.op, dict(step.args), step.line, {k: d for k, d in changes.items() if d}))
+        results.append(StepResult(step.index, step.op, dict(step.args), step.line,
+                                  {k: d for k, d in changes.items() if d}, result or {}))
     return machine, results

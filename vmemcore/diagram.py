@@ -1,0 +1,187 @@
+"""Diagrams of a HugeTLB folio's vmemmap, read from the simulated page tables, in the spirit of
+the kernel's ``Documentation/mm/vmemmap_dedup.rst``: which frame backs each page of the folio's
+struct pages, before and after HugeTLB Vmemmap Optimization.
+"""
+
+from collections import Counter
+from string import ascii_uppercase
+
+from .errors import BadRequest
+from .hvo import optimizable_pages
+from .pagetable import RDONLY
+from .report import columns
+from .units import format_size
+
+UNCOLLAPSED = 16  # folios with at most this many vmemmap pages get one line per page
+
+
+class _Rollback(Exception):
+    """Carries a result out of a transaction that must be undone."""
+
+
+def folio_title(machine, folio, label="") -> str:
+    """One line naming the folio (``label`` after its size, e.g. "#0 of 512"): size, pfns, node,
+    origin and HVO state."""
+    nr = 1 << folio.order
+    origin = ", boot" if folio.boot else ""
+    origin += ", surplus" if folio.surplus else ""
+    state = "optimized" if machine.hugetlb.is_optimized(folio.head) else "not optimized"
+    name = f"HugeTLB {format_size(nr << machine.geometry.page_shift)} folio {label + ' ' if label else ''}"
+    return f"{name}at pfn {folio.head:#x}-{folio.head + nr - 1:#x} ({nr:,} pfns), node {folio.node}{origin}, vmemmap {state}"
+
+
+def vmemmap_pages(machine, folio) -> list:
+    """``(vaddr, level name, read-only, frame)`` of each vmemmap page of the folio's struct pages,
+    read from the page tables."""
+    page = machine.geometry.page_size
+    start = machine.pfn_to_page(folio.head)
+    end = start + (machine.sparse_geometry.struct_page_size << folio.order)
+    pages = []
+    for vaddr in range(start // page * page, end, page):
+        table, i = machine.pagetable.lookup(vaddr)
+        frame = int(table.pfns[i]) + ((vaddr - table.va(i)) >> machine.geometry.page_shift)
+        pages.append((vaddr, table.level.name, bool(table.flags[i] & RDONLY), frame))
+    return pages
+
+
+def _view(machine, folio):
+    """The folio's vmemmap pages and 7.1's shared tail pages (frame -> (node, order))."""
+    return vmemmap_pages(machine, folio), {frame: key for key, frame in machine.hugetlb.hvo.tail_pages.items()}
+
+
+def _runs(pages, collapse):
+    """``[first index, count, frame step]`` of consecutive vmemmap pages at one level and access
+    mapping one frame (step 0) or consecutive frames (step 1); single pages unless ``collapse``."""
+    runs = []
+    for i, (_, level, ro, frame) in enumerate(pages):
+        if collapse and runs:
+            first, count, step = runs[-1]
+            _, last_level, last_ro, last_frame = pages[first + count - 1]
+            delta = frame - last_frame
+            if (level, ro) == (last_level, last_ro) and delta in (0, 1) and (count == 1 or delta == step):
+                runs[-1] = [first, count + 1, delta]
+                continue
+        runs.append([i, 1, 0])
+    return runs
+
+
+def _table(machine, folio, view):
+    """The drawing of a view: the vmemmap box, arrows, the frames box, and a legend."""
+    pages, tails = view
+    per_page = machine.geometry.page_size // machine.sparse_geometry.struct_page_size
+    uses = Counter(frame for *_, frame in pages)
+    labels = {}
+    for *_, frame in pages:
+        if uses[frame] > 1 and frame not in labels:
+            labels[frame] = ascii_uppercase[len(labels)] if len(labels) < 26 else str(len(labels))
+    left = [("vmemmap page", "struct pages of pfns", "virtual address", "entry", "access")]
+    right = [("frame",)]
+    for first, count, step in _runs(pages, len(pages) > UNCOLLAPSED):
+        vaddr, level, ro, frame = pages[first]
+        last = first + count - 1
+        pfns = folio.head + first * per_page, min(folio.head + (last + 1) * per_page, folio.head + (1 << folio.order)) - 1
+        left.append((str(first) if count == 1 else f"{first}-{last}", f"{pfns[0]:#x}-{pfns[1]:#x}", f"{vaddr:#x}",
+                     level, "RO" if ro else "RW"))
+        if step and count > 1:
+            right.append((f"{frame:#x}-{frame + count - 1:#x}",))
+        else:
+            right.append((f"{frame:#x}" + (f" [{labels[frame]}]" if frame in labels else ""),))
+    boxes = [_box(columns(left, right=(0,))), _box(columns(right))]
+    lines = [f"  {a}{' ---> ' if 2 < k < len(boxes[0]) - 1 else '      '}{b}" for k, (a, b) in enumerate(zip(*boxes))]
+    for frame, label in labels.items():
+        shared = f"  [{label}] {frame:#x} backs {uses[frame]:,} vmemmap pages of this folio"
+        if frame in tails:
+            node, order = tails[frame]
+            shared += f"\n      (the read-only tail page of node {node} shared by every optimized order-{order} folio there)"
+        lines.append(shared)
+    distinct = len(uses)
+    lines.append(f"  {len(pages):,} vmemmap pages, {distinct:,} distinct frame{'s' if distinct > 1 else ''}")
+    return lines
+
+
+def _box(rows):
+    """Aligned rows framed as a box, the first row a header."""
+    wide = max(map(len, rows))
+    rule = "+" + "-" * (wide + 2) + "+"
+    framed = [f"| {row.ljust(wide)} |" for row in rows]
+    return [rule, framed[0], rule, *framed[1:], rule]
+
+
+def draw_folio_vmemmap(machine, folio) -> str:
+    """The folio's vmemmap as the page tables map it now."""
+    return "\n".join(_table(machine, folio, _view(machine, folio)))
+
+
+def _what_if(machine, change):
+    """``change()`` run in a transaction that is then rolled back; returns what it returned."""
+    try:
+        with machine.transaction():
+            raise _Rollback(change())
+    except _Rollback as done:
+        return done.args[0]
+
+
+def diagram(machine, folio, label="") -> str:
+    """The folio's vmemmap before and after HVO. The current mapping is one side; the other is
+    computed by restoring (or optimizing, with the switch turned on) inside a transaction that is
+    rolled back, so the machine is left as it was. ``label`` goes into the title."""
+    hugetlb = machine.hugetlb
+    head = [folio_title(machine, folio, label), _vmemmap_line(machine, folio), ""]
+    if not hugetlb.support.supported:
+        note = f"HVO is not available on {machine.arch.name} with kernel {machine.profile.name}: {hugetlb.support.reason}"
+    elif not optimizable_pages(machine, folio.order):
+        note = "HVO has nothing to free here: the folio's struct pages fit in the page HVO keeps"
+    else:
+        optimized = hugetlb.is_optimized(folio.head)
+        try:
+            other = _what_if(machine, (lambda: _restored(machine, folio)) if optimized else (lambda: _optimized(machine, folio)))
+        except BadRequest as error:
+            other = str(error)
+        if not isinstance(other, str):
+            current = _view(machine, folio)
+            before, after = (other, current) if optimized else (current, other)
+            how = "restored in a rolled-back transaction; split PMDs stay split" if optimized else "the current mapping"
+            done = "the current mapping" if optimized else "optimized in a rolled-back transaction"
+            return "\n".join(head + [f"before optimization: {how}"] + _table(machine, folio, before)
+                             + ["", f"after optimization: {done}"] + _table(machine, folio, after)
+                             + [""] + _summary(before, after))
+        note = f"cannot show the {'restored' if optimized else 'optimized'} mapping: {other}"
+    return "\n".join(head + [note, "", "the current mapping", draw_folio_vmemmap(machine, folio)])
+
+
+def _vmemmap_line(machine, folio):
+    size = machine.sparse_geometry.struct_page_size
+    start = machine.pfn_to_page(folio.head)
+    return (f"struct pages: {1 << folio.order:,} x {size} bytes at [{start:#x}, {start + (size << folio.order):#x}), "
+            f"kernel {machine.profile.name}")
+
+
+def _restored(machine, folio):
+    """The vmemmap pages after ``hugetlb_vmemmap_restore_folio``, or why it failed."""
+    _, _, error = machine.hugetlb.hvo.restore([folio])
+    return f"restoring the vmemmap failed ({error})" if error else _view(machine, folio)
+
+
+def _optimized(machine, folio):
+    """The vmemmap pages after turning the switch on and optimizing the folio, or why it failed."""
+    machine.hugetlb.set_optimize_vmemmap(True)
+    failed = machine.hugetlb.hvo.optimize([folio])
+    if not machine.hugetlb.is_optimized(folio.head):
+        return f"HVO leaves this folio alone ({failed.get(folio.head, 'not eligible')})"
+    return _view(machine, folio)
+
+
+def _summary(before, after):
+    """Vmemmap pages, distinct frames, and frames freed: no longer mapped minus newly allocated
+    (7.1's shared tail page, allocated once per zone and order, is not counted)."""
+    old = {frame for *_, frame in before[0]}
+    new = {frame for *_, frame in after[0]}
+    released, allocated = old - new, new - old - set(after[1])
+    rows = [
+        ("", "before", "after"),
+        ("vmemmap pages mapped", f"{len(before[0]):,}", f"{len(after[0]):,}"),
+        ("distinct frames", f"{len(old):,}", f"{len(new):,}"),
+    ]
+    return (["summary"] + columns(rows, right=(1, 2), indent="  ")
+            + [f"  frames freed by the optimization: {len(released) - len(allocated):,} "
+               f"({len(released):,} no longer mapped, {len(allocated):,} newly allocated)"])
