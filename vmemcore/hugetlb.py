@@ -103,6 +103,10 @@ class HugeTLB:
             raise BadRequest(f"{self.machine.arch.name} has no {format_size(size)} HugeTLB pages here (sizes: {offered})")
         return self.hstates[size]
 
+    def is_gigantic(self, size) -> bool:
+        """``hstate_is_gigantic``: larger than the buddy allocator's biggest block."""
+        return self.hstate(size).order > self.machine.sparse_geometry.max_page_order
+
     def folio_of(self, pfn):
         """The HugeTLB folio holding ``pfn``, or None."""
         for order in self.orders:
@@ -299,7 +303,8 @@ class HugeTLB:
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):
-        """``hugepages=`` for a gigantic size: memblock allocations before ``sparse_init``."""
+        """``hugepages=`` for a gigantic size: memblock allocations before ``sparse_init`` (the
+        smaller sizes are allocated from buddy after boot, as ``hugetlb_init`` does)."""
         h = self.hstate(size)
         physmem = self.machine.physmem
         nodes = [node] if node is not None else self._nodes()

@@ -95,14 +95,18 @@ class Machine:
             self.physmem.add_range(item.node, item.start // page, (item.start + item.size) // page)
         hugetlb = dict(hugetlb or {})
         self.hugetlb = HugeTLB(self, optimize_vmemmap=hugetlb.pop("optimize_vmemmap", False))
-        boot = [(self.hugetlb.hstate(entry["size"]), self.hugetlb.reserve_boot_pages(entry["size"], entry["count"], entry.get("node")))
-                for entry in hugetlb.pop("boot", ())]
+        boot = [dict(entry) for entry in hugetlb.pop("boot", ())]
         if hugetlb:
             raise BadRequest(f"unknown hugetlb settings: {', '.join(sorted(hugetlb))}")
+        gigantic = [(entry, self.hugetlb.reserve_boot_pages(entry["size"], entry["count"], entry.get("node")))
+                    for entry in boot if self.hugetlb.is_gigantic(entry["size"])]
         self.sparse.init()
         self.physmem.end_boot()
-        for hstate, folios in boot:
-            self.hugetlb.gather_boot_pages(hstate, folios)
+        for entry, folios in gigantic:
+            self.hugetlb.gather_boot_pages(self.hugetlb.hstate(entry["size"]), folios)
+        for entry in boot:  # hugetlb_init: the smaller boot-time pages come from the buddy allocator
+            if not self.hugetlb.is_gigantic(entry["size"]):
+                self.hugetlb.resize(entry["size"], self.hugetlb.hstate(entry["size"]).nr_huge_pages + entry["count"])
 
     def __repr__(self):
         size = format_size(self.physmem.present_pages() << self.geometry.page_shift)

@@ -15,9 +15,9 @@ class Counters:
     def add(self, name, delta):
         if not delta:
             return
-        old = self._values.get(name, 0)
+        existed, old = name in self._values, self._values.get(name, 0)
         if self.journal is not None and self.journal.active:
-            self.journal.record(lambda: self._values.__setitem__(name, old))
+            self.journal.record(lambda: self._values.__setitem__(name, old) if existed else self._values.pop(name))
         self._values[name] = old + delta
 
     def __getitem__(self, name):
