@@ -99,9 +99,9 @@ def test_removing_one_subsection_of_a_pmd_leaf_unmaps_its_neighbour_before_614(k
 def test_subsection_base_pages_come_from_the_altmap():
     # unlike x86_64, arm64 passes the altmap to vmemmap_populate_basepages
     m = machine(kernel="7.1")
-    base = 1 * GiB // 4096
+    pfn = base = 64 * GiB // 4096
+    m.physmem.hot_add(0, base, base + SUB_4K)  # the memory being added hosts its memmap
     altmap = VmemAltmap(base_pfn=base, end_pfn=base + SUB_4K - 1, free=8, journal=m.journal)
-    pfn = 64 * GiB // 4096
     before = m.snapshot()
     m.populate_section_memmap(pfn, SUB_4K, altmap=altmap)
     assert m.memmap_frame(pfn) == base

@@ -59,11 +59,11 @@ def test_batch_equals_successive_calls():
 
 def test_x86_section_populate_from_an_altmap_then_exhaustion_without_fallback(x86_16g):
     m = x86_16g
-    base = 1 * GiB // 4096  # free memory standing in for the hot-added range
-    altmap = VmemAltmap(base_pfn=base, end_pfn=base + 32767, free=512, journal=m.journal)
     section = 64 * GiB // 4096
+    m.physmem.hot_add(0, section, section + 2 * 32768)  # the memory being added hosts its memmap
+    altmap = VmemAltmap(base_pfn=section, end_pfn=section + 32767, free=512, journal=m.journal)
     m.populate_section_memmap(section, 32768, altmap=altmap)
-    assert m.memmap_frame(section) == base
+    assert m.memmap_frame(section) == section
     assert m.counters()["vmemmap_leaves_2M"] == 129
     before = m.snapshot()
     with pytest.raises(OutOfMemory, match="altmap exhausted"):

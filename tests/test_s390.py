@@ -95,7 +95,8 @@ def test_an_exhausted_altmap_falls_back_to_4k_pages_from_the_altmap():
     # the generic vmemmap_populate_hugepages would fail (-ENOMEM, no fallback with an altmap); s390
     # takes a page table and asks the altmap for 4 KiB pages
     m = machine()
-    base = 1 * GiB // 4096
+    base = PFN_64G
+    m.physmem.hot_add(0, base, base + SUB)  # the memory being added hosts its memmap
     altmap = VmemAltmap(base_pfn=base, end_pfn=base + SUB - 1, free=8, journal=m.journal)
     before = m.snapshot()
     m.populate_section_memmap(PFN_64G, SUB, altmap=altmap)

@@ -86,3 +86,36 @@ def vmemcore_hvo_support(machine):
     with the kernel's reason (arm64 lost HVO in 6.3 to break-before-make, for instance), which the
     engine reports when HVO is asked for. Exactly one plugin must answer.
     """
+
+
+@hookspec
+def vmemcore_memory_block_size(machine):
+    """Give the memory block size (``memory_block_size_bytes``) of this machine, in bytes.
+
+    Called once after boot, when memory hotplug is set up (x86_64 probes it from the end of boot
+    memory). Returns an int, or None to keep the sparse geometry's ``memory_block_size``. Exactly
+    one plugin may answer.
+    """
+
+
+@hookspec
+def vmemcore_supports_memmap_on_memory(machine, vmemmap_size):
+    """Say whether the arch allows a memory block's memmap (``vmemmap_size`` bytes) on the block itself.
+
+    Called for every hot-add that asks for memmap_on_memory, after the generic conditions of
+    ``mhp_supports_memmap_on_memory``. Returns a :class:`vmemcore.Support` (no: the arch does not
+    select ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE in this kernel, or its ``arch_supports_memmap_on_memory``
+    refuses), or None for the generic rule (the memmap fills whole PMD leaves). All answers count:
+    any refusal wins, and every reason is reported.
+    """
+
+
+@hookspec
+def vmemcore_arch_add_memory(machine, request):
+    """Let the arch adjust a hot-add before anything is added (``arch_add_memory``).
+
+    Called once per hot-add with a :class:`vmemcore.hotplug.HotAddRequest`. Returns a changed
+    request (seed 004's s390 clears ``memmap_on_memory``: its standby memory only becomes
+    accessible when it is onlined), or None to leave it. Every plugin is asked, each seeing the
+    previous answer; a change is reported to the user with the plugin's name.
+    """

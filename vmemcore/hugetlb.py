@@ -187,6 +187,10 @@ class HugeTLB:
     def _nodes(self):
         return self.machine.physmem.node_ids
 
+    def _movable(self, h):
+        """``htlb_alloc_mask``: movable (ZONE_MOVABLE first) unless gigantic (``hugepage_movable_supported``)."""
+        return h.order <= self.machine.sparse_geometry.max_page_order
+
     def _alloc_folio(self, h):
         """``alloc_pool_huge_folio``: try each node once, round robin from ``next_nid_to_alloc``."""
         nodes = self._nodes()
@@ -194,7 +198,7 @@ class HugeTLB:
         for k in range(len(nodes)):
             node = nodes[(first + k) % len(nodes)]
             self._set_nid(h, "next_nid_to_alloc", nodes[(first + k + 1) % len(nodes)])
-            pfn = self.machine.physmem.alloc(1 << h.order, node, Use.HUGETLB, exact_nid=True)
+            pfn = self.machine.physmem.alloc(1 << h.order, node, Use.HUGETLB, exact_nid=True, movable=self._movable(h))
             if pfn is not None:
                 return Folio(pfn, h.order, node)
         return None
@@ -220,7 +224,8 @@ class HugeTLB:
     def _grow(self, h, count):
         nodes = self._nodes()
         if len(nodes) == 1:  # no interleaving: one allocation sweep gives the same folios
-            heads = self.machine.physmem.alloc_pages(count - h.nr_huge_pages, nodes[0], Use.HUGETLB, h.order, exact_nid=True)
+            heads = self.machine.physmem.alloc_pages(count - h.nr_huge_pages, nodes[0], Use.HUGETLB, h.order, exact_nid=True,
+                                                     movable=self._movable(h))
             fresh = [Folio(head, h.order, nodes[0]) for head in heads]
         else:
             fresh = []
@@ -242,6 +247,15 @@ class HugeTLB:
             reasons[error] = reasons.get(error, 0) + 1
         return ResizeResult(h.name, requested, h.nr_huge_pages, optimized=len(eligible) - len(failed),
                             not_optimized=reasons, surplus=h.surplus_huge_pages, **counts)
+
+    def take_free_folio(self, h, head):
+        """Take a particular free folio off its free list (to dissolve it)."""
+        folio = h.folios[head]
+        stack = h.free_lists[folio.node]
+        index = stack.index(head)
+        del stack[index]
+        self._record(lambda: stack.insert(index, head))
+        return folio
 
     def _pick_free(self, h):
         """``remove_pool_hugetlb_folio``: the first free folio of the next node to free from."""

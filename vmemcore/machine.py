@@ -18,6 +18,7 @@ from .plugins import ArchHooks, Registry
 from .profiles import get_profile
 from .sparse import Sparse
 from .structpage import StructPages
+from .hotplug import Hotplug
 from .hugetlb import HugeTLB
 from .stats import Counters
 from .units import format_size, parse_size
@@ -59,7 +60,7 @@ class Machine:
     ``start`` (default: right after the previous range) and ``size``."""
 
     def __init__(self, arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
-                 hugetlb=None, observers=(), registry=None, disabled=()):
+                 hugetlb=None, hotplug=None, observers=(), registry=None, disabled=()):
         registry = registry or Registry(disabled=disabled)
         self.plugin = registry.get(arch)
         self.hooks = ArchHooks(self.plugin.name, self.plugin.plugin, observers=observers)
@@ -104,6 +105,10 @@ class Machine:
         self.physmem.end_boot()
         for entry, folios in gigantic:
             self.hugetlb.gather_boot_pages(self.hugetlb.hstate(entry["size"]), folios)
+        hotplug = dict(hotplug or {})
+        self.hotplug = Hotplug(self, hotplug.pop("memmap_on_memory", "N"))
+        if hotplug:
+            raise BadRequest(f"unknown hotplug settings: {', '.join(sorted(hotplug))}")
         for entry in boot:  # hugetlb_init: the smaller boot-time pages come from the buddy allocator
             if not self.hugetlb.is_gigantic(entry["size"]):
                 self.hugetlb.resize(entry["size"], self.hugetlb.hstate(entry["size"]).nr_huge_pages + entry["count"])
@@ -228,6 +233,7 @@ class Machine:
             "plugin_state": {key: state.snapshot() for key, state in self._plugin_state.items()},
             "structpages": self.structpages.snapshot(),
             "hugetlb": self.hugetlb.snapshot(),
+            "hotplug": self.hotplug.snapshot(),
         }
 
     def check(self):

@@ -18,6 +18,7 @@ class Use(enum.Enum):
     MEMMAP = "memmap"
     PAGETABLE = "pagetable"
     HUGETLB = "hugetlb"
+    OFFLINE = "offline"  # present (hot-added) but not online: in no allocator
 
 
 @frozen
@@ -33,6 +34,8 @@ class Owner:
 
 
 FREE = Owner(Use.FREE)
+OFFLINE = Owner(Use.OFFLINE)
+NORMAL, MOVABLE = "normal", "movable"
 
 
 @frozen
@@ -96,9 +99,10 @@ class PhysMem:
         self.page_shift = page_shift
         self.max_pfn = max_pfn
         self.journal = journal
-        self.nodes = RangeMap()  # pfn -> node id (fixed after construction)
+        self.nodes = RangeMap(journal)  # pfn -> node id of present memory
         self.frames = RangeMap(journal)  # pfn -> Owner
-        self._free = {}  # node -> RangeMap of free pfns (value True)
+        self.zones = RangeMap(journal)  # pfn -> zone of online memory (NORMAL or MOVABLE)
+        self._free = {}  # node -> RangeMap of free pfns (value: their zone)
         self.booting = True  # memblock until boot ends, buddy afterwards
         self.faults = FaultInjector()
 
@@ -111,7 +115,51 @@ class PhysMem:
             raise BadRequest(f"pfn range [{start_pfn:#x}, {end_pfn:#x}) overlaps memory already present")
         self.nodes.set(start_pfn, end_pfn, node)
         self.frames.set(start_pfn, end_pfn, FREE)
-        self._free.setdefault(node, RangeMap(self.journal)).set(start_pfn, end_pfn, True)
+        self.zones.set(start_pfn, end_pfn, NORMAL)
+        self._free_map(node).set(start_pfn, end_pfn, NORMAL)
+
+    def _free_map(self, node):
+        if node not in self._free:
+            self._free[node] = RangeMap(self.journal)
+            if self.journal is not None and self.journal.active:
+                self.journal.record(lambda: self._free.pop(node))
+        return self._free[node]
+
+    # -- memory hotplug -------------------------------------------------------------------------
+    def hot_add(self, node, start_pfn, end_pfn):
+        """Hot-added memory: present, every frame offline (in no allocator) until onlined."""
+        if self.nodes.covered(start_pfn, end_pfn):
+            raise BadRequest(f"pfn range [{start_pfn:#x}, {end_pfn:#x}) overlaps memory already present (-EEXIST)")
+        self.nodes.set(start_pfn, end_pfn, node)
+        self.frames.set(start_pfn, end_pfn, OFFLINE)
+        self._free_map(node)
+
+    def hot_remove(self, start_pfn, end_pfn):
+        """Offline memory leaves: no longer present."""
+        self._expect(start_pfn, end_pfn, OFFLINE, "removed")
+        self.frames.set(start_pfn, end_pfn, None)
+        self.nodes.set(start_pfn, end_pfn, None)
+
+    def online(self, start_pfn, end_pfn, zone):
+        """``online_pages``: offline frames go to the buddy allocator, in ``zone``."""
+        self._expect(start_pfn, end_pfn, OFFLINE, "onlined")
+        self.zones.set(start_pfn, end_pfn, zone)
+        self.release(start_pfn, end_pfn - start_pfn)
+
+    def offline(self, start_pfn, end_pfn):
+        """``offline_pages`` after isolation: free frames leave the buddy allocator."""
+        self._expect(start_pfn, end_pfn, FREE, "offlined")
+        for start, end, node in self.nodes.items(start_pfn, end_pfn):
+            self._free[node].set(start, end, None)
+        self.frames.set(start_pfn, end_pfn, OFFLINE)
+        self.zones.set(start_pfn, end_pfn, None)
+
+    def _expect(self, start_pfn, end_pfn, owner, what):
+        for start, end, value in self.frames.items(start_pfn, end_pfn):
+            if value != owner:
+                raise BadRequest(f"frames [{start:#x}, {end:#x}) are {value}, so they cannot be {what}")
+        if self.frames.covered(start_pfn, end_pfn) != end_pfn - start_pfn:
+            raise BadRequest(f"pfn range [{start_pfn:#x}, {end_pfn:#x}) is not all present memory")
 
     @property
     def node_ids(self):
@@ -131,17 +179,18 @@ class PhysMem:
     def pages_owned(self, use, reserved=None) -> int:
         return sum(n for owner, n in self.frames.totals.items() if owner.use is use and reserved in (None, owner.reserved))
 
-    def free_pages(self, node=None) -> int:
+    def free_pages(self, node=None, zone=None) -> int:
         nodes = self._free if node is None else [node]
-        return sum(self._free[n].totals.get(True, 0) for n in nodes if n in self._free)
+        return sum(count for n in nodes if n in self._free for z, count in self._free[n].totals.items() if zone in (None, z))
 
     # -- allocation -----------------------------------------------------------------------------
-    def alloc(self, nr_pages, node, purpose, align=None, exact_nid=False):
+    def alloc(self, nr_pages, node, purpose, align=None, exact_nid=False, movable=False):
         """Allocate ``nr_pages`` frames for ``purpose``; the first pfn, or None when it fails.
 
         While booting this is memblock (top-down, aligned to ``align`` pages, other nodes tried
         unless ``exact_nid``), later the buddy allocator (a naturally aligned block of the order
-        that holds ``nr_pages``, the node's zonelist fallback to other nodes).
+        that holds ``nr_pages``, the node's zonelist fallback to other nodes). Only ``movable``
+        allocations may come from ZONE_MOVABLE, and they try it first.
         """
         allocator = "memblock" if self.booting else "buddy"
         if self.faults.should_fail(allocator, nr_pages, node, purpose):
@@ -152,13 +201,13 @@ class PhysMem:
             order = max(nr_pages - 1, 0).bit_length()
             size = align = 1 << order
         for candidate in self._node_order(node, exact_nid):
-            pfn = self._find_top_down(candidate, size, align)
+            pfn = self._find_top_down(candidate, size, align, movable)
             if pfn is not None:
                 self._take(pfn, size, Owner(purpose, reserved=self.booting))
                 return pfn
         return None
 
-    def alloc_pages(self, count, node, purpose, order=0, exact_nid=False):
+    def alloc_pages(self, count, node, purpose, order=0, exact_nid=False, movable=False):
         """``count`` successive buddy allocations of ``2**order`` pages, stopping at the first
         failure: the same blocks, in the same order, as ``count`` calls of ``alloc``, carved a free
         extent at a time. Returns the list of first pfns granted."""
@@ -169,7 +218,7 @@ class PhysMem:
         owner = Owner(purpose)
         for candidate in self._node_order(node, exact_nid):
             free = self._free.get(candidate)
-            extents = list(free.items_reversed())
+            extents = [e for zone in self._zone_order(movable) for e in free.items_reversed() if e[2] == zone]
             for start, end, _ in extents:
                 if len(pfns) == granted:
                     break
@@ -195,14 +244,19 @@ class PhysMem:
             return [node] if node in nodes else []
         return ([node] if node in nodes else []) + [n for n in nodes if n != node]
 
-    def _find_top_down(self, node, size, align):
+    @staticmethod
+    def _zone_order(movable):
+        return (MOVABLE, NORMAL) if movable else (NORMAL,)
+
+    def _find_top_down(self, node, size, align, movable=False):
         free = self._free.get(node)
         if free is None:
             return None
-        for start, end, _ in free.items_reversed():
-            pfn = (end - size) // align * align
-            if pfn >= start:
-                return pfn
+        for zone in self._zone_order(movable):
+            for start, end, value in free.items_reversed():
+                pfn = (end - size) // align * align
+                if value == zone and pfn >= start:
+                    return pfn
         return None
 
     def _take(self, pfn, nr_pages, owner):
@@ -211,19 +265,20 @@ class PhysMem:
             self._free[node].set(start, end, None)
 
     def claim(self, pfn, nr_pages, owner):
-        """Take specific free frames (a range handed out by another allocator such as an altmap)."""
-        for start, end, value in self.frames.items(pfn, pfn + nr_pages):
-            if value != FREE:
-                raise BadRequest(f"frames [{start:#x}, {end:#x}) are not free (owner: {value})")
-        if self.frames.covered(pfn, pfn + nr_pages) != nr_pages:
-            raise BadRequest(f"frames [{pfn:#x}, {pfn + nr_pages:#x}) are not all present memory")
-        self._take(pfn, nr_pages, owner)
+        """Take specific offline frames (handed out by an altmap from memory being added)."""
+        self._expect(pfn, pfn + nr_pages, OFFLINE, "claimed")
+        self.frames.set(pfn, pfn + nr_pages, owner)
+
+    def unclaim(self, pfn, nr_pages):
+        """Frames an altmap gets back: offline again."""
+        self.frames.set(pfn, pfn + nr_pages, OFFLINE)
 
     def release(self, pfn, nr_pages):
         """Give frames back: they become free (``free_pages``, ``free_reserved_page``, memblock free)."""
         self.frames.set(pfn, pfn + nr_pages, FREE)
         for start, end, node in self.nodes.items(pfn, pfn + nr_pages):
-            self._free[node].set(start, end, True)
+            for s, e, zone in self.zones.items(start, end):
+                self._free[node].set(s, e, zone)
 
     def retag(self, pfn, nr_pages, owner):
         """Change the owner of frames already allocated (memory handed from one user to another)."""
@@ -234,7 +289,8 @@ class PhysMem:
         self.booting = False
 
     def snapshot(self):
-        return self.frames.items(), {node: free.items() for node, free in self._free.items()}
+        return (self.frames.items(), self.nodes.items(), self.zones.items(),
+                {node: free.items() for node, free in self._free.items()})
 
     # -- invariants -----------------------------------------------------------------------------
     def check(self):

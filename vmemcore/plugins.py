@@ -186,6 +186,38 @@ class ArchHooks:
     def hvo_support(self, machine) -> Support:
         return self._one("vmemcore_hvo_support", Support, machine=machine)
 
+    def memory_block_size(self, machine):
+        answers = [(name, size) for name, size in self._each("vmemcore_memory_block_size", machine=machine) if size is not None]
+        if len(answers) > 1:
+            raise PluginError(answers[0][0], "vmemcore_memory_block_size", "answered by two plugins: exactly one may own it")
+        if answers and (not isinstance(answers[0][1], int) or answers[0][1] <= 0 or answers[0][1] & (answers[0][1] - 1)):
+            raise PluginError(answers[0][0], "vmemcore_memory_block_size", f"returned {answers[0][1]!r}, expected a power of two")
+        return answers[0][1] if answers else None
+
+    def supports_memmap_on_memory(self, machine, vmemmap_size) -> list:
+        answers = []
+        for name, answer in self._each("vmemcore_supports_memmap_on_memory", machine=machine, vmemmap_size=vmemmap_size):
+            if answer is not None and not isinstance(answer, Support):
+                raise PluginError(name, "vmemcore_supports_memmap_on_memory", f"returned {type(answer).__name__}, expected Support")
+            answers.append(answer)
+        return answers
+
+    def arch_add_memory(self, machine, request) -> list:
+        """Each plugin in turn may change the request; returns [(plugin, request after it)]."""
+        steps = []
+        for impl in self._impls("vmemcore_arch_add_memory"):
+            answer = self._invoke(impl, "vmemcore_arch_add_memory", {"machine": machine, "request": request})
+            if answer is None:
+                continue
+            if type(answer) is not type(request):
+                raise PluginError(impl.plugin_name, "vmemcore_arch_add_memory", f"returned {type(answer).__name__}, expected {type(request).__name__}")
+            request = answer
+            steps.append((impl.plugin_name, request))
+        return steps
+
+    def _each(self, hook, **kwargs):
+        return [(impl.plugin_name, self._invoke(impl, hook, kwargs)) for impl in self._impls(hook)]
+
     def vmemmap_populate(self, machine, start, end, node, altmap):
         return self._first_true("vmemcore_vmemmap_populate", machine=machine, start=start, end=end, node=node, altmap=altmap)
 

@@ -186,11 +186,14 @@ def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, on_new
 
 
 def free_vmemmap_frames(machine, pfn, nr_pages, altmap=None):
-    """Give back the frames behind a vmemmap mapping: to the altmap (``vmem_altmap_free``), or as
-    ``free_reserved_page`` (boot frames) / ``free_pages`` (buddy frames) — free either way."""
+    """Give back the frames behind a vmemmap mapping: to the altmap (``vmem_altmap_free``; the
+    frames are offline memory again), or as ``free_reserved_page`` (boot frames) / ``free_pages``
+    (buddy frames) — free either way."""
     if altmap is not None:
         altmap.release(nr_pages)
-    machine.physmem.release(pfn, nr_pages)
+        machine.physmem.unclaim(pfn, nr_pages)
+    else:
+        machine.physmem.release(pfn, nr_pages)
 
 
 def free_table(machine, parent, index):

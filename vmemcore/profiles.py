@@ -28,25 +28,35 @@ class KernelProfile:
     hvo_batched: bool
     # struct pages of a restored tail page rewritten from their neighbours (reset_struct_pages)
     nr_reset_struct_page: int
+    # memmap_on_memory (mm/memory_hotplug.c): "rfc2019" (seed 004: one altmap over the whole added
+    # range, on by default), "single-block" (5.12-6.7: the range must be one memory block),
+    # "per-block" (6.8+: one altmap per memory block)
+    mhp_design: str
+    # 6.6+: an unsupported request falls back to a normal memmap (before: -EINVAL); "force" mode exists
+    mhp_fallback: bool
+    # 5.14-5.19: memmap_on_memory and HVO exclude each other
+    mhp_excludes_hvo: bool
 
     def at_least(self, major: int, minor: int) -> bool:
         return self.version >= (major, minor)
 
 
-def _profile(name, boot_free, reserve, head, tail, basepage, batched, reset):
-    major, minor = (int(part) for part in name.split("."))
-    return KernelProfile(name, (major, minor), boot_free, reserve, head, tail, basepage, batched, reset)
+def _profile(name, version, boot_free, hvo, mhp):
+    return KernelProfile(name, version, boot_free, *hvo, *mhp)
 
 
 PROFILES = {
     p.name: p
     for p in (
-        _profile("5.14", False, 2, "keep", "reuse", True, False, 0),
-        _profile("6.0", False, 1, "keep", "reuse", False, False, 3),
-        _profile("6.1", False, 1, "keep", "reuse", False, False, 3),
-        _profile("6.12", False, 1, "try", "reuse", False, True, 3),
-        _profile("6.19", True, 1, "try", "reuse", False, True, 4),
-        _profile("7.1", True, 1, "always", "shared", False, True, 0),
+        # name, version, boot free lowers counter,
+        #   HVO (reserve, head page, tail page, base-page vmemmap, batched, reset), memmap_on_memory
+        _profile("2019", (5, 0), False, (2, "keep", "reuse", False, False, 0), ("rfc2019", False, False)),
+        _profile("5.14", (5, 14), False, (2, "keep", "reuse", True, False, 0), ("single-block", False, True)),
+        _profile("6.0", (6, 0), False, (1, "keep", "reuse", False, False, 3), ("single-block", False, False)),
+        _profile("6.1", (6, 1), False, (1, "keep", "reuse", False, False, 3), ("single-block", False, False)),
+        _profile("6.12", (6, 12), False, (1, "try", "reuse", False, True, 3), ("per-block", True, False)),
+        _profile("6.19", (6, 19), True, (1, "try", "reuse", False, True, 4), ("per-block", True, False)),
+        _profile("7.1", (7, 1), True, (1, "always", "shared", False, True, 0), ("per-block", True, False)),
     )
 }
 DEFAULT_PROFILE = "6.12"

@@ -8,6 +8,7 @@ part of one (tracked as x86 does), with 4 KiB pages otherwise; its allocations i
 Region-third entries may hold 2 GiB leaves with EDAT2.
 """
 
+import attrs
 import numpy as np
 
 from vmemcore import (
@@ -220,3 +221,21 @@ def _remove(machine, table, start, end, altmap):
         _remove(machine, child, first, last, altmap)
         if child.empty:
             free_table(machine, table, i)
+
+
+@hookimpl
+def vmemcore_supports_memmap_on_memory(machine, vmemmap_size):
+    """s390 selects ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE only from 6.8 (the 2019 RFC had no such switch)."""
+    if machine.profile.mhp_design == "rfc2019" or machine.profile.at_least(6, 8):
+        return None
+    return Support(False, "s390 does not select ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE before 6.8: standby memory "
+                          "only becomes accessible when it is onlined")
+
+
+@hookimpl
+def vmemcore_arch_add_memory(machine, request):
+    """Seed 004's s390 ``arch_add_memory`` clears MHP_MEMMAP_FROM_RANGE: the memory only becomes
+    accessible at online time, so its memmap cannot be written at add time."""
+    if machine.profile.mhp_design == "rfc2019" and request.memmap_on_memory:
+        return attrs.evolve(request, memmap_on_memory=False)
+    return None

@@ -42,6 +42,7 @@ def vmemcore_arch_info():
         features=(
             Feature("pse", True, "2 MiB pages (X86_FEATURE_PSE): vmemmap mapped with PMD leaves"),
             Feature("gbpages", True, "1 GiB pages (X86_FEATURE_GBPAGES): 1 GiB HugeTLB pages"),
+            Feature("hypervisor", False, "running under a hypervisor (X86_FEATURE_HYPERVISOR): memory block size"),
         ),
     )
 
@@ -85,6 +86,21 @@ def vmemcore_hvo_support(machine):
     if machine.profile.at_least(5, 14):
         return Support(True)
     return Support(False, "HugeTLB Vmemmap Optimization was merged in 5.14")
+
+
+@hookimpl
+def vmemcore_memory_block_size(machine):
+    """``probe_memory_block_size``: 128 MiB below 64 GiB of boot memory; else 2 GiB on bare metal,
+    and under a hypervisor the largest power of two up to 2 GiB that divides the end of boot memory."""
+    boot_end = max(item.start + item.size for item in machine.memory)
+    if boot_end < 64 * GiB:
+        return 128 * MiB
+    if not machine.features["hypervisor"]:
+        return 2 * GiB
+    size = 2 * GiB
+    while size > 128 * MiB and boot_end % size:
+        size //= 2
+    return size
 
 
 def _sub_pmd(machine):
