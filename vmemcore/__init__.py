@@ -9,8 +9,10 @@ from .units import GiB, KiB, MiB, PiB, TiB, format_size, parse_size
 
 hookimpl = pluggy.HookimplMarker("vmemcore")
 
+from .machine import Machine, MemoryRange  # noqa: E402  (plugins import the names above first)
+
 __all__ = [
-    "ArchInfo", "BadRequest", "Feature", "GiB", "HugePageSize", "Support", "KernelProfile", "KiB", "Level", "MiB", "OutOfMemory",
+    "ArchInfo", "BadRequest", "Machine", "MemoryRange", "Feature", "GiB", "HugePageSize", "Support", "KernelProfile", "KiB", "Level", "MiB", "OutOfMemory",
     "PageTableGeometry", "PiB", "PluginError", "ScenarioError", "SparseGeometry", "TiB", "Variant", "Veto",
     "VmemcoreError", "format_size", "get_profile", "hookimpl", "parse_size",
 ]
