@@ -231,3 +231,50 @@ def test_bad_requests_say_which_rule_they_break_and_change_nothing():
 def test_x86_memory_block_size_is_probed_from_boot_memory(boot, hypervisor, block):
     m = Machine("x86_64", memory=[{"size": boot}], features={"hypervisor": hypervisor})
     assert m.hotplug.block_size == block
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_add_online_offline_remove_sequences_return_to_the_start(seed):
+    """Random operations on up to four hot-added ranges (some refused, as the kernel would refuse
+    them); when everything is offlined and removed, the machine equals the booted one."""
+    import random
+
+    rng = random.Random(seed)
+    kernel = rng.choice(["6.1", "6.12", "7.1", "2019"])
+    mode = rng.choice(["N", "Y"] + (["force"] if kernel != "6.1" and kernel != "2019" else []))
+    m = machine(kernel=kernel, mode=mode)
+    before = state(m)
+    ranges = {}  # start -> size
+    for _ in range(30):
+        op = rng.choice(["add", "add", "online", "offline", "remove"])
+        try:
+            if op == "add":
+                start = G64 + rng.randrange(4) * GiB
+                size = 128 * MiB * rng.choice([1, 2, 4]) if kernel != "6.1" else 128 * MiB
+                m.hotplug.add_memory(start, size, memmap_on_memory=rng.random() < 0.7)
+                ranges[start] = size
+            elif op in ("online", "offline") and m.hotplug.blocks:
+                block = rng.choice(sorted(m.hotplug.blocks))
+                (m.hotplug.online(block, rng.choice(["normal", "movable"])) if op == "online" else m.hotplug.offline(block))
+            elif op == "remove" and ranges:
+                start = rng.choice(sorted(ranges))
+                m.hotplug.remove_memory(start, ranges[start])
+                del ranges[start]
+        except (BadRequest, Veto):
+            pass  # refused: nothing changed (checked below by the invariants and the final state)
+        m.check()
+    for _ in range(3):  # offline newest first: a block's memmap may live in an older block
+        for block in sorted(m.hotplug.blocks, reverse=True):
+            if m.hotplug.blocks[block].state == "online":
+                try:
+                    m.hotplug.offline(block)
+                except BadRequest:
+                    pass
+        for start in sorted(ranges, reverse=True):
+            try:
+                m.hotplug.remove_memory(start, ranges.pop(start))
+            except BadRequest:
+                ranges[start] = ranges.get(start) or 0
+        ranges = {s: z for s, z in ranges.items() if z}
+    assert not m.hotplug.blocks
+    assert state(m) == before

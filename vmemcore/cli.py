@@ -1,4 +1,4 @@
-"""The ``vmemcore`` command line: ``run``, ``kpageflags`` and ``diagram`` of a scenario, ``arches``."""
+"""The ``vmemcore`` command line: ``run``, ``blocks``, ``kpageflags`` and ``diagram`` of a scenario, ``arches``."""
 
 import argparse
 import json
@@ -12,7 +12,8 @@ from .errors import BadRequest, PluginError, ScenarioError
 from .geometry import describe_geometry
 from .plugins import TRACE_ENV, ArchHooks, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, get_profile
-from .report import check_folio_flags, format_kpageflags, format_report, kpageflags_report, kpageflags_runs, report
+from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
+                     kpageflags_report, kpageflags_runs, report)
 from .scenario import OPS, REQUIRED, RunError, load_scenario, run_scenario
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLUGIN = 0, 1, 2, 3
@@ -20,15 +21,18 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLUGIN = 0, 1, 2, 3
 EXIT_CODES = """\
 exit codes:
   0  success
-  1  the simulation failed (an error at boot or in a step; the message names it), or
-     kpageflags --check found a pfn that breaks the rule
+  1  the simulation failed (an error at boot or in a step, e.g. a hot-add refused or an offline
+     that hits -EBUSY; the message names the step), or kpageflags --check found a pfn that
+     breaks the rule
   2  invalid scenario or command line (the message names the key and line; nothing was simulated),
      or a HugeTLB size or folio index the simulated machine does not have
   3  a plugin failed to load or gave a bad answer (the message names the plugin and hook)
 """
 
 def _op_keys(op):
-    return ", ".join(key if default is REQUIRED else f"{key}={default}" for key, (_, default) in op.keys.items())
+    """``start, size, node=0``; optional keys without a default in brackets: ``[block]``."""
+    return ", ".join(key if default is REQUIRED else f"[{key}]" if default is None else f"{key}={default}"
+                     for key, (_, default) in op.keys.items())
 
 
 RUN_EPILOG = f"""\
@@ -49,12 +53,15 @@ scenario format (TOML; full reference in docs/scenarios.md):
   optimize_vmemmap = true          # hugetlb_free_vmemmap=on (default false)
   boot = [{{ size = "1G", count = 2, node = 0 }}]   # hugepages= boot pages; node optional
 
+  [hotplug]                        # optional
+  memmap_on_memory = "Y"           # memory_hotplug.memmap_on_memory: "N" (default), "Y", "force"
+
   [[steps]]                        # optional, run in order after boot
   op = "memmap.add"
   start = "64G"                    # start and size: whole 2M sub-sections
   size = "2M"
 
-ops:
+ops (hotplug.online and .offline take block = ID, or start and size):
 """ + "".join(f"  {op.name:<{max(map(len, OPS))}}  {_op_keys(op)}: {op.help}\n" for op in OPS.values()) + "\n" + EXIT_CODES
 
 
@@ -89,6 +96,18 @@ def build_parser():
     )
     run.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     run.set_defaults(func=_run)
+
+    blocks = sub.add_parser(
+        "blocks", parents=[scenario], help="run a scenario, print its memory blocks",
+        description="Run SCENARIO, then print its hot-added memory blocks as /sys/devices/system/memory\n"
+                    "shows them: id, start, size, node, state, zone and the pages each hosts its\n"
+                    "memmap in (memmap_on_memory); more than 16 blocks are collapsed into runs of\n"
+                    "consecutive blocks that look the same.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    blocks.add_argument("--json", action="store_true",
+                        help="print JSON: memmap_on_memory, block_size, blocks and zones")
+    blocks.set_defaults(func=_blocks)
 
     kpageflags = sub.add_parser(
         "kpageflags", parents=[scenario], help="run a scenario, print the /proc/kpageflags of pfns",
@@ -185,6 +204,13 @@ def _simulate(args):
 def _run(args):
     data = report(*_simulate(args))
     print(json.dumps(data, indent=2) if args.json else format_report(data))
+    return EXIT_OK
+
+
+def _blocks(args):
+    machine, _ = _simulate(args)
+    data = hotplug_report(machine)
+    print(json.dumps(data, indent=2) if args.json else format_blocks(data, machine.geometry.page_size))
     return EXIT_OK
 
 

@@ -21,7 +21,8 @@ from .units import format_size
 
 MODES = ("N", "Y", "force")  # memory_hotplug.memmap_on_memory
 SELF_HOSTED = Owner(Use.MEMMAP, self_hosted=True)
-ALTMAP_SPARE = Owner(Use.OFFLINE, reserved=True)  # force mode: altmap pages the memmap does not use
+# force mode: altmap pages the memmap does not use, marked PageVmemmapSelfHosted all the same
+ALTMAP_SPARE = Owner(Use.OFFLINE, reserved=True, self_hosted=True)
 
 
 @attrs.frozen
@@ -170,7 +171,7 @@ class Hotplug:
             first, count = request.start // page, request.size // page
             m.physmem.hot_add(request.node, first, first + count)
             blocks = self._populate(first, count, request.node, use_altmap)
-            hosted = sum(self._altmap_pages(b) for b in blocks) if use_altmap else 0
+            hosted = sum(self.self_hosted_pages(b) for b in blocks) if use_altmap else 0
             return AddResult(tuple(b.id for b in blocks), use_altmap, hosted, note)
 
     def _populate(self, first, count, node, use_altmap):
@@ -194,7 +195,7 @@ class Hotplug:
             self._put_block(block)
         return blocks
 
-    def _altmap_pages(self, block):
+    def self_hosted_pages(self, block):
         """The pfns at the start of ``block`` set aside for memmap (``altmap->free``), present but
         never managed."""
         if block.altmap is not None:
@@ -219,7 +220,7 @@ class Hotplug:
             block = self.block(block_id)
             if block.state == "online":
                 raise BadRequest(f"memory block {block_id} is already online")
-            hosted = self._altmap_pages(block)
+            hosted = self.self_hosted_pages(block)
             start = block.start_pfn + hosted
             pageblock = 1 << m.sparse_geometry.pageblock_order
             if start % pageblock:
@@ -244,7 +245,7 @@ class Hotplug:
             block = self.block(block_id)
             if block.state != "online":
                 raise BadRequest(f"memory block {block_id} is not online")
-            hosted = self._altmap_pages(block)
+            hosted = self.self_hosted_pages(block)
             start = block.start_pfn + hosted
             self._dissolve_hugetlb(block, start)
             for s, e, owner in m.physmem.frames.items(start, block.end_pfn):
@@ -324,12 +325,12 @@ class Hotplug:
         """{(node, zone): (present, managed)}: ``zone->present_pages`` and ``managed_pages``."""
         m = self.machine
         out = {}
-        for start, end, zone in m.physmem.zones.items():
-            node = m.physmem.node_of(start)
-            present, managed = out.get((node, zone), (0, 0))
-            unmanaged = sum(e - s for s, e, owner in m.physmem.frames.items(start, end)
-                            if owner.reserved or owner.self_hosted)
-            out[(node, zone)] = (present + end - start, managed + end - start - unmanaged)
+        for zone_start, zone_end, zone in m.physmem.zones.items():
+            for start, end, node in m.physmem.nodes.items(zone_start, zone_end):
+                present, managed = out.get((node, zone), (0, 0))
+                unmanaged = sum(e - s for s, e, owner in m.physmem.frames.items(start, end)
+                                if owner.reserved or owner.self_hosted)
+                out[(node, zone)] = (present + end - start, managed + end - start - unmanaged)
         return out
 
 

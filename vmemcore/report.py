@@ -1,9 +1,11 @@
 """The result of a run: one JSON-able dict (``report``) and its terminal table (``format_report``);
-and the ``/proc/kpageflags`` view of a range of pfns (``kpageflags_runs``, ``format_kpageflags``)."""
+the memory blocks (``hotplug_report``, ``format_blocks``); and the ``/proc/kpageflags`` view of a
+range of pfns (``kpageflags_runs``, ``format_kpageflags``)."""
 
 import attrs
 
 from . import structpage
+from .physmem import MOVABLE, NORMAL
 from .structpage import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE
 from .units import human_size
 
@@ -41,6 +43,7 @@ def report(machine, steps=()) -> dict:
             for node in machine.physmem.node_ids
         ],
         "hugetlb": hugetlb_report(machine.hugetlb),
+        "hotplug": hotplug_report(machine),
         "counters": counters,
         "counter_units": {name: counter_unit(name) for name in counters},
         "steps": [attrs.asdict(step) for step in steps],
@@ -61,6 +64,25 @@ def hugetlb_report(hugetlb) -> dict:
             }
             for _, h in sorted(hugetlb.hstates.items())
         },
+    }
+
+
+def hotplug_report(machine) -> dict:
+    """The ``memory_hotplug.memmap_on_memory`` mode, the memory block size, every hot-added memory
+    block (by id) and each node's zones (node order, ZONE_NORMAL before ZONE_MOVABLE)."""
+    shift = machine.geometry.page_shift
+    hotplug = machine.hotplug
+    zones = sorted(hotplug.zone_pages().items(), key=lambda item: (item[0][0], (NORMAL, MOVABLE).index(item[0][1])))
+    return {
+        "memmap_on_memory": hotplug.mode,
+        "block_size": hotplug.block_size,
+        "blocks": [
+            {"id": b.id, "start": b.start_pfn << shift, "size": b.nr_pages << shift, "node": b.node, "state": b.state,
+             "zone": b.zone, "self_hosted_pages": hotplug.self_hosted_pages(b)}
+            for _, b in sorted(hotplug.blocks.items())
+        ],
+        "zones": [{"node": node, "zone": zone, "present_pages": present, "managed_pages": managed}
+                  for (node, zone), (present, managed) in zones],
     }
 
 
@@ -87,9 +109,23 @@ def _value_cells(name, value, page_size, signed=False):
 
 
 def _args(args):
-    """``key=value`` pairs; byte sizes humanised, empty tables left out."""
-    return " ".join(f"{key}={human_size(value) if key in ('start', 'size') and isinstance(value, int) else value}"
-                    for key, value in args.items() if value != {})
+    """``key=value`` pairs; byte sizes humanised, lists of ids as ranges, empty values left out."""
+    def cell(key, value):
+        if key in ("start", "size") and isinstance(value, int):
+            return human_size(value)
+        return id_ranges(value) if isinstance(value, list) else value
+    return " ".join(f"{key}={cell(key, value)}" for key, value in args.items() if value not in ({}, ""))
+
+
+def id_ranges(ids) -> str:
+    """Integers as comma-separated runs: ``[512, 513, 514, 600]`` -> ``"512-514,600"``."""
+    runs = []
+    for i in ids:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _hugetlb_lines(data):
@@ -103,6 +139,47 @@ def _hugetlb_lines(data):
     header = ("size", "nr_hugepages", "surplus", "optimized", "boot")
     rows = [header] + [(name, *(f"{h[key]:,}" for key in header[1:])) for name, h in data["hstates"].items()]
     return [f"hugetlb   {state}"] + columns(rows, right=range(5), indent="          ")
+
+
+def _zone_lines(zones, page):
+    rows = [("node", "zone", "present_pages", "", "managed_pages", "")]
+    rows += [(str(z["node"]), z["zone"], f"{z['present_pages']:,}", f"({human_size(z['present_pages'] * page)})",
+              f"{z['managed_pages']:,}", f"({human_size(z['managed_pages'] * page)})") for z in zones]
+    table = columns(rows, right=(0, 2, 4), indent="          ")
+    return ["zones" + table[0][len("zones"):]] + table[1:]  # the title in the header row's indent
+
+
+UNCOLLAPSED_BLOCKS = 16  # at most this many blocks get one row each
+
+
+def format_blocks(data, page) -> str:
+    """The memory blocks of a :func:`hotplug_report` dict, one row per block as
+    ``/sys/devices/system/memory`` lists them; with more than UNCOLLAPSED_BLOCKS blocks, consecutive
+    blocks with the same node, state, zone and self-hosted pages share a row (``512-583 (72 blocks)``)."""
+    blocks = data["blocks"]
+    head = f"memory blocks  {human_size(data['block_size'])} each, memory_hotplug.memmap_on_memory={data['memmap_on_memory']}"
+    if not blocks:
+        return f"{head}\n  no hot-added memory blocks"
+    same = ("node", "state", "zone", "self_hosted_pages")
+    groups = []
+    for b in blocks:
+        last = groups[-1][-1] if groups else None
+        if len(blocks) > UNCOLLAPSED_BLOCKS and last and last["id"] + 1 == b["id"] and all(last[k] == b[k] for k in same):
+            groups[-1].append(b)
+        else:
+            groups.append([b])
+    rows = [("block", "", "start", "size", "node", "state", "zone", "self-hosted pages")]
+    for group in groups:
+        b, n = group[0], len(group)
+        hosted = f"{b['self_hosted_pages']:,}" + (" each" if n > 1 and b["self_hosted_pages"] else "")
+        rows.append((f"{b['id']}-{group[-1]['id']}" if n > 1 else str(b["id"]), f"({n} blocks)" if n > 1 else "",
+                     f"{b['start']:#x}", human_size(n * b["size"]), str(b["node"]), b["state"], b["zone"] or "-", hosted))
+    online = sum(b["state"] == "online" for b in blocks)
+    hosted = sum(b["self_hosted_pages"] for b in blocks)
+    total = (f"  {len(blocks):,} block{'s' if len(blocks) > 1 else ''} ({human_size(sum(b['size'] for b in blocks))}): "
+             f"{online:,} online, {len(blocks) - online:,} offline; {hosted:,} self-hosted pages"
+             + (f" ({human_size(hosted * page)})" if hosted else ""))
+    return "\n".join([head] + columns(rows, right=(3, 4, 7), indent="  ") + [total])
 
 
 def format_report(data) -> str:
@@ -125,8 +202,11 @@ def format_report(data) -> str:
         lines.append(f"node {n['node']}    {n['present_pages']:,} pages present, {used:,} used ({human_size(used * page)}), "
                      f"{n['free_pages']:,} free")
     lines += _hugetlb_lines(data["hugetlb"])
+    lines += _zone_lines(data["hotplug"]["zones"], page)
     lines += ["", "counters"]
     lines += columns([(name, *_value_cells(name, value, page)) for name, value in data["counters"].items()], (1,), "  ")
+    if data["hotplug"]["blocks"]:
+        lines += ["", format_blocks(data["hotplug"], page)]
     if data["steps"]:
         lines += ["", "steps"]
         for step in data["steps"]:

@@ -16,7 +16,9 @@ from attrs import frozen
 
 from .errors import BadRequest, ScenarioError, VmemcoreError
 from .geometry import SUBSECTION_SHIFT
+from .hotplug import MODES
 from .machine import Machine
+from .physmem import MOVABLE, NORMAL
 from .plugins import ArchHooks, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES
 from .units import format_size, human_size, parse_size
@@ -62,6 +64,13 @@ class HugetlbSpec:
 
 
 @frozen
+class HotplugSpec:
+    """The ``[hotplug]`` table: the boot parameter ``memory_hotplug.memmap_on_memory``."""
+
+    memmap_on_memory: str = "N"
+
+
+@frozen
 class Step:
     """One ``[[steps]]`` entry: its op and its arguments (sizes in bytes, defaults filled in)."""
 
@@ -80,18 +89,22 @@ class Scenario:
     steps: tuple = ()
     path: str | None = None
     hugetlb: HugetlbSpec | None = None
+    hotplug: HotplugSpec | None = None
 
 
 @frozen
 class Op:
     """A step operation: ``keys`` maps each key to (kind, default), kind one of "size", "hugepage"
-    (a HugeTLB page size), "node", "count" or "bool", default REQUIRED when the key must be given;
-    ``run(machine, args)`` performs it and returns what it reports (a dict) or None."""
+    (a HugeTLB page size), "node", "count", "block" (a memory block id), "zone" or "bool", default
+    REQUIRED when the key must be given, None when it is optional (ops with a ``block`` key take it
+    or ``start`` and ``size``); ``start`` and ``size`` must be whole sub-sections, or whole sections
+    with ``sections``. ``run(machine, args)`` performs it and returns what it reports (a dict) or None."""
 
     name: str
     keys: dict
     run: object
     help: str
+    sections: bool = False
 
 
 def _pages(machine, args):
@@ -105,8 +118,39 @@ def _switch(machine, args):
     return {"optimize_vmemmap": machine.hugetlb.optimize_vmemmap}
 
 
+def _block_ids(machine, args):
+    """The memory blocks a step names: its ``block``, or every block of its ``start`` + ``size``."""
+    if "block" in args:
+        return [args["block"]]
+    first, count = _pages(machine, args)
+    per_block = machine.hotplug.block_pages
+    if first % per_block or count % per_block:
+        raise BadRequest(f"[{args['start']:#x}, +{args['size']:#x}) is not aligned to the "
+                         f"{format_size(machine.hotplug.block_size)} memory block size (-EINVAL)")
+    return list(range(first // per_block, (first + count) // per_block))
+
+
+def _each_block(machine, args, action):
+    ids = _block_ids(machine, args)
+    for block in ids:
+        action(block)
+    return {"blocks": ids}
+
+
+def _hot_add(machine, args):
+    result = machine.hotplug.add_memory(args["start"], args["size"], args["node"], args["memmap_on_memory"])
+    return attrs.asdict(result) | {"blocks": list(result.blocks)}
+
+
+def _hot_remove(machine, args):
+    ids = _block_ids(machine, args)
+    machine.hotplug.remove_memory(args["start"], args["size"])
+    return {"blocks": ids}
+
+
 _RANGE = {"start": ("size", REQUIRED), "size": ("size", REQUIRED)}
 _NODE = {"node": ("node", 0)}
+_BLOCKS = {"block": ("block", None), "start": ("size", None), "size": ("size", None)}
 OPS = {
     op.name: op
     for op in (
@@ -127,14 +171,28 @@ OPS = {
            "write count to nr_hugepages of the HugeTLB size (set_max_huge_pages)"),
         Op("hugetlb.optimize_vmemmap", {"enabled": ("bool", REQUIRED)}, _switch,
            "the sysctl vm.hugetlb_optimize_vmemmap (5.19+): HVO for folios allocated afterwards"),
+        Op("hotplug.add", {**_RANGE, **_NODE, "memmap_on_memory": ("bool", False)}, _hot_add,
+           "add_memory: offline memory blocks with their memmap, from the range itself with memmap_on_memory",
+           sections=True),
+        Op("hotplug.online", {**_BLOCKS, "zone": ("zone", NORMAL)},
+           lambda m, a: _each_block(m, a, lambda block: m.hotplug.online(block, a["zone"])),
+           "online a memory block, or every block of start+size, into ZONE_NORMAL or ZONE_MOVABLE",
+           sections=True),
+        Op("hotplug.offline", dict(_BLOCKS),
+           lambda m, a: _each_block(m, a, m.hotplug.offline),
+           "offline a memory block, or every block of start+size (-EBUSY if pages in it are in use)",
+           sections=True),
+        Op("hotplug.remove", dict(_RANGE), _hot_remove,
+           "remove_memory: offline blocks removed and their memmap freed", sections=True),
     )
 }
 
-_TOP_KEYS = ("machine", "memory", "hugetlb", "steps")
+_TOP_KEYS = ("machine", "memory", "hugetlb", "hotplug", "steps")
 _MACHINE_KEYS = ("arch", "variant", "kernel", "features")
 _MEMORY_KEYS = ("node", "start", "size")
 _HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "boot": ("boot", ())}
 _BOOT_KEYS = {"size": ("hugepage", REQUIRED), "count": ("count", REQUIRED), "node": ("node", None)}
+_HOTPLUG_KEYS = {"memmap_on_memory": ("mode", "N")}
 
 
 # -- locating keys in the text ------------------------------------------------------------------
@@ -280,6 +338,25 @@ class _Validator:
             raise self.error(key, f"count {value} is negative")
         return value
 
+    def block(self, key, value):
+        self.expect(key, value, int, "a memory block id (integer)")
+        if value < 0:
+            raise self.error(key, f"memory block {value} is negative")
+        return value
+
+    def zone(self, key, value):
+        if value not in (NORMAL, MOVABLE):
+            raise self.error(key, f"must be {NORMAL!r} or {MOVABLE!r}, got {_type_name(value)} {value!r}")
+        return value
+
+    def mode(self, key, value):
+        """``memory_hotplug.memmap_on_memory``: one of MODES, or a boolean for Y/N."""
+        if isinstance(value, bool):
+            return "Y" if value else "N"
+        if value not in MODES:
+            raise self.error(key, f"must be {', '.join(map(repr, MODES))} or true/false, got {_type_name(value)} {value!r}")
+        return value
+
     def fields(self, table, keys, where, what=""):
         """The values of ``table`` checked against ``keys`` (name -> (kind, default)), defaults filled in."""
         self.known_keys(table, list(keys), where)
@@ -302,15 +379,20 @@ class _Validator:
         memory = self.memory(doc.get("memory"))
         self.nodes = sorted({m.node for m in memory})
         hugetlb = self.hugetlb(doc["hugetlb"]) if "hugetlb" in doc else None
+        hotplug = self.hotplug(doc["hotplug"]) if "hotplug" in doc else None
         raw_steps = doc.get("steps", [])
         if not isinstance(raw_steps, list) or not all(isinstance(s, dict) for s in raw_steps):
             raise self.error("steps", "must be an array of tables ([[steps]])")
         steps = tuple(self.step(i, raw) for i, raw in enumerate(raw_steps))
-        return Scenario(machine, memory, steps, self.path, hugetlb)
+        return Scenario(machine, memory, steps, self.path, hugetlb, hotplug)
 
     def hugetlb(self, table):
         self.expect("hugetlb", table, dict, "a table ([hugetlb])")
         return HugetlbSpec(**self.fields(table, _HUGETLB_KEYS, "hugetlb"))
+
+    def hotplug(self, table):
+        self.expect("hotplug", table, dict, "a table ([hotplug])")
+        return HotplugSpec(**self.fields(table, _HOTPLUG_KEYS, "hotplug"))
 
     def boot(self, key, entries):
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -434,16 +516,29 @@ class _Validator:
             raise self.error(f"{key}.op", f"unknown op {name!r} (ops: {', '.join(OPS)}){hint}")
         op = OPS[name]
         args = self.fields({k: v for k, v in table.items() if k != "op"}, op.keys, key, f" of {name}")
+        if "block" in args:
+            self.block_or_range(key, args, name)
+        args = {k: v for k, v in args.items() if v is not None}
         if "start" in args:
-            self.range(key, args)
+            self.range(key, args, op.sections)
         return Step(index, name, args, self.locator.line(key))
 
-    def range(self, key, args):
-        """A memmap step's ``start`` and ``size``: whole sub-sections within the physical limit."""
-        unit = 1 << SUBSECTION_SHIFT
+    def block_or_range(self, key, args, name):
+        """``block``, or ``start`` and ``size``: exactly one of the two ways to name memory blocks."""
+        given = [arg for arg in ("start", "size") if args[arg] is not None]
+        if args["block"] is not None and given:
+            raise self.error(f"{key}.block", f"{name} takes block, or start and size, not both")
+        if args["block"] is None and len(given) < 2:
+            missing = "start" if given == ["size"] else "size" if given else "block"
+            raise self.error(f"{key}.{missing}", f"missing required key of {name} (block, or start and size)")
+
+    def range(self, key, args, sections=False):
+        """A step's ``start`` and ``size``: whole sub-sections (or sections) within the physical limit."""
+        unit = self.sparse.section_size if sections else 1 << SUBSECTION_SHIFT
+        what = "section" if sections else "sub-section"
         for arg in ("start", "size"):
             if args[arg] % unit:
-                raise self.error(f"{key}.{arg}", f"{args[arg]:#x} is not a multiple of the {format_size(unit)} sub-section")
+                raise self.error(f"{key}.{arg}", f"{args[arg]:#x} is not a multiple of the {format_size(unit)} {what}")
         if args["size"] == 0:
             raise self.error(f"{key}.size", "must be positive")
         bits = self.sparse.max_physmem_bits
@@ -456,7 +551,8 @@ class _Validator:
 @frozen
 class StepResult:
     """What one step did: the counters it changed (name -> delta) and what the op reported
-    (a hugetlb.resize's ResizeResult fields, the switch's new value; empty for memmap ops)."""
+    (a hugetlb.resize's ResizeResult fields, the switch's new value, a hotplug.add's AddResult
+    fields, the blocks a hotplug.online/offline/remove acted on; empty for memmap ops)."""
 
     index: int
     op: str
@@ -487,8 +583,10 @@ def run_scenario(scenario, progress=None, registry=None):
     spec = scenario.machine
     memory = [{"node": m.node, "start": m.start, "size": m.size} for m in scenario.memory]
     hugetlb = attrs.asdict(scenario.hugetlb) if scenario.hugetlb else None
+    hotplug = attrs.asdict(scenario.hotplug) if scenario.hotplug else None
     try:
-        machine = Machine(spec.arch, spec.variant, spec.kernel, memory, dict(spec.features), hugetlb, registry=registry)
+        machine = Machine(spec.arch, spec.variant, spec.kernel, memory, dict(spec.features), hugetlb, hotplug,
+                          registry=registry)
     except VmemcoreError as error:
         raise RunError(f"{scenario.path + ': ' if scenario.path else ''}boot", error) from error
     results = []
