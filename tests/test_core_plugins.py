@@ -104,7 +104,7 @@ def test_every_hookspec_is_documented_and_tested():
               "vmemcore_vmemmap_free": "remove_memmap", "vmemcore_hugepage_sizes": "hugepage_sizes",
               "vmemcore_hvo_support": "hvo_support", "vmemcore_memory_block_size": "memory_block_size",
               "vmemcore_supports_memmap_on_memory": "supports_memmap_on_memory",
-              "vmemcore_arch_add_memory": "arch_add_memory"}
+              "vmemcore_arch_add_memory": "arch_add_memory", "vmemcore_dax_vmemmap_support": "dax_vmemmap_support"}
     for name in specs:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert "Called" in doc and "Returns" in doc, f"{name} must say when it is called and what it returns"

@@ -12,7 +12,9 @@ from .errors import BadRequest
 @attrs.define
 class VmemAltmap:
     """``base_pfn``..``end_pfn`` (inclusive, as the kernel keeps it); ``reserve`` pfns for the driver,
-    ``free`` pfns set aside for memmap, ``align`` pfns wasted to alignment, ``alloc`` pfns handed out."""
+    ``free`` pfns set aside for memmap, ``align`` pfns wasted to alignment, ``alloc`` pfns handed out.
+    ``device``: the pfns are device memory (a ZONE_DEVICE pagemap's), not System RAM, so physical
+    memory never sees them and the altmap alone tracks its frames."""
 
     base_pfn: int
     end_pfn: int
@@ -21,6 +23,7 @@ class VmemAltmap:
     align: int = 0
     alloc: int = 0
     journal: object = attrs.field(default=None, repr=False, eq=False)
+    device: bool = attrs.field(default=False, kw_only=True)
 
     def __attrs_post_init__(self):
         if min(self.base_pfn, self.reserve, self.free) < 0 or self.end_pfn < self.base_pfn:

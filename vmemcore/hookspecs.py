@@ -119,3 +119,18 @@ def vmemcore_arch_add_memory(machine, request):
     accessible when it is onlined), or None to leave it. Every plugin is asked, each seeing the
     previous answer; a change is reported to the user with the plugin's name.
     """
+
+
+@hookspec
+def vmemcore_dax_vmemmap_support(machine):
+    """Say whether this kernel (``machine.profile``) lets the arch deduplicate the vmemmap of
+    device compound pages (device-dax; the arch half of ``vmemmap_can_optimize``).
+
+    Called each time the memmap of a ZONE_DEVICE pagemap is populated, and when the pagemap is
+    added, before the generic conditions (power-of-two struct page, no altmap, more than
+    ``VMEMMAP_RESERVE_NR`` vmemmap pages per compound page). Returns a :class:`vmemcore.Support`:
+    yes when the arch selects ``ARCH_WANT_OPTIMIZE_DAX_VMEMMAP`` (6.6+; from the dedup's merge in
+    5.19 until the opt-in of 6.4/6.6 the rule was generic on every arch), or no with the kernel's
+    reason, which the engine reports as why a pagemap's vmemmap was not deduplicated. Exactly one
+    plugin must answer (a plugin that does not implement it gets no dedup).
+    """

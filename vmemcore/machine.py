@@ -14,6 +14,7 @@ from .errors import BadRequest, PluginError
 from .journal import Journal
 from .pagetable import LEAF, PRESENT, PageTable
 from .physmem import PhysMem, Use
+from .populate import VmemmapRefs
 from .plugins import ArchHooks, Registry
 from .profiles import get_profile
 from .sparse import Sparse
@@ -22,6 +23,7 @@ from .hotplug import Hotplug
 from .hugetlb import HugeTLB
 from .stats import Counters
 from .units import format_size, parse_size
+from .zone_device import ZoneDevice
 
 
 @attrs.frozen
@@ -79,8 +81,10 @@ class Machine:
         self.stats = Counters(self.journal)
         self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
         self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
+        self.vmemmap_refs = VmemmapRefs(self.journal)  # frames several vmemmap PTEs map (get_page)
         self.sparse = Sparse(self)
         self.structpages = StructPages(self)
+        self.zone_device = ZoneDevice(self)  # device pagemaps (memremap_pages)
         self.sparse_buffer = None
         self._plugin_state = {}
         self.memory = _memory_ranges(memory)
@@ -158,11 +162,12 @@ class Machine:
                     )
             self.sparse.depopulate(pfn, nr_pages, altmap)
 
-    def add_memmap(self, pfn, nr_pages, node=0, altmap=None):
-        """``sparse_add_section`` for each section piece of the range (as ``__add_pages`` splits it)."""
+    def add_memmap(self, pfn, nr_pages, node=0, altmap=None, pgmap=None):
+        """``sparse_add_section`` for each section piece of the range (as ``__add_pages`` splits it);
+        ``pgmap``: the device pagemap the range belongs to, if any."""
         with self.transaction():
             for start, count in self._section_pieces(pfn, nr_pages):
-                self.sparse.add(node, start, count, altmap)
+                self.sparse.add(node, start, count, altmap, pgmap)
 
     def remove_memmap(self, pfn, nr_pages, altmap=None):
         """``sparse_remove_section`` for each section piece of the range (as ``__remove_pages``)."""
@@ -206,6 +211,7 @@ class Machine:
     def counters(self):
         """Kernel-named counters plus page-table pages per level and vmemmap bytes per leaf size."""
         out = self.stats.as_dict()
+        out.update(self.zone_device.counters())
         for name, count in self.pagetable.tables.items():
             out[f"vmemmap_pagetable_pages_{name}"] = count * (self.geometry.level(name).alloc_bytes >> self.geometry.page_shift)
         for name, count in self.leaf_counts().items():
@@ -234,6 +240,8 @@ class Machine:
             "structpages": self.structpages.snapshot(),
             "hugetlb": self.hugetlb.snapshot(),
             "hotplug": self.hotplug.snapshot(),
+            "vmemmap_refs": self.vmemmap_refs.snapshot(),
+            "zone_device": self.zone_device.snapshot(),
         }
 
     def check(self):
@@ -249,6 +257,8 @@ class Machine:
             if len(leaves):
                 leaf_frames.append((table.pfns[leaves], table.level.entry_span >> page_shift))
         _assert_owned(self.physmem, Use.PAGETABLE, [(p, n) for p, n in table_frames])
+        self.vmemmap_refs.check(leaf_frames)
+        leaf_frames = self.zone_device.check(leaf_frames)  # device memory is no frame of System RAM
         # HVO maps one frame many times, and 7.1 keeps shared tail pages even when unmapped
         held = np.array(sorted(self.hugetlb.hvo.tail_pages.values()), dtype=np.int64)
         _assert_owned(self.physmem, Use.MEMMAP, leaf_frames + [(held, 1)], arrays=True)

@@ -186,6 +186,9 @@ class ArchHooks:
     def hvo_support(self, machine) -> Support:
         return self._one("vmemcore_hvo_support", Support, machine=machine)
 
+    def dax_vmemmap_support(self, machine) -> Support:
+        return self._one("vmemcore_dax_vmemmap_support", Support, machine=machine)
+
     def memory_block_size(self, machine):
         answers = [(name, size) for name, size in self._each("vmemcore_memory_block_size", machine=machine) if size is not None]
         if len(answers) > 1:

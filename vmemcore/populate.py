@@ -1,11 +1,13 @@
 """Generic vmemmap population and the frame allocators behind it (``mm/sparse-vmemmap.c``).
 
 Mirrors ``vmemmap_populate_basepages``, ``vmemmap_populate_hugepages``, ``vmemmap_alloc_block_buf``,
-``vmemmap_alloc_block``, ``vmemmap_alloc_block_zero``, ``vmemmap_verify`` and the sparse buffer of
-``mm/sparse.c`` (``sparse_buffer_init/alloc/fini``). Arch plugins build their ``vmemmap_populate``
-and ``vmemmap_free`` from these. The loops go a page table at a time: a run of empty entries gets
-its frames in one batch (the same frames, in the same order, that one call per entry would get),
-so populating a 1 PiB machine costs its page tables, not its 8 million PMD entries one by one.
+``vmemmap_alloc_block``, ``vmemmap_alloc_block_zero``, ``vmemmap_verify``, the sparse buffer of
+``mm/sparse.c`` (``sparse_buffer_init/alloc/fini``) and the references ``VMEMMAP_POPULATE_PAGEREF``
+takes on frames mapped more than once (``get_page``, ``put_page_testzero``). Arch plugins build
+their ``vmemmap_populate`` and ``vmemmap_free`` from these. The loops go a page table at a time: a
+run of empty entries gets its frames in one batch (the same frames, in the same order, that one
+call per entry would get), so populating a 1 PiB machine costs its page tables, not its 8 million
+PMD entries one by one.
 """
 
 import numpy as np
@@ -54,12 +56,14 @@ def alloc_blocks(machine, nr_pages, count, node, altmap):
 
     Returns the pfns of the blocks granted, in order (fewer than ``count`` when the next call
     failed). With an altmap there is no fallback; otherwise the sparse buffer (at boot), then
-    ``vmemmap_alloc_block`` one block at a time.
+    ``vmemmap_alloc_block`` one block at a time (after boot in one buddy sweep that hands out the
+    same blocks, in the same order).
     """
     if altmap is not None:
         granted, first = altmap.alloc_blocks(nr_pages, count)
         if granted:
-            machine.physmem.claim(first, granted * nr_pages, MEMMAP)
+            if not altmap.device:
+                machine.physmem.claim(first, granted * nr_pages, MEMMAP)
             return first + np.arange(granted, dtype=np.int64) * nr_pages
         return np.empty(0, dtype=np.int64)
     parts = []
@@ -69,12 +73,15 @@ def alloc_blocks(machine, nr_pages, count, node, altmap):
         if granted:
             parts.append(first + np.arange(granted, dtype=np.int64) * nr_pages)
             count -= granted
-    singles = []
-    for _ in range(count):
-        pfn = vmemmap_alloc_block(machine, nr_pages, node)
-        if pfn is None:
-            break
-        singles.append(pfn)
+    if not machine.physmem.booting:
+        singles = machine.physmem.alloc_pages(count, node, Use.MEMMAP, order=(nr_pages - 1).bit_length())
+    else:
+        singles = []
+        for _ in range(count):
+            pfn = vmemmap_alloc_block(machine, nr_pages, node)
+            if pfn is None:
+                break
+            singles.append(pfn)
     parts.append(np.array(singles, dtype=np.int64))
     return np.concatenate(parts)
 
@@ -187,13 +194,29 @@ def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, on_new
 
 def free_vmemmap_frames(machine, pfn, nr_pages, altmap=None):
     """Give back the frames behind a vmemmap mapping: to the altmap (``vmem_altmap_free``; the
-    frames are offline memory again), or as ``free_reserved_page`` (boot frames) / ``free_pages``
-    (buddy frames) — free either way."""
+    frames are offline memory again, or device memory that physical memory never saw), or as
+    ``free_reserved_page`` (boot frames) / ``free_pages`` (buddy frames) — free either way. A frame
+    that more than one PTE maps (:class:`VmemmapRefs`) only loses a reference until the last one."""
+    if machine.vmemmap_refs.put(pfn):
+        return
+    machine.structpages.forget(pfn, nr_pages)
     if altmap is not None:
         altmap.release(nr_pages)
-        machine.physmem.unclaim(pfn, nr_pages)
+        if not altmap.device:
+            machine.physmem.unclaim(pfn, nr_pages)
     else:
         machine.physmem.release(pfn, nr_pages)
+
+
+def free_vmemmap_pages(machine, pfns):
+    """:func:`free_vmemmap_frames` of one base page per entry of ``pfns`` (the present PTEs of a
+    page table; never altmap frames), batched: each entry drops a reference, and the frames whose
+    last reference goes are given back a contiguous run at a time."""
+    frames = machine.vmemmap_refs.put_many(pfns)
+    machine.structpages.forget_many(frames)
+    for run in np.split(frames, np.flatnonzero(np.diff(frames) != 1) + 1):
+        if len(run):
+            machine.physmem.release(int(run[0]), len(run))
 
 
 def free_table(machine, parent, index):
@@ -201,3 +224,69 @@ def free_table(machine, parent, index):
     table = machine.pagetable.detach(parent, index)
     machine.physmem.release(table.pfn, table.level.alloc_bytes >> machine.geometry.page_shift)
     return table
+
+
+class VmemmapRefs:
+    """References on vmemmap frames that back more than one PTE: ``vmemmap_pte_populate`` with
+    ``VMEMMAP_POPULATE_PAGEREF`` takes ``get_page`` on the frame it maps again, and the free path's
+    ``put_page_testzero`` frees a frame only with its last reference. Kept as frame -> refcount - 1
+    for frames with more than one reference; changes are journaled."""
+
+    def __init__(self, journal=None):
+        self.extra = {}
+        self.journal = journal
+
+    def get(self, frames):
+        """``get_page`` once per entry of the array ``frames`` (a frame may repeat)."""
+        pfns, counts = np.unique(frames, return_counts=True)
+        self._update({p: self.extra.get(p, 0) + c for p, c in zip(pfns.tolist(), counts.tolist())})
+
+    def put_many(self, frames):
+        """``put_page_testzero`` once per entry of the array ``frames``: the frames (sorted, each
+        once) whose last reference went."""
+        pfns, counts = np.unique(frames, return_counts=True)
+        if not self.extra:
+            return pfns
+        extra = np.array([self.extra.get(p, 0) for p in pfns.tolist()], dtype=np.int64)
+        held = extra > 0
+        left = np.maximum(extra[held] - counts[held], 0)
+        self._update(dict(zip(pfns[held].tolist(), left.tolist())))
+        return pfns[counts > extra]
+
+    def put(self, frame) -> bool:
+        """``put_page_testzero`` on ``frame``: True while other references remain (nothing to free)."""
+        extra = self.extra.get(frame)
+        if extra is None:
+            return False
+        self._update({frame: extra - 1})
+        return True
+
+    def _update(self, changes):
+        if self.journal is not None and self.journal.active:
+            old = {p: self.extra.get(p, 0) for p in changes}
+            self.journal.record(lambda: self._apply(old))
+        self._apply(changes)
+
+    def _apply(self, changes):
+        for frame, extra in changes.items():
+            if extra:
+                self.extra[frame] = extra
+            else:
+                self.extra.pop(frame, None)
+
+    def snapshot(self):
+        return dict(self.extra)
+
+    def check(self, leaf_frames):
+        """Every referenced frame is mapped by exactly as many PTEs as it holds references
+        (``leaf_frames``: (pfn array, pages per leaf) pairs of every present leaf)."""
+        if not self.extra:
+            return
+        keys = np.fromiter(self.extra, dtype=np.int64, count=len(self.extra))
+        ptes = [p for p, n in leaf_frames if n == 1]
+        ptes = np.concatenate(ptes) if ptes else keys[:0]
+        pfns, counts = np.unique(ptes[np.isin(ptes, keys)], return_counts=True)
+        found = dict(zip(pfns.tolist(), counts.tolist()))
+        for frame, extra in self.extra.items():
+            assert found.get(frame, 0) == extra + 1, (
+                f"vmemmap frame {frame:#x} holds {extra + 1} references but {found.get(frame, 0)} PTEs map it")

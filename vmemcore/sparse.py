@@ -13,6 +13,7 @@ from .geometry import SUBSECTION_SHIFT
 from .populate import SparseBuffer
 from .rangemap import RangeMap
 from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
+from .zone_device import vmemmap_can_optimize, vmemmap_populate_compound_pages
 
 
 @frozen
@@ -75,14 +76,19 @@ class Sparse:
         return state.early or bool(state.subsections & self.subsection_bits(pfn, 1))
 
     # -- memmap population ----------------------------------------------------------------------
-    def populate(self, pfn, nr_pages, node, altmap=None, sections=1):
+    def populate(self, pfn, nr_pages, node, altmap=None, sections=1, pgmap=None):
         """``__populate_section_memmap``: map the memmap of ``[pfn, pfn + nr_pages)`` through the
-        arch's ``vmemmap_populate`` and count it. ``sections`` > 1 is the boot batch of that many
-        whole sections (each counted as the kernel counts one call)."""
+        arch's ``vmemmap_populate``, or for a device pagemap whose vmemmap can be deduplicated
+        (``vmemmap_can_optimize``) with ``vmemmap_populate_compound_pages``, and count it in full.
+        ``sections`` > 1 is the boot batch of that many whole sections (each counted as the kernel
+        counts one call)."""
         self.check_span(pfn, nr_pages)
         machine = self.machine
         start, end = self.geometry.pfn_to_page(pfn), self.geometry.pfn_to_page(pfn + nr_pages)
-        machine.hooks.vmemmap_populate(machine, start, end, node, altmap)
+        if pgmap is not None and vmemmap_can_optimize(machine, altmap, pgmap).supported:
+            vmemmap_populate_compound_pages(machine, pfn, start, end, node, pgmap)
+        else:
+            machine.hooks.vmemmap_populate(machine, start, end, node, altmap)
         counted = sections * self.memmap_pages(nr_pages // sections)
         machine.stats.add(NR_MEMMAP_BOOT_PAGES if machine.physmem.booting else NR_MEMMAP_PAGES, counted)
 
@@ -124,8 +130,9 @@ class Sparse:
                 machine.sparse_buffer = None
 
     # -- runtime section lifecycle --------------------------------------------------------------
-    def add(self, node, pfn, nr_pages, altmap=None):
-        """``sparse_add_section`` of a range inside one section (``section_activate``)."""
+    def add(self, node, pfn, nr_pages, altmap=None, pgmap=None):
+        """``sparse_add_section`` of a range inside one section (``section_activate``); ``pgmap``:
+        the device pagemap (:class:`vmemcore.zone_device.DevicePagemap`) the range belongs to."""
         self.check_span(pfn, nr_pages)
         nr = self.section_nr(pfn)
         if self.section_nr(pfn + nr_pages - 1) != nr:
@@ -138,7 +145,7 @@ class Sparse:
             raise BadRequest(f"section {nr} belongs to node {state.node}, not node {node}")
         early = state is not None and state.early
         if not (early and nr_pages < self.geometry.pages_per_section):
-            self.populate(pfn, nr_pages, node, altmap)
+            self.populate(pfn, nr_pages, node, altmap, pgmap=pgmap)
         self.sections.set(nr, nr + 1, SectionState(node, early, (state.subsections if state else 0) | bits))
 
     def remove(self, pfn, nr_pages, altmap=None):

@@ -2,12 +2,14 @@
 
 Contents are lazy. A memmap frame mapped where populate put it ("at home") holds the struct pages
 of the pfns its virtual address describes, and those are computed from the machine's state (which
-HugeTLB folio a pfn belongs to, whether its frame is boot memory). Only frames whose contents can
-differ from that are materialised: a frame that HVO maps somewhere else or copies (a new head
-page, a restored tail page, 7.1's shared tail page) gets a descriptor. Reading the struct page of
-a pfn always translates its vmemmap address through the page tables first, so after HVO every tail
-pfn really reads the page it shares — and ``compound_head`` (with the kernel's fake-head fix,
-``page_fixed_fake_head``, or 7.1's mask encoding) must still find the right head.
+HugeTLB folio or device compound page a pfn belongs to, whether its frame is boot memory). Only
+frames whose contents can differ from that, or that are mapped elsewhere too, are materialised: a
+frame that HVO maps somewhere else or copies (a new head page, a restored tail page, 7.1's shared
+tail page), or the first tail page a device compound page shares, gets a descriptor. Reading the
+struct page of a pfn always translates its vmemmap address through the page tables first, so after
+HVO (or device-dax dedup) every tail pfn really reads the page it shares — and ``compound_head``
+(with the kernel's fake-head fix, ``page_fixed_fake_head``, or 7.1's mask encoding) must still find
+the right head.
 
 The kpageflags view mirrors ``stable_page_flags`` (``fs/proc/page.c``) for the flags modelled here.
 """
@@ -153,8 +155,12 @@ class StructPages:
         """``forget`` for a sorted numpy array of frames."""
         if not self.contents:
             return
-        keys = np.fromiter(self.contents.keys(), dtype=np.int64, count=len(self.contents))
-        for frame in keys[np.isin(keys, frames)].tolist():
+        if len(frames) < len(self.contents):  # look up the fewer
+            found = [frame for frame in frames.tolist() if frame in self.contents]
+        else:
+            keys = np.fromiter(self.contents.keys(), dtype=np.int64, count=len(self.contents))
+            found = keys[np.isin(keys, frames)].tolist()
+        for frame in found:
             self.describe(frame, None)
 
     def forget(self, frame, nr_pages=1):
@@ -169,8 +175,18 @@ class StructPages:
             self.describe(f, None)
 
     # -- reading --------------------------------------------------------------------------------
+    def tail(self, head, order, flags=0) -> StructPage:
+        """A tail struct page as this kernel links it to its head: by the head's pfn
+        (``compound_head``), or by the order alone (7.1's ``compound_info`` mask)."""
+        if self.machine.profile.hvo_tail_page == "shared":
+            return StructPage(TAIL, order=order, flags=flags)
+        return StructPage(TAIL, head=head, flags=flags)
+
     def home(self, pfn) -> StructPage:
         """The struct page of ``pfn`` as the kernel has written it (from the machine's state)."""
+        device = self.machine.zone_device.struct_page(pfn)
+        if device is not None:
+            return device
         owner = self.machine.physmem.owner(pfn)
         reserved = PG_RESERVED if owner is not None and owner.reserved and owner.use.value != "hugetlb" else 0
         folio = self.machine.hugetlb.folio_of(pfn) if self.machine.hugetlb else None
@@ -179,10 +195,7 @@ class StructPages:
         if pfn == folio.head:
             flags = PG_HUGETLB | (PG_VMEMMAP_OPTIMIZED if self.machine.hugetlb.is_optimized(folio.head) else 0)
             return StructPage(HEAD, order=folio.order, flags=flags)
-        meta = PG_FOLIO_META if pfn - folio.head < 3 else 0
-        if self.machine.profile.hvo_tail_page == "shared":
-            return StructPage(TAIL, order=folio.order, flags=meta)
-        return StructPage(TAIL, head=folio.head, flags=meta)
+        return self.tail(folio.head, folio.order, PG_FOLIO_META if pfn - folio.head < 3 else 0)
 
     def read(self, pfn):
         """The struct page of ``pfn``, read through the vmemmap; None if it is not mapped."""
@@ -221,15 +234,20 @@ class StructPages:
         return records
 
     def home_range(self, start, count):
-        """``home`` for ``count`` pfns from ``start``; a run inside one folio and one owner extent
-        is built from two records instead of looked up pfn by pfn."""
-        folio = self.machine.hugetlb.folio_of(start) if self.machine.hugetlb else None
-        extent = self.machine.physmem.frames.extent(start)
+        """``home`` for ``count`` pfns from ``start``; a run inside one HugeTLB folio and one owner
+        extent, or inside one device compound page, is built from two records instead of looked up
+        pfn by pfn."""
         end = start + count
-        if folio is None or extent is None or extent[1] < end or folio.head + (1 << folio.order) < end:
+        compound = self.machine.zone_device.compound_page(start)
+        if compound is None:
+            folio = self.machine.hugetlb.folio_of(start) if self.machine.hugetlb else None
+            extent = self.machine.physmem.frames.extent(start)
+            if folio is not None and extent is not None and extent[1] >= end:
+                compound = folio.head, 1 << folio.order
+        if compound is None or compound[0] + compound[1] < end:
             return [self.home(pfn) for pfn in range(start, end)]
         records = []
-        plain = max(start, folio.head + 3)
+        plain = max(start, compound[0] + 3)
         records.extend(self.home(pfn) for pfn in range(start, min(plain, end)))
         if plain < end:
             records.extend([self.home(plain)] * (end - plain))
@@ -268,7 +286,9 @@ class StructPages:
         out = []
         for k in range(count):
             pfn, page, head = start + k, pages[k], heads[k]
-            if page is None or not self.machine.sparse.valid(pfn):
+            # pfn_to_online_page() is NULL for device (ZONE_DEVICE) pages: they are never online
+            device = self.machine.zone_device.pagemap_of(pfn) is not None
+            if page is None or not self.machine.sparse.valid(pfn) or device:
                 out.append(1 << KPF_NOPAGE)
                 continue
             flags = (1 << KPF_RESERVED) if page.flags & PG_RESERVED else 0

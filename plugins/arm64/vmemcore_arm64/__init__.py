@@ -167,6 +167,18 @@ def vmemcore_hvo_support(machine):
 
 
 @hookimpl
+def vmemcore_dax_vmemmap_support(machine):
+    """Compound devmap dedup was generic on every arch from 5.19 (5.18/5.19 UNCONFIRMED); since it
+    became an opt-in (6.4, ARCH_WANT_OPTIMIZE_DAX_VMEMMAP from 6.6) arm64 has not selected it."""
+    profile = machine.profile
+    if not profile.at_least(5, 19):
+        return Support(False, "compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)")
+    if profile.at_least(6, 4):
+        return Support(False, "arm64 does not select ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (dedup is an arch opt-in since 6.4/6.6)")
+    return Support(True)
+
+
+@hookimpl
 def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     """``vmemmap_populate``: PMD blocks with 4K pages (``vmemmap_check_pmd`` keeps an existing
     block), base pages from the altmap too with 16K and 64K pages. Since "Populate vmemmap at the
@@ -198,7 +210,8 @@ def _refuse_boot_memory(machine, start, end):
     for table, lo, hi in machine.pagetable.tables_in(start, end):
         leaves = np.flatnonzero(table.flags[lo:hi] & LEAF) + lo
         for i, pfn in zip(leaves.tolist(), table.pfns[leaves].tolist()):
-            if machine.physmem.owner(pfn).reserved:
+            owner = machine.physmem.owner(pfn)  # None: device memory (a ZONE_DEVICE altmap)
+            if owner is not None and owner.reserved:
                 raise BadRequest(
                     f"arm64 never removes boot memory (prevent_bootmem_remove_notifier): the memmap at "
                     f"{table.va(i):#x} is backed by boot frames"

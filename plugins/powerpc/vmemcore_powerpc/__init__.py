@@ -6,7 +6,7 @@ build time. Radix maps the vmemmap in the Linux page table (2 MiB PMD leaves); h
 HPTEs outside the Linux page table, whose geometry is still given here for completeness.
 """
 
-from vmemcore import ArchInfo, Level, MiB, PageTableGeometry, SparseGeometry, TiB, Variant, hookimpl
+from vmemcore import ArchInfo, Level, MiB, PageTableGeometry, SparseGeometry, Support, TiB, Variant, hookimpl
 
 PAGE_SHIFT = {"4K": 12, "64K": 16}
 # *_INDEX_SIZE (PTE, PMD, PUD, PGD): book3s/64/radix-{4k,64k}.h, hash-{4k,64k}.h
@@ -92,3 +92,20 @@ def vmemcore_sparse_geometry(variant, profile):
         pageblock_order=PAGEBLOCK_ORDER[(mmu, page)],
         max_page_order=MAX_PAGE_ORDER[page],
     )
+
+
+@hookimpl
+def vmemcore_dax_vmemmap_support(machine):
+    """``vmemmap_can_optimize`` is ``radix_enabled()`` and the generic rule since the 6.6 opt-in
+    (``ARCH_WANT_OPTIMIZE_DAX_VMEMMAP if PPC_RADIX_MMU``); from 5.19 until the opt-in of 6.4 the
+    rule was generic on every arch (5.18/5.19 and 6.4/6.5 UNCONFIRMED). Hash never: its vmemmap
+    is bolted into the hash table, not mapped by page tables."""
+    mmu, _ = _parse(machine.variant)
+    profile = machine.profile
+    if mmu == "hash":
+        return Support(False, "the hash MMU keeps the vmemmap in bolted HPTEs: vmemmap_can_optimize requires radix")
+    if profile.at_least(6, 6) or (profile.at_least(5, 19) and not profile.at_least(6, 4)):
+        return Support(True)
+    if profile.at_least(6, 4):
+        return Support(False, "powerpc selects ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (radix) only from 6.6")
+    return Support(False, "compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)")

@@ -100,6 +100,12 @@ def vmemcore_hugepage_sizes(machine):
 
 
 @hookimpl
+def vmemcore_dax_vmemmap_support(machine):
+    """s390 has never had compound devmap vmemmap dedup."""
+    return Support(False, "s390 does not select ARCH_WANT_OPTIMIZE_DAX_VMEMMAP")
+
+
+@hookimpl
 def vmemcore_hvo_support(machine):
     """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 6.2 (00a34d5a99c0) until
     64e2f60f355e (6.18, with stable backports)."""

@@ -15,6 +15,7 @@ from vmemcore.pagetable import PRESENT, table_index_range
 from vmemcore.populate import (
     free_table,
     free_vmemmap_frames,
+    free_vmemmap_pages,
     vmemmap_populate_basepages,
     vmemmap_populate_hugepages,
 )
@@ -89,6 +90,15 @@ def vmemcore_hvo_support(machine):
 
 
 @hookimpl
+def vmemcore_dax_vmemmap_support(machine):
+    """Compound devmap vmemmap dedup: generic on every arch from its merge (5.19; 5.18/5.19
+    UNCONFIRMED), selected by x86_64 through ARCH_WANT_OPTIMIZE_DAX_VMEMMAP since the 6.6 opt-in."""
+    if machine.profile.at_least(5, 19):
+        return Support(True)
+    return Support(False, "compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)")
+
+
+@hookimpl
 def vmemcore_memory_block_size(machine):
     """``probe_memory_block_size``: 128 MiB below 64 GiB of boot memory; else 2 GiB on bare metal,
     and under a hypervisor the largest power of two up to 2 GiB that divides the end of boot memory."""
@@ -145,8 +155,7 @@ def _remove(machine, table, start, end, altmap, five_level):
     lo, hi = table_index_range(table, start, end)
     present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
     if table.level.name == "pte":
-        for pfn in table.pfns[present].tolist():  # "we never populate base pages from the altmap"
-            free_vmemmap_frames(machine, pfn, 1)
+        free_vmemmap_pages(machine, table.pfns[present])  # "we never populate base pages from the altmap"
         pt.clear_leaves(table, present)
         machine.flush_tlb_all()
         return
