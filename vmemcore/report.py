@@ -7,7 +7,7 @@ import attrs
 from . import structpage
 from .physmem import MOVABLE, NORMAL
 from .structpage import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE
-from .units import human_size
+from .units import format_size, human_size
 
 
 def counter_unit(name) -> str:
@@ -109,10 +109,11 @@ def _value_cells(name, value, page_size, signed=False):
 
 
 def _args(args):
-    """``key=value`` pairs; byte sizes humanised, lists of ids as ranges, empty values left out."""
+    """``key=value`` pairs; byte sizes exact in their largest unit, lists of ids as ranges, empty
+    values left out."""
     def cell(key, value):
-        if key in ("start", "size") and isinstance(value, int):
-            return human_size(value)
+        if key in ("start", "size", "align") and isinstance(value, int) and not isinstance(value, bool):
+            return format_size(value)
         return id_ranges(value) if isinstance(value, list) else value
     return " ".join(f"{key}={cell(key, value)}" for key, value in args.items() if value not in ({}, ""))
 

@@ -22,6 +22,7 @@ from .physmem import MOVABLE, NORMAL
 from .plugins import ArchHooks, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES
 from .units import format_size, human_size, parse_size
+from .zone_device import add_devdax_step, remove_devdax_step
 
 REQUIRED = object()  # marks a step key without a default
 
@@ -184,6 +185,11 @@ OPS = {
            sections=True),
         Op("hotplug.remove", dict(_RANGE), _hot_remove,
            "remove_memory: offline blocks removed and their memmap freed", sections=True),
+        Op("devdax.add", {**_RANGE, **_NODE, "align": ("size", None), "altmap": ("bool", False)},
+           lambda m, a: add_devdax_step(m, **a),
+           "memremap_pages of device-dax memory with compound pages of align bytes; vmemmap dedup where the kernel does it"),
+        Op("devdax.remove", dict(_RANGE), lambda m, a: remove_devdax_step(m, **a),
+           "memunmap_pages of the device pagemap that starts at start (size must match)"),
     )
 }
 
