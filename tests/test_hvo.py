@@ -315,3 +315,32 @@ def test_a_bad_request_changes_nothing():
     with pytest.raises(BadRequest, match="non-negative"):
         m.hugetlb.resize("2M", -1)
     assert m.snapshot() == before
+
+
+@pytest.mark.parametrize("kernel, frames_kept", [("6.19", 1), ("7.1", 1)])
+def test_615_builds_boot_gigantic_pages_vmemmap_already_optimized(kernel, frames_kept):
+    m = Machine("x86_64", kernel=kernel, memory=[{"size": 16 * GiB}],
+                hugetlb={"optimize_vmemmap": True, "boot": [{"size": "1G", "count": 2}]})
+    c = m.counters()
+    # SPARSEMEM_VMEMMAP_PREINIT: the 16 sections of the two pages are skipped by sparse_init, each
+    # page gets one head vmemmap page (boot counter +1), the rest of its PTEs mirror one frame
+    assert c["nr_memmap_boot_pages"] == 65_536 - 2 * 4096 + 2
+    assert c["nr_memmap_pages"] == 0
+    assert "hvo_pmd_splits" not in c and c["vmemmap_pagetable_pages_pte"] == 16
+    shared = len(m.hugetlb.hvo.tail_pages)
+    assert shared == (kernel == "7.1")
+    assert c["memmap_frames"] == 65_536 - 2 * 4096 + 2 + shared
+    for folio in m.hugetlb.hstate("1G").folios.values():
+        assert m.hugetlb.is_optimized(folio.head)
+        table, index = m.pagetable.lookup(m.pfn_to_page(folio.head + 64))
+        assert table.flags[index] & 4  # vmemmap_wrprotect_hvo made the mirrored tails read-only
+        assert_selftest(m, folio)
+    m.hugetlb.resize("1G", 0)  # restore allocates the 4,095 tail pages each from buddy
+    assert m.counters()["nr_memmap_pages"] == 2 * 4095
+    m.check()
+
+
+def test_before_615_boot_gigantic_pages_are_optimized_after_boot_with_splits():
+    m = Machine("x86_64", kernel="6.12", memory=[{"size": 16 * GiB}],
+                hugetlb={"optimize_vmemmap": True, "boot": [{"size": "1G", "count": 2}]})
+    assert m.counters()["hvo_pmd_splits"] == 16

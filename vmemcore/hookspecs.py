@@ -134,3 +134,13 @@ def vmemcore_dax_vmemmap_support(machine):
     reason, which the engine reports as why a pagemap's vmemmap was not deduplicated. Exactly one
     plugin must answer (a plugin that does not implement it gets no dedup).
     """
+
+
+@hookspec
+def vmemcore_hugetlb_vmemmap_preinit(machine):
+    """Say whether the arch builds boot-time gigantic pages' vmemmap already optimized.
+
+    Called at boot, before ``sparse_init``, when HVO is on and gigantic pages are reserved
+    (ARCH_WANT_HUGETLB_VMEMMAP_PREINIT, x86_64 since 6.15). Returns a :class:`vmemcore.Support`,
+    or None for no. At most one plugin answers; an arch without this hook has no pre-HVO.
+    """

@@ -131,6 +131,17 @@ class Hvo:
                 self._restore_ptes(table, lo, hi, walk)
             walk.nr_walked += hi - lo
 
+    def alias_head_page(self, vaddr):
+        """The frame mapped at ``vaddr`` (a head vmemmap page) is mapped elsewhere too."""
+        self._alias(self.machine.pagetable.translate(vaddr) >> self.machine.geometry.page_shift, vaddr)
+
+    def wrprotect(self, start, end):
+        """``vmemmap_wrprotect_hvo``: the PTEs of ``[start, end)`` become read-only."""
+        pt = self.machine.pagetable
+        for table, lo, hi in pt.tables_in(start, end):
+            if table.level is self.machine.geometry.levels[-1]:
+                pt.set_flags(table, slice(lo, hi), set_bits=RDONLY)
+
     def _alias(self, frame, vaddr):
         """``frame``, mapped at ``vaddr``, is about to be mapped elsewhere too: materialise it."""
         structpages = self.machine.structpages

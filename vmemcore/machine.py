@@ -105,6 +105,7 @@ class Machine:
             raise BadRequest(f"unknown hugetlb settings: {', '.join(sorted(hugetlb))}")
         gigantic = [(entry, self.hugetlb.reserve_boot_pages(entry["size"], entry["count"], entry.get("node")))
                     for entry in boot if self.hugetlb.is_gigantic(entry["size"])]
+        self.hugetlb.plan_preinit([folio for _, folios in gigantic for folio in folios])
         self.sparse.init()
         self.physmem.end_boot()
         for entry, folios in gigantic:

@@ -189,6 +189,13 @@ class ArchHooks:
     def dax_vmemmap_support(self, machine) -> Support:
         return self._one("vmemcore_dax_vmemmap_support", Support, machine=machine)
 
+    def hugetlb_vmemmap_preinit(self, machine) -> bool:
+        answers = [(name, a) for name, a in self._each("vmemcore_hugetlb_vmemmap_preinit", machine=machine) if a is not None]
+        for name, answer in answers:
+            if not isinstance(answer, Support):
+                raise PluginError(name, "vmemcore_hugetlb_vmemmap_preinit", f"returned {type(answer).__name__}, expected Support")
+        return any(answer.supported for _, answer in answers)
+
     def memory_block_size(self, machine):
         answers = [(name, size) for name, size in self._each("vmemcore_memory_block_size", machine=machine) if size is not None]
         if len(answers) > 1:

@@ -113,9 +113,10 @@ def vmemmap_verify(machine, pfns, node):
     machine.stats.add("vmemmap_offnode_entries", offnode)
 
 
-def vmemmap_populate_basepages(machine, start, end, node, altmap=None):
+def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn=None):
     """Map ``[start, end)`` with base pages, leaving present PTEs alone; frames from ``altmap``
-    if given. Raises :class:`OutOfMemory` when a frame or table cannot be had."""
+    if given, or every PTE mapping the existing frame ``reuse_pfn`` (``vmemmap_populate_range``
+    with a ``ptpfn``). Raises :class:`OutOfMemory` when a frame or table cannot be had."""
     pt = machine.pagetable
     page = machine.geometry.page_size
     depth = len(machine.geometry.levels) - 1
@@ -128,7 +129,10 @@ def vmemmap_populate_basepages(machine, start, end, node, altmap=None):
         lo, hi = table_index_range(table, addr, end)
         empty = np.flatnonzero((table.flags[lo:hi] & PRESENT) == 0) + lo
         if len(empty):
-            pfns = alloc_blocks(machine, 1, len(empty), node, altmap)
+            if reuse_pfn is None:
+                pfns = alloc_blocks(machine, 1, len(empty), node, altmap)
+            else:
+                pfns = np.full(len(empty), reuse_pfn, dtype=np.int64)
             if len(pfns):
                 pt.set_leaves(table, empty[: len(pfns)], pfns)
                 vmemmap_verify(machine, pfns, node)
@@ -136,6 +140,16 @@ def vmemmap_populate_basepages(machine, start, end, node, altmap=None):
                 where = table.va(int(empty[len(pfns)]))
                 raise OutOfMemory(f"no memory for the struct pages at {where:#x} (node {node}{', altmap' if altmap else ''})")
         addr = table.va(hi)
+
+
+def vmemmap_populate_hvo(machine, start, end, node, headsize, tail_pfn=None):
+    """``vmemmap_populate_hvo``: a HugeTLB page's vmemmap born optimized (6.15+ boot pages): the
+    first ``headsize`` bytes with their own base pages, every other PTE mapping one frame — the last
+    head page (6.15-6.19) or ``tail_pfn`` (7.1's shared tail page)."""
+    vmemmap_populate_basepages(machine, start, start + headsize, node)
+    if tail_pfn is None:
+        tail_pfn = machine.pagetable.translate(start + headsize - machine.geometry.page_size) >> machine.geometry.page_shift
+    vmemmap_populate_basepages(machine, start + headsize, end, node, reuse_pfn=tail_pfn)
 
 
 def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, on_new_leaf=None, on_existing_leaf=None):

@@ -123,8 +123,10 @@ class Sparse:
             per_section = self.section_map_pages()
             machine.sparse_buffer = SparseBuffer(machine, map_count * per_section, per_section, node)
             try:
+                preinit = machine.hugetlb.vmemmap_init_early(node)  # sections already populated
                 for first, last in extents:
-                    self.populate(self.section_pfn(first), (last - first) * pps, node, sections=last - first)
+                    for start, end in _without(first, last, preinit):
+                        self.populate(self.section_pfn(start), (end - start) * pps, node, sections=end - start)
             finally:
                 machine.sparse_buffer.fini()
                 machine.sparse_buffer = None
@@ -171,3 +173,15 @@ class Sparse:
         machine.hooks.vmemmap_free(machine, start, start + self.geometry.section_memmap_bytes, None)
         if machine.profile.boot_memmap_free_lowers_counter:
             machine.stats.add(NR_MEMMAP_BOOT_PAGES, -self.memmap_pages(self.geometry.pages_per_section))
+
+
+def _without(first, last, taken):
+    """``[first, last)`` minus the sorted, disjoint ranges in ``taken``, as ranges."""
+    for start, end in taken:
+        if end <= first or start >= last:
+            continue
+        if start > first:
+            yield first, start
+        first = max(first, end)
+    if first < last:
+        yield first, last

@@ -99,6 +99,14 @@ def vmemcore_dax_vmemmap_support(machine):
 
 
 @hookimpl
+def vmemcore_hugetlb_vmemmap_preinit(machine):
+    """x86_64 selects ARCH_WANT_HUGETLB_VMEMMAP_PREINIT since 6.15."""
+    if machine.profile.at_least(6, 15):
+        return Support(True)
+    return Support(False, "boot-time pre-HVO (SPARSEMEM_VMEMMAP_PREINIT) arrived in 6.15")
+
+
+@hookimpl
 def vmemcore_memory_block_size(machine):
     """``probe_memory_block_size``: 128 MiB below 64 GiB of boot memory; else 2 GiB on bare metal,
     and under a hypervisor the largest power of two up to 2 GiB that divides the end of boot memory."""
