@@ -4,7 +4,6 @@ import pytest
 
 from vmemcore.altmap import VmemAltmap
 from vmemcore.errors import OutOfMemory
-from vmemcore.machine import Machine
 from vmemcore.units import GiB
 
 

@@ -6,7 +6,6 @@ a block's memmap is 32,768 x 64 bytes = 2 MiB = 512 pages, so 9 GiB (72 blocks) 
 """
 
 import json
-import textwrap
 from pathlib import Path
 
 import attrs
@@ -14,7 +13,7 @@ import pytest
 
 from vmemcore.cli import main
 from vmemcore.errors import ScenarioError
-from vmemcore.report import format_blocks, format_report, hotplug_report, report
+from vmemcore.report import format_blocks, hotplug_report
 from vmemcore.scenario import HotplugSpec, RunError, load_scenario, parse_scenario, run_scenario
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
