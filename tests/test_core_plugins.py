@@ -78,8 +78,12 @@ def test_an_unknown_hook_is_refused_at_registration():
 
 
 def test_arch_without_populate_cannot_boot_and_says_so():
+    geometry_only = _module("geometry_only", vmemcore_arch_info=vmemcore_x86_64.vmemcore_arch_info,
+                            vmemcore_pagetable_geometry=vmemcore_x86_64.vmemcore_pagetable_geometry,
+                            vmemcore_sparse_geometry=vmemcore_x86_64.vmemcore_sparse_geometry)
+    registry = Registry(autoload=False, extra=[geometry_only])
     with pytest.raises(PluginError, match="vmemcore_vmemmap_populate: no plugin implements it"):
-        Machine("powerpc", memory=[{"size": "1G"}])
+        Machine("x86_64", memory=[{"size": "1G"}], registry=registry)
 
 
 def test_trace_records_every_call_and_cannot_break_one():

@@ -88,8 +88,8 @@ class Pagemap:
 
     @property
     def pages_saved(self) -> int:
-        """Negative when leaves reach past the memmap (a non-64-byte struct page in PMD leaves)."""
-        return self.pages_mapped - self.frames_used
+        """Vmemmap pages the dedup spared (0 without dedup, whatever rounding the counters do)."""
+        return self.pages_mapped - self.frames_used if self.dedup.supported else 0
 
     def report(self) -> dict:
         first = self.pgmap.ranges[0]
