@@ -159,11 +159,12 @@ class Sparse:
         if self.section_nr(pfn + nr_pages - 1) != nr or state is None or state.subsections & bits != bits:
             raise BadRequest(f"pfn range [{pfn:#x}, +{nr_pages:#x}) has no memmap to remove (section already deactivated)")
         left = state.subsections ^ bits
+        # clear_subsection_map comes first: vmemmap_free sees the range as no longer pfn_valid
+        self.sections.set(nr, nr + 1, SectionState(state.node, state.early, left) if left else None)
         if not state.early:
             self.depopulate(pfn, nr_pages, altmap)
         elif not left:
             self.free_map_bootmem(nr)
-        self.sections.set(nr, nr + 1, SectionState(state.node, state.early, left) if left else None)
 
     def free_map_bootmem(self, nr):
         """Free a whole early section's memmap (no altmap); 6.12 leaves the boot counter alone."""

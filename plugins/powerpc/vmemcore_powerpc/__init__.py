@@ -277,14 +277,12 @@ def _populate_base_pages(machine, addr, stop, node, altmap, alloc_table):
 def vmemcore_vmemmap_free(machine, start, end, altmap):
     """``vmemmap_free`` = ``radix__vmemmap_free`` = ``remove_pagetable(start, end, direct=false, altmap)``,
     which ends with one ``radix__flush_tlb_kernel_range(start, end)``."""
-    sparse = machine.sparse_geometry
-    gone = sparse.page_to_pfn(start), sparse.page_to_pfn(end)
-    _remove(machine, machine.pagetable.top, start, end, altmap, gone)
+    _remove(machine, machine.pagetable.top, start, end, altmap)
     machine.flush_tlb_kernel_range(start, end)
     return True
 
 
-def _remove(machine, table, start, end, altmap, gone):
+def _remove(machine, table, start, end, altmap):
     """``remove_{pud,pmd}_table`` below ``table``, each child table followed by its
     ``free_{pud,pmd,pte}_table`` (freed once all its entries are none; the PGD stays). A PMD leaf is freed
     when the range covers it whole or ``vmemmap_pmd_is_unused`` (only PMD leaves map the vmemmap)."""
@@ -293,7 +291,7 @@ def _remove(machine, table, start, end, altmap, gone):
     for i in (np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo).tolist():
         first, last = max(table.va(i), start), min(table.va(i + 1), end)
         if table.is_leaf(i):
-            if (first % span == 0 and last % span == 0) or not _vmemmap_populated(machine, table.va(i), span, gone):
+            if (first % span == 0 and last % span == 0) or not _vmemmap_populated(machine, table.va(i), span):
                 pfn = int(table.pfns[i])
                 owner = altmap if altmap is not None and altmap.holds(pfn) else None
                 free_vmemmap_frames(machine, pfn, span >> machine.geometry.page_shift, owner)
@@ -301,14 +299,14 @@ def _remove(machine, table, start, end, altmap, gone):
             continue
         child = table.children[i]
         if child.level is machine.geometry.levels[-1]:
-            _remove_ptes(machine, child, first, last, altmap, gone)
+            _remove_ptes(machine, child, first, last, altmap)
         else:
-            _remove(machine, child, first, last, altmap, gone)
+            _remove(machine, child, first, last, altmap)
         if child.empty:
             free_table(machine, table, i)
 
 
-def _remove_ptes(machine, table, start, end, altmap, gone):
+def _remove_ptes(machine, table, start, end, altmap):
     """``remove_pte_table``: a page the range covers whole is freed, one it covers in part (64K pages: a
     page holds the struct pages of 32 sub-sections) only when ``vmemmap_page_is_unused``. Radix's
     ``free_vmemmap_pages`` gives a frame inside the altmap's ``[base_pfn, base_pfn + reserve + free)``
@@ -317,7 +315,7 @@ def _remove_ptes(machine, table, start, end, altmap, gone):
     lo, hi = table_index_range(table, start, end)
     present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
     partial = {i for i, edge in ((lo, start), (hi - 1, end)) if edge % page}
-    kept = [i for i in partial if _vmemmap_populated(machine, table.va(i), page, gone)]
+    kept = [i for i in partial if _vmemmap_populated(machine, table.va(i), page)]
     freed = np.setdiff1d(present, kept)
     if not len(freed):
         return
@@ -329,20 +327,18 @@ def _remove_ptes(machine, table, start, end, altmap, gone):
     machine.pagetable.clear_leaves(table, freed)
 
 
-def _vmemmap_populated(machine, vaddr, size, gone):
+def _vmemmap_populated(machine, vaddr, size):
     """``vmemmap_populated(vaddr, size)``: is any pfn the kernel looks at still ``pfn_valid``? It walks the
     pfns of the struct pages in ``[vaddr, vaddr + size)`` a sub-section apart from the first (a 2 MiB leaf
     or 64 KiB page starts on a sub-section; a 4 KiB page lies inside one), so every present section's
-    first pfn in the range is on its walk. The pfns ``gone`` count as invalid: ``section_deactivate``
-    clears their sub-section bits before ``vmemmap_free``, the engine's section map changes after it."""
+    first pfn in the range is on its walk (the range being removed is already invalid: the engine, like
+    ``section_deactivate``, clears its sub-section bits before ``vmemmap_free``)."""
     sparse = machine.sparse
     lo, hi = machine.sparse_geometry.page_to_pfn(vaddr), machine.sparse_geometry.page_to_pfn(vaddr + size)
     for s, e, _ in sparse.sections.items(sparse.section_nr(lo), sparse.section_nr(hi - 1) + 1):
         pfn, last = max(lo, sparse.section_pfn(s)), min(hi, sparse.section_pfn(e))
         while pfn < last:
-            if gone[0] <= pfn < gone[1]:
-                pfn = gone[1]
-            elif sparse.valid(pfn):
+            if sparse.valid(pfn):
                 return True
             else:
                 pfn += machine.sparse_geometry.pages_per_subsection
