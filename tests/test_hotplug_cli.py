@@ -6,38 +6,24 @@ a block's memmap is 32,768 x 64 bytes = 2 MiB = 512 pages, so 9 GiB (72 blocks) 
 """
 
 import json
-from pathlib import Path
 
 import attrs
 import pytest
 
 from vmemcore.cli import main
-from vmemcore.errors import ScenarioError
 from vmemcore.report import format_blocks, hotplug_report
 from vmemcore.scenario import HotplugSpec, RunError, load_scenario, parse_scenario, run_scenario
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-HEAD = '[machine]\narch = "x86_64"\n[[memory]]\nsize = "16G"\n'  # lines 1-4
+from scenario_helpers import EXAMPLES, HEAD, cli, scenario_error
+
 BOOT_NORMAL = {"node": 0, "zone": "normal", "present_pages": 4_194_304, "managed_pages": 4_128_766}
 
-
-def scenario_error(source):
-    with pytest.raises(ScenarioError) as info:
-        parse_scenario(source, path="s.toml")
-    return info.value
 
 
 def steps(*tables):
     """``[[steps]]`` tables from dicts of TOML values written as text."""
     return "".join("[[steps]]\n" + "".join(f"{k} = {v}\n" for k, v in t.items()) for t in tables)
 
-
-def cli(tmp_path, capsys, source, *argv):
-    path = tmp_path / "s.toml"
-    path.write_text(source)
-    code = main([argv[0], str(path), *argv[1:]])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def run_example(name, keep_steps=None):

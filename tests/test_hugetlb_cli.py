@@ -7,19 +7,17 @@ in the v17 design of 5.14) and frees the rest; from 6.2 it moves the head to a n
 
 import json
 import re
-import textwrap
-from pathlib import Path
 
 import pytest
 
 from vmemcore.cli import main
 from vmemcore.diagram import diagram, draw_folio_vmemmap, vmemmap_pages
-from vmemcore.errors import ScenarioError
 from vmemcore.report import HEAD_PAGE_FLAGS, TAIL_PAGE_FLAGS, check_folio_flags, format_report, report
 from vmemcore.scenario import BootPages, RunError, load_scenario, parse_scenario, run_scenario
 from vmemcore.structpage import StructPages
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from scenario_helpers import EXAMPLES, HEAD, cli, scenario_error
+
 
 PAGE, STRUCT_PAGE = 4096, 64
 BOOT_MEMMAP = 16 << 30 >> 12 << 6 >> 12  # 16 GiB of struct pages in pages: 65,536
@@ -46,18 +44,6 @@ def first_folio(machine, size):
     return hstate.folios[min(hstate.folios)]
 
 
-def scenario_error(source):
-    with pytest.raises(ScenarioError) as info:
-        parse_scenario(textwrap.dedent(source), path="s.toml")
-    return info.value
-
-
-def cli(tmp_path, capsys, source, *argv):
-    path = tmp_path / "s.toml"
-    path.write_text(source)
-    code = main([argv[0], str(path), *argv[1:]])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def section(output, title):
@@ -103,7 +89,6 @@ def test_steps_parse():
     ]
 
 
-HEAD = '[machine]\narch = "x86_64"\n[[memory]]\nsize = "16G"\n'  # lines 1-4
 
 
 @pytest.mark.parametrize("tail, key, line, message", [

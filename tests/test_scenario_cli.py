@@ -5,28 +5,20 @@ The example counters are the kernel numbers of kernel-facts.md §10.3, written o
 
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from vmemcore.cli import main
-from vmemcore.errors import ScenarioError
 from vmemcore.report import format_report, report
 from vmemcore.units import human_size
 from vmemcore.scenario import load_scenario, parse_scenario, run_scenario
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from scenario_helpers import EXAMPLES, scenario_error
 
 
 def run_example(name):
     machine, steps = run_scenario(load_scenario(EXAMPLES / name))
     return machine, steps, machine.counters()
-
-
-def scenario_error(text):
-    with pytest.raises(ScenarioError) as info:
-        parse_scenario(textwrap.dedent(text), path="s.toml")
-    return info.value
 
 
 # ------------------------------------------------------------------------------------- examples
