@@ -218,7 +218,7 @@ class PhysMem:
         owner = Owner(purpose)
         for candidate in self._node_order(node, exact_nid):
             free = self._free.get(candidate)
-            extents = [e for zone in self._zone_order(movable) for e in free.items_reversed() if e[2] == zone]
+            extents = (e for zone in self._zone_order(movable) for e in free.items_reversed(zone))
             for start, end, _ in extents:
                 if len(pfns) == granted:
                     break

@@ -50,8 +50,11 @@ class RangeMap:
             i += 1
         return out
 
-    def items_reversed(self):
-        return zip(reversed(self._starts), reversed(self._ends), reversed(self._values))
+    def items_reversed(self, value=None):
+        """Extents from the highest down (only those holding ``value``, if given), lazily."""
+        for i in range(len(self._starts) - 1, -1, -1):
+            if value is None or self._values[i] == value:
+                yield self._starts[i], self._ends[i], self._values[i]
 
     def covered(self, start, end) -> int:
         """How many keys of ``[start, end)`` have a value."""
