@@ -190,11 +190,14 @@ class ArchHooks:
         return self._one("vmemcore_dax_vmemmap_support", Support, machine=machine)
 
     def hugetlb_vmemmap_preinit(self, machine) -> bool:
-        answers = [(name, a) for name, a in self._each("vmemcore_hugetlb_vmemmap_preinit", machine=machine) if a is not None]
+        hook = "vmemcore_hugetlb_vmemmap_preinit"
+        answers = [(name, a) for name, a in self._each(hook, machine=machine) if a is not None]
         for name, answer in answers:
             if not isinstance(answer, Support):
-                raise PluginError(name, "vmemcore_hugetlb_vmemmap_preinit", f"returned {type(answer).__name__}, expected Support")
-        return any(answer.supported for _, answer in answers)
+                raise PluginError(name, hook, f"returned {type(answer).__name__}, expected Support")
+        if len(answers) > 1:
+            raise PluginError(answers[0][0], hook, "answered by two plugins: at most one may own it")
+        return bool(answers) and answers[0][1].supported
 
     def memory_block_size(self, machine):
         answers = [(name, size) for name, size in self._each("vmemcore_memory_block_size", machine=machine) if size is not None]
