@@ -94,17 +94,6 @@ class PageTable:
         self._cursor = (depth, base, table)
         return table
 
-    def walk_parent(self, table):
-        """The table holding the entry that points to ``table`` (None for the top)."""
-        if table.depth == 0:
-            return None
-        parent = self.top
-        while parent.depth < table.depth - 1:
-            parent = parent.children.get(parent.index(table.base))
-            if parent is None:
-                return None
-        return parent
-
     def _new_table(self, parent, index, alloc):
         level = self.geometry.levels[parent.depth + 1]
         pfn = alloc(level)
