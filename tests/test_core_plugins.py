@@ -115,6 +115,10 @@ def test_every_hookspec_is_documented_and_tested():
         "vmemcore_arch_add_memory": "cleared memmap_on_memory",
         "vmemcore_hugetlb_vmemmap_preinit": "def test_615_builds_boot_gigantic_pages_vmemmap_already_optimized",
         "vmemcore_dax_vmemmap_support": ".dax_vmemmap_support(",
+        "vmemcore_pgtable_cache_init": "def test_pgtable_cache_init_runs_once_after_boot",
+        "vmemcore_memory_hotplug_support": "def test_an_arch_without_memory_hotplug_refuses",
+        "vmemcore_zone_device_support": "def test_s390_has_zone_device_only_once",
+        "vmemcore_mappable_range": "def test_arm64_hot_add_must_fit_the_linear_map",
     }
     specs = [name for name in dir(hookspecs) if name.startswith("vmemcore_")]
     assert sorted(specs) == sorted(exercised_by)

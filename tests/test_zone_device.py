@@ -293,7 +293,7 @@ def _x86_with_struct_page(size):
     ("x86_64", "6.12", 9, True, "the memmap comes from the device (altmap), which is never deduplicated", {"2M": 1}),
     ("arm64", "6.12", 9, False, "arm64 does not select ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (dedup is an arch opt-in "
                                 "since 6.4/6.6)", {"2M": 1}),
-    ("s390", "6.12", 8, False, "s390 does not select ARCH_WANT_OPTIMIZE_DAX_VMEMMAP", {"1M": 2}),
+    ("s390", "6.19", 8, False, "s390 does not select ARCH_WANT_OPTIMIZE_DAX_VMEMMAP", {"1M": 2}),  # ZONE_DEVICE: 6.17+
     # 1,792 KiB of struct pages take a whole 2 MiB leaf: 64 pages more than the memmap spans
     ("x86_64-56", "6.12", 9, False, "struct page is 56 bytes, not a power of two", {"2M": 1}),
 ])

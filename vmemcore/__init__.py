@@ -3,7 +3,9 @@
 import pluggy
 
 from .errors import BadRequest, OutOfMemory, PluginError, ScenarioError, Veto, VmemcoreError
-from .geometry import ArchInfo, Feature, HugePageSize, Level, PageTableGeometry, SparseGeometry, Support, Variant
+from .geometry import (
+    ArchInfo, Feature, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant,
+)
 from .profiles import KernelProfile, get_profile
 from .units import GiB, KiB, MiB, PiB, TiB, format_size, parse_size
 
@@ -13,6 +15,6 @@ from .machine import Machine, MemoryRange  # noqa: E402  (plugins import the nam
 
 __all__ = [
     "ArchInfo", "BadRequest", "Machine", "MemoryRange", "Feature", "GiB", "HugePageSize", "Support", "KernelProfile", "KiB", "Level", "MiB", "OutOfMemory",
-    "PageTableGeometry", "PiB", "PluginError", "ScenarioError", "SparseGeometry", "TiB", "Variant", "Veto",
+    "PageTableGeometry", "PhysRange", "PiB", "PluginError", "ScenarioError", "SparseGeometry", "TiB", "Variant", "Veto",
     "VmemcoreError", "format_size", "get_profile", "hookimpl", "parse_size",
 ]

@@ -75,7 +75,10 @@ def build_parser():
     """The argument parser of ``vmemcore``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-p", dest="disabled", metavar="no:NAME", action="append", type=_plugin_option, default=[],
-                        help="disable the plugin NAME (its entry-point or module name); repeatable")
+                        help="disable the plugin NAME (its entry-point name, or module name for "
+                             "VMEMCORE_PLUGINS); repeatable. When two plugins provide one arch (a fork "
+                             "beside the original), both are refused until one is disabled: "
+                             "-p no:NAME picks the other")
     parser = argparse.ArgumentParser(
         prog="vmemcore",
         description="Simulate the Linux kernel's sparse-vmemmap machinery on several architectures.",
@@ -282,8 +285,8 @@ def _arches(args):
         print(_listing(registry))
         return EXIT_OK
     if args.arch not in registry.arches:
-        _error(f"no plugin provides architecture {args.arch!r} (found: {', '.join(registry.arches) or 'none'})")
-        return EXIT_INVALID
+        _error(registry.why_missing(args.arch))
+        return EXIT_PLUGIN if registry.broken else EXIT_INVALID
     plugin = registry.get(args.arch)
     try:
         variant = plugin.info.variant(_variant_option(args.variant))
@@ -329,4 +332,6 @@ def _listing(registry):
         else:
             lines.append("  features: none")
         blocks.append("\n".join(lines))
+    for arch, names in sorted(registry.conflicts.items()):
+        blocks.append(f"{arch}  refused: provided by {' and '.join(names)}; disable all but one with -p no:NAME")
     return "\n\n".join(blocks) if blocks else "no arch plugins found"

@@ -24,11 +24,25 @@ def _power_of_two(instance, attribute, value):
         raise ValueError(f"{attribute.name} must be a power of two, got {value}")
 
 
+def _page_shift(instance, attribute, value):
+    """Any power-of-two page size from 4 KiB up."""
+    if not isinstance(value, int) or value < 12:
+        raise ValueError(f"{attribute.name} must be an integer of at least 12 (4 KiB pages), got {value!r}")
+
+
+LEVEL_NAMES = ("pgd", "p4d", "pud", "pmd", "pte")
+
+
+def _level_name(instance, attribute, value):
+    if value not in LEVEL_NAMES:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(LEVEL_NAMES)}, got {value!r}")
+
+
 @frozen
 class Level:
     """One level of a kernel page table, named as Linux names it (pgd, p4d, pud, pmd, pte)."""
 
-    name: str = field(validator=attrs.validators.in_(("pgd", "p4d", "pud", "pmd", "pte")))
+    name: str = field(validator=_level_name)
     shift: int = field(validator=_positive)  # log2 of the virtual span one entry maps
     bits: int = field(validator=_positive)  # index bits: the table has 1 << bits entries
     table_bytes: int = field(validator=_positive)  # bytes of one table of this level
@@ -53,7 +67,7 @@ class Level:
 class PageTableGeometry:
     """The kernel page table that holds the vmemmap: levels from the top table down to the PTE."""
 
-    page_shift: int = field(validator=attrs.validators.in_((12, 14, 16)))
+    page_shift: int = field(validator=_page_shift)
     va_bits: int = field(validator=_positive)
     levels: tuple = field(converter=tuple)
 
@@ -108,7 +122,7 @@ class PageTableGeometry:
 class SparseGeometry:
     """SPARSEMEM constants of an architecture (``asm/sparsemem.h``, ``mmzone.h``, memory block size)."""
 
-    page_shift: int = field(validator=attrs.validators.in_((12, 14, 16)))
+    page_shift: int = field(validator=_page_shift)
     section_size_bits: int = field(validator=_positive)
     max_physmem_bits: int = field(validator=_positive)
     memory_block_size: int = field(validator=_power_of_two)
@@ -166,6 +180,11 @@ class SparseGeometry:
 
     def page_to_pfn(self, vaddr: int) -> int:
         return (vaddr - self.vmemmap_base) // self.struct_page_size
+
+    @property
+    def vmemmap_max_pfn(self) -> int:
+        """One past the last pfn whose struct page fits ``[vmemmap_base, vmemmap_base + vmemmap_size)``."""
+        return self.vmemmap_size // self.struct_page_size
 
 
 @frozen
@@ -264,8 +283,10 @@ class HugePageSize:
     """A HugeTLB page size the arch offers and how it is mapped (``arch_hugetlb_valid_size``)."""
 
     size: int = field(validator=_power_of_two)
-    level: str = field(validator=attrs.validators.in_(("pgd", "p4d", "pud", "pmd", "pte")))
+    level: str = field(validator=_level_name)
     contiguous: int = field(default=1, validator=_power_of_two)  # entries of a contiguous-bit span
+    # mapped by a hugepd directory hanging off an entry of ``level`` (powerpc hash-4K before 6.12)
+    directory: bool = False
 
     @property
     def name(self) -> str:
@@ -282,3 +303,18 @@ class Support:
     def __attrs_post_init__(self):
         if not self.supported and not self.reason:
             raise ValueError("a refusal must say why")
+
+
+@frozen
+class PhysRange:
+    """A physical address range ``[start, end)`` in bytes (``struct range``, end exclusive here)."""
+
+    start: int = field(validator=attrs.validators.ge(0))
+    end: int
+
+    def __attrs_post_init__(self):
+        if self.end <= self.start:
+            raise ValueError(f"a physical range must end after it starts, got [{self.start:#x}, {self.end:#x})")
+
+    def holds(self, start: int, end: int) -> bool:
+        return self.start <= start and end <= self.end

@@ -1,146 +1,317 @@
 """The hooks an architecture plugin implements (pluggy specs, project name ``vmemcore``).
 
-Every hook is named ``vmemcore_*``. The engine never calls ``pm.hook`` directly: it goes through
-:class:`vmemcore.plugins.ArchHooks`, which checks each answer, names the plugin that gave a bad one,
-and writes the trace. Geometry questions have exactly one owning plugin: if two plugins answer, the
-engine refuses the machine and names both. Action hooks (populate, free) are first-result-wins.
+Every hook is named ``vmemcore_*`` and is called through pluggy (``pm.hook.NAME``), so
+``tryfirst``/``trylast`` and ``wrapper=True`` observers work as pluggy documents. Each hook has
+a policy, stated in its docstring and enforced in one place (``vmemcore.plugins.HOOK_POLICIES``):
+
+- **owner**: exactly one plugin answers; two answers are refused and both plugins named;
+- **optional**: at most one plugin answers; when none does, the stated default holds;
+- **first true**: the first plugin returning True has handled the call; None means "not mine";
+- **all count**: every plugin is asked; every answer counts (any refusal wins, all reasons kept);
+- **chained**: each plugin in turn sees the previous plugin's answer.
+
+Every answer is checked after the call; a bad one is a :class:`vmemcore.PluginError` naming the
+plugin and the hook. A plugin may raise :class:`vmemcore.VmemcoreError` subclasses on purpose
+(``OutOfMemory``, ``BadRequest``, ``Veto``); any other exception is reported as the plugin's fault.
+
+The machine's life, and what of ``machine`` is valid in each phase:
+
+1. *set-up*: ``arch``, ``variant``, ``profile``, ``features``; then ``geometry`` and
+   ``sparse_geometry`` once the geometry hooks answered, and ``memory`` (the boot ranges).
+2. *boot* (``sparse_init``): ``physmem`` holds memblock (``physmem.booting`` is True), the page
+   table and the helpers of :mod:`vmemcore.arch` may be used.
+3. *after boot*: the buddy allocator is up; ``hugetlb``, ``hotplug`` and ``zone_device`` exist
+   once their set-up (which asks the hooks that concern them) has run.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import pluggy
+
+if TYPE_CHECKING:
+    from .altmap import VmemAltmap
+    from .geometry import ArchInfo, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant
+    from .hotplug import HotAddRequest
+    from .machine import Machine
+    from .profiles import KernelProfile
 
 hookspec = pluggy.HookspecMarker("vmemcore")
 
 
 @hookspec
-def vmemcore_arch_info():
+def vmemcore_arch_info() -> ArchInfo | None:
     """Describe the architecture this plugin provides.
 
-    Called once when plugins are discovered (``vmemcore arches``) and when a machine is built.
-    Returns a :class:`vmemcore.ArchInfo` (name, variants, default variant, machine features), or
-    None from a plugin that provides no architecture (an observer). All results are collected; a
-    machine's plugin manager must hold exactly one plugin that answers.
+    Called once per plugin manager: when plugins are discovered (``vmemcore arches``, scenario
+    validation) and when a machine's hooks are set up; nothing of a machine exists yet.
+
+    Returns an :class:`vmemcore.ArchInfo` (name, variants, default variant, machine features), or
+    None from a plugin that provides no architecture (an observer).
+
+    Policy: owner.
     """
 
 
 @hookspec
-def vmemcore_pagetable_geometry(variant, profile):
+def vmemcore_pagetable_geometry(variant: Variant, profile: KernelProfile) -> PageTableGeometry | None:
     """Give the geometry of the kernel page table that maps the vmemmap.
 
-    Called once per machine, with the selected :class:`vmemcore.Variant` and
-    :class:`vmemcore.KernelProfile`. Returns a :class:`vmemcore.PageTableGeometry` (levels from the
-    top table down to the PTE, bits and table sizes, which levels may hold leaves). Exactly one
-    plugin must answer; every other plugin returns None.
+    Called once per machine during set-up, and by ``vmemcore arches ARCH``.
+
+    :param variant: the selected variant of the arch.
+    :param profile: the kernel profile (``profile.at_least(6, 14)`` and friends).
+
+    Returns a :class:`vmemcore.PageTableGeometry`: levels from the top table down to the PTE, their
+    bits and table sizes, which levels may hold leaves.
+
+    Policy: owner.
     """
 
 
 @hookspec
-def vmemcore_sparse_geometry(variant, profile):
+def vmemcore_sparse_geometry(variant: Variant, profile: KernelProfile) -> SparseGeometry | None:
     """Give the SPARSEMEM constants of the architecture.
 
-    Called once per machine, with the selected variant and kernel profile. Returns a
-    :class:`vmemcore.SparseGeometry` (section size, max physical address bits, memory block size,
-    vmemmap base and size, pageblock order). Exactly one plugin must answer.
+    Called once per machine during set-up (after the page-table geometry), by scenario validation
+    and by ``vmemcore arches ARCH``.
+
+    :param variant: the selected variant of the arch.
+    :param profile: the kernel profile.
+
+    Returns a :class:`vmemcore.SparseGeometry` (section size, max physical address bits, memory
+    block size, vmemmap base and size, pageblock order). The engine refuses memory whose struct
+    pages would fall outside ``[vmemmap_base, vmemmap_base + vmemmap_size)``.
+
+    Policy: owner.
     """
 
 
 @hookspec(firstresult=True)
-def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
+def vmemcore_vmemmap_populate(machine: Machine, start: int, end: int, node: int, altmap: VmemAltmap | None) -> bool | None:
     """Map the struct pages in the virtual range ``[start, end)`` (the arch's ``vmemmap_populate``).
 
-    Called by the engine's section populate (``__populate_section_memmap``) with a range that is a
-    whole number of sub-sections' memmap: one sub-section range for a hot-add, and at boot one call
-    per run of consecutive present sections of one node, which on every built-in architecture maps
-    exactly what one call per section would. ``node`` is the node the memmap should live on;
-    ``altmap`` is a :class:`vmemcore.VmemAltmap` or None. The plugin uses the engine's helpers
-    (``vmemcore.populate``) and raises :class:`vmemcore.OutOfMemory` when an allocation fails; the
-    engine rolls back what was changed. Returns True when handled; the first True wins.
+    Called by the engine's section populate (``__populate_section_memmap``) at boot and after it,
+    with a range that is a whole number of sub-sections' memmap: one sub-section range for a
+    hot-add, and at boot one call per run of consecutive present sections of one node, which on
+    every built-in architecture maps exactly what one call per section would.
+
+    :param machine: the machine (boot or after boot).
+    :param start: first vmemmap byte to map.
+    :param end: one past the last byte.
+    :param node: the node the memmap should live on.
+    :param altmap: a :class:`vmemcore.VmemAltmap` the frames should come from, or None.
+
+    The plugin maps with the helpers of :mod:`vmemcore.arch` and raises
+    :class:`vmemcore.OutOfMemory` when an allocation fails; the engine rolls back what was changed.
+    Returns True when handled (None: "not mine", the next plugin is asked).
+
+    Policy: first true.
     """
 
 
 @hookspec(firstresult=True)
-def vmemcore_vmemmap_free(machine, start, end, altmap):
+def vmemcore_vmemmap_free(machine: Machine, start: int, end: int, altmap: VmemAltmap | None) -> bool | None:
     """Unmap and free the struct pages in ``[start, end)`` (the arch's ``vmemmap_free``).
 
-    Called when a section's or sub-section's memmap is depopulated. The plugin decides which frames
-    go back where (boot memory, buddy, altmap), which page-table pages are freed when empty, and
-    what partly used leaves keep. Returns True when handled; the first True wins.
+    Called after boot when a section's or sub-section's memmap is depopulated (hot-remove, a
+    device pagemap's removal, a boot section's removal), after the engine cleared the range's
+    sub-section bits (as ``section_deactivate`` does), so ``pfn_valid`` is already false for it.
+
+    :param machine: the machine, after boot.
+    :param start: first vmemmap byte to unmap.
+    :param end: one past the last byte.
+    :param altmap: the altmap the frames came from, or None.
+
+    The plugin calls :func:`vmemcore.arch.vmemmap_teardown` with its policy (which leaves are
+    freed whole or tracked, which empty tables go, where frames return, how the TLB is flushed).
+    Returns True when handled (None: "not mine").
+
+    Policy: first true.
     """
 
 
 @hookspec
-def vmemcore_hugepage_sizes(machine):
-    """List the HugeTLB page sizes the architecture offers on this machine.
+def vmemcore_pgtable_cache_init(machine: Machine) -> None:
+    """Set up what the arch builds in its page tables once boot memory is handed over
+    (the kernel's ``pgtable_cache_init``; riscv pre-allocates the vmemmap's upper tables there).
 
-    Called once when the machine's hstates are set up, after boot (features such as x86_64
-    ``gbpages`` may remove a size). Returns a tuple of :class:`vmemcore.HugePageSize` (size, the
-    page-table level that maps it, the contiguous-entry count for arm64-style contiguous sizes).
-    Exactly one plugin must answer.
+    Called once per machine, right after boot, when the buddy allocator is up and before HugeTLB
+    and hotplug are set up.
+
+    :param machine: the machine, after boot.
+
+    Returns None; what the plugin allocates is accounted as page-table pages.
+
+    Policy: all count (every plugin is called).
     """
 
 
 @hookspec
-def vmemcore_hvo_support(machine):
-    """Say whether this kernel (``machine.profile``) has HugeTLB Vmemmap Optimization on the arch.
+def vmemcore_hugepage_sizes(machine: Machine) -> tuple | None:
+    """List the HugeTLB page sizes the architecture offers on this machine
+    (``arch_hugetlb_valid_size``).
 
-    Called when the machine's hstates are set up. Returns a :class:`vmemcore.Support`: yes, or no
-    with the kernel's reason (arm64 lost HVO in 6.3 to break-before-make, for instance), which the
-    engine reports when HVO is asked for. Exactly one plugin must answer.
+    Called once per machine during set-up, before boot (boot-time gigantic pages are reserved from
+    memblock before ``sparse_init``); ``machine.geometry`` and ``machine.features`` are valid
+    (features such as x86_64 ``gbpages`` may remove a size).
+
+    :param machine: the machine being set up.
+
+    Returns a tuple of :class:`vmemcore.HugePageSize` (size, the page-table level that maps it,
+    the count of contiguous entries for arm64-style contiguous sizes); the engine checks that the
+    level exists, may hold leaves, and that ``contiguous`` of its entries span the size.
+
+    Policy: optional; default: no HugeTLB sizes.
     """
 
 
 @hookspec
-def vmemcore_memory_block_size(machine):
-    """Give the memory block size (``memory_block_size_bytes``) of this machine, in bytes.
+def vmemcore_hvo_support(machine: Machine) -> Support | None:
+    """Say whether this kernel (``machine.profile``) has HugeTLB Vmemmap Optimization on the arch
+    (``ARCH_WANT_OPTIMIZE_HUGETLB_VMEMMAP``).
 
-    Called once after boot, when memory hotplug is set up (x86_64 probes it from the end of boot
-    memory). Returns an int, or None to keep the sparse geometry's ``memory_block_size``. Exactly
-    one plugin may answer.
+    Called once per machine during set-up, before boot.
+
+    :param machine: the machine being set up.
+
+    Returns a :class:`vmemcore.Support`: yes, or no with the kernel's reason (arm64 lost HVO in
+    6.3 to break-before-make, for instance), which the engine reports when HVO is asked for.
+
+    Policy: optional; default: no, "the plugin does not say whether it has HVO".
     """
 
 
 @hookspec
-def vmemcore_supports_memmap_on_memory(machine, vmemmap_size):
-    """Say whether the arch allows a memory block's memmap (``vmemmap_size`` bytes) on the block itself.
+def vmemcore_hugetlb_vmemmap_preinit(machine: Machine) -> Support | None:
+    """Say whether the arch builds boot-time gigantic pages' vmemmap already optimized
+    (``ARCH_WANT_HUGETLB_VMEMMAP_PREINIT``, x86_64 since 6.15).
 
-    Called for every hot-add that asks for memmap_on_memory, after the generic conditions of
-    ``mhp_supports_memmap_on_memory``. Returns a :class:`vmemcore.Support` (no: the arch does not
-    select ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE in this kernel, or its ``arch_supports_memmap_on_memory``
-    refuses), or None for the generic rule (the memmap fills whole PMD leaves). All answers count:
-    any refusal wins, and every reason is reported.
+    Called once per machine during set-up, before ``sparse_init``, when HVO is on and gigantic
+    pages are reserved at boot.
+
+    :param machine: the machine being set up.
+
+    Returns a :class:`vmemcore.Support`.
+
+    Policy: optional; default: no.
     """
 
 
 @hookspec
-def vmemcore_arch_add_memory(machine, request):
-    """Let the arch adjust a hot-add before anything is added (``arch_add_memory``).
-
-    Called once per hot-add with a :class:`vmemcore.hotplug.HotAddRequest`. Returns a changed
-    request (seed 004's s390 clears ``memmap_on_memory``: its standby memory only becomes
-    accessible when it is onlined), or None to leave it. Every plugin is asked, each seeing the
-    previous answer; a change is reported to the user with the plugin's name.
-    """
-
-
-@hookspec
-def vmemcore_dax_vmemmap_support(machine):
+def vmemcore_dax_vmemmap_support(machine: Machine) -> Support | None:
     """Say whether this kernel (``machine.profile``) lets the arch deduplicate the vmemmap of
     device compound pages (device-dax; the arch half of ``vmemmap_can_optimize``).
 
-    Called each time the memmap of a ZONE_DEVICE pagemap is populated, and when the pagemap is
-    added, before the generic conditions (power-of-two struct page, no altmap, more than
-    ``VMEMMAP_RESERVE_NR`` vmemmap pages per compound page). Returns a :class:`vmemcore.Support`:
-    yes when the arch selects ``ARCH_WANT_OPTIMIZE_DAX_VMEMMAP`` (6.6+; from the dedup's merge in
-    5.19 until the opt-in of 6.4/6.6 the rule was generic on every arch), or no with the kernel's
-    reason, which the engine reports as why a pagemap's vmemmap was not deduplicated. Exactly one
-    plugin must answer (a plugin that does not implement it gets no dedup).
+    Called after boot, when a ZONE_DEVICE pagemap is added and each time its memmap is populated,
+    before the generic conditions (power-of-two struct page, no altmap, more than
+    ``VMEMMAP_RESERVE_NR`` vmemmap pages per compound page).
+
+    :param machine: the machine, after boot.
+
+    Returns a :class:`vmemcore.Support`: yes when the arch selects
+    ``ARCH_WANT_OPTIMIZE_DAX_VMEMMAP`` (6.6+; from the dedup's merge in 5.19 until the opt-in of
+    6.4/6.6 the rule was generic on every arch), or no with the kernel's reason, reported as why
+    a pagemap's vmemmap was not deduplicated.
+
+    Policy: optional; default: no, "the plugin does not say whether it can dedup".
     """
 
 
 @hookspec
-def vmemcore_hugetlb_vmemmap_preinit(machine):
-    """Say whether the arch builds boot-time gigantic pages' vmemmap already optimized.
+def vmemcore_memory_hotplug_support(machine: Machine) -> Support | None:
+    """Say whether this kernel has memory hotplug on the arch (``ARCH_ENABLE_MEMORY_HOTPLUG`` and
+    ``ARCH_ENABLE_MEMORY_HOTREMOVE``).
 
-    Called at boot, before ``sparse_init``, when HVO is on and gigantic pages are reserved
-    (ARCH_WANT_HUGETLB_VMEMMAP_PREINIT, x86_64 since 6.15). Returns a :class:`vmemcore.Support`,
-    or None for no. At most one plugin answers; an arch without this hook has no pre-HVO.
+    Called once per machine after boot, when hotplug is set up; a refusal makes every hot-add a
+    :class:`vmemcore.Veto` carrying the reason.
+
+    :param machine: the machine, after boot.
+
+    Returns a :class:`vmemcore.Support`, or None for no opinion.
+
+    Policy: all count; default: yes.
+    """
+
+
+@hookspec
+def vmemcore_zone_device_support(machine: Machine) -> Support | None:
+    """Say whether this kernel can build ``ZONE_DEVICE`` on the arch (``memremap_pages``;
+    ``ZONE_DEVICE`` depends on the arch's memory hotplug and, before 6.16, ``ARCH_HAS_PTE_DEVMAP``).
+
+    Called after boot, when a device pagemap is added; a refusal makes the add a
+    :class:`vmemcore.Veto` carrying the reason.
+
+    :param machine: the machine, after boot.
+
+    Returns a :class:`vmemcore.Support`, or None for no opinion.
+
+    Policy: all count; default: yes.
+    """
+
+
+@hookspec
+def vmemcore_mappable_range(machine: Machine) -> PhysRange | None:
+    """Give the physical range memory may be hot-added in (``arch_get_mappable_range``).
+
+    Called after boot, for every hot-add and device pagemap (``mhp_range_allowed``); a range
+    outside it is refused with -E2BIG, as the kernel does.
+
+    :param machine: the machine, after boot.
+
+    Returns a :class:`vmemcore.PhysRange` ``[start, end)``.
+
+    Policy: optional; default: ``[0, 2**max_physmem_bits)``.
+    """
+
+
+@hookspec
+def vmemcore_memory_block_size(machine: Machine) -> int | None:
+    """Give the memory block size (``memory_block_size_bytes``) of this machine, in bytes.
+
+    Called once per machine after boot, when memory hotplug is set up (x86_64 probes it from the
+    end of boot memory).
+
+    :param machine: the machine, after boot.
+
+    Returns a power of two, at least a section.
+
+    Policy: optional; default: the sparse geometry's ``memory_block_size``.
+    """
+
+
+@hookspec
+def vmemcore_supports_memmap_on_memory(machine: Machine, vmemmap_size: int) -> Support | None:
+    """Say whether the arch allows a memory block's memmap (``vmemmap_size`` bytes) on the block
+    itself (``ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE``, ``arch_supports_memmap_on_memory``).
+
+    Called after boot for every hot-add that asks for memmap_on_memory, after the generic
+    conditions of ``mhp_supports_memmap_on_memory``.
+
+    :param machine: the machine, after boot.
+    :param vmemmap_size: bytes of memmap one memory block needs.
+
+    Returns a :class:`vmemcore.Support`, or None for the generic rule (the memmap fills whole
+    PMD leaves).
+
+    Policy: all count: any refusal wins, and every reason is reported.
+    """
+
+
+@hookspec
+def vmemcore_arch_add_memory(machine: Machine, request: HotAddRequest) -> HotAddRequest | None:
+    """Let the arch adjust a hot-add before anything is added (``arch_add_memory``).
+
+    Called after boot, once per hot-add, with a :class:`vmemcore.hotplug.HotAddRequest`.
+
+    :param machine: the machine, after boot.
+    :param request: the request as the previous plugin left it.
+
+    Returns a changed request, or None to leave it. The arch may change how the memmap is placed
+    (the 2019 memmap-from-range design's s390 clears ``memmap_on_memory``: its standby memory only
+    becomes accessible when it is onlined), never the range or the node: the engine refuses such an
+    answer and names the plugin. A change is reported to the user with the plugin's name.
+
+    Policy: chained.
     """

@@ -14,7 +14,7 @@ Every operation is a transaction: a refusal or a failure leaves the machine as i
 import attrs
 
 from .altmap import VmemAltmap
-from .errors import BadRequest, Veto
+from .errors import BadRequest, PluginError, Veto
 from .geometry import Support
 from .physmem import MOVABLE, NORMAL, Owner, Use
 from .units import format_size
@@ -61,6 +61,15 @@ class AddResult:
     note: str = ""  # why the memmap was not taken from the range, when it was asked for
 
 
+def check_mappable(machine, start, end, what):
+    """``mhp_range_allowed``: ``[start, end)`` lies inside the arch's mappable range
+    (``arch_get_mappable_range``), else -E2BIG."""
+    allowed = machine.hooks.mappable_range(machine)
+    if not allowed.holds(start, end):
+        raise BadRequest(f"{what} [{start:#x}, {end:#x}) exceeds the range {machine.arch.name} can map, "
+                         f"[{allowed.start:#x}, {allowed.end:#x}) (-E2BIG)")
+
+
 class Hotplug:
     """The machine's memory blocks and the hotplug operations on them."""
 
@@ -72,8 +81,11 @@ class Hotplug:
             raise BadRequest(f"kernel {machine.profile.name} has no 'force' mode for memmap_on_memory (added in 6.6)")
         self.machine = machine
         self.mode = mode
-        answer = machine.hooks.memory_block_size(machine) if machine.hooks.provides("vmemcore_memory_block_size") else None
-        self.block_size = answer or machine.sparse_geometry.memory_block_size
+        self.block_size = machine.hooks.memory_block_size(machine)
+        if self.block_size < machine.sparse_geometry.section_size:
+            raise PluginError(machine.plugin.name, "vmemcore_memory_block_size",
+                              f"returned {self.block_size:#x}, less than a section ({machine.sparse_geometry.section_size:#x})")
+        self.support = machine.hooks.memory_hotplug_support(machine)
         self.block_pages = self.block_size >> machine.geometry.page_shift
         self.blocks = {}  # id -> MemoryBlock
         self.range_altmaps = {}  # 2019 design: group start pfn -> the altmap of the whole range
@@ -149,13 +161,20 @@ class Hotplug:
             if size <= 0 or start % self.block_size or size % self.block_size:
                 raise BadRequest(f"hot-add [{start:#x}, +{size:#x}) is not aligned to the {format_size(self.block_size)} "
                                  "memory block size (-EINVAL)")
-            limit = 1 << m.sparse_geometry.max_physmem_bits
-            if start + size > limit:
-                raise BadRequest(f"hot-add [{start:#x}, {start + size:#x}) ends past the {m.sparse_geometry.max_physmem_bits}-bit "
-                                 f"physical limit ({format_size(limit)}) (-E2BIG)")
+            if not self.support.supported:
+                raise Veto(f"{m.arch.name} kernel {m.profile.name} has no memory hotplug: {self.support.reason}",
+                           [(m.plugin.name, self.support.reason)])
+            check_mappable(m, start, start + size, "hot-add")
             request = HotAddRequest(start, size, node, memmap_on_memory or m.profile.mhp_design == "rfc2019")
             note = ""
             for plugin, answer in m.hooks.arch_add_memory(m, request):
+                changed = [f"{key} from {getattr(request, key):{form}} to {getattr(answer, key):{form}}"
+                           for key, form in (("start", "#x"), ("size", "#x"), ("node", "d"))
+                           if getattr(answer, key) != getattr(request, key)]
+                if changed:
+                    raise PluginError(plugin, "vmemcore_arch_add_memory",
+                                      f"changed {', '.join(changed)}: arch_add_memory may change how the memmap is "
+                                      "placed, never the range or the node")
                 if request.memmap_on_memory and not answer.memmap_on_memory:
                     note = f"{plugin} cleared memmap_on_memory"
                 request = answer

@@ -73,15 +73,11 @@ class HugeTLB:
     def __init__(self, machine, optimize_vmemmap=False):
         self.machine = machine
         self.hvo = Hvo(machine)
-        sizes = machine.hooks.hugepage_sizes(machine) if machine.hooks.provides("vmemcore_hugepage_sizes") else ()
+        sizes = machine.hooks.hugepage_sizes(machine)
         page_shift = machine.geometry.page_shift
         self.hstates = {s.size: HState(s, (s.size >> page_shift).bit_length() - 1) for s in sizes}
         self.orders = sorted({h.order for h in self.hstates.values()})
-        if machine.hooks.provides("vmemcore_hvo_support"):
-            self.support = machine.hooks.hvo_support(machine)
-        else:
-            from .geometry import Support
-            self.support = Support(False, f"the {machine.arch.name} plugin does not say whether it has HVO")
+        self.support = machine.hooks.hvo_support(machine)
         self.optimized = set()  # heads of folios whose vmemmap HVO holds (HPG_vmemmap_optimized)
         self.preinit = []  # boot folios whose vmemmap sparse_init builds optimized (6.15+)
         self.optimize_vmemmap = False

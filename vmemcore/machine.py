@@ -75,8 +75,7 @@ class Machine:
         self.features = self._features(features or {})
         self.geometry = self.hooks.pagetable_geometry(self.variant, self.profile)
         self.sparse_geometry = self.hooks.sparse_geometry(self.variant, self.profile)
-        if self.geometry.page_shift != self.sparse_geometry.page_shift:
-            raise PluginError(self.plugin.name, "vmemcore_sparse_geometry", "page_shift differs from the page-table geometry's")
+        self._check_geometry()
         self.journal = Journal()
         self.stats = Counters(self.journal)
         self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
@@ -97,6 +96,7 @@ class Machine:
                     f"memory range [{item.start:#x}, {item.start + item.size:#x}) ends past the {self.sparse_geometry.max_physmem_bits}-bit "
                     f"physical limit of {self.arch.name} {self.variant.name} ({format_size(1 << self.sparse_geometry.max_physmem_bits)})"
                 )
+            self.sparse.check_vmemmap(item.start // page, (item.start + item.size) // page)
             self.physmem.add_range(item.node, item.start // page, (item.start + item.size) // page)
         hugetlb = dict(hugetlb or {})
         self.hugetlb = HugeTLB(self, optimize_vmemmap=hugetlb.pop("optimize_vmemmap", False))
@@ -108,6 +108,7 @@ class Machine:
         self.hugetlb.plan_preinit([folio for _, folios in gigantic for folio in folios])
         self.sparse.init()
         self.physmem.end_boot()
+        self.hooks.pgtable_cache_init(self)
         for entry, folios in gigantic:
             self.hugetlb.gather_boot_pages(self.hugetlb.hstate(entry["size"]), folios)
         hotplug = dict(hotplug or {})
@@ -121,6 +122,20 @@ class Machine:
     def __repr__(self):
         size = format_size(self.physmem.present_pages() << self.geometry.page_shift)
         return f"<Machine {self.arch.name} {self.variant.name} kernel {self.profile.name}, {size}>"
+
+    def _check_geometry(self):
+        """The two geometries agree, and the page table can map the whole vmemmap range."""
+        hook = "vmemcore_sparse_geometry"
+        sparse = self.sparse_geometry
+        if self.geometry.page_shift != sparse.page_shift:
+            raise PluginError(self.plugin.name, hook, "page_shift differs from the page-table geometry's")
+        top = self.geometry.levels[0]
+        span = top.shift + top.bits
+        first = sparse.vmemmap_base >> span << span
+        if sparse.vmemmap_base + sparse.vmemmap_size > first + (1 << span):
+            raise PluginError(self.plugin.name, hook,
+                              f"the vmemmap [{sparse.vmemmap_base:#x}, +{format_size(sparse.vmemmap_size)}) crosses the "
+                              f"end of the {span}-bit range one page table maps ({first + (1 << span):#x})")
 
     def _features(self, wanted):
         known = {f.name: f.default for f in self.arch.features}

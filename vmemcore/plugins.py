@@ -1,12 +1,22 @@
-"""Finding arch plugins and calling their hooks.
+"""Finding arch plugins and calling their hooks through pluggy.
 
 Plugins are found through the entry-point group ``vmemcore.arch``, exactly as a third party's
 would be. As in pytest, ``VMEMCORE_DISABLE_PLUGIN_AUTOLOAD`` turns entry-point loading off,
-``VMEMCORE_PLUGINS`` names modules to load anyway (comma-separated), and a plugin can be disabled
-by its name (``-p no:NAME`` on the command line, ``disabled=`` in the API).
+``VMEMCORE_PLUGINS`` names modules to load anyway (comma-separated), and a plugin is disabled by
+its plugin name (its entry-point name, or its module name): ``-p no:NAME`` on the command line,
+``disabled=`` in the API. Two plugins providing one architecture are refused, both named, until
+one of them is disabled.
+
+Every hook is called as ``pm.hook.NAME(...)`` (or, for a chained hook, through a pluggy subset
+caller), so ``firstresult``, ``tryfirst``/``trylast`` and ``wrapper=True`` observers behave as
+pluggy documents. :data:`HOOK_POLICIES` gives each hook its policy and is the only place that
+enforces it; every answer is checked after the call, and a bad one names the plugin and the hook.
 """
 
+import enum
+import functools
 import importlib
+import inspect
 import os
 import sys
 from importlib.metadata import entry_points
@@ -16,12 +26,102 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, VmemcoreError
-from .geometry import ArchInfo, HugePageSize, PageTableGeometry, SparseGeometry, Support
+from .geometry import ArchInfo, HugePageSize, PageTableGeometry, PhysRange, SparseGeometry, Support
 
 ENTRY_POINT_GROUP = "vmemcore.arch"
 AUTOLOAD_ENV = "VMEMCORE_DISABLE_PLUGIN_AUTOLOAD"
 PLUGINS_ENV = "VMEMCORE_PLUGINS"
 TRACE_ENV = "VMEMCORE_TRACE"
+
+
+class Policy(enum.Enum):
+    """How the answers of the plugins that implement a hook combine."""
+
+    OWNER = "owner: exactly one plugin answers; two answers are refused, both named"
+    OPTIONAL = "optional: at most one plugin answers; none means the stated default"
+    FIRST_TRUE = "first true: the first plugin that returns True has handled it; None means not mine"
+    ALL = "all count: every answer is collected; any refusal wins and every reason is reported"
+    CHAINED = "chained: each plugin in turn sees the previous plugin's answer"
+
+
+@attrs.frozen
+class HookPolicy:
+    """One row of :data:`HOOK_POLICIES`: the policy, the type of an answer, the default when
+    nobody answers (a callable of the hook's arguments), and an extra check of an answer
+    (a callable of (answer, arguments) returning a complaint, or None)."""
+
+    policy: Policy
+    answer: type | None
+    default: object = None
+    check: object = None
+
+
+def _hugepage_sizes_fit(sizes, kwargs):
+    if not all(isinstance(size, HugePageSize) for size in sizes):
+        return "returned a tuple holding something other than HugePageSize"
+    geometry = kwargs["machine"].geometry
+    for size in sizes:
+        names = [level.name for level in geometry.levels]
+        if size.level not in names:
+            return f"{size.name}: level {size.level!r} is not a level of this page table ({', '.join(names)})"
+        level = geometry.level(size.level)
+        if size.directory:
+            if size.contiguous != 1 or size.size >= level.entry_span:
+                return f"{size.name}: a hugepd off a {size.level} entry maps pages smaller than the entry's span"
+            continue
+        if not level.leaf:
+            return f"{size.name}: level {size.level} cannot hold leaves on this page table"
+        if size.contiguous * level.entry_span != size.size:
+            return (f"{size.name}: {size.contiguous} {size.level} entries of {level.entry_span:#x} bytes map "
+                    f"{size.contiguous * level.entry_span:#x} bytes, not {size.size:#x}")
+        if size.contiguous > level.entries:
+            return f"{size.name}: {size.contiguous} contiguous entries do not fit a {level.entries}-entry table"
+    return None
+
+
+def _power_of_two(value, kwargs):
+    if isinstance(value, bool) or value <= 0 or value & (value - 1):
+        return f"returned {value!r}, expected a power of two"
+    return None
+
+
+def _only_none(value, kwargs):
+    return None if value is None else f"returned {value!r}: this hook answers nothing (return None)"
+
+
+def _no_hvo(kwargs):
+    return Support(False, f"the {kwargs['machine'].arch.name} plugin does not say whether it has HVO")
+
+
+def _no_dax_dedup(kwargs):
+    machine = kwargs["machine"]
+    return Support(False, f"the {machine.arch.name} plugin does not say whether it can dedup device-dax vmemmap")
+
+
+def _whole_physical_range(kwargs):
+    return PhysRange(0, 1 << kwargs["machine"].sparse_geometry.max_physmem_bits)
+
+
+#: Every hook's policy: the only place that says how answers combine and what an answer must be.
+HOOK_POLICIES = {
+    "vmemcore_arch_info": HookPolicy(Policy.OWNER, ArchInfo),
+    "vmemcore_pagetable_geometry": HookPolicy(Policy.OWNER, PageTableGeometry),
+    "vmemcore_sparse_geometry": HookPolicy(Policy.OWNER, SparseGeometry),
+    "vmemcore_vmemmap_populate": HookPolicy(Policy.FIRST_TRUE, bool),
+    "vmemcore_vmemmap_free": HookPolicy(Policy.FIRST_TRUE, bool),
+    "vmemcore_pgtable_cache_init": HookPolicy(Policy.ALL, None, check=_only_none),
+    "vmemcore_hugepage_sizes": HookPolicy(Policy.OPTIONAL, tuple, lambda kwargs: (), _hugepage_sizes_fit),
+    "vmemcore_hvo_support": HookPolicy(Policy.OPTIONAL, Support, _no_hvo),
+    "vmemcore_hugetlb_vmemmap_preinit": HookPolicy(Policy.OPTIONAL, Support, lambda kwargs: Support(False, "no pre-HVO")),
+    "vmemcore_dax_vmemmap_support": HookPolicy(Policy.OPTIONAL, Support, _no_dax_dedup),
+    "vmemcore_memory_hotplug_support": HookPolicy(Policy.ALL, Support),
+    "vmemcore_zone_device_support": HookPolicy(Policy.ALL, Support),
+    "vmemcore_mappable_range": HookPolicy(Policy.OPTIONAL, PhysRange, _whole_physical_range),
+    "vmemcore_memory_block_size": HookPolicy(
+        Policy.OPTIONAL, int, lambda kwargs: kwargs["machine"].sparse_geometry.memory_block_size, _power_of_two),
+    "vmemcore_supports_memmap_on_memory": HookPolicy(Policy.ALL, Support),
+    "vmemcore_arch_add_memory": HookPolicy(Policy.CHAINED, None),
+}
 
 
 @attrs.frozen
@@ -34,13 +134,18 @@ class ArchPlugin:
 
 
 class Registry:
-    """Every arch plugin found, loaded and checked; broken ones are kept as errors, by name."""
+    """Every arch plugin found, loaded and checked; broken ones are kept as errors, by name.
+
+    ``arches`` maps an architecture to the one plugin providing it; ``conflicts`` maps an
+    architecture that two or more plugins provide to their names (sorted): such an arch is
+    refused until all but one are disabled, whatever order the plugins were found in."""
 
     def __init__(self, disabled=(), autoload=None, extra=()):
         self.disabled = set(disabled)
         if autoload is None:
             autoload = not os.environ.get(AUTOLOAD_ENV)
         self.arches = {}
+        self.conflicts = {}
         self.errors = []
         candidates = []
         if autoload:
@@ -51,34 +156,51 @@ class Registry:
             candidates.append((module, lambda module=module: importlib.import_module(module)))
         for plugin in extra:
             candidates.append((_plugin_name(plugin), lambda plugin=plugin: plugin))
+        providers = {}
         seen = set()
         for name, load in candidates:
             if name in self.disabled or name in seen:
                 continue
             seen.add(name)
             try:
-                self._add(name, load())
+                plugin = load()
+                info = ArchHooks(name, plugin).info
             except PluginError as error:
                 self.errors.append(error)
+                continue
             except Exception as error:  # a plugin that cannot even be imported
                 self.errors.append(PluginError(name, None, f"failed to load: {type(error).__name__}: {error}"))
-
-    def _add(self, name, plugin):
-        info = ArchHooks(name, plugin).info
-        if info.name in self.disabled:
-            return
-        if info.name in self.arches:
-            other = self.arches[info.name].name
-            raise PluginError(name, "vmemcore_arch_info", f"architecture {info.name!r} is already provided by plugin {other!r}")
-        self.arches[info.name] = ArchPlugin(name, plugin, info)
+                continue
+            providers.setdefault(info.name, []).append(ArchPlugin(name, plugin, info))
+        for arch, found in providers.items():
+            if len(found) == 1:
+                self.arches[arch] = found[0]
+            else:
+                self.conflicts[arch] = sorted(p.name for p in found)
 
     def get(self, arch) -> ArchPlugin:
         if arch in self.arches:
             return self.arches[arch]
+        raise PluginError(arch, None, self.why_missing(arch))
+
+    def why_missing(self, arch) -> str:
+        """Why no plugin is at hand for ``arch``: none found, two found, or disabled or broken ones."""
+        if arch in self.conflicts:
+            names = " and ".join(repr(name) for name in self.conflicts[arch])
+            return (f"architecture {arch!r} is provided by {names}: disable all but one with "
+                    f"-p no:PLUGIN (or disabled= in the API)")
         known = ", ".join(sorted(self.arches)) or "none"
-        broken = "".join(f"\n  {error}" for error in self.errors)
-        hint = f"; plugins that failed to load:{broken}" if broken else ""
-        raise PluginError(arch, None, f"no plugin provides this architecture (found: {known}){hint}")
+        text = f"no plugin provides architecture {arch!r} (found: {known})"
+        if arch in self.disabled:
+            text += f"; the plugin named {arch!r} is disabled"
+        if self.errors:
+            text += "; plugins that failed to load:" + "".join(f"\n  {error}" for error in self.errors)
+        return text
+
+    @property
+    def broken(self) -> bool:
+        """True when a plugin failed to load or two plugins claim one arch."""
+        return bool(self.errors or self.conflicts)
 
 
 def _plugin_name(plugin):
@@ -98,8 +220,11 @@ class ArchHooks:
     """The typed façade over one machine's plugin manager: one method per hook.
 
     It registers the arch plugin (and optional observers) on a fresh ``PluginManager``, checks the
-    registration, calls every hook implementation itself so each answer can be checked and any bad
-    answer blamed on its plugin, and traces every call when asked to.
+    registration (unknown hooks, missing mandatory ones), calls every hook through ``pm.hook`` and
+    applies the hook's :data:`HOOK_POLICIES` row to the answers. Each plugin is registered behind a
+    recorder that notes which plugin gave which answer, names the plugin when one of its
+    implementations raises (even a ``BaseException`` such as ``SystemExit``), and writes the trace.
+    Wrappers (``wrapper=True``) are registered as they are and see every call.
     """
 
     def __init__(self, name, plugin, observers=(), trace=None):
@@ -107,135 +232,202 @@ class ArchHooks:
         self.pm = pluggy.PluginManager("vmemcore")
         self.pm.add_hookspecs(hookspecs)
         self.trace = trace if trace is not None else _trace_writer()
+        self._answers = []  # one list of (plugin, answer) per hook call in progress
         try:
-            self.pm.register(plugin, name=name)
+            self.pm.register(self._recorded(plugin, name), name=name)
             for observer in observers:
-                self.pm.register(observer, name=_plugin_name(observer))
+                observer_name = _plugin_name(observer)
+                self.pm.register(self._recorded(observer, observer_name), name=observer_name)
             self.pm.check_pending()
         except pluggy.PluginValidationError as error:
-            raise PluginError(error.plugin_name if hasattr(error, "plugin_name") else name, None, str(error)) from error
+            raise PluginError(getattr(error, "plugin_name", None) or name, None, str(error)) from error
         except ValueError as error:
             raise PluginError(name, None, str(error)) from error
-        self.info = self._one("vmemcore_arch_info", ArchInfo)
+        self.info = self.call("vmemcore_arch_info")
 
-    def _impls(self, hook):
-        # pluggy calls implementations last-registered first; so do we
-        return reversed(getattr(self.pm.hook, hook).get_hookimpls())
+    # -- calling --------------------------------------------------------------------------------
+    def _recorded(self, plugin, name):
+        """A stand-in for ``plugin`` whose hook implementations report to this façade."""
+        proxy = _RecordedPlugin(name, plugin)
+        for attr in dir(plugin):
+            if not attr.startswith("vmemcore_"):
+                continue
+            opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            if opts is None:
+                continue
+            function = getattr(plugin, attr)
+            wrapper = opts.get("wrapper") or opts.get("hookwrapper")
+            setattr(proxy, attr, function if wrapper else self._recorder(name, attr, function))
+        return proxy
 
-    def _invoke(self, impl, hook, kwargs):
-        try:
-            result = impl.function(*(kwargs[arg] for arg in impl.argnames))
-        except VmemcoreError:
-            raise
-        except Exception as error:
-            raise PluginError(impl.plugin_name, hook, f"raised {type(error).__name__}: {error}") from error
-        self._trace(impl.plugin_name, hook, kwargs, result)
-        return result
+    def _recorder(self, plugin, hook, function):
+        @functools.wraps(function)
+        def record(*args):
+            try:
+                answer = function(*args)
+            except (VmemcoreError, KeyboardInterrupt):
+                raise
+            except BaseException as error:
+                raise PluginError(plugin, hook, f"raised {type(error).__name__}: {error}") from error
+            if self._answers:
+                self._answers[-1].append((plugin, answer))
+            self._trace(plugin, hook, args, function, answer)
+            return answer
 
-    def _trace(self, plugin, hook, kwargs, result):
+        return record
+
+    def _trace(self, plugin, hook, args, function, answer):
         if self.trace is None:
             return
         try:
-            args = ", ".join(f"{key}={_short(value)}" for key, value in kwargs.items())
-            self.trace(f"[vmemcore trace] {plugin}: {hook}({args}) -> {_short(result)}\n")
+            names = inspect.signature(function).parameters
+            shown = ", ".join(f"{key}={_short(value)}" for key, value in zip(names, args))
+            self.trace(f"[vmemcore trace] {plugin}: {hook}({shown}) -> {_short(answer)}\n")
         except Exception:  # tracing must never make a good call fail
             pass
 
-    def _one(self, hook, expected, **kwargs):
-        """Exactly one plugin answers with an ``expected`` value; everyone else returns None."""
-        answers = []
-        for impl in self._impls(hook):
-            result = self._invoke(impl, hook, kwargs)
-            if result is None:
-                continue
-            if not isinstance(result, expected):
-                raise PluginError(impl.plugin_name, hook, f"returned {type(result).__name__}, expected {expected.__name__}")
-            answers.append((impl.plugin_name, result))
-        if not answers:
-            raise PluginError(self.name, hook, "no plugin answered this mandatory hook")
-        if len(answers) > 1:
-            names = " and ".join(repr(name) for name, _ in answers)
-            raise PluginError(answers[0][0], hook, f"answered by two plugins, {names}: exactly one may own it")
-        return answers[0][1]
+    def _implementers(self, hook):
+        """Plugins with a (non-wrapper) implementation of ``hook``, in pluggy's call order."""
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        return [impl.plugin_name for impl in reversed(impls) if not (impl.wrapper or impl.hookwrapper)]
 
-    def _first_true(self, hook, **kwargs):
-        for impl in self._impls(hook):
-            result = self._invoke(impl, hook, kwargs)
-            if result is None:
+    def _pluggy_call(self, caller, kwargs):
+        self._answers.append([])
+        try:
+            result = caller(**kwargs)
+        finally:
+            answered = self._answers.pop()
+        return result, answered
+
+    def call(self, hook, **kwargs):
+        """Call ``hook`` through pluggy and apply its policy; returns the combined answer:
+        owner/optional: the answer (or the default); first true: True; all count: the list of
+        answers; chained: ``[(plugin, answer after it)]`` for each plugin that changed it."""
+        rule = HOOK_POLICIES[hook]
+        if rule.policy is Policy.CHAINED:
+            return self._chained(hook, rule, kwargs)
+        result, answered = self._pluggy_call(getattr(self.pm.hook, hook), kwargs)
+        if rule.policy is Policy.FIRST_TRUE:
+            return self._first_true(hook, result, answered)
+        for value in result:
+            self._check(hook, rule, self._blame(value, answered), value, kwargs)
+        if rule.policy is Policy.ALL:
+            return result
+        if len(result) > 1:
+            names = " and ".join(repr(plugin) for plugin, answer in answered if answer is not None)
+            raise PluginError(self._blame(result[0], answered), hook, f"answered by two plugins, {names}: exactly one may own it")
+        if result:
+            return result[0]
+        if rule.policy is Policy.OWNER:
+            raise PluginError(self.name, hook, "no plugin answered this mandatory hook")
+        return rule.default(kwargs)
+
+    def _chained(self, hook, rule, kwargs):
+        (key,) = [name for name in getattr(self.pm.hook, hook).spec.argnames if name != "machine"]
+        implementers = self._implementers(hook)
+        steps = []
+        for plugin in implementers:
+            caller = self.pm.subset_hook_caller(hook, [self.pm.get_plugin(p) for p in implementers if p != plugin])
+            result, answered = self._pluggy_call(caller, kwargs)
+            if not result:
                 continue
-            if result is not True:
-                raise PluginError(impl.plugin_name, hook, f"returned {result!r}, expected True or None")
+            (value,) = result
+            if type(value) is not type(kwargs[key]):
+                raise PluginError(plugin, hook, f"returned {type(value).__name__}, expected {type(kwargs[key]).__name__}")
+            kwargs = dict(kwargs, **{key: value})
+            steps.append((plugin, value))
+        return steps
+
+    def _first_true(self, hook, result, answered):
+        if result is True:
             return True
+        if result is not None:
+            raise PluginError(self._blame(result, answered), hook, f"returned {result!r}, expected True or None")
+        if answered:
+            names = ", ".join(repr(plugin) for plugin, _ in answered)
+            raise PluginError(answered[-1][0], hook, f"returned None (return True when handled); asked: {names}")
         raise PluginError(self.name, hook, "no plugin implements it: this architecture cannot do that yet")
 
-    def provides(self, hook) -> bool:
-        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+    def _blame(self, value, answered):
+        for plugin, answer in answered:
+            if answer is value:
+                return plugin
+        return "a hook wrapper"
 
+    def _check(self, hook, rule, plugin, value, kwargs):
+        if rule.answer is not None and not isinstance(value, rule.answer):
+            raise PluginError(plugin, hook, f"returned {type(value).__name__}, expected {rule.answer.__name__}")
+        complaint = rule.check(value, kwargs) if rule.check is not None else None
+        if complaint:
+            raise PluginError(plugin, hook, complaint)
+
+    def provides(self, hook) -> bool:
+        return bool(self._implementers(hook))
+
+    # -- the typed façade -------------------------------------------------------------------------
     def pagetable_geometry(self, variant, profile) -> PageTableGeometry:
-        return self._one("vmemcore_pagetable_geometry", PageTableGeometry, variant=variant, profile=profile)
+        return self.call("vmemcore_pagetable_geometry", variant=variant, profile=profile)
 
     def sparse_geometry(self, variant, profile) -> SparseGeometry:
-        return self._one("vmemcore_sparse_geometry", SparseGeometry, variant=variant, profile=profile)
+        return self.call("vmemcore_sparse_geometry", variant=variant, profile=profile)
+
+    def vmemmap_populate(self, machine, start, end, node, altmap) -> bool:
+        return self.call("vmemcore_vmemmap_populate", machine=machine, start=start, end=end, node=node, altmap=altmap)
+
+    def vmemmap_free(self, machine, start, end, altmap) -> bool:
+        return self.call("vmemcore_vmemmap_free", machine=machine, start=start, end=end, altmap=altmap)
+
+    def pgtable_cache_init(self, machine) -> None:
+        self.call("vmemcore_pgtable_cache_init", machine=machine)
 
     def hugepage_sizes(self, machine) -> tuple:
-        sizes = self._one("vmemcore_hugepage_sizes", tuple, machine=machine)
-        if not all(isinstance(size, HugePageSize) for size in sizes):
-            raise PluginError(self.name, "vmemcore_hugepage_sizes", "returned a tuple holding something other than HugePageSize")
-        return sizes
+        return self.call("vmemcore_hugepage_sizes", machine=machine)
 
     def hvo_support(self, machine) -> Support:
-        return self._one("vmemcore_hvo_support", Support, machine=machine)
-
-    def dax_vmemmap_support(self, machine) -> Support:
-        return self._one("vmemcore_dax_vmemmap_support", Support, machine=machine)
+        return self.call("vmemcore_hvo_support", machine=machine)
 
     def hugetlb_vmemmap_preinit(self, machine) -> bool:
-        hook = "vmemcore_hugetlb_vmemmap_preinit"
-        answers = [(name, a) for name, a in self._each(hook, machine=machine) if a is not None]
-        for name, answer in answers:
-            if not isinstance(answer, Support):
-                raise PluginError(name, hook, f"returned {type(answer).__name__}, expected Support")
-        if len(answers) > 1:
-            raise PluginError(answers[0][0], hook, "answered by two plugins: at most one may own it")
-        return bool(answers) and answers[0][1].supported
+        return self.call("vmemcore_hugetlb_vmemmap_preinit", machine=machine).supported
 
-    def memory_block_size(self, machine):
-        answers = [(name, size) for name, size in self._each("vmemcore_memory_block_size", machine=machine) if size is not None]
-        if len(answers) > 1:
-            raise PluginError(answers[0][0], "vmemcore_memory_block_size", "answered by two plugins: exactly one may own it")
-        if answers and (not isinstance(answers[0][1], int) or answers[0][1] <= 0 or answers[0][1] & (answers[0][1] - 1)):
-            raise PluginError(answers[0][0], "vmemcore_memory_block_size", f"returned {answers[0][1]!r}, expected a power of two")
-        return answers[0][1] if answers else None
+    def dax_vmemmap_support(self, machine) -> Support:
+        return self.call("vmemcore_dax_vmemmap_support", machine=machine)
+
+    def memory_hotplug_support(self, machine) -> Support:
+        return _combined(self.call("vmemcore_memory_hotplug_support", machine=machine))
+
+    def zone_device_support(self, machine) -> Support:
+        return _combined(self.call("vmemcore_zone_device_support", machine=machine))
+
+    def mappable_range(self, machine) -> "PhysRange":
+        return self.call("vmemcore_mappable_range", machine=machine)
+
+    def memory_block_size(self, machine) -> int:
+        return self.call("vmemcore_memory_block_size", machine=machine)
 
     def supports_memmap_on_memory(self, machine, vmemmap_size) -> list:
-        answers = []
-        for name, answer in self._each("vmemcore_supports_memmap_on_memory", machine=machine, vmemmap_size=vmemmap_size):
-            if answer is not None and not isinstance(answer, Support):
-                raise PluginError(name, "vmemcore_supports_memmap_on_memory", f"returned {type(answer).__name__}, expected Support")
-            answers.append(answer)
-        return answers
+        return self.call("vmemcore_supports_memmap_on_memory", machine=machine, vmemmap_size=vmemmap_size)
 
     def arch_add_memory(self, machine, request) -> list:
         """Each plugin in turn may change the request; returns [(plugin, request after it)]."""
-        steps = []
-        for impl in self._impls("vmemcore_arch_add_memory"):
-            answer = self._invoke(impl, "vmemcore_arch_add_memory", {"machine": machine, "request": request})
-            if answer is None:
-                continue
-            if type(answer) is not type(request):
-                raise PluginError(impl.plugin_name, "vmemcore_arch_add_memory", f"returned {type(answer).__name__}, expected {type(request).__name__}")
-            request = answer
-            steps.append((impl.plugin_name, request))
-        return steps
+        return self.call("vmemcore_arch_add_memory", machine=machine, request=request)
 
-    def _each(self, hook, **kwargs):
-        return [(impl.plugin_name, self._invoke(impl, hook, kwargs)) for impl in self._impls(hook)]
 
-    def vmemmap_populate(self, machine, start, end, node, altmap):
-        return self._first_true("vmemcore_vmemmap_populate", machine=machine, start=start, end=end, node=node, altmap=altmap)
+class _RecordedPlugin:
+    """What is registered on the plugin manager for ``plugin``: its hook implementations, each
+    wrapped by :meth:`ArchHooks._recorder` (wrappers as they are)."""
 
-    def vmemmap_free(self, machine, start, end, altmap):
-        return self._first_true("vmemcore_vmemmap_free", machine=machine, start=start, end=end, altmap=altmap)
+    def __init__(self, name, plugin):
+        self.__name__ = name
+        self.wrapped = plugin
+
+    def __repr__(self):
+        return f"<plugin {self.__name__!r}: {self.wrapped!r}>"
+
+
+def _combined(answers) -> Support:
+    """All-count capability answers: yes when nobody refuses; else no with every reason."""
+    reasons = [answer.reason for answer in answers if not answer.supported]
+    return Support(False, "; ".join(reasons)) if reasons else Support(True)
 
 
 def _short(value):

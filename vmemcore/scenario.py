@@ -14,7 +14,7 @@ from types import MappingProxyType
 import attrs
 from attrs import frozen
 
-from .errors import BadRequest, ScenarioError, VmemcoreError
+from .errors import BadRequest, PluginError, ScenarioError, VmemcoreError
 from .geometry import SUBSECTION_SHIFT
 from .hotplug import MODES
 from .machine import Machine
@@ -420,12 +420,9 @@ class _Validator:
             raise self.error("machine.arch", "missing required key (e.g. arch = \"x86_64\")")
         arch = self.expect("machine.arch", table["arch"], str, "a string")
         if arch not in self.registry.arches:
-            broken = "".join(f"\n  {error}" for error in self.registry.errors)
-            raise self.error(
-                "machine.arch",
-                f"no plugin provides architecture {arch!r} (found: {', '.join(self.registry.arches) or 'none'})"
-                + (f"; plugins that failed to load:{broken}" if broken else ""),
-            )
+            if self.registry.broken:  # the arch may be the broken or contested one: a plugin error
+                raise PluginError(arch, None, self.registry.why_missing(arch))
+            raise self.error("machine.arch", self.registry.why_missing(arch))
         plugin = self.registry.get(arch)
         info = plugin.info
 

@@ -13,6 +13,7 @@ from .geometry import SUBSECTION_SHIFT
 from .populate import SparseBuffer
 from .rangemap import RangeMap
 from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
+from .units import format_size
 from .zone_device import vmemmap_can_optimize, vmemmap_populate_compound_pages
 
 
@@ -67,6 +68,17 @@ class Sparse:
             )
         if pfn + nr_pages > self.geometry.max_pfn:
             raise BadRequest(f"pfn range ends past the architecture's physical limit ({self.geometry.max_physmem_bits} bits)")
+        self.check_vmemmap(pfn, pfn + nr_pages)
+
+    def check_vmemmap(self, pfn, end_pfn):
+        """The struct pages of ``[pfn, end_pfn)`` lie inside the vmemmap the arch reserved."""
+        limit = self.geometry.vmemmap_max_pfn
+        if end_pfn > limit:
+            raise BadRequest(
+                f"the struct pages of pfns [{pfn:#x}, {end_pfn:#x}) fall outside the vmemmap "
+                f"[{self.geometry.vmemmap_base:#x}, +{format_size(self.geometry.vmemmap_size)}), which describes pfns "
+                f"below {limit:#x} ({format_size(limit << self.geometry.page_shift)} of physical address space)"
+            )
 
     def valid(self, pfn) -> bool:
         """``pfn_valid``: the section has a memmap and is early or has the pfn's sub-section."""

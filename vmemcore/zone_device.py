@@ -21,8 +21,9 @@ import attrs
 import numpy as np
 
 from .altmap import VmemAltmap
-from .errors import BadRequest, OutOfMemory
+from .errors import BadRequest, OutOfMemory, Veto
 from .geometry import SUBSECTION_SHIFT, Support
+from .hotplug import check_mappable
 from .pagetable import PRESENT, table_index_range
 from .physmem import Use
 from .populate import alloc_blocks, table_allocator, vmemmap_verify
@@ -115,10 +116,7 @@ def vmemmap_can_optimize(machine, altmap, pgmap) -> Support:
     """``vmemmap_can_optimize``: the arch opts in (hook ``vmemcore_dax_vmemmap_support``), struct
     page is a power of two, there is no altmap, and a compound page spans more than
     ``VMEMMAP_RESERVE_NR`` vmemmap pages (before 6.4: is a compound page at all). A no says why."""
-    hooks = machine.hooks
-    if not hooks.provides("vmemcore_dax_vmemmap_support"):
-        return Support(False, f"the {machine.arch.name} plugin does not say whether it can dedup device-dax vmemmap")
-    arch = hooks.dax_vmemmap_support(machine)
+    arch = machine.hooks.dax_vmemmap_support(machine)
     if not arch.supported:
         return arch
     size = machine.sparse_geometry.struct_page_size
@@ -285,6 +283,10 @@ class ZoneDevice:
 
     def _check_request(self, pgmap):
         m = self.machine
+        support = m.hooks.zone_device_support(m)
+        if not support.supported:
+            raise Veto(f"{m.arch.name} kernel {m.profile.name} has no ZONE_DEVICE: {support.reason}",
+                       [(m.plugin.name, support.reason)])
         shift = m.geometry.page_shift
         unit = max(1 << SUBSECTION_SHIFT, pgmap.vmemmap_nr << shift)
         for r in pgmap.ranges:
@@ -293,6 +295,7 @@ class ZoneDevice:
                 raise BadRequest(f"{where} is not made of whole {format_size(unit)} sub-sections and compound pages")
             pfn, nr_pages = r.start >> shift, r.size >> shift
             m.sparse.check_span(pfn, nr_pages)
+            check_mappable(m, r.start, r.start + r.size, "device range")
             if m.physmem.nodes.covered(pfn, pfn + nr_pages):
                 raise BadRequest(f"{where} overlaps System RAM (memremap_pages: -ENXIO)")
             if self.pfns.covered(pfn, pfn + nr_pages):

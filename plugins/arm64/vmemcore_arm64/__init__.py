@@ -14,7 +14,7 @@ whole backing (no sub-PMD tracking), then frees the tables left empty.
 import numpy as np
 
 from vmemcore import (
-    ArchInfo, BadRequest, HugePageSize, Level, PageTableGeometry, SparseGeometry, Support, Variant, hookimpl,
+    ArchInfo, BadRequest, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant, hookimpl,
 )
 from vmemcore.pagetable import LEAF, PRESENT, table_index_range
 from vmemcore.populate import free_table, free_vmemmap_frames, vmemmap_populate_basepages, vmemmap_populate_hugepages
@@ -123,6 +123,14 @@ def vmemcore_sparse_geometry(variant, profile):
         pageblock_order=level_shift(page_shift, 2) - page_shift,  # HUGETLB_PAGE_ORDER = PMD order
         max_page_order=MAX_PAGE_ORDER[page],
     )
+
+
+@hookimpl
+def vmemcore_mappable_range(machine):
+    """``arch_get_mappable_range``: hot-added memory must fit the linear map, ``[__pa(PAGE_OFFSET),
+    __pa(PAGE_END - 1)]``: half the kernel VA (``VA_BITS - 1`` bits) above ``memstart_addr`` (0 here)."""
+    _, va_bits = _parse(machine.variant)
+    return PhysRange(0, 1 << (va_bits - 1))
 
 
 def _hugepage(geometry, size, contiguous=1):

@@ -83,7 +83,6 @@ def vmemcore_pagetable_geometry(variant, profile):
     pmd_shift = page_shift + pte_bits  # runtime PMD_SHIFT: 21 (radix, hash-4K) or 24 (hash-64K)
     pud_shift = pmd_shift + pmd_bits
     pgd_shift = pud_shift + pud_bits
-    radix = mmu == "radix"
     # Radix 64K: the 256 B PTE table and 4 KiB PMD/PUD tables are fragments of a 64 KiB page after slab
     # is up (pte_fragment_alloc/pmd_fragment_alloc), but vmemmap_{pud,pmd,pte}_alloc() take a whole
     # page per table before that (early_alloc_pgtable(PAGE_SIZE)): alloc_bytes is that whole page.
@@ -91,8 +90,9 @@ def vmemcore_pagetable_geometry(variant, profile):
     # 16 KiB fragment with THP/HugeTLB; hash-4K's 1 KiB PMD comes from a kmem cache. Whole pages here too.
     levels = [
         Level("pgd", pgd_shift, pgd_bits, 8 << pgd_bits, max(page_bytes, 8 << pgd_bits)),  # static, 64 KiB radix
-        Level("pud", pud_shift, pud_bits, 8 << pud_bits, max(page_bytes, 8 << pud_bits), leaf=radix),  # 1 GiB
-        Level("pmd", pmd_shift, pmd_bits, 8 << pmd_bits, max(page_bytes, 8 << pmd_bits), leaf=radix),  # 2 MiB
+        # leaves: radix 1 GiB PUD / 2 MiB PMD; hash 16 GiB / 16 MiB HugeTLB (hash-64K; hash-4K as 64 / 8 entries)
+        Level("pud", pud_shift, pud_bits, 8 << pud_bits, max(page_bytes, 8 << pud_bits), leaf=True),
+        Level("pmd", pmd_shift, pmd_bits, 8 << pmd_bits, max(page_bytes, 8 << pmd_bits), leaf=True),
         Level("pte", page_shift, pte_bits, 8 << pte_bits, max(page_bytes, 8 << pte_bits), leaf=True),
     ]
     va_bits = 46 if (mmu, page) == ("hash", "4K") else 52
@@ -148,7 +148,7 @@ def vmemcore_hugepage_sizes(machine):
         return (HugePageSize(16 * MiB, "pmd"), HugePageSize(16 * GiB, "pud"))
     if machine.profile.at_least(6, 12):
         return (HugePageSize(16 * MiB, "pmd", 8), HugePageSize(16 * GiB, "pud", 64))
-    return (HugePageSize(16 * MiB, "pud"), HugePageSize(16 * GiB, "pgd"))
+    return (HugePageSize(16 * MiB, "pud", directory=True), HugePageSize(16 * GiB, "pgd", directory=True))
 
 
 @hookimpl

@@ -106,6 +106,16 @@ def vmemcore_dax_vmemmap_support(machine):
 
 
 @hookimpl
+def vmemcore_zone_device_support(machine):
+    """``ZONE_DEVICE`` depended on ``ARCH_HAS_PTE_DEVMAP``, which s390 never selected, until
+    "mm: remove devmap related functions and page table bits" (Alistair Popple; 6.17, UNCONFIRMED)."""
+    if machine.profile.at_least(6, 17):
+        return Support(True)
+    return Support(False, "ZONE_DEVICE depends on ARCH_HAS_PTE_DEVMAP, which s390 does not select (until the "
+                          "pte_devmap removal, 6.17 UNCONFIRMED)")
+
+
+@hookimpl
 def vmemcore_hvo_support(machine):
     """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 6.2 (00a34d5a99c0) until
     64e2f60f355e (6.18, with stable backports)."""
