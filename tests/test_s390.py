@@ -57,7 +57,7 @@ def test_a_subsection_takes_a_whole_1m_block_shared_by_the_next_one(kernel):
     assert c["memmap_frames"] - booted["memmap_frames"] == SEGMENT_FRAMES  # for 32 KiB of struct pages
     assert c["nr_memmap_pages"] == 8
     segment = m.pfn_to_page(first)
-    assert m.plugin_state("s390.sub_pmd", None).snapshot() == [(segment + 32 * 1024, segment + MiB, True)]
+    assert m.sub_pmd.snapshot() == [(segment + 32 * 1024, segment + MiB, True)]
     m.add_memmap(second, SUB)
     assert m.memmap_frame(second) == m.memmap_frame(first) + 8  # the same block, 32 KiB further
     assert m.counters()["memmap_frames"] == c["memmap_frames"]
@@ -68,7 +68,7 @@ def test_a_subsection_takes_a_whole_1m_block_shared_by_the_next_one(kernel):
     assert m.counters()["vmemmap_leaves_1M"] == 1024
     after = m.snapshot()
     assert after["physmem"] == before["physmem"]
-    assert after["plugin_state"]["s390.sub_pmd"] == []
+    assert after["sub_pmd"] == []
     assert m.counters()["tlb_flush_kernel_range"] == 2  # one per vmemmap_free
     m.check()
 

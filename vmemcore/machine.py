@@ -19,6 +19,7 @@ from .plugins import ArchHooks, Registry
 from .profiles import get_profile
 from .sparse import Sparse
 from .structpage import StructPages
+from .subpmd import SubPmdTracker
 from .hotplug import Hotplug
 from .hugetlb import HugeTLB
 from .stats import Counters
@@ -81,6 +82,7 @@ class Machine:
         self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
         self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
         self.vmemmap_refs = VmemmapRefs(self.journal)  # frames several vmemmap PTEs map (get_page)
+        self.sub_pmd = SubPmdTracker(self)  # PAGE_UNUSED parts of PMD leaves, for arches that track them
         self.sparse = Sparse(self)
         self.structpages = StructPages(self)
         self.zone_device = ZoneDevice(self)  # device pagemaps (memremap_pages)
@@ -257,6 +259,7 @@ class Machine:
             "hugetlb": self.hugetlb.snapshot(),
             "hotplug": self.hotplug.snapshot(),
             "vmemmap_refs": self.vmemmap_refs.snapshot(),
+            "sub_pmd": self.sub_pmd.snapshot(),
             "zone_device": self.zone_device.snapshot(),
         }
 

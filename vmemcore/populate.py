@@ -17,6 +17,7 @@ from .pagetable import PRESENT, table_index_range
 from .physmem import Owner, Use
 
 MEMMAP = Owner(Use.MEMMAP)
+NUMA_NO_NODE = -1  # allocations from any node, lowest id first; nothing to verify
 
 
 class SparseBuffer:
@@ -101,7 +102,7 @@ def table_allocator(machine, node):
 
 def vmemmap_verify(machine, pfns, node):
     """Count entries whose backing frame is on another node (``vmemmap_verify``'s warning)."""
-    if len(pfns) == 0 or len(machine.physmem.node_ids) < 2:
+    if len(pfns) == 0 or node == NUMA_NO_NODE or len(machine.physmem.node_ids) < 2:
         return
     nodes = machine.physmem.nodes
     lo, hi = int(pfns.min()), int(pfns.max()) + 1
@@ -113,10 +114,14 @@ def vmemmap_verify(machine, pfns, node):
     machine.stats.add("vmemmap_offnode_entries", offnode)
 
 
-def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn=None):
+def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn=None, *, altmap_page_allowed=None):
     """Map ``[start, end)`` with base pages, leaving present PTEs alone; frames from ``altmap``
     if given, or every PTE mapping the existing frame ``reuse_pfn`` (``vmemmap_populate_range``
-    with a ``ptpfn``). Raises :class:`OutOfMemory` when a frame or table cannot be had."""
+    with a ``ptpfn``). Raises :class:`OutOfMemory` when a frame or table cannot be had.
+
+    ``altmap_page_allowed(machine, addr, altmap)``: the arch's rule for which pages may come from
+    the altmap (powerpc's ``altmap_cross_boundary``); when given, the other pages, and those the
+    altmap has no room for, come from RAM instead of failing."""
     pt = machine.pagetable
     page = machine.geometry.page_size
     depth = len(machine.geometry.levels) - 1
@@ -129,10 +134,12 @@ def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn
         lo, hi = table_index_range(table, addr, end)
         empty = np.flatnonzero((table.flags[lo:hi] & PRESENT) == 0) + lo
         if len(empty):
-            if reuse_pfn is None:
-                pfns = alloc_blocks(machine, 1, len(empty), node, altmap)
-            else:
+            if reuse_pfn is not None:
                 pfns = np.full(len(empty), reuse_pfn, dtype=np.int64)
+            elif altmap is not None and altmap_page_allowed is not None:
+                empty, pfns = _altmap_then_ram(machine, table, empty, node, altmap, altmap_page_allowed)
+            else:
+                pfns = alloc_blocks(machine, 1, len(empty), node, altmap)
             if len(pfns):
                 pt.set_leaves(table, empty[: len(pfns)], pfns)
                 vmemmap_verify(machine, pfns, node)
@@ -140,6 +147,17 @@ def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn
                 where = table.va(int(empty[len(pfns)]))
                 raise OutOfMemory(f"no memory for the struct pages at {where:#x} (node {node}{', altmap' if altmap else ''})")
         addr = table.va(hi)
+
+
+def _altmap_then_ram(machine, table, empty, node, altmap, allowed):
+    """Frames for the empty PTEs ``empty`` of ``table``: from the altmap for those ``allowed``
+    (as many as it has), from RAM for the rest; returns the entries (reordered) and their frames."""
+    fits = np.array([allowed(machine, table.va(int(i)), altmap) for i in empty], dtype=bool)
+    from_altmap = alloc_blocks(machine, 1, int(fits.sum()), node, altmap)
+    taken = empty[fits][:len(from_altmap)]
+    rest = np.setdiff1d(empty, taken)
+    from_ram = alloc_blocks(machine, 1, len(rest), node, None)
+    return np.concatenate([taken, rest]), np.concatenate([from_altmap, from_ram])
 
 
 def vmemmap_populate_hvo(machine, start, end, node, headsize, tail_pfn=None):
@@ -152,15 +170,17 @@ def vmemmap_populate_hvo(machine, start, end, node, headsize, tail_pfn=None):
     vmemmap_populate_basepages(machine, start + headsize, end, node, reuse_pfn=tail_pfn)
 
 
-def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, on_new_leaf=None, on_existing_leaf=None):
-    """Map ``[start, end)`` with PMD leaves, falling back to base pages per PMD when a block cannot
-    be had without an altmap; with an altmap a failed block is :class:`OutOfMemory` (no fallback).
+def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, sub_pmd=False, leaf_allowed=None,
+                               altmap_fallback=False, altmap_page_allowed=None):
+    """Map ``[start, end)`` with PMD leaves; an existing leaf is kept (``vmemmap_check_pmd``) and an
+    existing PTE table filled with base pages. A PMD whose block cannot be had falls back to base
+    pages; with an altmap that is :class:`OutOfMemory` (no fallback) unless ``altmap_fallback``.
 
-    ``on_new_leaf(machine, addr, next)`` is the arch's extra work after installing a leaf (its
-    ``vmemmap_set_pmd``); it is called for leaves ``[addr, next)`` does not cover whole, since a
-    whole PMD needs none. ``on_existing_leaf(machine, addr, next)`` is the arch's
-    ``vmemmap_check_pmd`` for a PMD that is already a leaf. An existing PTE table is filled with
-    base pages.
+    The arch's policy: ``sub_pmd`` tracks leaves a range uses only in part (x86/s390
+    ``vmemmap_use_new_sub_pmd``/``vmemmap_use_sub_pmd``, for :class:`~vmemcore.depopulate.InUse`
+    ``SUB_PMD``); ``leaf_allowed(machine, addr, span, altmap)`` says whether the empty PMD at
+    ``addr`` may get a block (powerpc: only aligned blocks inside the altmap), else it gets base
+    pages; ``altmap_page_allowed`` is passed to :func:`vmemmap_populate_basepages`.
     """
     pt = machine.pagetable
     geometry = machine.geometry
@@ -168,6 +188,10 @@ def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, on_new
     span = geometry.levels[depth].entry_span
     nr_pages = span >> geometry.page_shift
     alloc = table_allocator(machine, node)
+
+    def basepages(first, last, altmap):
+        vmemmap_populate_basepages(machine, first, last, node, altmap, altmap_page_allowed=altmap_page_allowed)
+
     addr = start
     while addr < end:
         table = pt.walk(addr, depth, alloc)
@@ -176,32 +200,38 @@ def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, on_new
         lo, hi = table_index_range(table, addr, end)
         i = lo
         while i < hi:
+            first, last = max(table.va(i), start), min(table.va(i + 1), end)
             if table.flags[i] & PRESENT:
-                first, last = max(table.va(i), start), min(table.va(i + 1), end)
                 if table.is_leaf(i):
                     vmemmap_verify(machine, table.pfns[i:i + 1], node)
-                    if on_existing_leaf is not None:
-                        on_existing_leaf(machine, first, last)
+                    if sub_pmd:
+                        machine.sub_pmd.use(first, last)
                 else:
-                    vmemmap_populate_basepages(machine, first, last, node, altmap)
+                    basepages(first, last, altmap)
+                i += 1
+                continue
+            if leaf_allowed is not None and not leaf_allowed(machine, first, span, altmap):
+                basepages(first, last, altmap)
                 i += 1
                 continue
             present = np.flatnonzero(table.flags[i:hi] & PRESENT)
             j = i + (int(present[0]) if len(present) else hi - i)
+            if leaf_allowed is not None:  # a run of empty PMDs ends at the first one refused a block
+                j = next((k for k in range(i + 1, j) if not leaf_allowed(machine, table.va(k), span, altmap)), j)
             pfns = alloc_blocks(machine, nr_pages, j - i, node, altmap)
             if len(pfns):
                 pt.set_leaves(table, slice(i, i + len(pfns)), pfns)
                 vmemmap_verify(machine, pfns, node)
-                if on_new_leaf is not None:
-                    for k in {i, i + len(pfns) - 1}:
+                if sub_pmd:  # only the run's ends can be partly used
+                    for k in sorted({i, i + len(pfns) - 1}):
                         first, last = max(table.va(k), start), min(table.va(k + 1), end)
                         if last - first != span:
-                            on_new_leaf(machine, first, last)
+                            machine.sub_pmd.use_new(first, last)
             i += len(pfns)
             if i < j:
-                if altmap is not None:
+                if altmap is not None and not altmap_fallback:
                     raise OutOfMemory(f"altmap exhausted at vmemmap address {table.va(i):#x}: no fallback to base pages")
-                vmemmap_populate_basepages(machine, max(table.va(i), start), min(table.va(i + 1), end), node)
+                basepages(max(table.va(i), start), min(table.va(i + 1), end), altmap if altmap_fallback else None)
                 i += 1
         addr = table.va(hi)
 
@@ -231,13 +261,6 @@ def free_vmemmap_pages(machine, pfns):
     for run in np.split(frames, np.flatnonzero(np.diff(frames) != 1) + 1):
         if len(run):
             machine.physmem.release(int(run[0]), len(run))
-
-
-def free_table(machine, parent, index):
-    """Detach the table under ``parent[index]`` and free its frame (``free_pagetable``)."""
-    table = machine.pagetable.detach(parent, index)
-    machine.physmem.release(table.pfn, table.level.alloc_bytes >> machine.geometry.page_shift)
-    return table
 
 
 class VmemmapRefs:

@@ -11,13 +11,11 @@ sections), with base pages otherwise; ``vmemmap_free`` clears every leaf it touc
 whole backing (no sub-PMD tracking), then frees the tables left empty.
 """
 
-import numpy as np
-
-from vmemcore import (
-    ArchInfo, BadRequest, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant, hookimpl,
+from vmemcore.arch import (
+    ArchInfo, BadRequest, Flush, HugePageSize, InUse, Level, PageTableGeometry, PhysRange, SparseGeometry, Support,
+    TeardownPolicy, Variant, hookimpl, selected, vmemmap_boot_frame, vmemmap_populate_basepages, vmemmap_populate_hugepages,
+    vmemmap_teardown,
 )
-from vmemcore.pagetable import LEAF, PRESENT, table_index_range
-from vmemcore.populate import free_table, free_vmemmap_frames, vmemmap_populate_basepages, vmemmap_populate_hugepages
 
 PAGE_SHIFT = {"4K": 12, "16K": 14, "64K": 16}
 # (granule, VA_BITS) -> CONFIG_PGTABLE_LEVELS (arch/arm64/Kconfig defaults)
@@ -80,7 +78,6 @@ def vmemcore_arch_info():
         description="arm64, 4K/16K/64K granules (arch/arm64/mm)",
         variants=tuple(_variant(page, va) for page, va in PGTABLE_LEVELS),
         default_variant="4K-48",
-        features=(),
     )
 
 
@@ -162,16 +159,12 @@ def vmemcore_hugepage_sizes(machine):
 def vmemcore_hvo_support(machine):
     """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 5.19 (47010c040dec) until
     060a2c92d1b6 (6.3) dropped it; that went back to 6.1.y and 6.2.y, so only 5.19 and 6.0 keep HVO."""
-    profile = machine.profile
-    if not profile.at_least(5, 19):
-        return Support(False, "arm64 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 5.19 (47010c040dec)")
-    if profile.at_least(6, 1):
-        return Support(
-            False,
-            "HVO changes the output address of live vmemmap PTEs, which arm64's break-before-make rule "
-            "forbids: disabled in 6.3 by 060a2c92d1b6, backported to 6.1.y and 6.2.y",
-        )
-    return Support(True)
+    return selected(
+        machine.profile, (5, 19), (6, 1),
+        before="arm64 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 5.19 (47010c040dec)",
+        after="HVO changes the output address of live vmemmap PTEs, which arm64's break-before-make rule "
+              "forbids: disabled in 6.3 by 060a2c92d1b6, backported to 6.1.y and 6.2.y",
+    )
 
 
 @hookimpl
@@ -202,56 +195,17 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
 
 @hookimpl
 def vmemcore_vmemmap_free(machine, start, end, altmap):
-    """``vmemmap_free`` = ``unmap_hotplug_range(start, end, free_mapped=true, altmap)`` then
-    ``free_empty_tables(start, end, VMEMMAP_START, VMEMMAP_END)``."""
-    _refuse_boot_memory(machine, start, end)
-    top = machine.pagetable.top
-    _unmap_hotplug(machine, top, start, end, altmap)
+    """``vmemmap_free`` = ``unmap_hotplug_range(start, end, free_mapped=true, altmap)``: every leaf
+    touched is cleared, its TLB entry flushed and its whole backing freed (``free_hotplug_page_range``),
+    then ``free_empty_tables(start, end, VMEMMAP_START, VMEMMAP_END)``: a table goes when empty and
+    ``pgtable_range_aligned`` puts it inside the vmemmap; the top (``swapper_pg_dir``) stays. Boot
+    memory is never removed (``prevent_bootmem_remove_notifier``), so its memmap never gets here."""
+    boot = vmemmap_boot_frame(machine, start, end)
+    if boot is not None:
+        raise BadRequest(f"arm64 never removes boot memory (prevent_bootmem_remove_notifier): the memmap at "
+                         f"{boot:#x} is backed by boot frames")
     floor = machine.sparse_geometry.vmemmap_base  # VMEMMAP_START, DRAM starting at physical 0
-    _free_empty_tables(machine, top, start, end, floor, floor + machine.sparse_geometry.vmemmap_size)
+    policy = TeardownPolicy(InUse.NEVER, floor=floor, ceiling=floor + machine.sparse_geometry.vmemmap_size,
+                            flush_leaf=Flush.RANGE)
+    vmemmap_teardown(machine, start, end, altmap, policy)
     return True
-
-
-def _refuse_boot_memory(machine, start, end):
-    """``prevent_bootmem_remove_notifier`` refuses to offline boot memory, so a memmap backed by
-    boot (PageReserved) frames never reaches ``free_hotplug_page_range``."""
-    for table, lo, hi in machine.pagetable.tables_in(start, end):
-        leaves = np.flatnonzero(table.flags[lo:hi] & LEAF) + lo
-        for i, pfn in zip(leaves.tolist(), table.pfns[leaves].tolist()):
-            owner = machine.physmem.owner(pfn)  # None: device memory (a ZONE_DEVICE altmap)
-            if owner is not None and owner.reserved:
-                raise BadRequest(
-                    f"arm64 never removes boot memory (prevent_bootmem_remove_notifier): the memmap at "
-                    f"{table.va(i):#x} is backed by boot frames"
-                )
-
-
-def _unmap_hotplug(machine, table, start, end, altmap):
-    """``unmap_hotplug_{p4d,pud,pmd,pte}_range`` below ``table``: every leaf touched is cleared, its
-    TLB entry flushed, and its whole backing freed (``free_hotplug_page_range``)."""
-    lo, hi = table_index_range(table, start, end)
-    present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
-    is_leaf = (table.flags[present] & LEAF) != 0
-    leaves, tables = present[is_leaf], present[~is_leaf]
-    nr_pages = table.level.entry_span >> machine.geometry.page_shift
-    for i in leaves.tolist():
-        machine.flush_tlb_kernel_range(table.va(i), table.va(i) + machine.geometry.page_size)
-        free_vmemmap_frames(machine, int(table.pfns[i]), nr_pages, altmap)
-    if len(leaves):
-        machine.pagetable.clear_leaves(table, leaves)
-    for i in tables.tolist():
-        _unmap_hotplug(machine, table.children[i], max(table.va(i), start), min(table.va(i + 1), end), altmap)
-
-
-def _free_empty_tables(machine, table, start, end, floor, ceiling):
-    """``free_empty_{p4d,pud,pmd,pte}_table`` below ``table``: a table goes when all its entries are
-    none and ``pgtable_range_aligned`` puts the range, rounded to the table's span, inside
-    ``[floor, ceiling)``; the top table (``swapper_pg_dir``) stays."""
-    lo, hi = table_index_range(table, start, end)
-    span = table.level.entry_span  # the span of each child table
-    for i in sorted(k for k in table.children if lo <= k < hi):
-        child = table.children[i]
-        first, last = max(table.va(i), start), min(table.va(i + 1), end)
-        _free_empty_tables(machine, child, first, last, floor, ceiling)
-        if child.empty and first // span * span >= floor and last <= ceiling // span * span:
-            free_table(machine, table, i)

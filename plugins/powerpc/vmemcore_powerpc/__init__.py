@@ -14,21 +14,9 @@ Not simulated yet: the hash MMU's vmemmap (bolted HPTEs recorded in ``vmemmap_li
 6.6, which shared that ``init_64.c`` populate with hash; such machines refuse to boot.
 """
 
-import numpy as np
-
-from vmemcore import (
-    ArchInfo, BadRequest, GiB, HugePageSize, Level, MiB, OutOfMemory, PageTableGeometry, SparseGeometry, Support, TiB,
-    Variant, format_size, hookimpl,
-)
-from vmemcore.pagetable import PRESENT, table_index_range
-from vmemcore.populate import (
-    alloc_blocks,
-    free_table,
-    free_vmemmap_frames,
-    free_vmemmap_pages,
-    table_allocator,
-    vmemmap_populate_hugepages,
-    vmemmap_verify,
+from vmemcore.arch import (
+    ArchInfo, BadRequest, Flush, GiB, HugePageSize, InUse, Level, MiB, PageTableGeometry, SparseGeometry, Support,
+    TeardownPolicy, TiB, Variant, format_size, hookimpl, vmemmap_populate_hugepages, vmemmap_teardown,
 )
 
 PAGE_SHIFT = {"4K": 12, "64K": 16}
@@ -70,7 +58,6 @@ def vmemcore_arch_info():
             Variant("hash-64K", {"mmu": "hash", "page": "64K"}, description="hash MMU, 64 KiB pages, 52-bit VA"),
         ),
         default_variant="radix-64K",
-        features=(),
     )
 
 
@@ -206,140 +193,41 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     """``vmemmap_populate`` = ``radix__vmemmap_populate`` (6.6+). Without an altmap every empty PMD gets a
     2 MiB leaf (``vmemmap_set_pmd``), an existing leaf is kept (``vmemmap_check_pmd``), and a PMD whose
     block cannot be had, or that holds a PTE table, gets base pages: ``vmemmap_populate_hugepages`` to
-    the letter. Since "Optimize vmemmap start alignment" (f5164797284d, 6.17) ``start`` is aligned down
-    to ``PMD_SIZE`` without an altmap (a fallback then maps base pages from the PMD's start) and to
-    ``PAGE_SIZE`` with one; 6.12.0 takes ``start`` as given. The 6.15/6.16 rule (9cf7e13fecba: base
-    pages for every PMD-unaligned start) belongs to no profile."""
+    the letter. With an altmap an empty PMD takes a block from it only if the kernel's cursor is
+    PMD-aligned and the block does not cross the altmap's boundary, and base pages come from the
+    altmap unless they would cross it (judged at the cursor, which keeps ``start``'s offset inside a
+    page) or it is exhausted, then from RAM. Since "Optimize vmemmap start alignment" (f5164797284d,
+    6.17) ``start`` is aligned down to ``PMD_SIZE`` without an altmap (a fallback then maps base pages
+    from the PMD's start) and to ``PAGE_SIZE`` with one; 6.12.0 takes ``start`` as given. The
+    6.15/6.16 rule (9cf7e13fecba: base pages for every PMD-unaligned start) belongs to no profile."""
     _check_backend(machine)
+    page = machine.geometry.page_size
     if machine.profile.at_least(6, 17):
-        align = machine.geometry.pmd.entry_span if altmap is None else machine.geometry.page_size
+        align = machine.geometry.pmd.entry_span if altmap is None else page
         start = start // align * align
     if altmap is None:
         vmemmap_populate_hugepages(machine, start, end, node)
-    else:
-        _populate_with_altmap(machine, start, end, node, altmap)
+        return True
+    offset = start % page  # once the cursor is off a page boundary, it stays off every PMD boundary
+
+    def block_allowed(m, addr, span, altmap):
+        return offset == 0 and addr % span == 0 and not _altmap_cross_boundary(m, altmap, addr, span)
+
+    def page_allowed(m, addr, altmap):
+        return not _altmap_cross_boundary(m, altmap, addr + offset, page)
+
+    vmemmap_populate_hugepages(machine, start, end, node, altmap, leaf_allowed=block_allowed,
+                               altmap_fallback=True, altmap_page_allowed=page_allowed)
     return True
 
-
-def _populate_with_altmap(machine, start, end, node, altmap):
-    """``radix__vmemmap_populate`` with an altmap, a PMD at a time: an empty PMD takes a block from the
-    altmap only if ``addr`` is PMD-aligned and the block does not cross the altmap's boundary; otherwise,
-    or when the altmap cannot give it, base pages. Tables come from ``vmemmap_{pud,pmd,pte}_alloc``."""
-    pt = machine.pagetable
-    geometry = machine.geometry
-    span = geometry.pmd.entry_span
-    alloc_table = table_allocator(machine, node)
-    addr = start
-    while addr < end:
-        table = pt.walk(addr, geometry.pmd_depth, alloc_table)
-        i = table.index(addr)
-        if table.is_leaf(i):  # vmemmap_check_pmd
-            vmemmap_verify(machine, table.pfns[i:i + 1], node)
-            addr = table.va(i + 1)
-            continue
-        if not table.present(i) and addr % span == 0 and not _altmap_cross_boundary(machine, altmap, addr, span):
-            pfns = alloc_blocks(machine, span >> geometry.page_shift, 1, node, altmap)
-            if len(pfns):  # vmemmap_set_pmd
-                pt.set_leaves(table, slice(i, i + 1), pfns)
-                vmemmap_verify(machine, pfns, node)
-                addr = table.va(i + 1)
-                continue
-        addr = _populate_base_pages(machine, addr, min(table.va(i + 1), end), node, altmap, alloc_table)
-
-
-def _populate_base_pages(machine, addr, stop, node, altmap, alloc_table):
-    """``base_mapping`` for the kernel's PAGE_SIZE steps from ``addr`` below ``stop`` (inside one PMD):
-    ``vmemmap_pte_alloc``, then ``radix__vmemmap_pte_populate`` gives each empty PTE a page from the
-    altmap unless that page would cross the altmap's boundary (judged from the step's address), and from
-    RAM when it does or the altmap is exhausted. Returns the address of the next step."""
-    page = machine.geometry.page_size
-    steps = -(-(stop - addr) // page)
-    table = machine.pagetable.walk(addr, len(machine.geometry.levels) - 1, alloc_table)
-    first = table.index(addr)
-    empty = [k for k in range(steps) if not table.flags[first + k] & PRESENT]
-    fits = [k for k in empty if not _altmap_cross_boundary(machine, altmap, addr + k * page, page)]
-    from_altmap = alloc_blocks(machine, 1, len(fits), node, altmap)  # one page needs no alignment padding
-    taken = fits[:len(from_altmap)]
-    rest = sorted(set(empty) - set(taken))
-    from_ram = alloc_blocks(machine, 1, len(rest), node, None)
-    if len(from_ram) < len(rest):
-        raise OutOfMemory(f"no memory for the struct pages at {table.va(first + rest[len(from_ram)]):#x} (node {node})")
-    if empty:
-        pfns = np.concatenate([from_altmap, from_ram])
-        machine.pagetable.set_leaves(table, np.array(taken + rest, dtype=np.int64) + first, pfns)
-        vmemmap_verify(machine, pfns, node)
-    return addr + steps * page
-
-
-# ----------------------------------------------------------------------------------- vmemmap free
 
 @hookimpl
 def vmemcore_vmemmap_free(machine, start, end, altmap):
-    """``vmemmap_free`` = ``radix__vmemmap_free`` = ``remove_pagetable(start, end, direct=false, altmap)``,
-    which ends with one ``radix__flush_tlb_kernel_range(start, end)``."""
-    _remove(machine, machine.pagetable.top, start, end, altmap)
-    machine.flush_tlb_kernel_range(start, end)
+    """``vmemmap_free`` = ``radix__vmemmap_free`` = ``remove_pagetable(start, end, direct=false, altmap)``:
+    a PMD leaf or a page the range covers in part (64K pages: a page holds the struct pages of 32
+    sub-sections) is freed only when ``vmemmap_populated`` finds none of the sub-sections it serves
+    ``pfn_valid``; radix's ``free_vmemmap_pages`` gives a frame inside the altmap back to it and any
+    other to memblock or the buddy allocator; ``free_{pud,pmd,pte}_table`` free a table once all its
+    entries are none (the PGD stays); one ``radix__flush_tlb_kernel_range(start, end)`` ends it."""
+    vmemmap_teardown(machine, start, end, altmap, TeardownPolicy(InUse.PFN_VALID, flush_end=Flush.RANGE))
     return True
-
-
-def _remove(machine, table, start, end, altmap):
-    """``remove_{pud,pmd}_table`` below ``table``, each child table followed by its
-    ``free_{pud,pmd,pte}_table`` (freed once all its entries are none; the PGD stays). A PMD leaf is freed
-    when the range covers it whole or ``vmemmap_pmd_is_unused`` (only PMD leaves map the vmemmap)."""
-    lo, hi = table_index_range(table, start, end)
-    span = table.level.entry_span
-    for i in (np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo).tolist():
-        first, last = max(table.va(i), start), min(table.va(i + 1), end)
-        if table.is_leaf(i):
-            if (first % span == 0 and last % span == 0) or not _vmemmap_populated(machine, table.va(i), span):
-                pfn = int(table.pfns[i])
-                owner = altmap if altmap is not None and altmap.holds(pfn) else None
-                free_vmemmap_frames(machine, pfn, span >> machine.geometry.page_shift, owner)
-                machine.pagetable.clear_leaves(table, slice(i, i + 1))
-            continue
-        child = table.children[i]
-        if child.level is machine.geometry.levels[-1]:
-            _remove_ptes(machine, child, first, last, altmap)
-        else:
-            _remove(machine, child, first, last, altmap)
-        if child.empty:
-            free_table(machine, table, i)
-
-
-def _remove_ptes(machine, table, start, end, altmap):
-    """``remove_pte_table``: a page the range covers whole is freed, one it covers in part (64K pages: a
-    page holds the struct pages of 32 sub-sections) only when ``vmemmap_page_is_unused``. Radix's
-    ``free_vmemmap_pages`` gives a frame inside the altmap's ``[base_pfn, base_pfn + reserve + free)``
-    back to it and any other to memblock (``free_reserved_page``) or the buddy allocator."""
-    page = table.level.entry_span
-    lo, hi = table_index_range(table, start, end)
-    present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
-    partial = {i for i, edge in ((lo, start), (hi - 1, end)) if edge % page}
-    kept = [i for i in partial if _vmemmap_populated(machine, table.va(i), page)]
-    freed = np.setdiff1d(present, kept)
-    if not len(freed):
-        return
-    pfns = table.pfns[freed]
-    held = np.array([altmap is not None and altmap.holds(pfn) for pfn in pfns.tolist()], dtype=bool)
-    for pfn in pfns[held].tolist():
-        free_vmemmap_frames(machine, pfn, 1, altmap)
-    free_vmemmap_pages(machine, pfns[~held])
-    machine.pagetable.clear_leaves(table, freed)
-
-
-def _vmemmap_populated(machine, vaddr, size):
-    """``vmemmap_populated(vaddr, size)``: is any pfn the kernel looks at still ``pfn_valid``? It walks the
-    pfns of the struct pages in ``[vaddr, vaddr + size)`` a sub-section apart from the first (a 2 MiB leaf
-    or 64 KiB page starts on a sub-section; a 4 KiB page lies inside one), so every present section's
-    first pfn in the range is on its walk (the range being removed is already invalid: the engine, like
-    ``section_deactivate``, clears its sub-section bits before ``vmemmap_free``)."""
-    sparse = machine.sparse
-    lo, hi = machine.sparse_geometry.page_to_pfn(vaddr), machine.sparse_geometry.page_to_pfn(vaddr + size)
-    for s, e, _ in sparse.sections.items(sparse.section_nr(lo), sparse.section_nr(hi - 1) + 1):
-        pfn, last = max(lo, sparse.section_pfn(s)), min(hi, sparse.section_pfn(e))
-        while pfn < last:
-            if sparse.valid(pfn):
-                return True
-            else:
-                pfn += machine.sparse_geometry.pages_per_subsection
-    return False

@@ -9,15 +9,12 @@ Region-third entries may hold 2 GiB leaves with EDAT2.
 """
 
 import attrs
-import numpy as np
 
-from vmemcore import (
-    ArchInfo, Feature, GiB, HugePageSize, Level, MiB, OutOfMemory, PageTableGeometry, SparseGeometry, Support, TiB,
-    Variant, hookimpl,
+from vmemcore.arch import (
+    NUMA_NO_NODE, ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, PageTableGeometry, SparseGeometry,
+    Support, TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages, vmemmap_populate_hugepages,
+    vmemmap_teardown,
 )
-from vmemcore.pagetable import PRESENT, table_index_range
-from vmemcore.populate import alloc_blocks, free_table, free_vmemmap_frames, table_allocator
-from vmemcore.subpmd import SubPmdTracker
 
 CRST_BYTES = 2048 * 8  # _CRST_ENTRIES; allocated as CRST_ALLOC_ORDER 2 = 16 KiB
 # A 2 KiB page table takes a whole 4 KiB page: page_table_alloc() since d08d4e7cd6bf (~6.7), boot-time
@@ -30,7 +27,6 @@ MAX_PHYSMEM_BITS = 46  # CONFIG_MAX_PHYSMEM_BITS default
 VMEMMAP_SIZE = 1 * TiB
 VMEMMAP_BASE = {"3-level": 2 * TiB, "4-level": 1 << 52}  # inside 4 TiB / 8 PiB, 2 GiB / 4 TiB aligned
 VA_BITS = {"3-level": 42, "4-level": 53}
-NUMA_NO_NODE = -1  # vmemmap_populate ignores the node: every node is tried, lowest id first
 
 
 def _crst(name, shift, hw_name, leaf=False):
@@ -109,134 +105,46 @@ def vmemcore_dax_vmemmap_support(machine):
 def vmemcore_zone_device_support(machine):
     """``ZONE_DEVICE`` depended on ``ARCH_HAS_PTE_DEVMAP``, which s390 never selected, until
     "mm: remove devmap related functions and page table bits" (Alistair Popple; 6.17, UNCONFIRMED)."""
-    if machine.profile.at_least(6, 17):
-        return Support(True)
-    return Support(False, "ZONE_DEVICE depends on ARCH_HAS_PTE_DEVMAP, which s390 does not select (until the "
-                          "pte_devmap removal, 6.17 UNCONFIRMED)")
+    return selected(machine.profile, (6, 17), before="ZONE_DEVICE depends on ARCH_HAS_PTE_DEVMAP, which s390 does "
+                                                    "not select (until the pte_devmap removal, 6.17 UNCONFIRMED)")
 
 
 @hookimpl
 def vmemcore_hvo_support(machine):
     """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 6.2 (00a34d5a99c0) until
     64e2f60f355e (6.18, with stable backports)."""
-    profile = machine.profile
-    if not profile.at_least(6, 2):
-        return Support(False, "s390 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 6.2 (00a34d5a99c0)")
-    if profile.at_least(6, 18):
-        return Support(
-            False,
-            "s390 may not replace a valid page-table entry by another valid one without going through "
-            "invalid (IPTE/IDTE or CRDTE/CSPG), which HVO's remapping does: disabled by 64e2f60f355e "
-            "(2025-10-30) in 6.18, with stable backports",
-        )
-    return Support(True)
-
-
-def _sub_pmd(machine):
-    return machine.plugin_state("s390.sub_pmd", SubPmdTracker)
+    return selected(
+        machine.profile, (6, 2), (6, 18),
+        before="s390 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 6.2 (00a34d5a99c0)",
+        after="s390 may not replace a valid page-table entry by another valid one without going through "
+              "invalid (IPTE/IDTE or CRDTE/CSPG), which HVO's remapping does: disabled by 64e2f60f355e "
+              "(2025-10-30) in 6.18, with stable backports",
+    )
 
 
 @hookimpl
 def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
-    """``vmemmap_populate`` = ``add_pagetable(start, end, direct=false, altmap)`` with ``NUMA_NO_NODE``
-    allocations; missing region and segment tables come from ``vmem_crst_alloc``. On failure the
-    kernel undoes the range with ``remove_pagetable``; here :class:`OutOfMemory` propagates and the
-    engine's journal restores the machine."""
-    alloc_table = table_allocator(machine, NUMA_NO_NODE)
-    depth = machine.geometry.pmd_depth
-    addr = start
-    while addr < end:
-        segments = machine.pagetable.walk(addr, depth, alloc_table)
-        lo, hi = table_index_range(segments, addr, end)
-        _populate_segments(machine, segments, lo, hi, start, end, altmap, alloc_table)
-        addr = segments.va(hi)
+    """``vmemmap_populate`` = ``add_pagetable(start, end, direct=false, altmap)``, its allocations
+    made with ``NUMA_NO_NODE`` (any node, lowest id first; nothing to verify). With EDAT1
+    ``modify_pmd_table`` gives an empty segment a 1 MiB frame even if the range uses only part of
+    it (``vmemmap_use_new_sub_pmd``), and falls back to a page table of 4 KiB pages from the same
+    altmap when the frame cannot be had; without EDAT1 every segment gets a page table. On failure
+    the kernel undoes the range with ``remove_pagetable``; here the engine's journal does."""
+    if machine.features["edat1"]:
+        vmemmap_populate_hugepages(machine, start, end, NUMA_NO_NODE, altmap, sub_pmd=True, altmap_fallback=True)
+    else:
+        vmemmap_populate_basepages(machine, start, end, NUMA_NO_NODE, altmap)
     return True
-
-
-def _populate_segments(machine, table, lo, hi, start, end, altmap, alloc_table):
-    """``modify_pmd_table`` (add) over entries ``lo..hi`` of a segment table: with EDAT1 an empty
-    segment gets a 1 MiB frame (``vmemmap_alloc_block_buf(PMD_SIZE, NUMA_NO_NODE, altmap)``) even if the
-    range uses only part of it (``vmemmap_use_new_sub_pmd``); a segment leaf gains a user
-    (``vmemmap_use_sub_pmd``); without EDAT1, or when the 1 MiB frame cannot be had (from the altmap
-    too), the segment gets a page table of 4 KiB pages."""
-    span = table.level.entry_span
-    nr_pages = span >> machine.geometry.page_shift
-    tracker = _sub_pmd(machine)
-    i = lo
-    while i < hi:
-        first, last = max(table.va(i), start), min(table.va(i + 1), end)
-        if table.is_leaf(i):
-            tracker.use(first, last)
-            i += 1
-            continue
-        if table.present(i) or not machine.features["edat1"]:
-            _populate_page_table(machine, first, last, altmap, alloc_table)
-            i += 1
-            continue
-        present = np.flatnonzero(table.flags[i:hi] & PRESENT)
-        j = i + (int(present[0]) if len(present) else hi - i)  # a run of empty segments: i..j
-        pfns = alloc_blocks(machine, nr_pages, j - i, NUMA_NO_NODE, altmap)
-        if len(pfns):
-            machine.pagetable.set_leaves(table, slice(i, i + len(pfns)), pfns)
-            for k in sorted({i, i + len(pfns) - 1}):  # only the run's ends can be partly used
-                first, last = max(table.va(k), start), min(table.va(k + 1), end)
-                if last - first != span:
-                    tracker.use_new(first, last)
-        i += len(pfns)
-        if i < j:
-            _populate_page_table(machine, max(table.va(i), start), min(table.va(i + 1), end), altmap, alloc_table)
-            i += 1
-
-
-def _populate_page_table(machine, start, end, altmap, alloc_table):
-    """``vmem_pte_alloc`` for an empty segment, then ``modify_pte_table`` (add): every empty page
-    entry of ``[start, end)`` gets ``vmemmap_alloc_block_buf(PAGE_SIZE, NUMA_NO_NODE, altmap)``."""
-    pt = machine.pagetable
-    table = pt.walk(start, len(machine.geometry.levels) - 1, alloc_table)
-    lo, hi = table_index_range(table, start, end)
-    empty = np.flatnonzero((table.flags[lo:hi] & PRESENT) == 0) + lo
-    pfns = alloc_blocks(machine, 1, len(empty), NUMA_NO_NODE, altmap)
-    if len(pfns):
-        pt.set_leaves(table, empty[: len(pfns)], pfns)
-    if len(pfns) < len(empty):
-        where = table.va(int(empty[len(pfns)]))
-        raise OutOfMemory(f"no memory for the struct pages at {where:#x}{' (altmap)' if altmap else ''}")
 
 
 @hookimpl
 def vmemcore_vmemmap_free(machine, start, end, altmap):
-    """``vmemmap_free`` = ``remove_pagetable(start, end, direct=false, altmap)``, which ends with one
-    ``flush_tlb_kernel_range(start, end)``."""
-    _remove(machine, machine.pagetable.top, start, end, altmap)
-    machine.flush_tlb_kernel_range(start, end)
+    """``vmemmap_free`` = ``remove_pagetable(start, end, direct=false, altmap)``: a segment leaf is
+    freed when the range covers it or ``vmemmap_unuse_sub_pmd`` finds all of it unused, frames go to
+    the altmap they came from (``vmem_free_pages``), every page, segment and region table is freed
+    once empty (``try_free_*_table``; the top stays), and one ``flush_tlb_kernel_range`` ends it."""
+    vmemmap_teardown(machine, start, end, altmap, TeardownPolicy(InUse.SUB_PMD, flush_end=Flush.RANGE))
     return True
-
-
-def _remove(machine, table, start, end, altmap):
-    """``modify_{p4d,pud,pmd,pte}_table`` (remove) below ``table``, each child followed by its
-    ``try_free_*_table``: page frames freed (``vmem_free_pages``, to the altmap if given); a segment
-    leaf freed when the range covers it or ``vmemmap_unuse_sub_pmd`` finds all of it unused; a page,
-    segment or region table freed once all its entries are empty (the top table stays)."""
-    pt = machine.pagetable
-    lo, hi = table_index_range(table, start, end)
-    present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
-    if table.level.name == "pte":
-        for pfn in table.pfns[present].tolist():
-            free_vmemmap_frames(machine, pfn, 1, altmap)
-        pt.clear_leaves(table, present)
-        return
-    span = table.level.entry_span
-    for i in present.tolist():
-        first, last = max(table.va(i), start), min(table.va(i + 1), end)
-        if table.is_leaf(i):  # a segment leaf: region-third leaves map only the identity map
-            if last - first == span or _sub_pmd(machine).pmd_is_unused(first, last):
-                free_vmemmap_frames(machine, int(table.pfns[i]), span >> machine.geometry.page_shift, altmap)
-                pt.clear_leaves(table, slice(i, i + 1))
-            continue
-        child = table.children[i]
-        _remove(machine, child, first, last, altmap)
-        if child.empty:
-            free_table(machine, table, i)
 
 
 @hookimpl

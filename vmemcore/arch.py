@@ -1,0 +1,60 @@
+"""The public API of vmemcore for architecture plugins: everything a plugin may use, and nothing
+else (the built-in plugins import only this module). Documented in ``docs/plugins.md``.
+
+- value types a plugin answers with (:class:`ArchInfo`, :class:`PageTableGeometry`, ...);
+- errors a plugin raises on purpose (:class:`OutOfMemory`, :class:`BadRequest`, :class:`Veto`);
+- the generic populate loops of ``mm/sparse-vmemmap.c`` with the arch's policy as arguments
+  (:func:`vmemmap_populate_basepages`, :func:`vmemmap_populate_hugepages`);
+- one teardown walk for ``vmemmap_free`` (:func:`vmemmap_teardown` with a :class:`TeardownPolicy`);
+- queries a policy needs (:func:`vmemmap_boot_frame`) and :func:`preallocate_tables` for
+  ``vmemcore_pgtable_cache_init``.
+
+A plugin never walks page tables itself: it answers narrow questions and, where the kernel truly
+differs between architectures, passes a policy.
+"""
+
+from . import hookimpl
+from .depopulate import Flush, InUse, TeardownPolicy, vmemmap_boot_frame, vmemmap_teardown
+from .errors import BadRequest, OutOfMemory, PluginError, Veto, VmemcoreError
+from .geometry import (
+    ArchInfo, Feature, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant,
+)
+from .populate import NUMA_NO_NODE, table_allocator, vmemmap_populate_basepages, vmemmap_populate_hugepages
+from .profiles import KernelProfile
+from .units import GiB, KiB, MiB, PiB, TiB, format_size
+
+
+def selected(profile, since=None, until=None, *, before="", after="") -> Support:
+    """Whether kernel ``profile`` has a Kconfig select an arch gained in release ``since`` and lost in
+    release ``until`` (``(major, minor)`` tuples, None: always/never); a no carries ``before`` or
+    ``after``, the kernel's reason."""
+    if since is not None and not profile.at_least(*since):
+        return Support(False, before)
+    if until is not None and profile.at_least(*until):
+        return Support(False, after)
+    return Support(True)
+
+
+def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
+    """Create every missing table of ``level`` (a level name) under ``[start, end)`` of the
+    vmemmap, as riscv's ``preallocate_pgd_pages_range`` does in ``pgtable_cache_init``; returns
+    how many were created. Their pages are counted as page-table pages."""
+    geometry = machine.geometry
+    depth = geometry.index_of(level)
+    if depth == 0:
+        raise BadRequest(f"the top table ({level}) always exists")
+    parent_span = geometry.levels[depth - 1].entry_span
+    before = machine.pagetable.tables[level]
+    alloc = table_allocator(machine, node)
+    for addr in range(start // parent_span * parent_span, end, parent_span):
+        machine.pagetable.walk(addr, depth, alloc)
+    return machine.pagetable.tables[level] - before
+
+
+__all__ = [
+    "ArchInfo", "BadRequest", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile", "KiB", "Level",
+    "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "SparseGeometry",
+    "Support", "TeardownPolicy", "TiB", "Variant", "Veto", "VmemcoreError", "format_size", "hookimpl",
+    "preallocate_tables", "selected", "vmemmap_boot_frame", "vmemmap_populate_basepages", "vmemmap_populate_hugepages",
+    "vmemmap_teardown",
+]

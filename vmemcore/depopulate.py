@@ -1,0 +1,164 @@
+"""Tearing down a range of the vmemmap: one walk, the arch's policy as arguments.
+
+The kernel writes this walk once per architecture, because C cannot take a policy as an argument:
+x86 ``remove_pagetable`` (``arch/x86/mm/init_64.c``), s390 ``remove_pagetable``
+(``arch/s390/mm/vmem.c``), powerpc ``remove_pagetable`` (``arch/powerpc/mm/book3s64/radix_pgtable.c``)
+and arm64 ``unmap_hotplug_range`` + ``free_empty_tables`` (``arch/arm64/mm/mmu.c``). They differ in
+a few answers, which :class:`TeardownPolicy` holds: whether a leaf the range covers only in part is
+still used (never asked: freed whole, as arm64; the sub-PMD ``PAGE_UNUSED`` marks, as x86 and s390;
+``pfn_valid`` of the sub-sections it serves, as powerpc's ``vmemmap_populated``), which empty
+tables are freed (by level, and inside which floor and ceiling), and how the TLB is flushed.
+Frames go back where they came from: to the altmap when it holds them (``vmem_altmap_free``),
+else to memblock (boot frames, ``free_reserved_page``) or the buddy allocator.
+"""
+
+import enum
+
+import attrs
+import numpy as np
+
+from .pagetable import LEAF, PRESENT, table_index_range
+from .populate import free_vmemmap_frames, free_vmemmap_pages
+
+
+class InUse(enum.Enum):
+    """How a leaf the range covers only in part is judged still used (then it is kept)."""
+
+    NEVER = "freed whole (arm64 free_hotplug_page_range)"
+    SUB_PMD = "sub-PMD PAGE_UNUSED marks (x86/s390 vmemmap_pmd_is_unused)"
+    PFN_VALID = "a served sub-section is still pfn_valid (powerpc vmemmap_populated)"
+
+
+class Flush(enum.Enum):
+    """A TLB flush the walk issues (counted as ``tlb_flush_all`` / ``tlb_flush_kernel_range``)."""
+
+    NONE = "none"
+    ALL = "flush_tlb_all"
+    RANGE = "flush_tlb_kernel_range"
+
+
+@attrs.frozen
+class TeardownPolicy:
+    """The arch's answers to the teardown walk's questions.
+
+    ``in_use``: how a partly covered leaf is judged (:class:`InUse`). ``free_tables``: the level
+    names whose tables are freed once empty (None: every level below the top). ``floor`` and
+    ``ceiling``: freed tables' spans must lie inside ``[floor, ceiling)`` (arm64's
+    ``pgtable_range_aligned`` with ``VMEMMAP_START``/``VMEMMAP_END``); None: no bound.
+    ``flush_leaf``: a flush after each leaf cleared (arm64); ``flush_pte_table``: after each PTE
+    table (x86 ``remove_pte_table``); ``flush_end``: one flush of the whole range at the end.
+    """
+
+    in_use: InUse = InUse.NEVER
+    free_tables: frozenset | None = attrs.field(default=None, converter=lambda v: None if v is None else frozenset(v))
+    floor: int | None = None
+    ceiling: int | None = None
+    flush_leaf: Flush = Flush.NONE
+    flush_pte_table: Flush = Flush.NONE
+    flush_end: Flush = Flush.NONE
+
+
+def vmemmap_teardown(machine, start, end, altmap, policy: TeardownPolicy):
+    """Unmap ``[start, end)`` of the vmemmap and free what is no longer used, as ``policy`` says."""
+    _teardown(machine, machine.pagetable.top, start, end, altmap, policy)
+    _flush(machine, policy.flush_end, start, end)
+
+
+def vmemmap_boot_frame(machine, start, end):
+    """The first vmemmap address in ``[start, end)`` whose leaf is backed by boot (reserved)
+    frames, or None: arm64's ``prevent_bootmem_remove_notifier`` refuses to remove such memory."""
+    for table, lo, hi in machine.pagetable.tables_in(start, end):
+        leaves = np.flatnonzero(table.flags[lo:hi] & LEAF) + lo
+        for i, pfn in zip(leaves.tolist(), table.pfns[leaves].tolist()):
+            owner = machine.physmem.owner(pfn)  # None: device memory (a ZONE_DEVICE altmap)
+            if owner is not None and owner.reserved:
+                return table.va(i)
+    return None
+
+
+def _flush(machine, flush, start, end):
+    if flush is Flush.ALL:
+        machine.flush_tlb_all()
+    elif flush is Flush.RANGE:
+        machine.flush_tlb_kernel_range(start, end)
+
+
+def _teardown(machine, table, start, end, altmap, policy):
+    lo, hi = table_index_range(table, start, end)
+    present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
+    is_leaf = (table.flags[present] & LEAF) != 0
+    _free_leaves(machine, table, present[is_leaf], start, end, altmap, policy)
+    if table.depth == len(machine.geometry.levels) - 1:
+        _flush(machine, policy.flush_pte_table, start, end)
+    for i in present[~is_leaf].tolist():
+        child = table.children[i]
+        first, last = max(table.va(i), start), min(table.va(i + 1), end)
+        _teardown(machine, child, first, last, altmap, policy)
+        if child.empty and _frees_table(table, i, first, last, policy):
+            free_table(machine, table, i)
+
+
+def _free_leaves(machine, table, leaves, start, end, altmap, policy):
+    """Clear the leaves ``leaves`` of ``table`` that are no longer used, and free their frames."""
+    span = table.level.entry_span
+    kept = [i for i in leaves.tolist() if not (start <= table.va(i) and table.va(i + 1) <= end)
+            and _still_used(machine, table, i, max(table.va(i), start), min(table.va(i + 1), end), policy.in_use)]
+    freed = np.setdiff1d(leaves, kept) if kept else leaves
+    if not len(freed):
+        return
+    pfns = table.pfns[freed]
+    nr_pages = span >> machine.geometry.page_shift
+    if policy.flush_leaf is not Flush.NONE:
+        for i in freed.tolist():
+            _flush(machine, policy.flush_leaf, table.va(i), table.va(i) + machine.geometry.page_size)
+    held = np.array([altmap is not None and altmap.holds(p) for p in pfns.tolist()], dtype=bool)
+    for pfn in pfns[held].tolist():
+        free_vmemmap_frames(machine, pfn, nr_pages, altmap)
+    if nr_pages == 1:
+        free_vmemmap_pages(machine, pfns[~held])
+    else:
+        for pfn in pfns[~held].tolist():
+            free_vmemmap_frames(machine, pfn, nr_pages)
+    machine.pagetable.clear_leaves(table, freed)
+
+
+def _still_used(machine, table, index, first, last, in_use):
+    if in_use is InUse.SUB_PMD:
+        return table.depth == machine.geometry.pmd_depth and not machine.sub_pmd.pmd_is_unused(first, last)
+    if in_use is InUse.PFN_VALID:
+        return vmemmap_populated(machine, table.va(index), table.level.entry_span)
+    return False
+
+
+def _frees_table(parent, index, first, last, policy):
+    """Is the empty child table at ``parent[index]`` freed? (its level, then floor and ceiling)"""
+    child = parent.children[index]
+    if policy.free_tables is not None and child.level.name not in policy.free_tables:
+        return False
+    span = parent.level.entry_span
+    if policy.floor is not None and first // span * span < policy.floor:
+        return False
+    return policy.ceiling is None or last <= policy.ceiling // span * span
+
+
+def free_table(machine, parent, index):
+    """Detach the table under ``parent[index]`` and free its frame (``free_pagetable``)."""
+    table = machine.pagetable.detach(parent, index)
+    machine.physmem.release(table.pfn, table.level.alloc_bytes >> machine.geometry.page_shift)
+    return table
+
+
+def vmemmap_populated(machine, vaddr, size) -> bool:
+    """Is any pfn whose struct page lies in ``[vaddr, vaddr + size)`` still ``pfn_valid``?
+    (powerpc's ``vmemmap_populated``, which looks a sub-section apart from the first pfn: a leaf or
+    page starts on a sub-section or lies inside one, so every present section is on its walk.)"""
+    sparse, geometry = machine.sparse, machine.sparse_geometry
+    lo, hi = geometry.page_to_pfn(vaddr), geometry.page_to_pfn(vaddr + size)
+    for s, e, _ in sparse.sections.items(sparse.section_nr(lo), sparse.section_nr(hi - 1) + 1):
+        pfn, last = max(lo, sparse.section_pfn(s)), min(hi, sparse.section_pfn(e))
+        while pfn < last:
+            if sparse.valid(pfn):
+                return True
+            pfn += geometry.pages_per_subsection
+    return False
+
