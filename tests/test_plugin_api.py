@@ -1,7 +1,9 @@
 """The plugin API: hooks called through pluggy with one policy table, answers checked, capability
 and lifecycle hooks, the engine's own checks of what plugins say, and plugin identity."""
 
+import re
 import types
+from pathlib import Path
 
 import attrs
 import pytest
@@ -62,7 +64,7 @@ def _boot_add_remove(observers=()):
     return m
 
 
-def test_a_wrapper_observer_sees_every_populate_and_free_and_changes_nothing():
+def test_vmemmap_populate_and_vmemmap_free_calls_are_seen_by_a_wrapper_observer():
     observer = Observer()
     watched, plain = _boot_add_remove([observer]), _boot_add_remove()
     assert watched.snapshot() == plain.snapshot()
@@ -146,7 +148,7 @@ def test_arch_info_is_asked_once_per_plugin_manager():
 # -- the engine checks what plugins say -------------------------------------------------------------
 
 @pytest.mark.parametrize("variant, size, limit", [("4K-48", 256 * TiB, "128T"), ("16K-47", 128 * TiB, "64T")])
-def test_memory_beyond_the_vmemmap_is_refused_with_the_limit(variant, size, limit):
+def test_sparse_geometry_vmemmap_limit_refuses_memory_beyond_it(variant, size, limit):
     with pytest.raises(BadRequest, match=rf"fall outside the vmemmap .* \({limit} of physical address space\)"):
         Machine("arm64", variant=variant, memory=[{"size": size}])
 
@@ -190,7 +192,7 @@ def _pte_only(page_shift):
                              levels=[Level("pte", page_shift, 9, 4096, 1 << max(page_shift, 12), leaf=True)])
 
 
-def test_any_power_of_two_page_size_from_4k_is_accepted_with_a_clear_error_below():
+def test_pagetable_geometry_accepts_any_power_of_two_page_size_from_4k():
     assert _pte_only(13).page_size == 8192 and _pte_only(20).page_size == 1 << 20
     with pytest.raises(ValueError, match=r"^page_shift must be an integer of at least 12 \(4 KiB pages\), got 11$"):
         _pte_only(11)
@@ -198,7 +200,7 @@ def test_any_power_of_two_page_size_from_4k_is_accepted_with_a_clear_error_below
 
 # -- capability and lifecycle hooks -----------------------------------------------------------------
 
-def test_an_arch_without_memory_hotplug_refuses_every_hot_add_with_its_reason():
+def test_memory_hotplug_support_refusal_vetoes_every_hot_add_with_its_reason():
     plugin = _module("nohotplug", vmemcore_memory_hotplug_support=lambda machine: Support(False, "no ACPI memory devices"))
     m = _machine(plugin)
     with pytest.raises(Veto, match="has no memory hotplug: no ACPI memory devices"):
@@ -206,7 +208,7 @@ def test_an_arch_without_memory_hotplug_refuses_every_hot_add_with_its_reason():
 
 
 @pytest.mark.parametrize("kernel, refused", [("6.12", True), ("6.19", False)])
-def test_s390_has_zone_device_only_once_it_no_longer_needs_pte_devmap(kernel, refused):
+def test_zone_device_support_s390_only_once_it_no_longer_needs_pte_devmap(kernel, refused):
     m = Machine("s390", kernel=kernel, memory=[{"size": 4 * GiB}])
     before = m.snapshot()
     request = DevicePagemap(ranges=[(64 * GiB, 256 * MiB)], vmemmap_shift=8)
@@ -218,7 +220,7 @@ def test_s390_has_zone_device_only_once_it_no_longer_needs_pte_devmap(kernel, re
         assert m.zone_device.add(request).frames_used == 1024
 
 
-def test_arm64_hot_add_must_fit_the_linear_map():
+def test_mappable_range_arm64_hot_add_must_fit_the_linear_map():
     """4K-39: the linear map is half of 39 bits of VA, 256 GiB, while 48 physical bits are allowed."""
     m = Machine("arm64", variant="4K-39", memory=[{"size": 1 * GiB}])
     before = m.snapshot()
@@ -296,3 +298,42 @@ def test_hook_trace_names_each_plugin_and_argument():
     hooks.sparse_geometry(hooks.info.variant("5-level"), None)
     assert any(line.startswith("[vmemcore trace] x86_64: vmemcore_sparse_geometry(variant=Variant(name='5-level'")
                for line in lines)
+
+
+@pytest.mark.parametrize("arch, yes, no", [
+    ("x86_64", ["5.14", "6.12", "7.1"], ["2019"]),
+    ("arm64", ["6.0"], ["5.14", "6.1", "6.12"]),  # 5.19-6.0, then break-before-make (060a2c92d1b6)
+    ("s390", ["6.12"], ["6.1", "6.19"]),  # 6.2-6.17 (64e2f60f355e)
+    ("powerpc", [], ["6.12", "7.1"]),
+])
+def test_hvo_support_per_arch_and_kernel(arch, yes, no):
+    for kernel in yes + no:
+        m = Machine(arch, kernel=kernel, memory=[{"size": 1 * GiB}])
+        assert m.hooks.hvo_support(m).supported is (kernel in yes), (arch, kernel)
+
+
+def test_hugetlb_vmemmap_preinit_is_x86_64_from_6_15():
+    answers = {kernel: Machine("x86_64", kernel=kernel, memory=[{"size": 1 * GiB}]) for kernel in ("6.12", "6.19")}
+    assert {k: m.hooks.hugetlb_vmemmap_preinit(m) for k, m in answers.items()} == {"6.12": False, "6.19": True}
+    arm = Machine("arm64", kernel="6.19", memory=[{"size": 1 * GiB}])
+    assert arm.hooks.hugetlb_vmemmap_preinit(arm) is False  # no answer: the stated default
+
+
+# -- the hooks are documented and tested (datasette-style meta-test) ------------------------------
+
+DOCS = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+TESTS = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+
+
+@pytest.mark.parametrize("hook", sorted(HOOK_POLICIES))
+def test_hook_is_documented_with_signature_and_policy_and_has_a_test(hook):
+    argnames = getattr(ArchHooks("x86_64", vmemcore_x86_64).pm.hook, hook).spec.argnames
+    heading = f"### `{hook}({', '.join(argnames)})`"
+    assert heading in DOCS, f"docs/plugins.md lacks {heading}"
+    section = DOCS.split(heading, 1)[1].split("\n### ", 1)[0]
+    policy = HOOK_POLICIES[hook].policy.value.split(":")[0]
+    assert f"**Policy: {policy}" in section, f"docs/plugins.md: {hook} does not state its policy ({policy})"
+    doc = getattr(hookspecs, hook).__doc__
+    assert "Called" in doc and "Returns" in doc and f"Policy: {policy}" in doc
+    short = hook.removeprefix("vmemcore_")
+    assert re.search(rf"def test_\w*{short}", TESTS), f"no test is named for {hook} (def test_..{short}..)"
