@@ -5,7 +5,7 @@ import types
 import pytest
 
 import vmemcore_x86_64
-from vmemcore import Level, PageTableGeometry, hookimpl, hookspecs
+from vmemcore import Level, PageTableGeometry, hookimpl
 from vmemcore.errors import PluginError
 from vmemcore.machine import Machine
 from vmemcore.plugins import ArchHooks, Registry
