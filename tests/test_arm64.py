@@ -1,4 +1,5 @@
-"""arm64 vmemmap populate and free (arch/arm64/mm/mmu.c), HugeTLB sizes and HVO: kernel-facts.md §9.2, §10.3."""
+"""arm64 vmemmap populate and free (arch/arm64/mm/mmu.c), HugeTLB sizes and HVO (arch/arm64/mm/hugetlbpage.c,
+arch/arm64/Kconfig); numbers in docs/kernel-map.md#worked-numbers."""
 
 from types import SimpleNamespace
 
@@ -27,7 +28,7 @@ def pfn_of(m, addr):
 SIZE_64K = 16 * GiB - 64 * KiB
 
 
-# ----------------------------------------------------------------------------------- boot (§10.3)
+# ------------------------------------------------- boot (docs/kernel-map.md#boot-populate-shapes)
 
 @pytest.mark.parametrize("variant, size, shape", [
     # variant: (leaves, leaf size, PTE/PMD/PUD/P4D table pages, memmap and page-table frames of PAGE_SIZE)
@@ -55,7 +56,7 @@ def test_boot_shape_of_16g(variant, size, shape, kernel):
     m.check()
 
 
-# ------------------------------------------------------------------------ populate (§9.2)
+# ------------------------------------------------------ populate (mmu.c vmemmap_populate)
 
 SUB_4K = 512  # pfns per 2 MiB sub-section with 4 KiB pages
 SECTION_4K = 32768
@@ -123,7 +124,7 @@ def test_16k_and_64k_always_map_base_pages():
     assert "vmemmap_leaves_32M" not in m16.counters() and "vmemmap_leaves_512M" not in m64.counters()
 
 
-# ---------------------------------------------------------------------------- free (§9.2)
+# -------------------------------------------------------------- free (mmu.c vmemmap_free)
 
 @pytest.mark.parametrize("variant, size, kernel, new_tables, flushes", [
     # new tables for a memmap 4 GiB (4K) / 1 GiB (16K) / 256 MiB (64K) into the vmemmap; TLB flushes
@@ -246,7 +247,7 @@ def test_fault_at_every_allocation_of_a_section_add(variant, kernel, attempts, c
         m.check()
 
 
-# ------------------------------------------------------------------- HugeTLB sizes (§10.1)
+# -------------------------------------- HugeTLB sizes (hugetlbpage.c __hugetlb_valid_size)
 
 @pytest.mark.parametrize("variant, sizes", [
     ("4K-39", [(64 * KiB, "pte", 16), (2 * MiB, "pmd", 1), (32 * MiB, "pmd", 16), (1 * GiB, "pgd", 1)]),
@@ -279,7 +280,7 @@ def test_two_level_hugepage_sizes_sit_in_the_top_table(variant, sizes):
     assert [(h.size, h.level, h.contiguous) for h in got] == sizes
 
 
-# ------------------------------------------------------------------------------------ HVO (§1)
+# ----------------------------------------------- HVO (docs/kernel-map.md#hvo-per-architecture)
 
 @pytest.mark.parametrize("kernel, reason", [
     ("5.14", "before 5.19"),

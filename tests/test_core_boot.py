@@ -1,4 +1,4 @@
-"""Boot-time vmemmap populate (sparse_init) on x86_64: the shapes of kernel-facts.md §10.3."""
+"""Boot-time vmemmap populate (sparse_init) on x86_64: the shapes of docs/kernel-map.md#boot-populate-shapes."""
 
 import numpy as np
 import pytest

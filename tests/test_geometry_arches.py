@@ -1,6 +1,7 @@
-"""Geometry of the arch plugins against the kernel numbers (kernel-facts.md §2.2, §2.3, §9, §10).
+"""Geometry of the arch plugins against the kernel numbers (the arch headers named in each part below;
+docs/kernel-map.md#per-arch-constants and #boot-populate-shapes).
 
-Every expected value is written out from the reference tables, never recomputed the way the plugin
+Every expected value is written out from the kernel's constants, never recomputed the way the plugin
 computes it, so a wrong formula in a plugin shows up as a wrong number here.
 """
 
@@ -42,7 +43,7 @@ def test_default_variants(arch, default):
     assert ArchHooks(arch, MODULES[arch]).info.variant().name == default
 
 
-# --------------------------------------------------------------------------------------------- x86_64 (§9.1)
+# --------------------------------------------- x86_64 (arch/x86/include/asm/pgtable_64_types.h, sparsemem.h)
 
 def test_x86_64_4level():
     pt, sp = geometry("x86_64", "4-level")
@@ -68,9 +69,9 @@ def test_x86_64_5level():
     assert sp.nr_mem_sections == 1 << 25  # 2**(52 - 27)
 
 
-# ---------------------------------------------------------------------------------------------- arm64 (§9.2)
+# ------------------------------------- arm64 (arch/arm64/include/asm/pgtable-hwdef.h, memory.h, sparsemem.h)
 
-# (granule, VA bits): shifts top→PTE, PGD entries, bytes of every other table   (§9.2 table)
+# (granule, VA bits): shifts top→PTE, PGD entries, bytes of every other table   (CONFIG_PGTABLE_LEVELS defaults)
 ARM64_TABLE = {
     ("4K", 39): ([30, 21, 12], 512, 4 * KiB),
     ("4K", 48): ([39, 30, 21, 12], 512, 4 * KiB),
@@ -130,10 +131,10 @@ def test_arm64_leaves(variant, leaves):
 def test_arm64_pmd_block_and_pte_table_span(granule, pmd_leaf, pte_table_span):
     pt, _ = geometry("arm64", {"4K": "4K-48", "16K": "16K-47", "64K": "64K-48"}[granule])
     assert pt.level("pmd").entry_span == pmd_leaf
-    assert pt.level("pte").table_span == pte_table_span  # §10.3: 16K PTE table = 32 MiB of VA, 64K = 512 MiB
+    assert pt.level("pte").table_span == pte_table_span  # 16K PTE table = 32 MiB of VA, 64K = 512 MiB
 
 
-# (section, pages/section, memmap/section, pageblock order, MAX_PAGE_ORDER)   (§2.2, §2.3)
+# (section, pages/section, memmap/section, pageblock order, MAX_PAGE_ORDER)   (docs/kernel-map.md#per-arch-constants)
 ARM64_SPARSE = {
     "4K": (128 * MiB, 32768, 2 * MiB, 9, 10),
     "16K": (128 * MiB, 8192, 512 * KiB, 11, 11),
@@ -154,7 +155,7 @@ def test_arm64_sparse(granule, va, profile):
 
 
 @pytest.mark.parametrize("variant, size", [
-    ("4K-48", 2 * TiB),                    # §9.2: 2 TiB for 4K/48-bit
+    ("4K-48", 2 * TiB),                    # memory.h VMEMMAP_SIZE: 2 TiB for 4K/48-bit
     ("4K-39", 4 * GiB),                    # 2**38 of linear map / 4 KiB x 64 B
     ("16K-36", 128 * MiB),
     ("16K-47", 256 * GiB),
@@ -177,11 +178,11 @@ def test_arm64_4k48_vmemmap_start():
 
 
 def test_arm64_64k_memory_block_memmap_is_8_pages():
-    _, sp = geometry("arm64", "64K-48")  # §10.2: 512 MiB block → 512 KiB memmap = 8 pages of 64 KiB
+    _, sp = geometry("arm64", "64K-48")  # 512 MiB block → 512 KiB memmap = 8 pages of 64 KiB
     assert sp.memory_block_size // sp.page_size * sp.struct_page_size // sp.page_size == 8
 
 
-# -------------------------------------------------------------------------------------------- powerpc (§9.3)
+# ----------------------------- powerpc (arch/powerpc/include/asm/book3s/64/radix-*.h, hash-*.h, sparsemem.h)
 
 # (PTE, PMD, PUD, PGD) index bits; table bytes; PMD_SHIFT; VA bits
 PPC_TABLE = {
@@ -257,12 +258,12 @@ def test_powerpc_pageblocks_are_2m_radix_16m_hash():
 
 @pytest.mark.parametrize("variant, sections", [("radix-64K", 128), ("radix-4K", 8)])
 def test_powerpc_radix_pmd_leaf_covers_sections(variant, sections):
-    pt, sp = geometry("powerpc", variant)  # §9.3 / §10.3: one 2 MiB leaf = 128 (64K) or 8 (4K) sections
+    pt, sp = geometry("powerpc", variant)  # one 2 MiB leaf = 128 (64K) or 8 (4K) sections
     assert pt.level("pmd").entry_span // sp.section_memmap_bytes == sections
 
 
 def test_powerpc_radix_64k_lmb_memmap_is_4_pages():
-    _, sp = geometry("powerpc", "radix-64K")  # §9.3: 256 MiB LMB → 4096 pages, 256 KiB memmap = 4 pages
+    _, sp = geometry("powerpc", "radix-64K")  # 256 MiB LMB → 4096 pages, 256 KiB memmap = 4 pages
     assert sp.memory_block_size // sp.page_size == 4096
     assert sp.memory_block_size // sp.page_size * sp.struct_page_size == 256 * KiB
 
@@ -273,7 +274,7 @@ def test_powerpc_vmemmap_region_holds_max_physmem(variant):
     assert sp.max_pfn * sp.struct_page_size <= sp.vmemmap_size
 
 
-# ----------------------------------------------------------------------------------------------- s390 (§9.4)
+# -------------------------------------------- s390 (arch/s390/include/asm/pgtable.h, pgalloc.h, sparsemem.h)
 
 S390_LEVELS = {
     "3-level": [("pgd", 31, "region-third"), ("pmd", 20, "segment"), ("pte", 12, "page")],
@@ -336,7 +337,7 @@ def test_s390_vmemmap_placement(variant):
 
 
 def test_s390_64g_boot_shape_numbers():
-    # §10.3: 64 GiB → 1 GiB memmap → 1024 segment leaves under one segment table
+    # docs/kernel-map.md#boot-populate-shapes: 64 GiB → 1 GiB memmap → 1024 segment leaves under one segment table
     pt, sp = geometry("s390", "3-level", "7.1")
     memmap = 64 * GiB // sp.page_size * sp.struct_page_size
     assert memmap == 1 * GiB

@@ -2,7 +2,8 @@
 
 Expected numbers: x86_64 with 16 GiB at boot has 128 MiB memory blocks (32,768 pages of 4 KiB);
 a block's memmap is 32,768 x 64 bytes = 2 MiB = 512 pages, so 9 GiB (72 blocks) self-hosts
-72 x 512 = 36,864 pages (seed 004's figure) and leaves 2,359,296 - 36,864 = 2,322,432 managed.
+72 x 512 = 36,864 pages (the figure of the 2019 RFC too: docs/kernel-map.md#memmap_on_memory-designs)
+and leaves 2,359,296 - 36,864 = 2,322,432 managed.
 """
 
 import json

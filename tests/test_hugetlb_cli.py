@@ -1,8 +1,9 @@
 """HugeTLB and HVO in scenarios, the report, ``vmemcore kpageflags`` and ``vmemcore diagram``.
 
-Expected numbers come from the kernel (kernel-facts.md §5, §10.1): with 4 KiB pages and a 64-byte
-struct page, a 2 MiB HugeTLB page has 8 vmemmap pages and a 1 GiB page 4,096; HVO keeps one (two
-in the v17 design of 5.14) and frees the rest; from 6.2 it moves the head to a new page.
+Expected numbers come from the kernel (mm/hugetlb_vmemmap.c; docs/kernel-map.md#hugetlb-sizes-and-hvo):
+with 4 KiB pages and a 64-byte struct page, a 2 MiB HugeTLB page has 8 vmemmap pages and a 1 GiB
+page 4,096; HVO keeps one (two in the v17 design of 5.14) and frees the rest; from 6.2 it moves the
+head to a new page.
 """
 
 import json

@@ -1,5 +1,6 @@
 """powerpc book3s64 radix vmemmap populate and free (arch/powerpc/mm/book3s64/radix_pgtable.c), HugeTLB
-sizes, HVO and memmap_on_memory: kernel-facts.md §9.3, §10.1, §10.2, §10.3."""
+sizes, HVO and memmap_on_memory (arch/powerpc/mm/book3s64/radix_pgtable.c, arch/powerpc/include/asm/pgtable.h);
+numbers in docs/kernel-map.md#worked-numbers."""
 
 from types import SimpleNamespace
 
@@ -40,7 +41,7 @@ def stub(variant, kernel):
     return SimpleNamespace(variant=chosen, profile=profile, geometry=HOOKS.pagetable_geometry(chosen, profile))
 
 
-# ----------------------------------------------------------------------------------- boot (§10.3)
+# ------------------------------------------------- boot (docs/kernel-map.md#boot-populate-shapes)
 
 @pytest.mark.parametrize("kernel", KERNELS + ["6.19"])
 def test_radix_64k_64g_boots_into_32_pmd_leaves(kernel):
@@ -85,7 +86,7 @@ def test_radix_before_6_6_refuses_to_boot(kernel):
         machine("radix-64K", kernel, 4 * GiB)
 
 
-# -------------------------------------------------------------- sub-sections and pfn_valid (§9.3)
+# --------------------------------- sub-sections and pfn_valid (radix_pgtable.c vmemmap_populated)
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_a_subsection_pmd_leaf_lives_until_no_subsection_it_serves_is_valid(kernel):
@@ -132,7 +133,7 @@ def test_a_leaf_shared_by_boot_sections_and_a_subsection_goes_with_the_last_of_t
     m.check()
 
 
-# --------------------------------------------------------------------- altmaps (§9.3, hand-computed)
+# ------------------------------------ altmaps (radix_pgtable.c altmap_cross_boundary, hand-computed)
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("offset, size, free, leaves_2m, leaves_4k", [
@@ -299,7 +300,7 @@ def test_a_failed_pte_table_undoes_a_memmap_on_memory_add():
     m.check()
 
 
-# ------------------------------------------------------------------------- memmap_on_memory (§10.2)
+# -------------------------- memmap_on_memory (docs/kernel-map.md#memmap_on_memory-per-memory-block)
 
 def test_the_memory_block_is_the_256m_lmb():
     m = machine()
@@ -364,7 +365,7 @@ def test_arch_supports_memmap_on_memory(variant, kernel, vmemmap_size, reason):
     assert [(s.supported, s.reason) for s in support] == [(not reason, reason)]
 
 
-# ------------------------------------------------------------------- HugeTLB sizes (§10.1) and HVO
+# -------------------------------- HugeTLB sizes (docs/kernel-map.md#hugetlb-sizes-and-hvo) and HVO
 
 @pytest.mark.parametrize("variant, gigantic", [("radix-4K", [1 * GiB]), ("radix-64K", [1 * GiB])])
 def test_radix_hugepage_sizes_are_2m_and_1g(variant, gigantic):

@@ -1,4 +1,5 @@
-"""s390 vmemmap populate and free (arch/s390/mm/vmem.c), HugeTLB sizes and HVO: kernel-facts.md §9.4, §10.3."""
+"""s390 vmemmap populate and free (arch/s390/mm/vmem.c), HugeTLB sizes and HVO (arch/s390/mm/hugetlbpage.c,
+arch/s390/Kconfig); numbers in docs/kernel-map.md#worked-numbers."""
 
 import pytest
 
@@ -16,7 +17,7 @@ def machine(variant="3-level", kernel="7.1", size=64 * GiB, **features):
     return Machine("s390", variant=variant, kernel=kernel, memory=[{"start": 0, "size": size}], features=features)
 
 
-# ----------------------------------------------------------------------------------- boot (§10.3)
+# ------------------------------------------------- boot (docs/kernel-map.md#boot-populate-shapes)
 
 @pytest.mark.parametrize("variant, region_third_pages", [("3-level", None), ("4-level", 4)])
 @pytest.mark.parametrize("kernel", ["6.12", "7.1"])
@@ -43,7 +44,7 @@ def test_without_edat1_the_vmemmap_is_4k_pages_in_page_tables():
     m.check()
 
 
-# ------------------------------------------------------------------------ populate (§9.4)
+# ----------------------------------------------------- populate (vmem.c vmemmap_populate)
 
 @pytest.mark.parametrize("kernel", ["6.12", "7.1"])
 def test_a_subsection_takes_a_whole_1m_block_shared_by_the_next_one(kernel):
@@ -119,7 +120,7 @@ def test_allocations_ignore_the_node():
     m.check()
 
 
-# ---------------------------------------------------------------------------- free (§9.4)
+# ------------------------------------------------------------- free (vmem.c vmemmap_free)
 
 @pytest.mark.parametrize("kernel, sections", [("6.12", 4), ("7.1", 8)])
 def test_hot_added_gigabyte_round_trip_restores_the_machine(kernel, sections):
@@ -191,7 +192,7 @@ def test_a_failure_after_the_fallback_undoes_the_whole_range():
     m.check()
 
 
-# ------------------------------------------------------------------- HugeTLB sizes (§10.1)
+# ----------------------------------- HugeTLB sizes (hugetlbpage.c arch_hugetlb_valid_size)
 
 @pytest.mark.parametrize("variant, features, sizes", [
     ("3-level", {}, [(1 * MiB, "pmd"), (2 * GiB, "pgd")]),  # region-third is the top of 3 levels
@@ -207,7 +208,7 @@ def test_hugepage_sizes(variant, features, sizes):
         assert m.geometry.level(h.level).entry_span == h.size
 
 
-# ------------------------------------------------------------------------------------ HVO (§1)
+# ----------------------------------------------- HVO (docs/kernel-map.md#hvo-per-architecture)
 
 @pytest.mark.parametrize("kernel, supported, reason", [
     ("5.14", False, "before 6.2"),

@@ -1,6 +1,6 @@
 """Scenario files, the report and the ``vmemcore`` command line.
 
-The example counters are the kernel numbers of kernel-facts.md §10.3, written out by hand.
+The example counters are the kernel numbers of docs/kernel-map.md#boot-populate-shapes, written out by hand.
 """
 
 import json

@@ -1,4 +1,5 @@
-"""ZONE_DEVICE compound devmap (device-dax) vmemmap dedup: kernel-facts §6, §10.1, §10.3, seed 001."""
+"""ZONE_DEVICE compound devmap (device-dax) vmemmap dedup (mm/sparse-vmemmap.c vmemmap_populate_compound_pages,
+merged as 4917f55b4ef9 in v5.19; docs/kernel-map.md#device-dax-vmemmap-dedup and #worked-numbers)."""
 
 import types
 
@@ -60,7 +61,7 @@ def test_2m_compound_pages_use_2_of_8_vmemmap_pages():
     assert (pm.pages_mapped, pm.frames_used, pm.pages_saved) == (4096, 1024, 3072)
     assert (after["devdax_vmemmap_pages_mapped"], after["devdax_vmemmap_frames_used"],
             after["devdax_vmemmap_pages_saved"]) == (4096, 1024, 3072)
-    assert after["nr_memmap_pages"] - before["nr_memmap_pages"] == 4096  # the full size is counted (§3.5)
+    assert after["nr_memmap_pages"] - before["nr_memmap_pages"] == 4096  # the full size is counted (docs/kernel-map.md#memmap-counters)
     assert after["memmap_frames"] - before["memmap_frames"] == 1024
     assert after["vmemmap_leaves_4K"] == 4096 and after["vmemmap_leaves_2M"] == before["vmemmap_leaves_2M"]
     frames = vmemmap_frames(m, BASE, 262144).reshape(512, 8)  # one row per compound page
@@ -84,7 +85,8 @@ def test_1g_compound_page_saves_4094_of_4096_across_its_8_sections():
     # sections 1..7 start mid-compound: each maps the previous section's last frame (reuse_compound_section)
     assert [int(frames[512 * s - 1]) for s in range(1, 8)] == [tail] * 7
     assert m.vmemmap_refs.extra == {int(tail): 4094}
-    # §10.3: 16 MiB of vmemmap VA, 2 frames, 8 PTE tables (4096 PTEs); and one new PMD table above them
+    # docs/kernel-map.md#boot-populate-shapes: 16 MiB of vmemmap VA, 2 frames, 8 PTE tables (4096 PTEs);
+    # and one new PMD table above them
     assert m.counters()["vmemmap_mapped_bytes_4K"] - bytes_4k == 16 * MiB
     assert m.pagetable.tables["pte"] - tables["pte"] == 8 and m.pagetable.tables["pmd"] - tables["pmd"] == 1
     assert pm.pagetable_pages == 9

@@ -4,9 +4,11 @@ Mirrors ``mm/memory_hotplug.c`` (``add_memory_resource``, ``check_hotplug_memory
 ``mhp_supports_memmap_on_memory``, ``create_altmaps_and_memory_blocks``, ``memory_block_online`` /
 ``memory_block_offline`` with ``mhp_init_memmap_on_memory``, ``online_pages``/``offline_pages``,
 ``try_remove_memory`` / ``remove_memory_blocks_and_altmaps``) and ``drivers/base/memory.c``. The
-kernel profile picks the design: seed 004's 2019 RFC (one altmap over the whole added range, on by
-default, the memmap freed last and backwards), one block only (5.12-6.7), or one altmap per memory
-block (6.8+); before 6.6 a refused request fails, since then it falls back to a normal memmap.
+kernel profile picks the design (docs/kernel-map.md#memmap_on_memory-designs): the 2019 RFC
+"mm, memory_hotplug: allocate memmap from the added memory range for sparse-vmemmap" (one altmap
+over the whole added range, on by default, the memmap freed last and backwards), one block only
+(5.12-6.7), or one altmap per memory block (6.8+); before 6.6 a refused request fails, since then
+it falls back to a normal memmap.
 
 Every operation is a transaction: a refusal or a failure leaves the machine as it was.
 """
@@ -325,14 +327,16 @@ class Hotplug:
             m.physmem.hot_remove(first, first + count)
 
     def _remove_rfc2019(self, groups, blocks):
-        """Seed 004: the whole added range goes at once, its sections' memmap freed backwards (the
-        first pages hold the memmap of the later sections)."""
+        """The 2019 RFC (``MHP_MEMMAP_FROM_RANGE``): the whole added range goes at once, its sections'
+        memmap freed backwards by ``free_deferred_vmemmap_range`` (the first pages hold the memmap of
+        the later sections)."""
         m = self.machine
         for group in groups:
             altmap = self.range_altmaps[group]
             members = [b for b in self.blocks.values() if b.group == group]
             if {b.id for b in members} - {b.id for b in blocks}:
-                raise BadRequest("seed 004's design removes a hot-added range only as a whole (-EINVAL)")
+                raise BadRequest("the 2019 RFC's design (MHP_MEMMAP_FROM_RANGE) removes a hot-added range "
+                                 "only as a whole (-EINVAL)")
             pps = m.sparse_geometry.pages_per_section
             for section_start in reversed(range(altmap.base_pfn, altmap.end_pfn + 1, pps)):
                 m.remove_memmap(section_start, pps, altmap)

@@ -1,6 +1,6 @@
 """HugeTLB Vmemmap Optimization: remap a HugeTLB folio's tail vmemmap onto one page and free the rest.
 
-Mirrors ``mm/hugetlb_vmemmap.c`` (seed 003 = 6.12): the remap walk (``vmemmap_remap_range`` with
+Mirrors ``mm/hugetlb_vmemmap.c`` (as of v6.12, the default profile): the remap walk (``vmemmap_remap_range`` with
 ``vmemmap_pmd_entry``/``vmemmap_pte_entry``), ``vmemmap_split_pmd``, ``vmemmap_remap_pte``,
 ``vmemmap_restore_pte``, ``vmemmap_remap_free`` (new head page, rollback walk),
 ``vmemmap_remap_alloc``/``alloc_vmemmap_page_list``, ``free_vmemmap_page``, the single-folio and

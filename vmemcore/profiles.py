@@ -1,4 +1,8 @@
-"""Kernel versions as data: where kernels differ, a profile says how (kernel-facts.md §1, §3.5, §5)."""
+"""Kernel versions as data: where kernels differ, a profile says how.
+
+Each field, and the kernel commit and release behind it, is listed in docs/kernel-map.md#kernel-profiles
+and docs/kernel-map.md#behaviour-timeline.
+"""
 
 from attrs import frozen
 
@@ -28,9 +32,10 @@ class KernelProfile:
     hvo_batched: bool
     # struct pages of a restored tail page rewritten from their neighbours (reset_struct_pages)
     nr_reset_struct_page: int
-    # memmap_on_memory (mm/memory_hotplug.c): "rfc2019" (seed 004: one altmap over the whole added
-    # range, on by default), "single-block" (5.12-6.7: the range must be one memory block),
-    # "per-block" (6.8+: one altmap per memory block)
+    # memmap_on_memory (mm/memory_hotplug.c): "rfc2019" (the 2019 RFC "mm, memory_hotplug: allocate
+    # memmap from the added memory range for sparse-vmemmap", never merged: one altmap over the whole
+    # added range, on by default; docs/kernel-map.md#memmap_on_memory-designs), "single-block"
+    # (5.12-6.7: the range must be one memory block), "per-block" (6.8+: one altmap per memory block)
     mhp_design: str
     # 6.6+: an unsupported request falls back to a normal memmap (before: -EINVAL); "force" mode exists
     mhp_fallback: bool

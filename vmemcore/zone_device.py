@@ -14,7 +14,8 @@ compound path when ``vmemmap_can_optimize`` allows: per compound page the head v
 the first tail vmemmap page get frames of their own and every later PTE maps the first tail page's
 frame, taking a reference (``VMEMMAP_POPULATE_PAGEREF``); a section that continues a compound page
 begun in an earlier one maps that section's last frame throughout. So a compound page costs 2
-frames whatever its size, while the memmap counters count its full size (kernel-facts §3.5).
+frames whatever its size, while the memmap counters count its full size (``populate_section_memmap`` in ``mm/sparse.c``;
+docs/kernel-map.md#memmap-counters).
 """
 
 import attrs
