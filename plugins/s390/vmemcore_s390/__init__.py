@@ -158,7 +158,7 @@ def vmemcore_supports_memmap_on_memory(machine, vmemmap_size):
 
 @hookimpl
 def vmemcore_arch_add_memory(machine, request):
-    """Seed 004's s390 ``arch_add_memory`` clears MHP_MEMMAP_FROM_RANGE: the memory only becomes
+    """In the 2019 RFC (docs/kernel-map.md#memmap_on_memory-designs) s390's ``arch_add_memory`` clears MHP_MEMMAP_FROM_RANGE: the memory only becomes
     accessible at online time, so its memmap cannot be written at add time."""
     if machine.profile.mhp_design == "rfc2019" and request.memmap_on_memory:
         return attrs.evolve(request, memmap_on_memory=False)
