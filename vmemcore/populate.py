@@ -3,7 +3,10 @@
 Mirrors ``vmemmap_populate_basepages``, ``vmemmap_populate_hugepages``, ``vmemmap_alloc_block_buf``,
 ``vmemmap_alloc_block``, ``vmemmap_alloc_block_zero``, ``vmemmap_verify``, the sparse buffer of
 ``mm/sparse.c`` (``sparse_buffer_init/alloc/fini``) and the references ``VMEMMAP_POPULATE_PAGEREF``
-takes on frames mapped more than once (``get_page``, ``put_page_testzero``). Arch plugins build
+takes on frames mapped more than once (``get_page``, ``put_page_testzero``), and the compound
+devmap path: ``vmemmap_can_optimize`` (``include/linux/mm.h``), ``vmemmap_populate_compound_pages``,
+``reuse_compound_section`` and ``compound_section_tail_page``. Base pages and compound pages share
+one PTE walk (``vmemmap_populate_range``). Arch plugins build
 their ``vmemmap_populate`` and ``vmemmap_free`` from these. The loops go a page table at a time: a
 run of empty entries gets its frames in one batch (the same frames, in the same order, that one
 call per entry would get), so populating a 1 PiB machine costs its page tables, not its 8 million
@@ -13,8 +16,11 @@ PMD entries one by one.
 import numpy as np
 
 from .errors import BadRequest, OutOfMemory
+from .geometry import Support
 from .pagetable import PRESENT, table_index_range
 from .physmem import Owner, Use
+from .structpage import CopyOf
+from .units import format_size
 
 MEMMAP = Owner(Use.MEMMAP)
 NUMA_NO_NODE = -1  # allocations from any node, lowest id first; nothing to verify
@@ -122,6 +128,26 @@ def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn
     ``altmap_page_allowed(machine, addr, altmap)``: the arch's rule for which pages may come from
     the altmap (powerpc's ``altmap_cross_boundary``); when given, the other pages, and those the
     altmap has no room for, come from RAM instead of failing."""
+
+    def fill(table, lo, hi):
+        empty = np.flatnonzero((table.flags[lo:hi] & PRESENT) == 0) + lo
+        if not len(empty):
+            return
+        if reuse_pfn is not None:
+            pfns = np.full(len(empty), reuse_pfn, dtype=np.int64)
+        elif altmap is not None and altmap_page_allowed is not None:
+            empty, pfns = _altmap_then_ram(machine, table, empty, node, altmap, altmap_page_allowed)
+        else:
+            pfns = alloc_blocks(machine, 1, len(empty), node, altmap)
+        _set_ptes(machine, table, empty, pfns, node, "altmap" if altmap else "")
+
+    _fill_pte_tables(machine, start, end, node, fill)
+
+
+def _fill_pte_tables(machine, start, end, node, fill):
+    """The PTE walk both populate paths share (``vmemmap_populate_range``): each PTE table under
+    ``[start, end)`` (rounded out to pages) is created if missing, then ``fill(table, lo, hi)``
+    maps its entries ``lo..hi``, a table at a time."""
     pt = machine.pagetable
     page = machine.geometry.page_size
     depth = len(machine.geometry.levels) - 1
@@ -132,21 +158,19 @@ def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn
         if table is None:
             raise BadRequest(f"vmemmap address {addr:#x} is already mapped by a leaf above the PTE level")
         lo, hi = table_index_range(table, addr, end)
-        empty = np.flatnonzero((table.flags[lo:hi] & PRESENT) == 0) + lo
-        if len(empty):
-            if reuse_pfn is not None:
-                pfns = np.full(len(empty), reuse_pfn, dtype=np.int64)
-            elif altmap is not None and altmap_page_allowed is not None:
-                empty, pfns = _altmap_then_ram(machine, table, empty, node, altmap, altmap_page_allowed)
-            else:
-                pfns = alloc_blocks(machine, 1, len(empty), node, altmap)
-            if len(pfns):
-                pt.set_leaves(table, empty[: len(pfns)], pfns)
-                vmemmap_verify(machine, pfns, node)
-            if len(pfns) < len(empty):
-                where = table.va(int(empty[len(pfns)]))
-                raise OutOfMemory(f"no memory for the struct pages at {where:#x} (node {node}{', altmap' if altmap else ''})")
+        fill(table, lo, hi)
         addr = table.va(hi)
+
+
+def _set_ptes(machine, table, index, pfns, node, what):
+    """Map PTEs ``index`` of ``table`` to the frames ``pfns`` had; fewer frames than entries is
+    :class:`OutOfMemory` (after mapping those there are: the transaction rolls them back)."""
+    if len(pfns):
+        machine.pagetable.set_leaves(table, index[:len(pfns)], pfns)
+        vmemmap_verify(machine, pfns, node)
+    if len(pfns) < len(index):
+        where = table.va(int(index[len(pfns)]))
+        raise OutOfMemory(f"no memory for the struct pages at {where:#x} (node {node}{', ' + what if what else ''})")
 
 
 def _altmap_then_ram(machine, table, empty, node, altmap, allowed):
@@ -327,3 +351,101 @@ class VmemmapRefs:
         for frame, extra in self.extra.items():
             assert found.get(frame, 0) == extra + 1, (
                 f"vmemmap frame {frame:#x} holds {extra + 1} references but {found.get(frame, 0)} PTEs map it")
+
+
+# -- compound devmap pages (device-dax): vmemmap_can_optimize and the compound populate ----------
+
+VMEMMAP_RESERVE_NR = 2  # vmemmap pages a deduplicated compound page keeps of its own
+# "mm/vmemmap/devdax: fix kernel crash when probing devdax devices" made dedup need more than
+# VMEMMAP_RESERVE_NR vmemmap pages per compound page (6.4 taken here; 6.4/6.5 UNCONFIRMED); before,
+# any compound page (vmemmap_shift > 0) took the compound path
+RESERVE_NR_SINCE = (6, 4)
+
+def vmemmap_can_optimize(machine, altmap, pgmap) -> Support:
+    """``vmemmap_can_optimize``: the arch opts in (hook ``vmemcore_dax_vmemmap_support``), struct
+    page is a power of two, there is no altmap, and a compound page spans more than
+    ``VMEMMAP_RESERVE_NR`` vmemmap pages (before 6.4: is a compound page at all). A no says why."""
+    arch = machine.hooks.dax_vmemmap_support(machine)
+    if not arch.supported:
+        return arch
+    size = machine.sparse_geometry.struct_page_size
+    if size & (size - 1):
+        return Support(False, f"struct page is {size} bytes, not a power of two")
+    if altmap is not None:
+        return Support(False, "the memmap comes from the device (altmap), which is never deduplicated")
+    nr = pgmap.vmemmap_nr
+    if nr == 1:
+        return Support(False, "base pages (vmemmap_shift 0): no compound pages")
+    if machine.profile.at_least(*RESERVE_NR_SINCE) and nr * size >> machine.geometry.page_shift <= VMEMMAP_RESERVE_NR:
+        return Support(False, f"a compound page of {nr} pages has {format_size(nr * size)} of struct pages: "
+                              f"not more than VMEMMAP_RESERVE_NR ({VMEMMAP_RESERVE_NR}) vmemmap pages")
+    return Support(True)
+
+
+def _range_start(machine, pfn, pgmap):
+    """First pfn of the range of ``pgmap`` that holds ``pfn``."""
+    shift = machine.geometry.page_shift
+    return next(r.start >> shift for r in pgmap.ranges if r.start >> shift <= pfn < (r.start + r.size) >> shift)
+
+
+def reuse_compound_section(machine, start_pfn, pgmap) -> bool:
+    """``reuse_compound_section``: does the section piece at ``start_pfn`` continue a compound page
+    begun in an earlier section? (Its offset into the range being onlined is not compound-aligned,
+    and compound pages are larger than a sub-section.)"""
+    nr = pgmap.vmemmap_nr
+    offset = start_pfn - _range_start(machine, start_pfn, pgmap)
+    return offset % nr != 0 and nr > machine.sparse_geometry.pages_per_subsection
+
+
+def compound_section_tail_page(machine, start) -> int:
+    """``compound_section_tail_page``: the frame behind the PTE just below ``start`` — the previous
+    section's last vmemmap page, which holds tail struct pages only (sections are populated in
+    ascending order)."""
+    phys = machine.pagetable.translate(start - machine.geometry.page_size)
+    if phys is None:
+        raise BadRequest(f"the memmap below {start:#x} is not populated: sections must come in ascending order")
+    return phys >> machine.geometry.page_shift
+
+
+def _map_reused(machine, table, index, frames, node):
+    """Map PTEs ``index`` of ``table`` to existing ``frames``, a reference taken per PTE."""
+    if len(index):
+        machine.pagetable.set_leaves(table, index, frames)
+        vmemmap_verify(machine, frames, node)
+        machine.vmemmap_refs.get(frames)
+
+
+def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap):
+    """``vmemmap_populate_compound_pages``: map ``[start, end)``, the memmap of the section piece at
+    ``start_pfn``, with writable PTEs (``PAGE_KERNEL``). Frames come in the kernel's order (head,
+    first tail, for each compound page; page tables when the walk reaches them); present PTEs are
+    left alone. Raises :class:`OutOfMemory` when a frame or table cannot be had."""
+    page = machine.geometry.page_size
+    csize = pgmap.vmemmap_nr * machine.sparse_geometry.struct_page_size
+    if csize < 2 * page:
+        raise BadRequest(
+            f"kernel {machine.profile.name} maps vmemmap pages past the range for compound pages of "
+            f"{format_size(csize)} of struct pages (the crash VMEMMAP_RESERVE_NR fixed): not simulated")
+    reuse = None
+    if reuse_compound_section(machine, start_pfn, pgmap):
+        reuse = compound_section_tail_page(machine, start)
+    per = min(end - start, csize) // page  # vmemmap pages per step of the kernel's loop
+    tails = {}  # compound page (steps from start) -> frame of its first tail vmemmap page
+
+    def fill(table, lo, hi):
+        index = np.arange(lo, hi)
+        empty = (table.flags[lo:hi] & PRESENT) == 0
+        if reuse is not None:
+            _map_reused(machine, table, index[empty], np.full(int(empty.sum()), reuse, dtype=np.int64), node)
+            return
+        compound, pos = np.divmod((table.va(lo) - start) // page + index - lo, per)
+        own = index[(pos < 2) & empty]
+        _set_ptes(machine, table, own, alloc_blocks(machine, 1, len(own), node, None), node, "compound devmap")
+        for i in own[pos[own - lo] == 1].tolist():  # the first tail pages: shared, so described
+            machine.structpages.describe(int(table.pfns[i]), CopyOf(machine.sparse_geometry.page_to_pfn(table.va(i))))
+        tails.update(zip(compound[pos == 1].tolist(), table.pfns[index[pos == 1]].tolist()))
+        shared = (pos >= 2) & empty
+        frames = np.array([tails[c] for c in compound[shared].tolist()], dtype=np.int64)
+        _map_reused(machine, table, index[shared], frames, node)
+
+    _fill_pte_tables(machine, start, end, node, fill)

@@ -10,11 +10,10 @@ from attrs import frozen
 
 from .errors import BadRequest
 from .geometry import SUBSECTION_SHIFT
-from .populate import SparseBuffer
+from .populate import SparseBuffer, vmemmap_can_optimize, vmemmap_populate_compound_pages
 from .rangemap import RangeMap
 from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
 from .units import format_size
-from .zone_device import vmemmap_can_optimize, vmemmap_populate_compound_pages
 
 
 @frozen

@@ -1,11 +1,11 @@
 """ZONE_DEVICE pagemaps and the compound devmap (device-dax) vmemmap dedup.
 
 Mirrors ``memremap_pages``/``memunmap_pages`` (``mm/memremap.c``: ``pagemap_range``,
-``pageunmap_range``, the ``pgmap_array`` that ``get_dev_pagemap`` searches), ``vmemmap_can_optimize``
-(``include/linux/mm.h``), ``vmemmap_populate_compound_pages``, ``reuse_compound_section`` and
-``compound_section_tail_page`` (``mm/sparse-vmemmap.c``), ``compound_nr_pages`` and
-``memmap_init_zone_device`` (``mm/mm_init.c``), and the namespace layout of ``nd_pfn_init``
-(``drivers/nvdimm/pfn_devs.c``) for a memmap kept on the device.
+``pageunmap_range``, the ``pgmap_array`` that ``get_dev_pagemap`` searches), ``compound_nr_pages``
+and ``memmap_init_zone_device`` (``mm/mm_init.c``), and the namespace layout of ``nd_pfn_init``
+(``drivers/nvdimm/pfn_devs.c``) for a memmap kept on the device. The compound populate itself
+(``vmemmap_can_optimize``, ``vmemmap_populate_compound_pages``) lives with the other populate
+paths in :mod:`vmemcore.populate`, as the kernel keeps it in ``mm/sparse-vmemmap.c``.
 
 Device memory is not System RAM: physical memory never sees its pfns, and an altmap over it (the
 device's own memmap area) tracks its frames alone. Its memmap is added through the section
@@ -22,22 +22,16 @@ import attrs
 import numpy as np
 
 from .altmap import VmemAltmap
-from .errors import BadRequest, OutOfMemory, Veto
+from .errors import BadRequest, Veto
 from .geometry import SUBSECTION_SHIFT, Support
 from .hotplug import check_mappable
-from .pagetable import PRESENT, table_index_range
 from .physmem import Use
-from .populate import alloc_blocks, table_allocator, vmemmap_verify
+from .populate import VMEMMAP_RESERVE_NR, vmemmap_can_optimize
 from .rangemap import RangeMap
 from .stats import NR_MEMMAP_PAGES
-from .structpage import HEAD, PG_FOLIO_META, CopyOf, StructPage
+from .structpage import HEAD, PG_FOLIO_META, StructPage
 from .units import format_size, parse_size
 
-VMEMMAP_RESERVE_NR = 2  # vmemmap pages a deduplicated compound page keeps of its own
-# "mm/vmemmap/devdax: fix kernel crash when probing devdax devices" made dedup need more than
-# VMEMMAP_RESERVE_NR vmemmap pages per compound page (6.4 taken here; 6.4/6.5 UNCONFIRMED); before,
-# any compound page (vmemmap_shift > 0) took the compound path
-RESERVE_NR_SINCE = (6, 4)
 INFO_BLOCK = 8 << 10  # SZ_8K: the pfn device's info block at the start of a namespace
 MAX_STRUCT_PAGE_SIZE = 64  # what a namespace sets aside per page for its memmap
 
@@ -111,117 +105,12 @@ class Pagemap:
         }
 
 
-# -- vmemmap_can_optimize and the compound populate ---------------------------------------------
-
-def vmemmap_can_optimize(machine, altmap, pgmap) -> Support:
-    """``vmemmap_can_optimize``: the arch opts in (hook ``vmemcore_dax_vmemmap_support``), struct
-    page is a power of two, there is no altmap, and a compound page spans more than
-    ``VMEMMAP_RESERVE_NR`` vmemmap pages (before 6.4: is a compound page at all). A no says why."""
-    arch = machine.hooks.dax_vmemmap_support(machine)
-    if not arch.supported:
-        return arch
-    size = machine.sparse_geometry.struct_page_size
-    if size & (size - 1):
-        return Support(False, f"struct page is {size} bytes, not a power of two")
-    if altmap is not None:
-        return Support(False, "the memmap comes from the device (altmap), which is never deduplicated")
-    nr = pgmap.vmemmap_nr
-    if nr == 1:
-        return Support(False, "base pages (vmemmap_shift 0): no compound pages")
-    if machine.profile.at_least(*RESERVE_NR_SINCE) and nr * size >> machine.geometry.page_shift <= VMEMMAP_RESERVE_NR:
-        return Support(False, f"a compound page of {nr} pages has {format_size(nr * size)} of struct pages: "
-                              f"not more than VMEMMAP_RESERVE_NR ({VMEMMAP_RESERVE_NR}) vmemmap pages")
-    return Support(True)
-
-
 def compound_nr_pages(machine, altmap, pgmap) -> int:
     """``compound_nr_pages``: the struct pages ``memmap_init_compound`` writes per compound page —
     with dedup only those in the vmemmap pages the compound page has of its own."""
     if not vmemmap_can_optimize(machine, altmap, pgmap).supported:
         return pgmap.vmemmap_nr
     return VMEMMAP_RESERVE_NR * (machine.geometry.page_size // machine.sparse_geometry.struct_page_size)
-
-
-def _range_start(machine, pfn, pgmap):
-    """First pfn of the range of ``pgmap`` that holds ``pfn``."""
-    shift = machine.geometry.page_shift
-    return next(r.start >> shift for r in pgmap.ranges if r.start >> shift <= pfn < (r.start + r.size) >> shift)
-
-
-def reuse_compound_section(machine, start_pfn, pgmap) -> bool:
-    """``reuse_compound_section``: does the section piece at ``start_pfn`` continue a compound page
-    begun in an earlier section? (Its offset into the range being onlined is not compound-aligned,
-    and compound pages are larger than a sub-section.)"""
-    nr = pgmap.vmemmap_nr
-    offset = start_pfn - _range_start(machine, start_pfn, pgmap)
-    return offset % nr != 0 and nr > machine.sparse_geometry.pages_per_subsection
-
-
-def compound_section_tail_page(machine, start) -> int:
-    """``compound_section_tail_page``: the frame behind the PTE just below ``start`` — the previous
-    section's last vmemmap page, which holds tail struct pages only (sections are populated in
-    ascending order)."""
-    phys = machine.pagetable.translate(start - machine.geometry.page_size)
-    if phys is None:
-        raise BadRequest(f"the memmap below {start:#x} is not populated: sections must come in ascending order")
-    return phys >> machine.geometry.page_shift
-
-
-def _map_reused(machine, table, index, frames, node):
-    """Map PTEs ``index`` of ``table`` to existing ``frames``, a reference taken per PTE."""
-    if len(index):
-        machine.pagetable.set_leaves(table, index, frames)
-        vmemmap_verify(machine, frames, node)
-        machine.vmemmap_refs.get(frames)
-
-
-def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap):
-    """``vmemmap_populate_compound_pages``: map ``[start, end)``, the memmap of the section piece at
-    ``start_pfn``, with writable PTEs (``PAGE_KERNEL``). Frames come in the kernel's order (head,
-    first tail, for each compound page; page tables when the walk reaches them); present PTEs are
-    left alone. Raises :class:`OutOfMemory` when a frame or table cannot be had."""
-    geometry = machine.geometry
-    page = geometry.page_size
-    csize = pgmap.vmemmap_nr * machine.sparse_geometry.struct_page_size
-    if csize < 2 * page:
-        raise BadRequest(
-            f"kernel {machine.profile.name} maps vmemmap pages past the range for compound pages of "
-            f"{format_size(csize)} of struct pages (the crash VMEMMAP_RESERVE_NR fixed): not simulated")
-    reuse = None
-    if reuse_compound_section(machine, start_pfn, pgmap):
-        reuse = compound_section_tail_page(machine, start)
-    per = min(end - start, csize) // page  # vmemmap pages per step of the kernel's loop
-    pt, structpages = machine.pagetable, machine.structpages
-    alloc = table_allocator(machine, node)
-    tails = {}  # compound page (steps from start) -> frame of its first tail vmemmap page
-    addr = start
-    while addr < end:
-        table = pt.walk(addr, len(geometry.levels) - 1, alloc)
-        if table is None:
-            raise BadRequest(f"vmemmap address {addr:#x} is already mapped by a leaf above the PTE level")
-        lo, hi = table_index_range(table, addr, end)
-        index = np.arange(lo, hi)
-        empty = (table.flags[lo:hi] & PRESENT) == 0
-        if reuse is not None:
-            _map_reused(machine, table, index[empty], np.full(int(empty.sum()), reuse, dtype=np.int64), node)
-            addr = table.va(hi)
-            continue
-        compound, pos = np.divmod((table.va(lo) - start) // page + index - lo, per)
-        own = index[(pos < 2) & empty]
-        frames = alloc_blocks(machine, 1, len(own), node, None)
-        if len(frames):
-            pt.set_leaves(table, own[:len(frames)], frames)
-            vmemmap_verify(machine, frames, node)
-        if len(frames) < len(own):
-            where = table.va(int(own[len(frames)]))
-            raise OutOfMemory(f"no memory for the struct pages at {where:#x} (node {node}, compound devmap)")
-        for i in own[pos[own - lo] == 1].tolist():  # the first tail pages: shared, so described
-            structpages.describe(int(table.pfns[i]), CopyOf(machine.sparse_geometry.page_to_pfn(table.va(i))))
-        tails.update(zip(compound[pos == 1].tolist(), table.pfns[index[pos == 1]].tolist()))
-        shared = (pos >= 2) & empty
-        frames = np.array([tails[c] for c in compound[shared].tolist()], dtype=np.int64)
-        _map_reused(machine, table, index[shared], frames, node)
-        addr = table.va(hi)
 
 
 # -- memremap_pages / memunmap_pages ------------------------------------------------------------
