@@ -13,6 +13,8 @@ Every operation is a transaction: a refusal or a failure leaves the machine as i
 
 import attrs
 
+from errno import E2BIG, EBUSY
+
 from .altmap import VmemAltmap
 from .errors import BadRequest, Veto
 from .geometry import Support
@@ -152,7 +154,7 @@ class Hotplug:
             limit = 1 << m.sparse_geometry.max_physmem_bits
             if start + size > limit:
                 raise BadRequest(f"hot-add [{start:#x}, {start + size:#x}) ends past the {m.sparse_geometry.max_physmem_bits}-bit "
-                                 f"physical limit ({format_size(limit)}) (-E2BIG)")
+                                 f"physical limit ({format_size(limit)}) (-E2BIG)", errno=-E2BIG)
             request = HotAddRequest(start, size, node, memmap_on_memory or m.profile.mhp_design == "rfc2019")
             note = ""
             for plugin, answer in m.hooks.arch_add_memory(m, request):
@@ -251,7 +253,7 @@ class Hotplug:
             for s, e, owner in m.physmem.frames.items(start, block.end_pfn):
                 if owner.use is not Use.FREE:
                     raise BadRequest(f"offline of memory block {block_id} failed (-EBUSY): pfn {s:#x} holds an unmovable "
-                                     f"page ({owner})")
+                                     f"page ({owner})", errno=-EBUSY)
             m.physmem.offline(start, block.end_pfn)
             for s, e, owner in m.physmem.frames.items(block.start_pfn, start):  # mhp_deinit_memmap_on_memory
                 m.physmem.retag(s, e - s, Owner(Use.MEMMAP) if owner.use is Use.MEMMAP else Owner(Use.OFFLINE))
@@ -267,7 +269,7 @@ class Hotplug:
                 hugetlb.free_folios(h, victims)
                 if any(v.head in h.folios for v in victims):
                     raise BadRequest(f"offline of memory block {block.id} failed (-EBUSY): a HugeTLB page's vmemmap "
-                                     "could not be restored")
+                                     "could not be restored", errno=-EBUSY)
 
     # -- remove ---------------------------------------------------------------------------------
     def remove_memory(self, start, size):
@@ -286,7 +288,7 @@ class Hotplug:
             blocks = [self.blocks[i] for i in ids]
             online = [b.id for b in blocks if b.state == "online"]
             if online:
-                raise BadRequest(f"memory block {online[0]} is still online (-EBUSY)")
+                raise BadRequest(f"memory block {online[0]} is still online (-EBUSY)", errno=-EBUSY)
             with_altmap = [b for b in blocks if b.altmap is not None]
             if with_altmap and len(with_altmap) != len(blocks):
                 raise BadRequest("some of these memory blocks have an altmap and some not (-EINVAL)")

@@ -570,10 +570,11 @@ class StepResult:
 
 class RunError(VmemcoreError):
     """A simulation failure at boot or in a step; ``cause`` is the engine's error, ``machine`` and
-    ``results`` are the state before the failing operation (operations are transactional)."""
+    ``results`` are the state before the failing operation (operations are transactional); its
+    ``errno`` is the cause's."""
 
     def __init__(self, where, cause, machine=None, results=()):
-        super().__init__(f"{where}: {type(cause).__name__}: {cause}")
+        super().__init__(f"{where}: {type(cause).__name__}: {cause}", errno=cause.errno)
         self.where = where
         self.cause = cause
         self.machine = machine

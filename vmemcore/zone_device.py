@@ -17,6 +17,8 @@ begun in an earlier one maps that section's last frame throughout. So a compound
 frames whatever its size, while the memmap counters count its full size (kernel-facts §3.5).
 """
 
+from errno import ENOMEM, ENXIO
+
 import attrs
 import numpy as np
 
@@ -294,9 +296,9 @@ class ZoneDevice:
             pfn, nr_pages = r.start >> shift, r.size >> shift
             m.sparse.check_span(pfn, nr_pages)
             if m.physmem.nodes.covered(pfn, pfn + nr_pages):
-                raise BadRequest(f"{where} overlaps System RAM (memremap_pages: -ENXIO)")
+                raise BadRequest(f"{where} overlaps System RAM (memremap_pages: -ENXIO)", errno=-ENXIO)
             if self.pfns.covered(pfn, pfn + nr_pages):
-                raise BadRequest(f"{where} overlaps another device pagemap (conflicting mapping: -ENOMEM)")
+                raise BadRequest(f"{where} overlaps another device pagemap (conflicting mapping: -ENOMEM)", errno=-ENOMEM)
         altmap = pgmap.altmap
         if altmap is None:
             return
