@@ -36,7 +36,16 @@ class Owner:
 
 FREE = Owner(Use.FREE)
 OFFLINE = Owner(Use.OFFLINE)
-NORMAL, MOVABLE = "normal", "movable"
+
+
+class Zone(enum.StrEnum):
+    """The zone online memory is in; the value is the name users write and reports show."""
+
+    NORMAL = "normal"  # ZONE_NORMAL
+    MOVABLE = "movable"  # ZONE_MOVABLE
+
+
+NORMAL, MOVABLE = Zone.NORMAL, Zone.MOVABLE
 
 
 @frozen

@@ -16,9 +16,9 @@ from attrs import frozen
 
 from .errors import BadRequest, ScenarioError, VmemcoreError
 from .geometry import SUBSECTION_SHIFT
-from .hotplug import MODES
+from .hotplug import MemmapOnMemory
 from .machine import Machine
-from .physmem import MOVABLE, NORMAL
+from .physmem import Zone
 from .plugins import ArchHooks, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES
 from .units import format_size, human_size, parse_size
@@ -68,7 +68,7 @@ class HugetlbSpec:
 class HotplugSpec:
     """The ``[hotplug]`` table: the boot parameter ``memory_hotplug.memmap_on_memory``."""
 
-    memmap_on_memory: str = "N"
+    memmap_on_memory: MemmapOnMemory = attrs.field(default=MemmapOnMemory.N, converter=MemmapOnMemory)
 
 
 @frozen
@@ -175,7 +175,7 @@ OPS = {
         Op("hotplug.add", {**_RANGE, **_NODE, "memmap_on_memory": ("bool", False)}, _hot_add,
            "add_memory: offline memory blocks with their memmap, from the range itself with memmap_on_memory",
            sections=True),
-        Op("hotplug.online", {**_BLOCKS, "zone": ("zone", NORMAL)},
+        Op("hotplug.online", {**_BLOCKS, "zone": ("zone", Zone.NORMAL)},
            lambda m, a: _each_block(m, a, lambda block: m.hotplug.online(block, a["zone"])),
            "online a memory block, or every block of start+size, into ZONE_NORMAL or ZONE_MOVABLE",
            sections=True),
@@ -198,7 +198,7 @@ _MACHINE_KEYS = ("arch", "variant", "kernel", "features")
 _MEMORY_KEYS = ("node", "start", "size")
 _HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "boot": ("boot", ())}
 _BOOT_KEYS = {"size": ("hugepage", REQUIRED), "count": ("count", REQUIRED), "node": ("node", None)}
-_HOTPLUG_KEYS = {"memmap_on_memory": ("mode", "N")}
+_HOTPLUG_KEYS = {"memmap_on_memory": ("mode", MemmapOnMemory.N)}
 
 
 # -- locating keys in the text ------------------------------------------------------------------
@@ -351,17 +351,21 @@ class _Validator:
         return value
 
     def zone(self, key, value):
-        if value not in (NORMAL, MOVABLE):
-            raise self.error(key, f"must be {NORMAL!r} or {MOVABLE!r}, got {_type_name(value)} {value!r}")
-        return value
+        try:
+            return Zone(value)
+        except ValueError:
+            names = " or ".join(repr(zone.value) for zone in Zone)
+            raise self.error(key, f"must be {names}, got {_type_name(value)} {value!r}") from None
 
     def mode(self, key, value):
         """``memory_hotplug.memmap_on_memory``: one of MODES, or a boolean for Y/N."""
         if isinstance(value, bool):
-            return "Y" if value else "N"
-        if value not in MODES:
-            raise self.error(key, f"must be {', '.join(map(repr, MODES))} or true/false, got {_type_name(value)} {value!r}")
-        return value
+            return MemmapOnMemory.Y if value else MemmapOnMemory.N
+        try:
+            return MemmapOnMemory(value)
+        except ValueError:
+            names = ", ".join(repr(mode.value) for mode in MemmapOnMemory)
+            raise self.error(key, f"must be {names} or true/false, got {_type_name(value)} {value!r}") from None
 
     def fields(self, table, keys, where, what=""):
         """The values of ``table`` checked against ``keys`` (name -> (kind, default)), defaults filled in."""
