@@ -83,14 +83,7 @@ class AddResult:
 class Hotplug:
     """The machine's memory blocks and the hotplug operations on them."""
 
-    def __init__(self, machine, memmap_on_memory=MemmapOnMemory.N):
-        if isinstance(memmap_on_memory, bool):
-            memmap_on_memory = MemmapOnMemory.Y if memmap_on_memory else MemmapOnMemory.N
-        try:
-            mode = MemmapOnMemory(memmap_on_memory)
-        except ValueError:
-            raise BadRequest(f"memory_hotplug.memmap_on_memory must be one of {', '.join(MemmapOnMemory)}, "
-                             f"got {memmap_on_memory!r}") from None
+    def __init__(self, machine, mode=MemmapOnMemory.N):
         if mode is MemmapOnMemory.FORCE and not machine.profile.mhp_fallback:
             raise BadRequest(f"kernel {machine.profile.name} has no 'force' mode for memmap_on_memory (added in 6.6)")
         self.machine = machine

@@ -14,61 +14,14 @@ from types import MappingProxyType
 import attrs
 from attrs import frozen
 
+from .config import REQUIRED, BootPages, ConfigValidator, HotplugSpec, HugetlbSpec, MachineConfig, type_name
 from .errors import BadRequest, ScenarioError, VmemcoreError
 from .geometry import SUBSECTION_SHIFT
-from .hotplug import MemmapOnMemory
 from .machine import Machine
 from .physmem import Zone
-from .plugins import ArchHooks, Registry
-from .profiles import DEFAULT_PROFILE, PROFILES
-from .units import format_size, human_size, parse_size
+from .plugins import Registry
+from .units import format_size
 from .zone_device import add_devdax_step, remove_devdax_step
-
-REQUIRED = object()  # marks a step key without a default
-
-
-@frozen
-class MachineSpec:
-    """The ``[machine]`` table, resolved: ``variant`` and ``kernel`` are names, never None."""
-
-    arch: str
-    variant: str
-    kernel: str
-    features: MappingProxyType = attrs.field(converter=lambda d: MappingProxyType(dict(d)))
-
-
-@frozen
-class MemorySpec:
-    """One ``[[memory]]`` range with its start resolved to bytes."""
-
-    node: int
-    start: int
-    size: int
-
-
-@frozen
-class BootPages:
-    """One ``[hugetlb] boot`` entry: ``count`` HugeTLB pages of ``size`` bytes reserved at boot
-    (``hugepages=``), on ``node`` or interleaved over the nodes when None."""
-
-    size: int
-    count: int
-    node: int | None = None
-
-
-@frozen
-class HugetlbSpec:
-    """The ``[hugetlb]`` table: the boot-time HVO switch and the boot pages."""
-
-    optimize_vmemmap: bool = False
-    boot: tuple = ()
-
-
-@frozen
-class HotplugSpec:
-    """The ``[hotplug]`` table: the boot parameter ``memory_hotplug.memmap_on_memory``."""
-
-    memmap_on_memory: MemmapOnMemory = attrs.field(default=MemmapOnMemory.N, converter=MemmapOnMemory)
 
 
 @frozen
@@ -83,14 +36,23 @@ class Step:
 
 @frozen
 class Scenario:
-    """A validated scenario, ready for :func:`run_scenario`."""
+    """A validated scenario, ready for :func:`run_scenario`: the machine to boot and the steps."""
 
-    machine: MachineSpec
-    memory: tuple
+    machine: MachineConfig
     steps: tuple = ()
     path: str | None = None
-    hugetlb: HugetlbSpec | None = None
-    hotplug: HotplugSpec | None = None
+
+    @property
+    def memory(self):
+        return self.machine.memory
+
+    @property
+    def hugetlb(self):
+        return self.machine.hugetlb
+
+    @property
+    def hotplug(self):
+        return self.machine.hotplug
 
 
 @frozen
@@ -194,11 +156,6 @@ OPS = {
 }
 
 _TOP_KEYS = ("machine", "memory", "hugetlb", "hotplug", "steps")
-_MACHINE_KEYS = ("arch", "variant", "kernel", "features")
-_MEMORY_KEYS = ("node", "start", "size")
-_HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "boot": ("boot", ())}
-_BOOT_KEYS = {"size": ("hugepage", REQUIRED), "count": ("count", REQUIRED), "node": ("node", None)}
-_HOTPLUG_KEYS = {"memmap_on_memory": ("mode", MemmapOnMemory.N)}
 
 
 # -- locating keys in the text ------------------------------------------------------------------
@@ -286,63 +243,16 @@ def parse_scenario(text, path=None, registry=None) -> Scenario:
     return _Validator(text, path, registry or Registry()).scenario(doc)
 
 
-def _type_name(value):
-    return {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table", list: "array"}.get(
-        type(value), type(value).__name__
-    )
-
-
-class _Validator:
+class _Validator(ConfigValidator):
     """Turns the parsed TOML document into a :class:`Scenario`, raising at the first error."""
 
     def __init__(self, text, path, registry):
+        super().__init__(registry)
         self.locator = _Locator(text)
         self.path = path
-        self.registry = registry
-        self.sparse = None  # the arch's SparseGeometry, once [machine] is read
-        self.nodes = ()  # the nodes of [[memory]], once read
 
     def error(self, key, message):
         return ScenarioError(key, message, self.locator.line(key), self.path)
-
-    def known_keys(self, table, known, where):
-        for key in table:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise self.error(f"{where}.{key}" if where else key, f"unknown key (expected one of: {', '.join(known)}){hint}")
-
-    def expect(self, key, value, kind, what):
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(key, f"must be {what}, got {_type_name(value)} {value!r}")
-        return value
-
-    def size(self, key, value):
-        try:
-            return parse_size(value)
-        except BadRequest as error:
-            raise self.error(key, str(error)) from None
-
-    def node(self, key, value):
-        self.expect(key, value, int, "a node number (integer)")
-        if value < 0:
-            raise self.error(key, f"node {value} is negative")
-        return value
-
-    def hugepage(self, key, value):
-        """A HugeTLB page size: a power of two above the page size (whether the arch offers it is
-        known only once the machine is built)."""
-        size = self.size(key, value)
-        if size & (size - 1) or size <= self.sparse.page_size:
-            raise self.error(key, f"{format_size(size)} cannot be a HugeTLB page size: a power of two above the "
-                                  f"{format_size(self.sparse.page_size)} page size is needed (e.g. \"2M\", \"1G\")")
-        return size
-
-    def count(self, key, value):
-        self.expect(key, value, int, "a count (integer)")
-        if value < 0:
-            raise self.error(key, f"count {value} is negative")
-        return value
 
     def block(self, key, value):
         self.expect(key, value, int, "a memory block id (integer)")
@@ -355,165 +265,16 @@ class _Validator:
             return Zone(value)
         except ValueError:
             names = " or ".join(repr(zone.value) for zone in Zone)
-            raise self.error(key, f"must be {names}, got {_type_name(value)} {value!r}") from None
-
-    def mode(self, key, value):
-        """``memory_hotplug.memmap_on_memory``: one of MODES, or a boolean for Y/N."""
-        if isinstance(value, bool):
-            return MemmapOnMemory.Y if value else MemmapOnMemory.N
-        try:
-            return MemmapOnMemory(value)
-        except ValueError:
-            names = ", ".join(repr(mode.value) for mode in MemmapOnMemory)
-            raise self.error(key, f"must be {names} or true/false, got {_type_name(value)} {value!r}") from None
-
-    def fields(self, table, keys, where, what=""):
-        """The values of ``table`` checked against ``keys`` (name -> (kind, default)), defaults filled in."""
-        self.known_keys(table, list(keys), where)
-        values = {}
-        for name, (kind, default) in keys.items():
-            key = f"{where}.{name}"
-            if name not in table:
-                if default is REQUIRED:
-                    raise self.error(key, f"missing required key{what} (keys: {', '.join(keys)})")
-                values[name] = default
-            elif kind == "bool":
-                values[name] = self.expect(key, table[name], bool, "true or false")
-            else:
-                values[name] = getattr(self, kind)(key, table[name])
-        return values
+            raise self.error(key, f"must be {names}, got {type_name(value)} {value!r}") from None
 
     def scenario(self, doc) -> Scenario:
         self.known_keys(doc, _TOP_KEYS, "")
-        machine, self.sparse = self.machine(doc.get("machine"))
-        memory = self.memory(doc.get("memory"))
-        self.nodes = sorted({m.node for m in memory})
-        hugetlb = self.hugetlb(doc["hugetlb"]) if "hugetlb" in doc else None
-        hotplug = self.hotplug(doc["hotplug"]) if "hotplug" in doc else None
+        config = self.config(doc)
         raw_steps = doc.get("steps", [])
         if not isinstance(raw_steps, list) or not all(isinstance(s, dict) for s in raw_steps):
             raise self.error("steps", "must be an array of tables ([[steps]])")
         steps = tuple(self.step(i, raw) for i, raw in enumerate(raw_steps))
-        return Scenario(machine, memory, steps, self.path, hugetlb, hotplug)
-
-    def hugetlb(self, table):
-        self.expect("hugetlb", table, dict, "a table ([hugetlb])")
-        return HugetlbSpec(**self.fields(table, _HUGETLB_KEYS, "hugetlb"))
-
-    def hotplug(self, table):
-        self.expect("hotplug", table, dict, "a table ([hotplug])")
-        return HotplugSpec(**self.fields(table, _HOTPLUG_KEYS, "hotplug"))
-
-    def boot(self, key, entries):
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise self.error(key, 'must be an array of tables such as [{ size = "1G", count = 2 }]')
-        boot = []
-        for i, entry in enumerate(entries):
-            pages = BootPages(**self.fields(entry, _BOOT_KEYS, f"{key}[{i}]"))
-            if pages.node is not None and pages.node not in self.nodes:
-                raise self.error(f"{key}[{i}].node", f"node {pages.node} has no [[memory]] (nodes: {', '.join(map(str, self.nodes))})")
-            boot.append(pages)
-        return tuple(boot)
-
-    def machine(self, table):
-        if table is None:
-            raise self.error("machine", "a [machine] table with at least arch = \"...\" is required")
-        self.expect("machine", table, dict, "a table ([machine])")
-        self.known_keys(table, _MACHINE_KEYS, "machine")
-        if "arch" not in table:
-            raise self.error("machine.arch", "missing required key (e.g. arch = \"x86_64\")")
-        arch = self.expect("machine.arch", table["arch"], str, "a string")
-        if arch not in self.registry.arches:
-            broken = "".join(f"\n  {error}" for error in self.registry.errors)
-            raise self.error(
-                "machine.arch",
-                f"no plugin provides architecture {arch!r} (found: {', '.join(self.registry.arches) or 'none'})"
-                + (f"; plugins that failed to load:{broken}" if broken else ""),
-            )
-        plugin = self.registry.get(arch)
-        info = plugin.info
-
-        variant = self.variant(info, table.get("variant"))
-        kernel = table.get("kernel", DEFAULT_PROFILE)
-        if isinstance(kernel, float):
-            raise self.error("machine.kernel", f"must be a quoted string such as \"6.12\", got the float {kernel} (unquoted, 6.10 reads as 6.1)")
-        self.expect("machine.kernel", kernel, str, "a string such as \"6.12\"")
-        if kernel not in PROFILES:
-            raise self.error("machine.kernel", f"unknown kernel profile {kernel!r} (known: {', '.join(PROFILES)})")
-
-        features = table.get("features", {})
-        self.expect("machine.features", features, dict, "a table such as { pse = true }")
-        known = [f.name for f in info.features]
-        for name, value in features.items():
-            if name not in known:
-                raise self.error(f"machine.features.{name}", f"{arch} has no such feature (features: {', '.join(known) or 'none'})")
-            self.expect(f"machine.features.{name}", value, bool, "true or false")
-
-        sparse = ArchHooks(plugin.name, plugin.plugin).sparse_geometry(variant, PROFILES[kernel])
-        return MachineSpec(arch, variant.name, kernel, features), sparse
-
-    def variant(self, info, wanted):
-        if wanted is not None:
-            if isinstance(wanted, dict):
-                options = sorted({key for v in info.variants for key in v.options})
-                for key, value in wanted.items():
-                    if key not in options:
-                        raise self.error(f"machine.variant.{key}", f"unknown variant option (options of {info.name}: {', '.join(options)})")
-                    self.expect(f"machine.variant.{key}", value, (str, int), "a string or integer")
-            else:
-                self.expect("machine.variant", wanted, str, "a variant name or a table of options")
-        try:
-            return info.variant(wanted)
-        except ValueError as error:
-            raise self.error("machine.variant", str(error)) from None
-
-    def memory(self, ranges):
-        if ranges is None:
-            raise self.error("memory", "at least one [[memory]] range is required")
-        if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges) or not ranges:
-            raise self.error("memory", "must be a non-empty array of tables ([[memory]])")
-        sparse = self.sparse
-        limit = 1 << sparse.max_physmem_bits
-        page = sparse.page_size
-        out, cursor = [], 0
-        for i, table in enumerate(ranges):
-            key = f"memory[{i}]"
-            self.known_keys(table, _MEMORY_KEYS, key)
-            if "size" not in table:
-                raise self.error(f"{key}.size", "missing required key (e.g. size = \"16G\")")
-            node = self.node(f"{key}.node", table.get("node", 0))
-            start = self.size(f"{key}.start", table["start"]) if "start" in table else cursor
-            size = self.size(f"{key}.size", table["size"])
-            if size == 0:
-                raise self.error(f"{key}.size", "must be positive")
-            for name, value in (("start", start), ("size", size)):
-                if value % page:
-                    raise self.error(f"{key}.{name}", f"{value:#x} is not a multiple of the page size ({format_size(page)})")
-            if start + size > limit:
-                raise self.error(
-                    f"{key}.start" if start >= limit else f"{key}.size",
-                    f"range [{human_size(start)}, {human_size(start + size)}) ends past the {sparse.max_physmem_bits}-bit "
-                    f"physical limit ({format_size(limit)}) of this arch and variant",
-                )
-            where = f"{key}.start" if "start" in table else key
-            shift = sparse.section_size_bits
-            for j, other in enumerate(out):
-                if start < other.start + other.size and other.start < start + size:
-                    raise self.error(
-                        where,
-                        f"range [{human_size(start)}, {human_size(start + size)}) overlaps memory[{j}] "
-                        f"[{human_size(other.start)}, {human_size(other.start + other.size)})",
-                    )
-                if node != other.node and start >> shift <= (other.start + other.size - 1) >> shift \
-                        and other.start >> shift <= (start + size - 1) >> shift:
-                    raise self.error(
-                        where,
-                        f"node {node} shares a {format_size(sparse.section_size)} section with memory[{j}] of node "
-                        f"{other.node}: node boundaries must be section-aligned",
-                    )
-            out.append(MemorySpec(node, start, size))
-            cursor = start + size
-        return tuple(out)
+        return Scenario(config, steps, self.path)
 
     def step(self, index, table):
         key = f"steps[{index}]"
@@ -591,13 +352,8 @@ def run_scenario(scenario, progress=None, registry=None):
     ``progress(step)`` is called before each step. A :class:`VmemcoreError` at boot or in a step
     is raised as :class:`RunError` naming where it happened.
     """
-    spec = scenario.machine
-    memory = [{"node": m.node, "start": m.start, "size": m.size} for m in scenario.memory]
-    hugetlb = attrs.asdict(scenario.hugetlb) if scenario.hugetlb else None
-    hotplug = attrs.asdict(scenario.hotplug) if scenario.hotplug else None
     try:
-        machine = Machine(spec.arch, spec.variant, spec.kernel, memory, dict(spec.features), hugetlb, hotplug,
-                          registry=registry)
+        machine = Machine.from_config(scenario.machine, registry=registry)
     except VmemcoreError as error:
         raise RunError(f"{scenario.path + ': ' if scenario.path else ''}boot", error) from error
     results = []
