@@ -385,3 +385,35 @@ def test_help_lists_the_hotplug_ops(capsys):
     out = capsys.readouterr().out
     assert "  hotplug.online            [block], [start], [size], zone=normal: online a memory block" in out
     assert 'memmap_on_memory = "Y"' in out
+
+
+# ------------------------------------------------------------------------------------ enums
+
+def test_modes_and_zones_from_toml_are_enums_and_print_as_written(tmp_path, capsys):
+    from vmemcore.hotplug import BlockState, MemmapOnMemory
+    from vmemcore.physmem import Zone
+
+    source = HEAD + '[hotplug]\nmemmap_on_memory = "force"\n' + steps(
+        {"op": '"hotplug.add"', "start": '"64G"', "size": '"256M"', "memmap_on_memory": "true"},
+        {"op": '"hotplug.online"', "block": 512, "zone": '"movable"'},
+    )
+    scenario = parse_scenario(source)
+    assert scenario.hotplug.memmap_on_memory is MemmapOnMemory.FORCE
+    assert scenario.steps[1].args["zone"] is Zone.MOVABLE
+    machine, _ = run_scenario(scenario)
+    assert machine.hotplug.mode is MemmapOnMemory.FORCE
+    assert (machine.hotplug.blocks[512].state, machine.hotplug.blocks[512].zone) == (BlockState.ONLINE, Zone.MOVABLE)
+    assert machine.hotplug.blocks[513].state is BlockState.OFFLINE
+    code, out, _ = cli(tmp_path, capsys, source, "blocks", "--json")
+    data = json.loads(out)
+    assert (code, data["memmap_on_memory"]) == (0, "force")
+    assert [(b["state"], b["zone"]) for b in data["blocks"]] == [("online", "movable"), ("offline", None)]
+
+
+def test_kernel_profiles_name_their_designs_with_enums():
+    from vmemcore.profiles import PROFILES, HvoHeadPage, HvoTailPage, MhpDesign
+
+    assert [PROFILES[k].mhp_design for k in ("2019", "6.1", "6.12")] == [
+        MhpDesign.RFC2019, MhpDesign.SINGLE_BLOCK, MhpDesign.PER_BLOCK]
+    assert (PROFILES["7.1"].hvo_head_page, PROFILES["7.1"].hvo_tail_page) == (HvoHeadPage.ALWAYS, HvoTailPage.SHARED)
+    assert PROFILES["6.12"].mhp_design == "per-block"  # plugins may still compare with the string

@@ -11,10 +11,11 @@ from .units import GiB, KiB, MiB, PiB, TiB, format_size, parse_size
 
 hookimpl = pluggy.HookimplMarker("vmemcore")
 
-from .machine import Machine, MemoryRange  # noqa: E402  (plugins import the names above first)
+from .config import MachineConfig, MemoryRange  # noqa: E402  (plugins import the names above first)
+from .machine import Machine  # noqa: E402
 
 __all__ = [
-    "ArchInfo", "BadRequest", "Machine", "MemoryRange", "Feature", "GiB", "HugePageSize", "Support", "KernelProfile", "KiB", "Level", "MiB", "OutOfMemory",
+    "ArchInfo", "BadRequest", "Machine", "MachineConfig", "MemoryRange", "Feature", "GiB", "HugePageSize", "Support", "KernelProfile", "KiB", "Level", "MiB", "OutOfMemory",
     "PageTableGeometry", "PhysRange", "PiB", "PluginError", "ScenarioError", "SparseGeometry", "TiB", "Variant", "Veto",
     "VmemcoreError", "format_size", "get_profile", "hookimpl", "parse_size",
 ]

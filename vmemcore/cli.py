@@ -10,7 +10,7 @@ import attrs
 from .diagram import diagram, folio_title
 from .errors import BadRequest, PluginError, ScenarioError
 from .geometry import describe_geometry
-from .plugins import TRACE_ENV, ArchHooks, Registry
+from .plugins import TRACE_ENV, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
                      kpageflags_report, kpageflags_runs, report)
@@ -293,7 +293,7 @@ def _arches(args):
     except ValueError as error:
         raise BadRequest(str(error)) from None
     profile = get_profile(args.kernel)
-    hooks = ArchHooks(plugin.name, plugin.plugin)
+    hooks = plugin.hooks()
     rows = describe_geometry(hooks.pagetable_geometry(variant, profile), hooks.sparse_geometry(variant, profile))
     options = ", ".join(f"{k}={v}" for k, v in variant.options.items())
     print(f"{plugin.info.name} {variant.name} ({options}), kernel {profile.name}, plugin {plugin.name}")

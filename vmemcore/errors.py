@@ -1,23 +1,45 @@
-"""Typed errors. Every failed operation raises one of these and leaves the machine unchanged."""
+"""Typed errors. Every failed operation raises one of these and leaves the machine unchanged.
+
+Each error carries ``errno``, the negative value the kernel would return for it (``-EINVAL``
+unless the failure is known to return another), and ``errno_name`` (``"EINVAL"``).
+"""
+
+from errno import EINVAL, ENOMEM, errorcode
 
 
 class VmemcoreError(Exception):
     """Base class of every error vmemcore raises on purpose."""
 
+    errno = -EINVAL  # the default of the class; an instance may carry another
+
+    def __init__(self, *args, errno=None):
+        super().__init__(*args)
+        if errno is not None:
+            if -errno not in errorcode:
+                raise ValueError(f"errno must be a negative error number such as -errno.EEXIST, got {errno!r}")
+            self.errno = errno
+
+    @property
+    def errno_name(self) -> str:
+        """The symbolic name of ``errno``: ``"EINVAL"``, ``"EEXIST"``, ..."""
+        return errorcode[-self.errno]
+
 
 class BadRequest(VmemcoreError):
-    """The request itself is invalid (the kernel would answer -EINVAL, -EEXIST, -E2BIG, ...)."""
+    """The request itself is invalid: -EINVAL, or the ``errno`` given (-EEXIST, -E2BIG, -EBUSY, ...)."""
 
 
 class OutOfMemory(VmemcoreError):
-    """A simulated allocation failed (the kernel would answer -ENOMEM)."""
+    """A simulated allocation failed (-ENOMEM)."""
+
+    errno = -ENOMEM
 
 
 class Veto(VmemcoreError):
     """An architecture plugin refused the request; ``reasons`` lists each plugin's reason."""
 
-    def __init__(self, message, reasons=()):
-        super().__init__(message)
+    def __init__(self, message, reasons=(), errno=None):
+        super().__init__(message, errno=errno)
         self.reasons = tuple(reasons)
 
 

@@ -44,8 +44,9 @@ hookspec = pluggy.HookspecMarker("vmemcore")
 def vmemcore_arch_info() -> ArchInfo | None:
     """Describe the architecture this plugin provides.
 
-    Called once per plugin manager: when plugins are discovered (``vmemcore arches``, scenario
-    validation) and when a machine's hooks are set up; nothing of a machine exists yet.
+    Called once per plugin, when plugins are discovered (a ``Registry`` is made: by the CLI, a
+    scenario's validation, or a ``Machine`` given no registry); machines reuse that answer, and
+    nothing of a machine exists yet.
 
     Returns an :class:`vmemcore.ArchInfo` (name, variants, default variant, machine features), or
     None from a plugin that provides no architecture (an observer).

@@ -13,15 +13,34 @@ it falls back to a normal memmap.
 Every operation is a transaction: a refusal or a failure leaves the machine as it was.
 """
 
+from enum import StrEnum
+from errno import E2BIG, EBUSY
+
 import attrs
 
 from .altmap import VmemAltmap
 from .errors import BadRequest, PluginError, Veto
 from .geometry import Support
-from .physmem import MOVABLE, NORMAL, Owner, Use
+from .physmem import Owner, Use, Zone
+from .profiles import MhpDesign
 from .units import format_size
 
-MODES = ("N", "Y", "force")  # memory_hotplug.memmap_on_memory
+
+class MemmapOnMemory(StrEnum):
+    """The boot parameter ``memory_hotplug.memmap_on_memory``."""
+
+    N = "N"  # off
+    Y = "Y"  # on, where the memmap fills whole pageblocks
+    FORCE = "force"  # 6.6+: on, the memmap rounded up to whole pageblocks
+
+
+class BlockState(StrEnum):
+    """A memory block's ``state`` in sysfs."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
 SELF_HOSTED = Owner(Use.MEMMAP, self_hosted=True)
 # force mode: altmap pages the memmap does not use, marked PageVmemmapSelfHosted all the same
 ALTMAP_SPARE = Owner(Use.OFFLINE, reserved=True, self_hosted=True)
@@ -45,8 +64,8 @@ class MemoryBlock:
     start_pfn: int
     nr_pages: int
     node: int
-    state: str = "offline"
-    zone: str = None
+    state: BlockState = BlockState.OFFLINE
+    zone: Zone = None
     altmap: VmemAltmap = None  # its own altmap (6.8+, and 5.12-6.7's single block)
     group: int = 0  # the start pfn of the hot-add it came from
 
@@ -69,17 +88,14 @@ def check_mappable(machine, start, end, what):
     allowed = machine.hooks.mappable_range(machine)
     if not allowed.holds(start, end):
         raise BadRequest(f"{what} [{start:#x}, {end:#x}) exceeds the range {machine.arch.name} can map, "
-                         f"[{allowed.start:#x}, {allowed.end:#x}) (-E2BIG)")
+                         f"[{allowed.start:#x}, {allowed.end:#x}) (-E2BIG)", errno=-E2BIG)
 
 
 class Hotplug:
     """The machine's memory blocks and the hotplug operations on them."""
 
-    def __init__(self, machine, memmap_on_memory="N"):
-        if memmap_on_memory not in MODES and not isinstance(memmap_on_memory, bool):
-            raise BadRequest(f"memory_hotplug.memmap_on_memory must be one of {', '.join(MODES)}, got {memmap_on_memory!r}")
-        mode = {True: "Y", False: "N"}.get(memmap_on_memory, memmap_on_memory)
-        if mode == "force" and not machine.profile.mhp_fallback:
+    def __init__(self, machine, mode=MemmapOnMemory.N):
+        if mode is MemmapOnMemory.FORCE and not machine.profile.mhp_fallback:
             raise BadRequest(f"kernel {machine.profile.name} has no 'force' mode for memmap_on_memory (added in 6.6)")
         self.machine = machine
         self.mode = mode
@@ -120,7 +136,7 @@ class Hotplug:
         """``memory_block_memmap_on_memory_pages``: the block's memmap in pages (pageblock-rounded in force mode)."""
         m = self.machine
         pages = -(-self.block_pages * m.sparse_geometry.struct_page_size // m.geometry.page_size)
-        if self.mode == "force" if force is None else force:
+        if self.mode is MemmapOnMemory.FORCE if force is None else force:
             pageblock = 1 << m.sparse_geometry.pageblock_order
             pages = -(-pages // pageblock) * pageblock
         return pages
@@ -129,14 +145,14 @@ class Hotplug:
         """``mhp_supports_memmap_on_memory`` for a hot-add of ``size`` bytes, with every reason."""
         m = self.machine
         profile = m.profile
-        if profile.mhp_design == "rfc2019":
+        if profile.mhp_design is MhpDesign.RFC2019:
             return Support(True)
-        if self.mode == "N":
+        if self.mode is MemmapOnMemory.N:
             return Support(False, "memory_hotplug.memmap_on_memory is off")
         reasons = []
         if profile.mhp_excludes_hvo and m.hugetlb.optimize_vmemmap:
             reasons.append("it is not compatible with hugetlb_free_vmemmap (5.14-5.19)")
-        if profile.mhp_design == "single-block" and size != self.block_size:
+        if profile.mhp_design is MhpDesign.SINGLE_BLOCK and size != self.block_size:
             reasons.append(f"the range must be exactly one memory block ({format_size(self.block_size)})")
         vmemmap_size = self.block_pages * m.sparse_geometry.struct_page_size
         pages = self.memmap_pages()
@@ -167,7 +183,7 @@ class Hotplug:
                 raise Veto(f"{m.arch.name} kernel {m.profile.name} has no memory hotplug: {self.support.reason}",
                            [(m.plugin.name, self.support.reason)])
             check_mappable(m, start, start + size, "hot-add")
-            request = HotAddRequest(start, size, node, memmap_on_memory or m.profile.mhp_design == "rfc2019")
+            request = HotAddRequest(start, size, node, memmap_on_memory or m.profile.mhp_design is MhpDesign.RFC2019)
             note = ""
             for plugin, answer in m.hooks.arch_add_memory(m, request):
                 changed = [f"{key} from {getattr(request, key):{form}} to {getattr(answer, key):{form}}"
@@ -185,7 +201,7 @@ class Hotplug:
                 support = self.supports_memmap_on_memory(request.size)
                 if support.supported:
                     use_altmap = True
-                elif m.profile.mhp_fallback or m.profile.mhp_design == "rfc2019":
+                elif m.profile.mhp_fallback or m.profile.mhp_design is MhpDesign.RFC2019:
                     note = f"memmap_on_memory refused, memmap from RAM instead: {support.reason}"
                 else:
                     raise Veto(f"memmap_on_memory refused (-EINVAL): {support.reason}", [(m.plugin.name, support.reason)])
@@ -200,7 +216,7 @@ class Hotplug:
         design = m.profile.mhp_design
         ids = range(first // self.block_pages, (first + count) // self.block_pages)
         blocks = [MemoryBlock(i, i * self.block_pages, self.block_pages, node, group=first) for i in ids]
-        if use_altmap and design == "rfc2019":
+        if use_altmap and design is MhpDesign.RFC2019:
             memmap = -(-count * m.sparse_geometry.struct_page_size // m.geometry.page_size)
             altmap = VmemAltmap(first, first + count - 1, free=memmap, journal=m.journal)
             self.range_altmaps[first] = altmap
@@ -232,14 +248,16 @@ class Hotplug:
             raise BadRequest(f"there is no memory block {block_id}")
         return self.blocks[block_id]
 
-    def online(self, block_id, zone=NORMAL):
+    def online(self, block_id, zone=Zone.NORMAL):
         """``memory_block_online``: the memmap pages self-hosted, the rest to the buddy allocator."""
         m = self.machine
-        if zone not in (NORMAL, MOVABLE):
-            raise BadRequest(f"zone must be {NORMAL!r} or {MOVABLE!r}, got {zone!r}")
+        try:
+            zone = Zone(zone)
+        except ValueError:
+            raise BadRequest(f"zone must be {Zone.NORMAL.value!r} or {Zone.MOVABLE.value!r}, got {zone!r}") from None
         with m.transaction():
             block = self.block(block_id)
-            if block.state == "online":
+            if block.state is BlockState.ONLINE:
                 raise BadRequest(f"memory block {block_id} is already online")
             hosted = self.self_hosted_pages(block)
             start = block.start_pfn + hosted
@@ -249,7 +267,7 @@ class Hotplug:
             self._init_memmap_on_memory(block, hosted, zone)
             if start < block.end_pfn:
                 m.physmem.online(start, block.end_pfn, zone)
-            self._set(block, state="online", zone=zone)
+            self._set(block, state=BlockState.ONLINE, zone=zone)
 
     def _init_memmap_on_memory(self, block, hosted, zone):
         """``mhp_init_memmap_on_memory``: the altmap pages join the zone, marked self-hosted."""
@@ -264,7 +282,7 @@ class Hotplug:
         m = self.machine
         with m.transaction():
             block = self.block(block_id)
-            if block.state != "online":
+            if block.state is not BlockState.ONLINE:
                 raise BadRequest(f"memory block {block_id} is not online")
             hosted = self.self_hosted_pages(block)
             start = block.start_pfn + hosted
@@ -272,12 +290,12 @@ class Hotplug:
             for s, e, owner in m.physmem.frames.items(start, block.end_pfn):
                 if owner.use is not Use.FREE:
                     raise BadRequest(f"offline of memory block {block_id} failed (-EBUSY): pfn {s:#x} holds an unmovable "
-                                     f"page ({owner})")
+                                     f"page ({owner})", errno=-EBUSY)
             m.physmem.offline(start, block.end_pfn)
             for s, e, owner in m.physmem.frames.items(block.start_pfn, start):  # mhp_deinit_memmap_on_memory
                 m.physmem.retag(s, e - s, Owner(Use.MEMMAP) if owner.use is Use.MEMMAP else Owner(Use.OFFLINE))
             m.physmem.zones.set(block.start_pfn, start, None)
-            self._set(block, state="offline", zone=None)
+            self._set(block, state=BlockState.OFFLINE, zone=None)
 
     def _dissolve_hugetlb(self, block, start):
         """``dissolve_free_hugetlb_folios``: free HugeTLB folios in the range go back to buddy."""
@@ -288,7 +306,7 @@ class Hotplug:
                 hugetlb.free_folios(h, victims)
                 if any(v.head in h.folios for v in victims):
                     raise BadRequest(f"offline of memory block {block.id} failed (-EBUSY): a HugeTLB page's vmemmap "
-                                     "could not be restored")
+                                     "could not be restored", errno=-EBUSY)
 
     # -- remove ---------------------------------------------------------------------------------
     def remove_memory(self, start, size):
@@ -305,9 +323,9 @@ class Hotplug:
             if missing:
                 raise BadRequest(f"memory block {missing[0]} was never added (-EINVAL)")
             blocks = [self.blocks[i] for i in ids]
-            online = [b.id for b in blocks if b.state == "online"]
+            online = [b.id for b in blocks if b.state is BlockState.ONLINE]
             if online:
-                raise BadRequest(f"memory block {online[0]} is still online (-EBUSY)")
+                raise BadRequest(f"memory block {online[0]} is still online (-EBUSY)", errno=-EBUSY)
             with_altmap = [b for b in blocks if b.altmap is not None]
             if with_altmap and len(with_altmap) != len(blocks):
                 raise BadRequest("some of these memory blocks have an altmap and some not (-EINVAL)")

@@ -13,6 +13,7 @@ import attrs
 from .errors import BadRequest, OutOfMemory, Veto
 from .hvo import Hvo, optimizable_pages
 from .physmem import Use
+from .profiles import HvoTailPage
 from .populate import vmemmap_populate_hvo
 from .stats import NR_MEMMAP_BOOT_PAGES
 from .units import format_size, parse_size
@@ -356,7 +357,7 @@ class HugeTLB:
             start = m.pfn_to_page(folio.head)
             end = start + (m.sparse_geometry.struct_page_size << folio.order)
             tail = None
-            if m.profile.hvo_tail_page == "shared":
+            if m.profile.hvo_tail_page is HvoTailPage.SHARED:
                 tail = self.hvo.shared_tail_page(node, folio.order)
                 if tail is None:
                     raise OutOfMemory("no memory for the shared vmemmap tail page at boot")
@@ -374,7 +375,7 @@ class HugeTLB:
         preinit = [f for f in folios if f in self.preinit]
         for folio in preinit:
             start = m.pfn_to_page(folio.head)
-            if m.profile.hvo_tail_page != "shared":
+            if m.profile.hvo_tail_page is not HvoTailPage.SHARED:
                 self.hvo.alias_head_page(start)
             self.set_optimized(folio.head, True)
             self.hvo.wrprotect(start + m.geometry.page_size, start + (m.sparse_geometry.struct_page_size << folio.order))

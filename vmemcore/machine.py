@@ -7,15 +7,15 @@ public operation afterwards is a transaction: if it fails, the machine is as it 
 
 from contextlib import contextmanager
 
-import attrs
 import numpy as np
 
+from .config import HotplugSpec, HugetlbSpec, MachineConfig, machine_config
 from .errors import BadRequest, PluginError
 from .journal import Journal
 from .pagetable import LEAF, PRESENT, PageTable
 from .physmem import PhysMem, Use
 from .populate import VmemmapRefs
-from .plugins import ArchHooks, Registry
+from .plugins import Registry
 from .profiles import get_profile
 from .sparse import Sparse
 from .structpage import StructPages
@@ -23,57 +23,42 @@ from .subpmd import SubPmdTracker
 from .hotplug import Hotplug
 from .hugetlb import HugeTLB
 from .stats import Counters
-from .units import format_size, parse_size
+from .units import format_size
 from .zone_device import ZoneDevice
 
 
-@attrs.frozen
-class MemoryRange:
-    """Present memory of one node at boot: ``[start, start + size)`` in bytes."""
-
-    node: int = attrs.field(validator=attrs.validators.ge(0))
-    start: int = attrs.field(converter=parse_size)
-    size: int = attrs.field(converter=parse_size)
-
-    @size.validator
-    def _positive(self, attribute, value):
-        if value <= 0:
-            raise BadRequest("memory size must be positive")
-
-
-def _memory_ranges(memory):
-    ranges, cursor = [], 0
-    for entry in memory:
-        if isinstance(entry, MemoryRange):
-            item = entry
-        else:
-            entry = dict(entry)
-            entry.setdefault("start", cursor)
-            entry.setdefault("node", 0)
-            item = MemoryRange(**entry)
-        ranges.append(item)
-        cursor = item.start + item.size
-    if not ranges:
-        raise BadRequest("a machine needs at least one memory range")
-    return ranges
-
-
 class Machine:
-    """A booted machine. ``memory`` is a list of :class:`MemoryRange` or dicts with ``node``,
-    ``start`` (default: right after the previous range) and ``size``."""
+    """A booted machine, built from a :class:`~vmemcore.config.MachineConfig`.
+
+    ``Machine(arch, variant, kernel, memory, features, hugetlb, hotplug)`` validates its keywords
+    into one with :func:`~vmemcore.config.machine_config` (a bad one is a :class:`BadRequest`
+    naming the setting); ``memory`` is a list of :class:`~vmemcore.config.MemoryRange` or dicts with ``node``,
+    ``start`` (default: right after the previous range) and ``size``. ``Machine.from_config(config)``
+    boots from a config made before, e.g. by a scenario. ``observers`` watch every hook call;
+    ``registry`` (default: the installed plugins, less ``disabled``) finds the arch plugin.
+    """
 
     def __init__(self, arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
                  hugetlb=None, hotplug=None, observers=(), registry=None, disabled=()):
         registry = registry or Registry(disabled=disabled)
-        self.plugin = registry.get(arch)
-        self.hooks = ArchHooks(self.plugin.name, self.plugin.plugin, observers=observers)
+        config = machine_config(arch, variant, kernel, memory, features, hugetlb, hotplug, registry=registry)
+        self._boot(config, registry, observers)
+
+    @classmethod
+    def from_config(cls, config: MachineConfig, observers=(), registry=None, disabled=()) -> "Machine":
+        """Boot the machine ``config`` describes."""
+        machine = cls.__new__(cls)
+        machine._boot(config, registry or Registry(disabled=disabled), observers)
+        return machine
+
+    def _boot(self, config, registry, observers):
+        self.config = config
+        self.plugin = registry.get(config.arch)
+        self.hooks = self.plugin.hooks(observers)
         self.arch = self.plugin.info
-        try:
-            self.variant = self.arch.variant(variant)
-        except ValueError as error:
-            raise BadRequest(str(error)) from None
-        self.profile = get_profile(kernel)
-        self.features = self._features(features or {})
+        self.variant = self.arch.variant(config.variant)
+        self.profile = get_profile(config.kernel)
+        self.features = {f.name: f.default for f in self.arch.features} | dict(config.features)
         self.geometry = self.hooks.pagetable_geometry(self.variant, self.profile)
         self.sparse_geometry = self.hooks.sparse_geometry(self.variant, self.profile)
         self._check_geometry()
@@ -88,38 +73,25 @@ class Machine:
         self.zone_device = ZoneDevice(self)  # device pagemaps (memremap_pages)
         self.sparse_buffer = None
         self._plugin_state = {}
-        self.memory = _memory_ranges(memory)
+        self.memory = config.memory  # the boot ranges (MemoryRange)
         page = self.geometry.page_size
         for item in self.memory:
-            if item.start % page or item.size % page:
-                raise BadRequest(f"memory range at {item.start:#x} of {item.size:#x} bytes is not page-aligned ({format_size(page)})")
-            if item.start + item.size > 1 << self.sparse_geometry.max_physmem_bits:
-                raise BadRequest(
-                    f"memory range [{item.start:#x}, {item.start + item.size:#x}) ends past the {self.sparse_geometry.max_physmem_bits}-bit "
-                    f"physical limit of {self.arch.name} {self.variant.name} ({format_size(1 << self.sparse_geometry.max_physmem_bits)})"
-                )
             self.sparse.check_vmemmap(item.start // page, (item.start + item.size) // page)
             self.physmem.add_range(item.node, item.start // page, (item.start + item.size) // page)
-        hugetlb = dict(hugetlb or {})
-        self.hugetlb = HugeTLB(self, optimize_vmemmap=hugetlb.pop("optimize_vmemmap", False))
-        boot = [dict(entry) for entry in hugetlb.pop("boot", ())]
-        if hugetlb:
-            raise BadRequest(f"unknown hugetlb settings: {', '.join(sorted(hugetlb))}")
-        gigantic = [(entry, self.hugetlb.reserve_boot_pages(entry["size"], entry["count"], entry.get("node")))
-                    for entry in boot if self.hugetlb.is_gigantic(entry["size"])]
+        hugetlb = config.hugetlb or HugetlbSpec()
+        self.hugetlb = HugeTLB(self, optimize_vmemmap=hugetlb.optimize_vmemmap)
+        gigantic = [(entry, self.hugetlb.reserve_boot_pages(entry.size, entry.count, entry.node))
+                    for entry in hugetlb.boot if self.hugetlb.is_gigantic(entry.size)]
         self.hugetlb.plan_preinit([folio for _, folios in gigantic for folio in folios])
         self.sparse.init()
         self.physmem.end_boot()
         self.hooks.pgtable_cache_init(self)
         for entry, folios in gigantic:
-            self.hugetlb.gather_boot_pages(self.hugetlb.hstate(entry["size"]), folios)
-        hotplug = dict(hotplug or {})
-        self.hotplug = Hotplug(self, hotplug.pop("memmap_on_memory", "N"))
-        if hotplug:
-            raise BadRequest(f"unknown hotplug settings: {', '.join(sorted(hotplug))}")
-        for entry in boot:  # hugetlb_init: the smaller boot-time pages come from the buddy allocator
-            if not self.hugetlb.is_gigantic(entry["size"]):
-                self.hugetlb.resize(entry["size"], self.hugetlb.hstate(entry["size"]).nr_huge_pages + entry["count"])
+            self.hugetlb.gather_boot_pages(self.hugetlb.hstate(entry.size), folios)
+        self.hotplug = Hotplug(self, (config.hotplug or HotplugSpec()).memmap_on_memory)
+        for entry in hugetlb.boot:  # hugetlb_init: the smaller boot-time pages come from the buddy allocator
+            if not self.hugetlb.is_gigantic(entry.size):
+                self.hugetlb.resize(entry.size, self.hugetlb.hstate(entry.size).nr_huge_pages + entry.count)
 
     def __repr__(self):
         size = format_size(self.physmem.present_pages() << self.geometry.page_shift)
@@ -138,14 +110,6 @@ class Machine:
             raise PluginError(self.plugin.name, hook,
                               f"the vmemmap [{sparse.vmemmap_base:#x}, +{format_size(sparse.vmemmap_size)}) crosses the "
                               f"end of the {span}-bit range one page table maps ({first + (1 << span):#x})")
-
-    def _features(self, wanted):
-        known = {f.name: f.default for f in self.arch.features}
-        unknown = set(wanted) - set(known)
-        if unknown:
-            raise BadRequest(f"{self.arch.name} has no feature {sorted(unknown)[0]!r} (features: {', '.join(known) or 'none'})")
-        known.update({name: bool(value) for name, value in wanted.items()})
-        return known
 
     def plugin_state(self, key, factory):
         """Per-machine state a plugin keeps, created with ``factory(machine)`` on first use; it must

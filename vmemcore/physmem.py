@@ -6,6 +6,7 @@ present memory has exactly one owner; ``check()`` proves that the totals add up.
 """
 
 import enum
+from errno import EEXIST
 
 from attrs import frozen
 
@@ -35,7 +36,16 @@ class Owner:
 
 FREE = Owner(Use.FREE)
 OFFLINE = Owner(Use.OFFLINE)
-NORMAL, MOVABLE = "normal", "movable"
+
+
+class Zone(enum.StrEnum):
+    """The zone online memory is in; the value is the name users write and reports show."""
+
+    NORMAL = "normal"  # ZONE_NORMAL
+    MOVABLE = "movable"  # ZONE_MOVABLE
+
+
+NORMAL, MOVABLE = Zone.NORMAL, Zone.MOVABLE
 
 
 @frozen
@@ -129,7 +139,7 @@ class PhysMem:
     def hot_add(self, node, start_pfn, end_pfn):
         """Hot-added memory: present, every frame offline (in no allocator) until onlined."""
         if self.nodes.covered(start_pfn, end_pfn):
-            raise BadRequest(f"pfn range [{start_pfn:#x}, {end_pfn:#x}) overlaps memory already present (-EEXIST)")
+            raise BadRequest(f"pfn range [{start_pfn:#x}, {end_pfn:#x}) overlaps memory already present (-EEXIST)", errno=-EEXIST)
         self.nodes.set(start_pfn, end_pfn, node)
         self.frames.set(start_pfn, end_pfn, OFFLINE)
         self._free_map(node)

@@ -132,6 +132,10 @@ class ArchPlugin:
     plugin: object
     info: ArchInfo
 
+    def hooks(self, observers=()) -> "ArchHooks":
+        """A fresh hook façade over this plugin (and ``observers``)."""
+        return ArchHooks(self.name, self.plugin, observers=observers, info=self.info)
+
 
 class Registry:
     """Every arch plugin found, loaded and checked; broken ones are kept as errors, by name.
@@ -219,7 +223,8 @@ def _trace_writer():
 class ArchHooks:
     """The typed façade over one machine's plugin manager: one method per hook.
 
-    It registers the arch plugin (and optional observers) on a fresh ``PluginManager``, checks the
+    It registers the arch plugin (and optional observers) on a fresh ``PluginManager`` (``info``:
+    the plugin's :class:`ArchInfo` when discovery already asked for it), checks the
     registration (unknown hooks, missing mandatory ones), calls every hook through ``pm.hook`` and
     applies the hook's :data:`HOOK_POLICIES` row to the answers. Each plugin is registered behind a
     recorder that notes which plugin gave which answer, names the plugin when one of its
@@ -227,7 +232,7 @@ class ArchHooks:
     Wrappers (``wrapper=True``) are registered as they are and see every call.
     """
 
-    def __init__(self, name, plugin, observers=(), trace=None):
+    def __init__(self, name, plugin, observers=(), trace=None, info=None):
         self.name = name
         self.pm = pluggy.PluginManager("vmemcore")
         self.pm.add_hookspecs(hookspecs)
@@ -243,7 +248,7 @@ class ArchHooks:
             raise PluginError(getattr(error, "plugin_name", None) or name, None, str(error)) from error
         except ValueError as error:
             raise PluginError(name, None, str(error)) from error
-        self.info = self.call("vmemcore_arch_info")
+        self.info = info if info is not None else self.call("vmemcore_arch_info")
 
     # -- calling --------------------------------------------------------------------------------
     def _recorded(self, plugin, name):

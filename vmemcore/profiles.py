@@ -4,9 +4,36 @@ Each field, and the kernel commit and release behind it, is listed in docs/kerne
 and docs/kernel-map.md#behaviour-timeline.
 """
 
-from attrs import frozen
+from enum import StrEnum
+
+from attrs import field, frozen
 
 from .errors import BadRequest
+
+
+class HvoHeadPage(StrEnum):
+    """The vmemmap page that holds an optimized HugeTLB page's head struct pages (mm/hugetlb_vmemmap.c)."""
+
+    KEEP = "keep"  # the old frame is reused
+    TRY = "try"  # 6.2+: a new page, falling back to the old one
+    ALWAYS = "always"  # 7.1: a new page, failure aborts
+
+
+class HvoTailPage(StrEnum):
+    """Where the tail vmemmap PTEs of an optimized HugeTLB page point."""
+
+    REUSE = "reuse"  # the kept head / first tail page
+    SHARED = "shared"  # 7.1: a per-zone read-only tail page
+
+
+class MhpDesign(StrEnum):
+    """How memmap_on_memory places the memmap of hot-added memory (mm/memory_hotplug.c)."""
+
+    # the 2019 RFC "mm, memory_hotplug: allocate memmap from the added memory range for sparse-vmemmap",
+    # never merged: one altmap over the whole added range, on by default (docs/kernel-map.md#memmap_on_memory-designs)
+    RFC2019 = "rfc2019"
+    SINGLE_BLOCK = "single-block"  # 5.12-6.7: the range must be exactly one memory block
+    PER_BLOCK = "per-block"  # 6.8+: one altmap per memory block
 
 
 @frozen
@@ -20,23 +47,17 @@ class KernelProfile:
     boot_memmap_free_lowers_counter: bool
     # HVO (mm/hugetlb_vmemmap.c): vmemmap pages kept per HugeTLB page: 2 in the v17 design (5.14-5.17)
     hvo_reserve_pages: int
-    # the head vmemmap page: "keep" (reuse the old frame), "try" (6.2+: a new page, falling back to
-    # the old one), "always" (7.1: a new page, failure aborts)
-    hvo_head_page: str
-    # where tail PTEs point: "reuse" (the kept head / first tail page) or "shared" (7.1's per-zone
-    # read-only tail page)
-    hvo_tail_page: str
+    # the head vmemmap page and where the tail PTEs point
+    hvo_head_page: HvoHeadPage = field(converter=HvoHeadPage)
+    hvo_tail_page: HvoTailPage = field(converter=HvoTailPage)
     # 5.14-5.17: the vmemmap must be base-page mapped while HVO is on (the walk BUG()s on PMD leaves)
     hvo_needs_basepage_vmemmap: bool
     # 6.7+: hugetlb_vmemmap_optimize_folios / _restore_folios batch with one TLB flush
     hvo_batched: bool
     # struct pages of a restored tail page rewritten from their neighbours (reset_struct_pages)
     nr_reset_struct_page: int
-    # memmap_on_memory (mm/memory_hotplug.c): "rfc2019" (the 2019 RFC "mm, memory_hotplug: allocate
-    # memmap from the added memory range for sparse-vmemmap", never merged: one altmap over the whole
-    # added range, on by default; docs/kernel-map.md#memmap_on_memory-designs), "single-block"
-    # (5.12-6.7: the range must be one memory block), "per-block" (6.8+: one altmap per memory block)
-    mhp_design: str
+    # the memmap_on_memory design
+    mhp_design: MhpDesign = field(converter=MhpDesign)
     # 6.6+: an unsupported request falls back to a normal memmap (before: -EINVAL); "force" mode exists
     mhp_fallback: bool
     # 5.14-5.19: memmap_on_memory and HVO exclude each other

@@ -6,6 +6,8 @@ counters, and ``sparse_add_section``/``sparse_remove_section`` (``section_activa
 ``section_deactivate``: sub-section maps, early sections, ``free_map_bootmem``).
 """
 
+from errno import EEXIST
+
 from attrs import frozen
 
 from .errors import BadRequest
@@ -153,7 +155,7 @@ class Sparse:
         state = self.sections.get(nr)
         bits = self.subsection_bits(pfn, nr_pages)
         if state is not None and state.subsections & bits:
-            raise BadRequest(f"sub-sections of [{pfn:#x}, +{nr_pages:#x}) already have a memmap (-EEXIST)")
+            raise BadRequest(f"sub-sections of [{pfn:#x}, +{nr_pages:#x}) already have a memmap (-EEXIST)", errno=-EEXIST)
         if state is not None and state.node != node:
             raise BadRequest(f"section {nr} belongs to node {state.node}, not node {node}")
         early = state is not None and state.early

@@ -18,6 +18,8 @@ frames whatever its size, while the memmap counters count its full size (``popul
 docs/kernel-map.md#memmap-counters).
 """
 
+from errno import ENOMEM, ENXIO
+
 import attrs
 import numpy as np
 
@@ -187,9 +189,9 @@ class ZoneDevice:
             m.sparse.check_span(pfn, nr_pages)
             check_mappable(m, r.start, r.start + r.size, "device range")
             if m.physmem.nodes.covered(pfn, pfn + nr_pages):
-                raise BadRequest(f"{where} overlaps System RAM (memremap_pages: -ENXIO)")
+                raise BadRequest(f"{where} overlaps System RAM (memremap_pages: -ENXIO)", errno=-ENXIO)
             if self.pfns.covered(pfn, pfn + nr_pages):
-                raise BadRequest(f"{where} overlaps another device pagemap (conflicting mapping: -ENOMEM)")
+                raise BadRequest(f"{where} overlaps another device pagemap (conflicting mapping: -ENOMEM)", errno=-ENOMEM)
         altmap = pgmap.altmap
         if altmap is None:
             return

@@ -1,0 +1,320 @@
+"""What a machine is built from: :class:`MachineConfig`, validated once, at the boundary.
+
+:func:`machine_config` makes one from :class:`~vmemcore.machine.Machine`'s keywords; the scenario
+validator makes one from a scenario's ``[machine]``, ``[[memory]]``, ``[hugetlb]`` and ``[hotplug]``
+tables. Both run :class:`ConfigValidator`, so a setting is checked the same way wherever it comes
+from; the error names its key path (``memory[1].size``), a :class:`BadRequest` here and a
+:class:`ScenarioError` with the line in a scenario. ``Machine.from_config`` boots from the result.
+"""
+
+import difflib
+from types import MappingProxyType
+
+import attrs
+from attrs import frozen
+
+from .errors import BadRequest, PluginError
+from .hotplug import MemmapOnMemory
+from .plugins import Registry
+from .profiles import DEFAULT_PROFILE, PROFILES
+from .units import format_size, human_size, parse_size
+
+REQUIRED = object()  # marks a key without a default
+
+
+@frozen
+class MemoryRange:
+    """Present memory of one node at boot: ``[start, start + size)`` in bytes."""
+
+    node: int = attrs.field(validator=attrs.validators.ge(0))
+    start: int = attrs.field(converter=parse_size)
+    size: int = attrs.field(converter=parse_size)
+
+    @size.validator
+    def _positive(self, attribute, value):
+        if value <= 0:
+            raise BadRequest("memory size must be positive")
+
+
+@frozen
+class BootPages:
+    """One ``[hugetlb] boot`` entry: ``count`` HugeTLB pages of ``size`` bytes reserved at boot
+    (``hugepages=``), on ``node`` or interleaved over the nodes when None."""
+
+    size: int
+    count: int
+    node: int | None = None
+
+
+@frozen
+class HugetlbSpec:
+    """The ``[hugetlb]`` settings: the boot-time HVO switch and the boot pages."""
+
+    optimize_vmemmap: bool = False
+    boot: tuple = attrs.field(default=(), converter=tuple)
+
+
+@frozen
+class HotplugSpec:
+    """The ``[hotplug]`` settings: the boot parameter ``memory_hotplug.memmap_on_memory``."""
+
+    memmap_on_memory: MemmapOnMemory = attrs.field(default=MemmapOnMemory.N, converter=MemmapOnMemory)
+
+
+@frozen
+class MachineConfig:
+    """A validated machine: arch, variant and kernel profile by name, the features asked for (the
+    arch's defaults fill the rest), boot memory, and the hugetlb and hotplug settings (None: not
+    given, the defaults). Make it with :func:`machine_config` or a scenario: :class:`Machine` trusts it."""
+
+    arch: str
+    variant: str
+    kernel: str
+    memory: tuple = attrs.field(converter=tuple)
+    features: MappingProxyType = attrs.field(factory=dict, converter=lambda d: MappingProxyType(dict(d)))
+    hugetlb: HugetlbSpec | None = None
+    hotplug: HotplugSpec | None = None
+
+
+def machine_config(arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
+                   hugetlb=None, hotplug=None, registry=None) -> MachineConfig:
+    """The :class:`MachineConfig` of :class:`Machine`'s keywords (they take what the scenario
+    tables take, and :class:`MemoryRange` items in ``memory``); ``registry`` finds the arch."""
+    registry = registry or Registry()
+    registry.get(arch)  # an unknown arch is a PluginError, as the registry reports it
+    table = {"arch": arch}
+    for key, value in (("variant", variant), ("kernel", kernel), ("features", features)):
+        if value is not None:
+            table[key] = value
+    doc = {"machine": table, "memory": [attrs.asdict(m) if isinstance(m, MemoryRange) else m for m in memory]}
+    for key, value in (("hugetlb", hugetlb), ("hotplug", hotplug)):
+        if value is not None:
+            doc[key] = value
+    return ConfigValidator(registry).config(doc)
+
+
+def type_name(value):
+    """The TOML name of a value's type."""
+    return {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table", list: "array"}.get(
+        type(value), type(value).__name__
+    )
+
+
+_MACHINE_KEYS = ("arch", "variant", "kernel", "features")
+_MEMORY_KEYS = ("node", "start", "size")
+_HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "boot": ("boot", ())}
+_BOOT_KEYS = {"size": ("hugepage", REQUIRED), "count": ("count", REQUIRED), "node": ("node", None)}
+_HOTPLUG_KEYS = {"memmap_on_memory": ("mode", MemmapOnMemory.N)}
+
+
+class ConfigValidator:
+    """Checks machine settings given as TOML-shaped tables, raising at the first error
+    :meth:`error` makes (a subclass adds where the key is)."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.sparse = None  # the arch's SparseGeometry, once [machine] is read
+        self.nodes = ()  # the nodes of [[memory]], once read
+
+    def error(self, key, message):
+        return BadRequest(f"{key}: {message}")
+
+    def config(self, doc) -> MachineConfig:
+        """The config of ``doc``'s ``machine``, ``memory``, ``hugetlb`` and ``hotplug`` tables."""
+        arch, variant, kernel, features = self.machine(doc.get("machine"))
+        memory = self.memory(doc.get("memory"))
+        self.nodes = sorted({m.node for m in memory})
+        hugetlb = self.hugetlb(doc["hugetlb"]) if "hugetlb" in doc else None
+        hotplug = self.hotplug(doc["hotplug"]) if "hotplug" in doc else None
+        return MachineConfig(arch, variant, kernel, memory, features, hugetlb, hotplug)
+
+    # -- values ---------------------------------------------------------------------------------
+    def known_keys(self, table, known, where):
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise self.error(f"{where}.{key}" if where else key, f"unknown key (expected one of: {', '.join(known)}){hint}")
+
+    def expect(self, key, value, kind, what):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"must be {what}, got {type_name(value)} {value!r}")
+        return value
+
+    def size(self, key, value):
+        try:
+            return parse_size(value)
+        except BadRequest as error:
+            raise self.error(key, str(error)) from None
+
+    def node(self, key, value):
+        self.expect(key, value, int, "a node number (integer)")
+        if value < 0:
+            raise self.error(key, f"node {value} is negative")
+        return value
+
+    def hugepage(self, key, value):
+        """A HugeTLB page size: a power of two above the page size (whether the arch offers it is
+        known only once the machine is built)."""
+        size = self.size(key, value)
+        if size & (size - 1) or size <= self.sparse.page_size:
+            raise self.error(key, f"{format_size(size)} cannot be a HugeTLB page size: a power of two above the "
+                                  f"{format_size(self.sparse.page_size)} page size is needed (e.g. \"2M\", \"1G\")")
+        return size
+
+    def count(self, key, value):
+        self.expect(key, value, int, "a count (integer)")
+        if value < 0:
+            raise self.error(key, f"count {value} is negative")
+        return value
+
+    def mode(self, key, value):
+        """``memory_hotplug.memmap_on_memory``: a :class:`MemmapOnMemory` value, or a boolean for Y/N."""
+        if isinstance(value, bool):
+            return MemmapOnMemory.Y if value else MemmapOnMemory.N
+        try:
+            return MemmapOnMemory(value)
+        except ValueError:
+            names = ", ".join(repr(mode.value) for mode in MemmapOnMemory)
+            raise self.error(key, f"must be {names} or true/false, got {type_name(value)} {value!r}") from None
+
+    def fields(self, table, keys, where, what=""):
+        """The values of ``table`` checked against ``keys`` (name -> (kind, default)), defaults filled in."""
+        self.known_keys(table, list(keys), where)
+        values = {}
+        for name, (kind, default) in keys.items():
+            key = f"{where}.{name}"
+            if name not in table:
+                if default is REQUIRED:
+                    raise self.error(key, f"missing required key{what} (keys: {', '.join(keys)})")
+                values[name] = default
+            elif kind == "bool":
+                values[name] = self.expect(key, table[name], bool, "true or false")
+            else:
+                values[name] = getattr(self, kind)(key, table[name])
+        return values
+
+    # -- tables ---------------------------------------------------------------------------------
+    def machine(self, table):
+        """``(arch, variant name, kernel name, features)`` of ``[machine]``; sets ``self.sparse``."""
+        if table is None:
+            raise self.error("machine", "a [machine] table with at least arch = \"...\" is required")
+        self.expect("machine", table, dict, "a table ([machine])")
+        self.known_keys(table, _MACHINE_KEYS, "machine")
+        if "arch" not in table:
+            raise self.error("machine.arch", "missing required key (e.g. arch = \"x86_64\")")
+        arch = self.expect("machine.arch", table["arch"], str, "a string")
+        if arch not in self.registry.arches:
+            if self.registry.broken:  # the arch may be the broken or contested one: a plugin error
+                raise PluginError(arch, None, self.registry.why_missing(arch))
+            raise self.error("machine.arch", self.registry.why_missing(arch))
+        plugin = self.registry.get(arch)
+        info = plugin.info
+
+        variant = self.variant(info, table.get("variant"))
+        kernel = table.get("kernel", DEFAULT_PROFILE)
+        if isinstance(kernel, float):
+            raise self.error("machine.kernel", f"must be a quoted string such as \"6.12\", got the float {kernel} (unquoted, 6.10 reads as 6.1)")
+        self.expect("machine.kernel", kernel, str, "a string such as \"6.12\"")
+        if kernel not in PROFILES:
+            raise self.error("machine.kernel", f"unknown kernel profile {kernel!r} (known: {', '.join(PROFILES)})")
+
+        features = table.get("features", {})
+        self.expect("machine.features", features, dict, "a table such as { pse = true }")
+        known = [f.name for f in info.features]
+        for name, value in features.items():
+            if name not in known:
+                raise self.error(f"machine.features.{name}", f"{arch} has no such feature (features: {', '.join(known) or 'none'})")
+            self.expect(f"machine.features.{name}", value, bool, "true or false")
+
+        self.sparse = plugin.hooks().sparse_geometry(variant, PROFILES[kernel])
+        return arch, variant.name, kernel, features
+
+    def variant(self, info, wanted):
+        if wanted is not None:
+            if isinstance(wanted, dict):
+                options = sorted({key for v in info.variants for key in v.options})
+                for key, value in wanted.items():
+                    if key not in options:
+                        raise self.error(f"machine.variant.{key}", f"unknown variant option (options of {info.name}: {', '.join(options)})")
+                    self.expect(f"machine.variant.{key}", value, (str, int), "a string or integer")
+            else:
+                self.expect("machine.variant", wanted, str, "a variant name or a table of options")
+        try:
+            return info.variant(wanted)
+        except ValueError as error:
+            raise self.error("machine.variant", str(error)) from None
+
+    def memory(self, ranges):
+        if ranges is None:
+            raise self.error("memory", "at least one [[memory]] range is required")
+        if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges) or not ranges:
+            raise self.error("memory", "must be a non-empty array of tables ([[memory]])")
+        sparse = self.sparse
+        limit = 1 << sparse.max_physmem_bits
+        page = sparse.page_size
+        out, cursor = [], 0
+        for i, table in enumerate(ranges):
+            key = f"memory[{i}]"
+            self.known_keys(table, _MEMORY_KEYS, key)
+            if "size" not in table:
+                raise self.error(f"{key}.size", "missing required key (e.g. size = \"16G\")")
+            node = self.node(f"{key}.node", table.get("node", 0))
+            start = self.size(f"{key}.start", table["start"]) if "start" in table else cursor
+            size = self.size(f"{key}.size", table["size"])
+            if size == 0:
+                raise self.error(f"{key}.size", "must be positive")
+            for name, value in (("start", start), ("size", size)):
+                if value % page:
+                    raise self.error(f"{key}.{name}", f"{value:#x} is not a multiple of the page size ({format_size(page)})")
+            if start + size > limit:
+                raise self.error(
+                    f"{key}.start" if start >= limit else f"{key}.size",
+                    f"range [{human_size(start)}, {human_size(start + size)}) ends past the {sparse.max_physmem_bits}-bit "
+                    f"physical limit ({format_size(limit)}) of this arch and variant",
+                )
+            if (start + size) // page > sparse.vmemmap_max_pfn:
+                raise self.error(
+                    f"{key}.size",
+                    f"range [{human_size(start)}, {human_size(start + size)}) has struct pages outside the "
+                    f"{format_size(sparse.vmemmap_size)} vmemmap of this arch and variant, which describes the "
+                    f"first {format_size(sparse.vmemmap_max_pfn * page)} of physical address space",
+                )
+            where = f"{key}.start" if "start" in table else key
+            shift = sparse.section_size_bits
+            for j, other in enumerate(out):
+                if start < other.start + other.size and other.start < start + size:
+                    raise self.error(
+                        where,
+                        f"range [{human_size(start)}, {human_size(start + size)}) overlaps memory[{j}] "
+                        f"[{human_size(other.start)}, {human_size(other.start + other.size)})",
+                    )
+                if node != other.node and start >> shift <= (other.start + other.size - 1) >> shift \
+                        and other.start >> shift <= (start + size - 1) >> shift:
+                    raise self.error(
+                        where,
+                        f"node {node} shares a {format_size(sparse.section_size)} section with memory[{j}] of node "
+                        f"{other.node}: node boundaries must be section-aligned",
+                    )
+            out.append(MemoryRange(node, start, size))
+            cursor = start + size
+        return tuple(out)
+
+    def hugetlb(self, table):
+        self.expect("hugetlb", table, dict, "a table ([hugetlb])")
+        return HugetlbSpec(**self.fields(table, _HUGETLB_KEYS, "hugetlb"))
+
+    def boot(self, key, entries):
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self.error(key, 'must be an array of tables such as [{ size = "1G", count = 2 }]')
+        boot = []
+        for i, entry in enumerate(entries):
+            pages = BootPages(**self.fields(entry, _BOOT_KEYS, f"{key}[{i}]"))
+            if pages.node is not None and pages.node not in self.nodes:
+                raise self.error(f"{key}[{i}].node", f"node {pages.node} has no [[memory]] (nodes: {', '.join(map(str, self.nodes))})")
+            boot.append(pages)
+        return tuple(boot)
+
+    def hotplug(self, table):
+        self.expect("hotplug", table, dict, "a table ([hotplug])")
+        return HotplugSpec(**self.fields(table, _HOTPLUG_KEYS, "hotplug"))

@@ -1,0 +1,63 @@
+"""Running a scenario: boot its machine, run its steps, report what each one changed."""
+
+import attrs
+from attrs import frozen
+
+from ..errors import VmemcoreError
+from ..machine import Machine
+from .ops import OPS
+
+
+@frozen
+class StepResult:
+    """What one step did: the counters it changed (name -> delta) and what the op reported
+    (a hugetlb.resize's ResizeResult fields, the switch's new value, a hotplug.add's AddResult
+    fields, the blocks a hotplug.online/offline/remove acted on; empty for memmap ops)."""
+
+    index: int
+    op: str
+    args: dict
+    line: int | None
+    changes: dict
+    result: dict = attrs.field(factory=dict)
+
+
+class RunError(VmemcoreError):
+    """A simulation failure at boot or in a step; ``cause`` is the engine's error, ``machine`` and
+    ``results`` are the state before the failing operation (operations are transactional); its
+    ``errno`` is the cause's."""
+
+    def __init__(self, where, cause, machine=None, results=()):
+        super().__init__(f"{where}: {type(cause).__name__}: {cause}", errno=cause.errno)
+        self.where = where
+        self.cause = cause
+        self.machine = machine
+        self.results = list(results)
+
+
+def run_scenario(scenario, progress=None, registry=None):
+    """Boot the scenario's machine and run its steps; returns ``(machine, [StepResult, ...])``.
+
+    ``progress(step)`` is called before each step. A :class:`VmemcoreError` at boot or in a step
+    is raised as :class:`RunError` naming where it happened.
+    """
+    try:
+        machine = Machine.from_config(scenario.machine, registry=registry)
+    except VmemcoreError as error:
+        raise RunError(f"{scenario.path + ': ' if scenario.path else ''}boot", error) from error
+    results = []
+    for step in scenario.steps:
+        if progress is not None:
+            progress(step)
+        before = machine.counters()
+        try:
+            with machine.transaction():
+                result = OPS[step.op].run(machine, step.args)
+        except VmemcoreError as error:
+            where = ":".join(str(p) for p in (scenario.path, step.line) if p is not None)
+            raise RunError(f"{where + ': ' if where else ''}steps[{step.index}] ({step.op})", error, machine, results) from error
+        after = machine.counters()
+        changes = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
+        results.append(StepResult(step.index, step.op, dict(step.args), step.line,
+                                  {k: d for k, d in changes.items() if d}, result or {}))
+    return machine, results
