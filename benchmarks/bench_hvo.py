@@ -30,12 +30,12 @@ t = time.perf_counter()
 failed = m.hugetlb.hvo.optimize(folios)
 optimize = time.perf_counter() - t
 after = m.counters()
-assert not failed and sum(map(m.hugetlb.is_optimized, (f.head for f in folios))) == count
+assert not failed and sum(map(m.hugetlb.hvo.is_optimized, (f.head for f in folios))) == count
 freed = before["memmap_frames"] - after["memmap_frames"]
 t = time.perf_counter()
 done, rest, error = m.hugetlb.hvo.restore(folios)
 restore = time.perf_counter() - t
-assert error is None and len(done) == count and not m.hugetlb.optimized
+assert error is None and len(done) == count and not m.hugetlb.hvo.optimized
 assert m.counters()["memmap_frames"] == before["memmap_frames"] + (1 if kernel == "7.1" else 0)
 print(json.dumps({"optimize": optimize, "restore": restore, "folios": count, "freed": freed,
                   "flushes": after.get("tlb_flush_all", 0) - before.get("tlb_flush_all", 0),

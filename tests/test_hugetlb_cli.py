@@ -232,7 +232,7 @@ def test_switch_step_reports_the_new_value():
     machine, steps = run_scenario(parse_scenario(
         text(hugetlb="", steps=(("2M", 1),)) + '[[steps]]\nop = "hugetlb.optimize_vmemmap"\nenabled = true\n'))
     assert steps[1].result == {"optimize_vmemmap": True} and steps[1].changes == {}
-    assert machine.hugetlb.optimize_vmemmap and not machine.hugetlb.is_optimized(first_folio(machine, 2 << 20).head)
+    assert machine.hugetlb.optimize_vmemmap and not machine.hugetlb.hvo.is_optimized(first_folio(machine, 2 << 20).head)
 
 
 # ----------------------------------------------------------------------------------- kpageflags

@@ -83,12 +83,12 @@ def test_struct_pages_are_right_before_optimize_after_and_after_restore():
     m.hugetlb.set_optimize_vmemmap(True)
     m.hugetlb.hvo.optimize(folios)
     for folio in folios:
-        assert m.hugetlb.is_optimized(folio.head)
+        assert m.hugetlb.hvo.is_optimized(folio.head)
         assert_selftest(m, folio)
     done, rest, error = m.hugetlb.hvo.restore(folios)
     assert (len(done), rest, error) == (3, [], None)
     for folio in folios:
-        assert not m.hugetlb.is_optimized(folio.head)
+        assert not m.hugetlb.hvo.is_optimized(folio.head)
         assert_selftest(m, folio)
     m.check()
 
@@ -98,10 +98,10 @@ def test_the_switch_only_affects_pages_allocated_afterwards():
     m.hugetlb.resize("2M", 2)
     m.hugetlb.set_optimize_vmemmap(True)
     m.hugetlb.resize("2M", 5)
-    optimized = [m.hugetlb.is_optimized(f.head) for f in m.hugetlb.hstate("2M").folios.values()]
+    optimized = [m.hugetlb.hvo.is_optimized(f.head) for f in m.hugetlb.hstate("2M").folios.values()]
     assert sorted(optimized) == [False, False, True, True, True]
     m.hugetlb.set_optimize_vmemmap(False)
-    assert sum(m.hugetlb.is_optimized(f.head) for f in m.hugetlb.hstate("2M").folios.values()) == 3
+    assert sum(m.hugetlb.hvo.is_optimized(f.head) for f in m.hugetlb.hstate("2M").folios.values()) == 3
 
 
 def test_tails_are_read_only_and_a_write_faults_without_changing_anything():
@@ -137,7 +137,7 @@ def test_71_without_a_new_head_page_does_not_optimize():
     before = m.counters()
     m.physmem.faults.arm(predicate=lambda r: r.purpose.value == "memmap")
     assert m.hugetlb.hvo.optimize([folio]) == {folio.head: "ENOMEM"}
-    assert not m.hugetlb.is_optimized(folio.head)
+    assert not m.hugetlb.hvo.is_optimized(folio.head)
     assert m.counters()["memmap_frames"] == before["memmap_frames"]
     assert_selftest(m, folio)
 
@@ -153,7 +153,7 @@ def test_a_failed_split_midway_rolls_the_walk_back_as_the_kernel_does():
     m.physmem.faults.arm(predicate=lambda r: r.purpose.value == "pagetable" and (tables.append(r) or len(tables) >= 3))
     failed = m.hugetlb.hvo.optimize([folio])
     assert failed == {folio.head: "ENOMEM"}
-    assert not m.hugetlb.is_optimized(folio.head)
+    assert not m.hugetlb.hvo.is_optimized(folio.head)
     c = m.counters()
     # pass 2 fails at the 3rd PMD twice (the batch retries once after freeing what is pending); each
     # rollback leaves the head on a new page and frees the previous head frame: frames balance
@@ -176,7 +176,7 @@ def test_boot_gigantic_pages_are_optimized_through_the_boot_path_as_boot_memory(
     assert c["nr_memmap_pages"] == 2  # the new head pages
     assert all(m.physmem.owner(f.head).reserved for f in h.folios.values())
     for folio in h.folios.values():
-        assert m.hugetlb.is_optimized(folio.head)
+        assert m.hugetlb.hvo.is_optimized(folio.head)
         assert_selftest(m, folio)
     m.check()
 
@@ -198,7 +198,7 @@ def test_self_hosted_vmemmap_is_refused():
     m.physmem.retag(frame, 1, Owner(Use.MEMMAP, self_hosted=True))
     failed = m.hugetlb.hvo.optimize(folios)
     assert failed == {folios[0].head: "ENOTSUPP"}
-    assert m.hugetlb.is_optimized(folios[1].head)
+    assert m.hugetlb.hvo.is_optimized(folios[1].head)
 
 
 def test_an_arch_without_hvo_refuses_with_the_kernels_reason():
@@ -299,7 +299,7 @@ def test_fault_at_every_allocation_of_a_gigantic_optimize_and_restore(kernel):
             else:
                 done, rest, error = m.hugetlb.hvo.restore([folio])
                 if error:  # nothing could be allocated: the folio and the machine are as they were
-                    assert m.snapshot() == before and m.hugetlb.is_optimized(folio.head)
+                    assert m.snapshot() == before and m.hugetlb.hvo.is_optimized(folio.head)
             m.physmem.faults.disarm()
             assert memmap_total(m) - m.counters()["memmap_frames"] + len(m.hugetlb.hvo.tail_pages) == baseline
             assert_selftest(m, folio)
@@ -331,7 +331,7 @@ def test_615_builds_boot_gigantic_pages_vmemmap_already_optimized(kernel, frames
     assert shared == (kernel == "7.1")
     assert c["memmap_frames"] == 65_536 - 2 * 4096 + 2 + shared
     for folio in m.hugetlb.hstate("1G").folios.values():
-        assert m.hugetlb.is_optimized(folio.head)
+        assert m.hugetlb.hvo.is_optimized(folio.head)
         table, index = m.pagetable.lookup(m.pfn_to_page(folio.head + 64))
         assert table.flags[index] & 4  # vmemmap_wrprotect_hvo made the mirrored tails read-only
         assert_selftest(m, folio)

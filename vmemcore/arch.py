@@ -20,7 +20,7 @@ from .geometry import (
     ArchInfo, Feature, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant,
 )
 from .populate import NUMA_NO_NODE, table_allocator, vmemmap_populate_basepages, vmemmap_populate_hugepages
-from .profiles import KernelProfile
+from .profiles import KernelProfile, MhpDesign
 from .units import GiB, KiB, MiB, PiB, TiB, format_size
 
 
@@ -53,7 +53,7 @@ def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
 
 __all__ = [
     "ArchInfo", "BadRequest", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile", "KiB", "Level",
-    "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "SparseGeometry",
+    "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "SparseGeometry",
     "Support", "TeardownPolicy", "TiB", "Variant", "Veto", "VmemcoreError", "format_size", "hookimpl",
     "preallocate_tables", "selected", "vmemmap_boot_frame", "vmemmap_populate_basepages", "vmemmap_populate_hugepages",
     "vmemmap_teardown",

@@ -251,7 +251,7 @@ def _kpageflags(args):
         data = {"folio": None, "ranges": kpageflags_report(runs)}
         if folio is not None:
             data["folio"] = {"size": hstate.name, "index": args.index, **attrs.asdict(folio),
-                             "optimized": machine.hugetlb.is_optimized(folio.head)}
+                             "optimized": machine.hugetlb.hvo.is_optimized(folio.head)}
         if args.check:
             data["check"] = {"passed": failure is None, "failure": failure}
         print(json.dumps(data, indent=2))

@@ -25,7 +25,7 @@ def folio_title(machine, folio, label="") -> str:
     nr = 1 << folio.order
     origin = ", boot" if folio.boot else ""
     origin += ", surplus" if folio.surplus else ""
-    state = "optimized" if machine.hugetlb.is_optimized(folio.head) else "not optimized"
+    state = "optimized" if machine.hugetlb.hvo.is_optimized(folio.head) else "not optimized"
     name = f"HugeTLB {format_size(nr << machine.geometry.page_shift)} folio {label + ' ' if label else ''}"
     return f"{name}at pfn {folio.head:#x}-{folio.head + nr - 1:#x} ({nr:,} pfns), node {folio.node}{origin}, vmemmap {state}"
 
@@ -132,7 +132,7 @@ def diagram(machine, folio, label="") -> str:
     elif not optimizable_pages(machine, folio.order):
         note = "HVO has nothing to free here: the folio's struct pages fit in the page HVO keeps"
     else:
-        optimized = hugetlb.is_optimized(folio.head)
+        optimized = hugetlb.hvo.is_optimized(folio.head)
         try:
             other = _what_if(machine, (lambda: _restored(machine, folio)) if optimized else (lambda: _optimized(machine, folio)))
         except BadRequest as error:
@@ -166,7 +166,7 @@ def _optimized(machine, folio):
     """The vmemmap pages after turning the switch on and optimizing the folio, or why it failed."""
     machine.hugetlb.set_optimize_vmemmap(True)
     failed = machine.hugetlb.hvo.optimize([folio])
-    if not machine.hugetlb.is_optimized(folio.head):
+    if not machine.hugetlb.hvo.is_optimized(folio.head):
         return f"HVO leaves this folio alone ({failed.get(folio.head, 'not eligible')})"
     return _view(machine, folio)
 

@@ -10,12 +10,9 @@ boot (``gather_bootmem_prealloc``), and the HVO switch (``vm.hugetlb_optimize_vm
 
 import attrs
 
-from .errors import BadRequest, OutOfMemory, Veto
+from .errors import BadRequest, Veto
 from .hvo import Hvo, optimizable_pages
 from .physmem import Use
-from .profiles import HvoTailPage
-from .populate import vmemmap_populate_hvo
-from .stats import NR_MEMMAP_BOOT_PAGES
 from .units import format_size, parse_size
 
 
@@ -79,8 +76,6 @@ class HugeTLB:
         self.hstates = {s.size: HState(s, (s.size >> page_shift).bit_length() - 1) for s in sizes}
         self.orders = sorted({h.order for h in self.hstates.values()})
         self.support = machine.hooks.hvo_support(machine)
-        self.optimized = set()  # heads of folios whose vmemmap HVO holds (HPG_vmemmap_optimized)
-        self.preinit = []  # boot folios whose vmemmap sparse_init builds optimized (6.15+)
         self.optimize_vmemmap = False
         if optimize_vmemmap:
             self._check_switch()
@@ -91,7 +86,6 @@ class HugeTLB:
             {size: (dict(h.folios), {n: list(l) for n, l in h.free_lists.items()}, h.next_nid_to_alloc, h.next_nid_to_free)
              for size, h in self.hstates.items()},
             self.optimize_vmemmap,
-            set(self.optimized),
             self.hvo.snapshot(),
         )
 
@@ -122,13 +116,6 @@ class HugeTLB:
                 return h.folios[head]
         raise KeyError(head)
 
-    def is_optimized(self, head) -> bool:
-        return head in self.optimized
-
-    def should_optimize(self, folio) -> bool:
-        """``vmemmap_should_optimize_folio``."""
-        return folio.head not in self.optimized and self.optimize_vmemmap and optimizable_pages(self.machine, folio.order) > 0
-
     # -- journaled state changes ----------------------------------------------------------------
     def _record(self, undo):
         if self.machine.journal.active:
@@ -158,13 +145,6 @@ class HugeTLB:
         old = getattr(h, name)
         self._record(lambda: setattr(h, name, old))
         setattr(h, name, value)
-
-    def set_optimized(self, head, value):
-        """Set or clear the folio's vmemmap-optimized flag."""
-        if (head in self.optimized) == value:
-            return
-        (self.optimized.add if value else self.optimized.discard)(head)
-        self._record(lambda: (self.optimized.discard if value else self.optimized.add)(head))
 
     # -- the switch -----------------------------------------------------------------------------
     def _check_switch(self):
@@ -334,51 +314,11 @@ class HugeTLB:
                 break
         return folios
 
-    def plan_preinit(self, folios):
-        """6.15+ (SPARSEMEM_VMEMMAP_PREINIT): which boot folios get their vmemmap built optimized at
-        ``sparse_init`` (``vmemmap_should_optimize_bootmem_page``): HVO on at boot, the arch opts in,
-        and the folio's start and size are multiples of a section and of the memory one PMD of
-        vmemmap describes (128 MiB on x86_64), so whole sections hold nothing else."""
-        m = self.machine
-        if not self.optimize_vmemmap or not m.hooks.hugetlb_vmemmap_preinit(m):
-            return
-        pmd_pfns = m.geometry.pmd.entry_span // m.sparse_geometry.struct_page_size
-        unit = max(m.sparse_geometry.pages_per_section, pmd_pfns)
-        for folio in folios:
-            if optimizable_pages(m, folio.order) and folio.head % unit == 0 and (1 << folio.order) % unit == 0:
-                self.preinit.append(folio)
-
-    def vmemmap_init_early(self, node):
-        """``hugetlb_vmemmap_init_early``: populate the planned folios of ``node`` HVO-style
-        (``vmemmap_populate_hvo``), one boot memmap page each; returns the sections they fill."""
-        m = self.machine
-        sections = []
-        for folio in (f for f in self.preinit if f.node == node):
-            start = m.pfn_to_page(folio.head)
-            end = start + (m.sparse_geometry.struct_page_size << folio.order)
-            tail = None
-            if m.profile.hvo_tail_page is HvoTailPage.SHARED:
-                tail = self.hvo.shared_tail_page(node, folio.order)
-                if tail is None:
-                    raise OutOfMemory("no memory for the shared vmemmap tail page at boot")
-            vmemmap_populate_hvo(m, start, end, node, m.geometry.page_size, tail)
-            m.stats.add(NR_MEMMAP_BOOT_PAGES, 1)
-            first = m.sparse.section_nr(folio.head)
-            sections.append((first, first + ((1 << folio.order) >> m.sparse_geometry.pfn_section_shift)))
-        return sorted(sections)
-
     def gather_boot_pages(self, h, folios):
         """``gather_bootmem_prealloc``: boot folios join the pool; those built optimized are marked
         so and their mirrored tail PTEs made read-only (``hugetlb_vmemmap_optimize_bootmem_folios``,
         ``vmemmap_wrprotect_hvo``), the others optimized in one batch."""
-        m = self.machine
-        preinit = [f for f in folios if f in self.preinit]
-        for folio in preinit:
-            start = m.pfn_to_page(folio.head)
-            if m.profile.hvo_tail_page is not HvoTailPage.SHARED:
-                self.hvo.alias_head_page(start)
-            self.set_optimized(folio.head, True)
-            self.hvo.wrprotect(start + m.geometry.page_size, start + (m.sparse_geometry.struct_page_size << folio.order))
+        preinit = self.hvo.optimize_bootmem_folios(folios)
         for folio in folios:
             self._put(h, folio)
             self._push_free(h, folio)

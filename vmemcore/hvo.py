@@ -4,7 +4,9 @@ Mirrors ``mm/hugetlb_vmemmap.c`` (as of v6.12, the default profile): the remap w
 ``vmemmap_pmd_entry``/``vmemmap_pte_entry``), ``vmemmap_split_pmd``, ``vmemmap_remap_pte``,
 ``vmemmap_restore_pte``, ``vmemmap_remap_free`` (new head page, rollback walk),
 ``vmemmap_remap_alloc``/``alloc_vmemmap_page_list``, ``free_vmemmap_page``, the single-folio and
-batched ``hugetlb_vmemmap_optimize_folio(s)`` / ``hugetlb_vmemmap_restore_folio(s)``. The kernel
+batched ``hugetlb_vmemmap_optimize_folio(s)`` / ``hugetlb_vmemmap_restore_folio(s)``, the
+``HPG_vmemmap_optimized`` flag (:class:`Hvo` owns it), and 6.15+'s boot-time gigantic pages built
+optimized (``hugetlb_vmemmap_init_early``, ``hugetlb_vmemmap_optimize_bootmem_folios``). The kernel
 profile picks the variant: the v17 design's two reserved pages (5.14), the kept head page (6.1), the
 new head page with fallback (6.2+), batching (6.7+), and 7.1's shared read-only tail page.
 
@@ -16,9 +18,12 @@ optimized, and the caller keeps it in the pool.
 import attrs
 import numpy as np
 
+from .errors import OutOfMemory
 from .pagetable import RDONLY, table_index_range
 from .physmem import Use
+from .profiles import HvoHeadPage, HvoTailPage
 from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
+from .populate import vmemmap_populate_hvo
 from .structpage import CopyOf, SharedTail
 
 SPLIT_NO_TLB_FLUSH = 1
@@ -62,9 +67,78 @@ class Hvo:
         self.tail_pages = {}  # (node, order) -> frame of 7.1's shared tail page (zone->vmemmap_tails)
         self._home_copies = {}  # where a restored copy sits in its folio -> does it read like home?
         self.batch_runs = True  # remap runs of folios a page table at a time (False: folio by folio)
+        self.optimized = set()  # heads of folios whose vmemmap HVO holds (HPG_vmemmap_optimized)
+        self.preinit = []  # boot folios whose vmemmap sparse_init builds optimized (6.15+)
 
     def snapshot(self):
-        return dict(self.tail_pages)
+        return dict(self.tail_pages), set(self.optimized)
+
+    # -- the optimized flag (HPG_vmemmap_optimized) ------------------------------------------------
+    def is_optimized(self, head) -> bool:
+        return head in self.optimized
+
+    def should_optimize(self, folio) -> bool:
+        """``vmemmap_should_optimize_folio``: HVO on, the folio not optimized yet, and something to free."""
+        return (folio.head not in self.optimized and self.machine.hugetlb.optimize_vmemmap
+                and optimizable_pages(self.machine, folio.order) > 0)
+
+    def set_optimized(self, head, value):
+        """Set or clear the folio's vmemmap-optimized flag, journaled."""
+        if (head in self.optimized) == value:
+            return
+        (self.optimized.add if value else self.optimized.discard)(head)
+        journal = self.machine.journal
+        if journal.active:
+            journal.record(lambda: (self.optimized.discard if value else self.optimized.add)(head))
+
+    # -- boot-time gigantic pages built optimized (6.15+) ------------------------------------------
+    def plan_preinit(self, folios):
+        """6.15+ (SPARSEMEM_VMEMMAP_PREINIT): which boot folios get their vmemmap built optimized at
+        ``sparse_init`` (``vmemmap_should_optimize_bootmem_page``): HVO on at boot, the arch opts in,
+        and the folio's start and size are multiples of a section and of the memory one PMD of
+        vmemmap describes (128 MiB on x86_64), so whole sections hold nothing else."""
+        m = self.machine
+        if not m.hugetlb.optimize_vmemmap or not m.hooks.hugetlb_vmemmap_preinit(m):
+            return
+        pmd_pfns = m.geometry.pmd.entry_span // m.sparse_geometry.struct_page_size
+        unit = max(m.sparse_geometry.pages_per_section, pmd_pfns)
+        for folio in folios:
+            if optimizable_pages(m, folio.order) and folio.head % unit == 0 and (1 << folio.order) % unit == 0:
+                self.preinit.append(folio)
+
+    def vmemmap_init_early(self, node):
+        """``hugetlb_vmemmap_init_early``: populate the planned folios of ``node`` HVO-style
+        (``vmemmap_populate_hvo``), one boot memmap page each; returns the sections they fill."""
+        m = self.machine
+        sections = []
+        for folio in (f for f in self.preinit if f.node == node):
+            start = m.pfn_to_page(folio.head)
+            end = start + (m.sparse_geometry.struct_page_size << folio.order)
+            tail = None
+            if m.profile.hvo_tail_page is HvoTailPage.SHARED:
+                tail = self.shared_tail_page(node, folio.order)
+                if tail is None:
+                    raise OutOfMemory("no memory for the shared vmemmap tail page at boot")
+            vmemmap_populate_hvo(m, start, end, node, m.geometry.page_size, tail)
+            m.stats.add(NR_MEMMAP_BOOT_PAGES, 1)
+            first = m.sparse.section_nr(folio.head)
+            sections.append((first, first + ((1 << folio.order) >> m.sparse_geometry.pfn_section_shift)))
+        return sorted(sections)
+
+    def optimize_bootmem_folios(self, folios):
+        """``hugetlb_vmemmap_optimize_bootmem_folios``: the boot folios whose vmemmap ``sparse_init``
+        built optimized are marked so and their mirrored tail PTEs made read-only
+        (``vmemmap_wrprotect_hvo``); returns them."""
+        m = self.machine
+        preinit = [f for f in folios if f in self.preinit]
+        for folio in preinit:
+            start = m.pfn_to_page(folio.head)
+            if m.profile.hvo_tail_page is not HvoTailPage.SHARED:
+                self.alias_head_page(start)
+            self.set_optimized(folio.head, True)
+            self.wrprotect(start + m.geometry.page_size, start + (m.sparse_geometry.struct_page_size << folio.order))
+        return preinit
+
 
     # -- the walk -------------------------------------------------------------------------------
     def remap_range(self, start, end, walk):
@@ -183,7 +257,7 @@ class Hvo:
             # the outcome depends only on where source and target sit in the folio
             first = getattr(source, "first_pfn", None)
             key = (type(source), None if first is None else first - folio.head,
-                   min(target - folio.head, structpages.per_page), folio.order, m.hugetlb.is_optimized(folio.head))
+                   min(target - folio.head, structpages.per_page), folio.order, self.is_optimized(folio.head))
         same = self._home_copies.get(key)
         copy = None
         if same is None:
@@ -265,17 +339,17 @@ class Hvo:
         start, end = self._range(folio)
         node = m.physmem.node_of(folio.head)
         walk = Walk("free", flags=flags, pages=pages)
-        if profile.hvo_tail_page == "shared":
+        if profile.hvo_tail_page is HvoTailPage.SHARED:
             walk.tail_page = self.shared_tail_page(node, folio.order)
             if walk.tail_page is None:
                 return ENOMEM
-        m.hugetlb.set_optimized(folio.head, True)  # set first, so the new head page's copy carries it
+        self.set_optimized(folio.head, True)  # set first, so the new head page's copy carries it
         walk.reuse_addr = start + (profile.hvo_reserve_pages - 1) * self.page
-        if profile.hvo_head_page != "keep":
+        if profile.hvo_head_page is not HvoHeadPage.KEEP:
             if head is UNTRIED:
                 head = self._alloc_page(node)
-            if head is None and profile.hvo_head_page == "always":
-                m.hugetlb.set_optimized(folio.head, False)
+            if head is None and profile.hvo_head_page is HvoHeadPage.ALWAYS:
+                self.set_optimized(folio.head, False)
                 return ENOMEM
             if head is not None:
                 m.structpages.describe(head, m.structpages.copy_page(walk.reuse_addr))
@@ -289,14 +363,14 @@ class Hvo:
         if error and walk.nr_walked:
             self._rollback(walk)
         if error:
-            m.hugetlb.set_optimized(folio.head, False)
+            self.set_optimized(folio.head, False)
         return error
 
     def _rollback(self, failed):
         """The second walk of ``vmemmap_remap_free``: restore what the failed walk remapped."""
         start = failed.reuse_addr
         walk = Walk("restore", reuse_addr=start, pages=failed.pages)
-        if self.machine.profile.hvo_tail_page == "shared":
+        if self.machine.profile.hvo_tail_page is HvoTailPage.SHARED:
             walk.tail_page = failed.tail_page
             start += self.page  # 7.1 restores only the PTEs mapping the shared tail page
         self.remap_range(start, failed.reuse_addr + failed.nr_walked * self.page, walk)
@@ -304,7 +378,7 @@ class Hvo:
     def restore_folio(self, folio, flags):
         """``__hugetlb_vmemmap_restore_folio``: None on success, else ENOMEM (folio unchanged)."""
         m = self.machine
-        if not m.hugetlb.is_optimized(folio.head):
+        if not self.is_optimized(folio.head):
             return None
         start, end = self._range(folio)
         reserve = m.profile.hvo_reserve_pages * self.page
@@ -313,11 +387,11 @@ class Hvo:
             return ENOMEM
         walk = Walk("restore", flags=flags, pages=pages, reuse_addr=start + reserve - self.page)
         walk_start = walk.reuse_addr
-        if m.profile.hvo_tail_page == "shared":
+        if m.profile.hvo_tail_page is HvoTailPage.SHARED:
             walk.tail_page = self.tail_pages[(m.physmem.node_of(folio.head), folio.order)]
             walk_start += self.page
         self.remap_range(walk_start, end, walk)
-        m.hugetlb.set_optimized(folio.head, False)
+        self.set_optimized(folio.head, False)
         return None
 
     # -- entry points ---------------------------------------------------------------------------
@@ -327,7 +401,7 @@ class Hvo:
         Returns {head: error} for the folios left unoptimized."""
         m = self.machine
         failed = {}
-        todo = [f for f in folios if m.hugetlb.should_optimize(f)]
+        todo = [f for f in folios if self.should_optimize(f)]
         if not m.profile.hvo_batched:
             for folio in todo:
                 pages = []
@@ -339,7 +413,7 @@ class Hvo:
         self._split_pass(todo)
         m.flush_tlb_all()
         pages = []
-        shared = m.profile.hvo_tail_page == "shared"
+        shared = m.profile.hvo_tail_page is HvoTailPage.SHARED
         for run, groupable in self._runs(todo):
             k = 0
             while k < len(run):
@@ -366,7 +440,7 @@ class Hvo:
         stop at the first failure. Returns (folios with a full vmemmap, the rest, error)."""
         m = self.machine
         batched = m.profile.hvo_batched
-        optimized = m.hugetlb.is_optimized
+        optimized = self.is_optimized
         done, restored, error = [], 0, None
         runs = self._runs(folios) if batched else [(list(folios), False)]
         for r, (run, groupable) in enumerate(runs):
@@ -477,12 +551,12 @@ class Hvo:
         old = table.pfns[index]
         new = np.empty_like(old)
         new[:, 0] = heads
-        new[:, 1:] = self.tail_pages[(group[0].node, group[0].order)] if m.profile.hvo_tail_page == "shared" else np.array(heads)[:, None]
+        new[:, 1:] = self.tail_pages[(group[0].node, group[0].order)] if m.profile.hvo_tail_page is HvoTailPage.SHARED else np.array(heads)[:, None]
         flags = np.full(old.shape, RDONLY, dtype=np.uint8)
         flags[:, 0] = 0
         per_page = structpages.per_page
         for folio, head, old_head in zip(group, heads, old[:, 0].tolist()):
-            m.hugetlb.set_optimized(folio.head, True)
+            self.set_optimized(folio.head, True)
             structpages.describe(head, structpages.contents.get(old_head) or CopyOf(folio.head // per_page * per_page))
         m.pagetable.set_leaves(table, index.ravel(), new.ravel(), flags.ravel())
         pages.extend(old.ravel().tolist())
@@ -503,7 +577,7 @@ class Hvo:
             m.physmem.release(frame, 1)
         if count:
             group, index, tails = group[:count], index[:count], tails[:count]
-            if m.profile.hvo_tail_page == "shared":
+            if m.profile.hvo_tail_page is HvoTailPage.SHARED:
                 source = np.full(count, self.tail_pages[(group[0].node, group[0].order)], dtype=np.int64)
             else:
                 source = table.pfns[index[:, 0]]  # the reuse page: what the head PTE maps
@@ -512,7 +586,7 @@ class Hvo:
             fresh = np.array(frames[:count * per_folio], dtype=np.int64).reshape(count, per_folio)[:, ::-1]
             for folio, source_frame, row in zip(group, source.tolist(), fresh):
                 self._fill_copies(row.tolist(), source_frame, m.pfn_to_page(folio.head) + self.page)
-                m.hugetlb.set_optimized(folio.head, False)
+                self.set_optimized(folio.head, False)
             m.pagetable.set_leaves(table, tails.ravel(), fresh.ravel(), 0)
             m.stats.add(NR_MEMMAP_PAGES, count * per_folio)
             m.stats.add("hvo_vmemmap_pages_allocated", count * per_folio)

@@ -82,7 +82,7 @@ class Machine:
         self.hugetlb = HugeTLB(self, optimize_vmemmap=hugetlb.optimize_vmemmap)
         gigantic = [(entry, self.hugetlb.reserve_boot_pages(entry.size, entry.count, entry.node))
                     for entry in hugetlb.boot if self.hugetlb.is_gigantic(entry.size)]
-        self.hugetlb.plan_preinit([folio for _, folios in gigantic for folio in folios])
+        self.hugetlb.hvo.plan_preinit([folio for _, folios in gigantic for folio in folios])
         self.sparse.init()
         self.physmem.end_boot()
         self.hooks.pgtable_cache_init(self)

@@ -59,7 +59,7 @@ def hugetlb_report(hugetlb) -> dict:
             h.name: {
                 "nr_hugepages": h.nr_huge_pages,
                 "surplus": h.surplus_huge_pages,
-                "optimized": sum(map(hugetlb.is_optimized, h.folios)),
+                "optimized": sum(map(hugetlb.hvo.is_optimized, h.folios)),
                 "boot": sum(f.boot for f in h.folios.values()),
             }
             for _, h in sorted(hugetlb.hstates.items())

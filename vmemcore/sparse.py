@@ -136,7 +136,7 @@ class Sparse:
             per_section = self.section_map_pages()
             machine.sparse_buffer = SparseBuffer(machine, map_count * per_section, per_section, node)
             try:
-                preinit = machine.hugetlb.vmemmap_init_early(node)  # sections already populated
+                preinit = machine.hugetlb.hvo.vmemmap_init_early(node)  # sections already populated
                 for first, last in extents:
                     for start, end in _without(first, last, preinit):
                         self.populate(self.section_pfn(start), (end - start) * pps, node, sections=end - start)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import VmemcoreError
 from .pagetable import RDONLY
+from .profiles import HvoTailPage
 
 PLAIN, HEAD, TAIL = "plain", "head", "tail"
 
@@ -135,7 +136,7 @@ class StructPages:
         if folio is None or first_pfn + self.per_page > folio.head + (1 << folio.order):
             return False
         if isinstance(descriptor, SharedTail):
-            shared = self.machine.profile.hvo_tail_page == "shared"
+            shared = self.machine.profile.hvo_tail_page is HvoTailPage.SHARED
             return shared and descriptor.order == folio.order and first_pfn - folio.head >= 3
         source = descriptor.first_pfn
         if hugetlb.folio_of(source) != folio or source + self.per_page > folio.head + (1 << folio.order):
@@ -178,7 +179,7 @@ class StructPages:
     def tail(self, head, order, flags=0) -> StructPage:
         """A tail struct page as this kernel links it to its head: by the head's pfn
         (``compound_head``), or by the order alone (7.1's ``compound_info`` mask)."""
-        if self.machine.profile.hvo_tail_page == "shared":
+        if self.machine.profile.hvo_tail_page is HvoTailPage.SHARED:
             return StructPage(TAIL, order=order, flags=flags)
         return StructPage(TAIL, head=head, flags=flags)
 
@@ -193,7 +194,7 @@ class StructPages:
         if folio is None:
             return StructPage(flags=reserved)
         if pfn == folio.head:
-            flags = PG_HUGETLB | (PG_VMEMMAP_OPTIMIZED if self.machine.hugetlb.is_optimized(folio.head) else 0)
+            flags = PG_HUGETLB | (PG_VMEMMAP_OPTIMIZED if self.machine.hugetlb.hvo.is_optimized(folio.head) else 0)
             return StructPage(HEAD, order=folio.order, flags=flags)
         return self.tail(folio.head, folio.order, PG_FOLIO_META if pfn - folio.head < 3 else 0)
 

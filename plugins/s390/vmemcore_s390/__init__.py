@@ -11,9 +11,9 @@ Region-third entries may hold 2 GiB leaves with EDAT2.
 import attrs
 
 from vmemcore.arch import (
-    NUMA_NO_NODE, ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, PageTableGeometry, SparseGeometry,
-    Support, TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages, vmemmap_populate_hugepages,
-    vmemmap_teardown,
+    NUMA_NO_NODE, ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MhpDesign, MiB, PageTableGeometry,
+    SparseGeometry, Support, TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages,
+    vmemmap_populate_hugepages, vmemmap_teardown,
 )
 
 CRST_BYTES = 2048 * 8  # _CRST_ENTRIES; allocated as CRST_ALLOC_ORDER 2 = 16 KiB
@@ -150,7 +150,7 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
 @hookimpl
 def vmemcore_supports_memmap_on_memory(machine, vmemmap_size):
     """s390 selects ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE only from 6.8 (the 2019 RFC had no such switch)."""
-    if machine.profile.mhp_design == "rfc2019" or machine.profile.at_least(6, 8):
+    if machine.profile.mhp_design is MhpDesign.RFC2019 or machine.profile.at_least(6, 8):
         return None
     return Support(False, "s390 does not select ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE before 6.8: standby memory "
                           "only becomes accessible when it is onlined")
@@ -160,6 +160,6 @@ def vmemcore_supports_memmap_on_memory(machine, vmemmap_size):
 def vmemcore_arch_add_memory(machine, request):
     """In the 2019 RFC (docs/kernel-map.md#memmap_on_memory-designs) s390's ``arch_add_memory`` clears MHP_MEMMAP_FROM_RANGE: the memory only becomes
     accessible at online time, so its memmap cannot be written at add time."""
-    if machine.profile.mhp_design == "rfc2019" and request.memmap_on_memory:
+    if machine.profile.mhp_design is MhpDesign.RFC2019 and request.memmap_on_memory:
         return attrs.evolve(request, memmap_on_memory=False)
     return None
