@@ -337,3 +337,40 @@ def test_hook_is_documented_with_signature_and_policy_and_has_a_test(hook):
     assert "Called" in doc and "Returns" in doc and f"Policy: {policy}" in doc
     short = hook.removeprefix("vmemcore_")
     assert re.search(rf"def test_\w*{short}", TESTS), f"no test is named for {hook} (def test_..{short}..)"
+
+
+def test_hugepage_sizes_are_asked_before_boot():
+    """The hookspec says: before ``sparse_init`` (boot gigantic pages come from memblock)."""
+    seen = []
+
+    def sizes(machine):
+        seen.append(machine.physmem.booting)
+        return vmemcore_x86_64.vmemcore_hugepage_sizes(machine)
+
+    _machine(_module("early", vmemcore_hugepage_sizes=sizes))
+    assert seen == [True]
+
+
+def test_a_hook_calling_sys_exit_is_reported_by_the_cli_with_its_plugin(tmp_path, monkeypatch, capsys):
+    (tmp_path / "exiting_x86.py").write_text(
+        "import sys\nfrom vmemcore_x86_64 import *\nfrom vmemcore.arch import hookimpl\n\n"
+        "@hookimpl\ndef vmemcore_memory_block_size(machine):\n    sys.exit(7)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("VMEMCORE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("VMEMCORE_PLUGINS", "exiting_x86")
+    scenario = tmp_path / "x.toml"
+    scenario.write_text('[machine]\narch = "x86_64"\n\n[[memory]]\nsize = "1G"\n')
+    assert main(["run", str(scenario)]) == 3
+    assert "plugin 'exiting_x86', hook vmemcore_memory_block_size: raised SystemExit: 7" in capsys.readouterr().err
+
+
+def test_sparse_keeps_to_mm_layering():
+    """The compound populate lives in populate.py (mm/sparse-vmemmap.c): sparse.py does not reach
+    into zone_device.py, and hugetlb.py no longer holds HVO's pre-init."""
+    import ast
+
+    root = Path(__file__).parent.parent / "vmemcore"
+    imports = {node.module for node in ast.walk(ast.parse((root / "sparse.py").read_text()))
+               if isinstance(node, ast.ImportFrom)}
+    assert "zone_device" not in imports
+    assert "def vmemmap_init_early" not in (root / "hugetlb.py").read_text()
