@@ -281,13 +281,20 @@ def test_disabling_is_by_plugin_name_not_arch_name():
     assert registry.get("arm64").name == "arm64_fork"  # "arm64" names no plugin here
 
 
-def test_a_broken_plugin_makes_a_scenario_for_its_arch_exit_3(tmp_path, monkeypatch, capsys):
-    (tmp_path / "broken_riscv.py").write_text("raise ImportError('no such module: riscv_tables')\n")
+def _run_with(tmp_path, monkeypatch, module, source, arch):
+    """``vmemcore run`` of a 1G machine of ``arch`` with the plugin module ``module`` (``source``)
+    loaded through VMEMCORE_PLUGINS and no entry points; returns the exit status."""
+    (tmp_path / f"{module}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("VMEMCORE_PLUGINS", "broken_riscv")
-    scenario = tmp_path / "riscv.toml"
-    scenario.write_text('[machine]\narch = "riscv64"\n\n[[memory]]\nsize = "1G"\n')
-    assert main(["run", str(scenario)]) == 3
+    monkeypatch.setenv("VMEMCORE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("VMEMCORE_PLUGINS", module)
+    scenario = tmp_path / "machine.toml"
+    scenario.write_text(f'[machine]\narch = "{arch}"\n\n[[memory]]\nsize = "1G"\n')
+    return main(["run", str(scenario)])
+
+
+def test_a_broken_plugin_makes_a_scenario_for_its_arch_exit_3(tmp_path, monkeypatch, capsys):
+    assert _run_with(tmp_path, monkeypatch, "broken_riscv", "raise ImportError('no riscv_tables')\n", "riscv64") == 3
     assert "broken_riscv" in capsys.readouterr().err
     assert main(["arches", "riscv64"]) == 3
 
@@ -352,15 +359,9 @@ def test_hugepage_sizes_are_asked_before_boot():
 
 
 def test_a_hook_calling_sys_exit_is_reported_by_the_cli_with_its_plugin(tmp_path, monkeypatch, capsys):
-    (tmp_path / "exiting_x86.py").write_text(
-        "import sys\nfrom vmemcore_x86_64 import *\nfrom vmemcore.arch import hookimpl\n\n"
-        "@hookimpl\ndef vmemcore_memory_block_size(machine):\n    sys.exit(7)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("VMEMCORE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    monkeypatch.setenv("VMEMCORE_PLUGINS", "exiting_x86")
-    scenario = tmp_path / "x.toml"
-    scenario.write_text('[machine]\narch = "x86_64"\n\n[[memory]]\nsize = "1G"\n')
-    assert main(["run", str(scenario)]) == 3
+    source = ("import sys\nfrom vmemcore_x86_64 import *\nfrom vmemcore.arch import hookimpl\n\n"
+              "@hookimpl\ndef vmemcore_memory_block_size(machine):\n    sys.exit(7)\n")
+    assert _run_with(tmp_path, monkeypatch, "exiting_x86", source, "x86_64") == 3
     assert "plugin 'exiting_x86', hook vmemcore_memory_block_size: raised SystemExit: 7" in capsys.readouterr().err
 
 
