@@ -84,3 +84,7 @@ class VmemAltmap:
     def holds(self, pfn) -> bool:
         """Does ``pfn`` lie in the memmap part of the altmap (``[base, base + reserve + free)``)?"""
         return self.base_pfn <= pfn < self.base_pfn + self.reserve + self.free
+
+    def holds_many(self, pfns):
+        """:meth:`holds` of each pfn of the array ``pfns``, as a boolean array."""
+        return (pfns >= self.base_pfn) & (pfns < self.base_pfn + self.reserve + self.free)

@@ -85,12 +85,21 @@ def _flush(machine, flush, start, end):
 
 def _teardown(machine, table, start, end, altmap, policy):
     lo, hi = table_index_range(table, start, end)
-    present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
-    is_leaf = (table.flags[present] & LEAF) != 0
-    _free_leaves(machine, table, present[is_leaf], start, end, altmap, policy)
-    if table.depth == len(machine.geometry.levels) - 1:
+    if table.depth == len(machine.geometry.levels) - 1:  # a PTE table: leaves only
+        present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
+        if len(present):
+            _free_leaves(machine, table, present, start, end, altmap, policy)
         _flush(machine, policy.flush_pte_table, start, end)
-    for i in present[~is_leaf].tolist():
+        return
+    children = []
+    leaves = []
+    flags = table.flags[lo:hi].tolist()  # few entries above the PTE level: Python beats numpy here
+    for i, flag in enumerate(flags, lo):
+        if flag & PRESENT:
+            (leaves if flag & LEAF else children).append(i)
+    if leaves:
+        _free_leaves(machine, table, np.array(leaves, dtype=np.int64), start, end, altmap, policy)
+    for i in children:
         child = table.children[i]
         first, last = max(table.va(i), start), min(table.va(i + 1), end)
         _teardown(machine, child, first, last, altmap, policy)
@@ -99,25 +108,30 @@ def _teardown(machine, table, start, end, altmap, policy):
 
 
 def _free_leaves(machine, table, leaves, start, end, altmap, policy):
-    """Clear the leaves ``leaves`` of ``table`` that are no longer used, and free their frames."""
-    span = table.level.entry_span
-    kept = [i for i in leaves.tolist() if not (start <= table.va(i) and table.va(i + 1) <= end)
-            and _still_used(machine, table, i, max(table.va(i), start), min(table.va(i + 1), end), policy.in_use)]
-    freed = np.setdiff1d(leaves, kept) if kept else leaves
-    if not len(freed):
-        return
+    """Clear the leaves ``leaves`` of ``table`` that are no longer used, and free their frames.
+    Only the first and the last leaf can be partly covered by ``[start, end)``."""
+    first, last = int(leaves[0]), int(leaves[-1])
+    freed = leaves
+    if table.va(first) < start or table.va(last + 1) > end:
+        kept = [i for i in {first, last} if not (start <= table.va(i) and table.va(i + 1) <= end)
+                and _still_used(machine, table, i, max(table.va(i), start), min(table.va(i + 1), end), policy.in_use)]
+        freed = np.setdiff1d(leaves, kept) if kept else leaves
+        if not len(freed):
+            return
     pfns = table.pfns[freed]
-    nr_pages = span >> machine.geometry.page_shift
+    nr_pages = table.level.entry_span >> machine.geometry.page_shift
     if policy.flush_leaf is not Flush.NONE:
         for i in freed.tolist():
             _flush(machine, policy.flush_leaf, table.va(i), table.va(i) + machine.geometry.page_size)
-    held = np.array([altmap is not None and altmap.holds(p) for p in pfns.tolist()], dtype=bool)
-    for pfn in pfns[held].tolist():
-        free_vmemmap_frames(machine, pfn, nr_pages, altmap)
+    if altmap is not None:
+        held = altmap.holds_many(pfns)
+        for pfn in pfns[held].tolist():
+            free_vmemmap_frames(machine, pfn, nr_pages, altmap)
+        pfns = pfns[~held]
     if nr_pages == 1:
-        free_vmemmap_pages(machine, pfns[~held])
+        free_vmemmap_pages(machine, pfns)
     else:
-        for pfn in pfns[~held].tolist():
+        for pfn in pfns.tolist():
             free_vmemmap_frames(machine, pfn, nr_pages)
     machine.pagetable.clear_leaves(table, freed)
 
