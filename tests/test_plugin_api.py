@@ -375,3 +375,20 @@ def test_sparse_keeps_to_mm_layering():
                if isinstance(node, ast.ImportFrom)}
     assert "zone_device" not in imports
     assert "def vmemmap_init_early" not in (root / "hugetlb.py").read_text()
+
+
+def test_plugin_state_is_per_machine_and_snapshotted():
+    class Seen:
+        def __init__(self, machine):
+            self.ranges = []
+
+        def snapshot(self):
+            return list(self.ranges)
+
+    def populate(machine, start, end, node, altmap):
+        machine.plugin_state("counting.seen", Seen).ranges.append((start, end))
+
+    m = Machine("x86_64", memory=[{"size": 1 * GiB}], observers=[_module("counting", base=None, vmemcore_vmemmap_populate=populate)])
+    base = m.sparse_geometry.vmemmap_base
+    assert m.snapshot()["plugin_state"] == {"counting.seen": [(base, base + 8 * m.sparse_geometry.section_memmap_bytes)]}
+    assert m.plugin_state("counting.seen", Seen) is m.plugin_state("counting.seen", None)
