@@ -1,6 +1,7 @@
 """The plugin API: hooks called through pluggy with one policy table, answers checked, capability
 and lifecycle hooks, the engine's own checks of what plugins say, and plugin identity."""
 
+import inspect
 import re
 import types
 from pathlib import Path
@@ -342,6 +343,8 @@ def test_hook_is_documented_with_signature_and_policy_and_has_a_test(hook):
     assert f"**Policy: {policy}" in section, f"docs/plugins.md: {hook} does not state its policy ({policy})"
     doc = getattr(hookspecs, hook).__doc__
     assert "Called" in doc and "Returns" in doc and f"Policy: {policy}" in doc
+    called = next(p for p in inspect.getdoc(getattr(hookspecs, hook)).split("\n\n") if p.startswith("Called"))
+    assert " ".join(called.replace("``", "`").split()) in section, f"docs/plugins.md: {hook}'s 'Called ...' is stale"
     short = hook.removeprefix("vmemcore_")
     assert re.search(rf"def test_\w*{short}", TESTS), f"no test is named for {hook} (def test_..{short}..)"
 
