@@ -1,0 +1,144 @@
+"""The conformance suite as a pytest plugin: what an architecture port runs to prove it behaves.
+
+Registered through the ``pytest11`` entry point (or ``pytest -p vmemcore.testing``). A plugin's
+repository collects the checks with one line in a test module::
+
+    from vmemcore.testing.suite import *  # noqa: F401,F403
+
+and runs ``pytest --vmemcore-arch riscv64``. Without ``--vmemcore-arch`` every installed arch is
+checked. Each check is parametrized over targets, arch × variant × kernel profile × machine
+features: by default every variant at the default profile, the default variant at every profile,
+and each feature flipped once (``--vmemcore-full``: every combination). ``--vmemcore-variant`` and
+``--vmemcore-kernel`` narrow the set. A check that does not apply to a target's capabilities (from
+the plugin's own hook answers) is skipped with the plugin's reason; ``vmemcore conformance`` runs
+the suite and prints the matrix.
+"""
+
+import itertools
+
+import attrs
+import pytest
+
+from ..machine import Machine
+from ..plugins import Registry
+from ..profiles import DEFAULT_PROFILE, PROFILES
+from .capabilities import Capabilities, boot_memory, probe
+
+
+@attrs.frozen
+class Target:
+    """One machine the suite checks: an arch's variant under a kernel profile, with features."""
+
+    plugin: str
+    arch: str
+    variant: str
+    kernel: str
+    features: tuple = ()  # (name, value) pairs that differ from the arch's defaults
+
+    @property
+    def id(self) -> str:
+        flips = "".join(f"-{name}={'on' if value else 'off'}" for name, value in self.features)
+        return f"{self.arch}-{self.variant}-{self.kernel}{flips}"
+
+    def machine(self, registry, memory=None, **kwargs) -> Machine:
+        """Boot this target with ``memory`` bytes on node 0 (default: :func:`boot_memory`)."""
+        if memory is None:
+            sparse = registry.get(self.arch).hooks().sparse_geometry(
+                registry.get(self.arch).info.variant(self.variant), PROFILES[self.kernel])
+            memory = boot_memory(sparse)
+        return Machine(self.arch, variant=self.variant, kernel=self.kernel, memory=[{"size": memory}],
+                       features=dict(self.features), registry=registry, **kwargs)
+
+
+def targets(registry, arches=(), variants=(), kernels=(), full=False) -> list:
+    """The targets of the installed arches ``arches`` (all when empty), narrowed to ``variants`` and
+    ``kernels``; ``full`` crosses every variant, profile and single feature flip."""
+    out = []
+    for arch in sorted(arches or registry.arches):
+        plugin = registry.get(arch)
+        info = plugin.info
+        names = [v.name for v in info.variants if not variants or v.name in variants]
+        profiles = [k for k in PROFILES if not kernels or k in kernels]
+        flips = [()] + [((f.name, not f.default),) for f in info.features]
+        if full:
+            combos = itertools.product(names, profiles, flips)
+        else:
+            variant = info.default_variant if info.default_variant in names else names[0] if names else None
+            kernel = DEFAULT_PROFILE if DEFAULT_PROFILE in profiles else profiles[0] if profiles else None
+            combos = [(v, kernel, ()) for v in names] + [(variant, k, ()) for k in profiles if k != kernel]
+            combos += [(variant, kernel, flip) for flip in flips[1:]]
+            combos = [c for c in combos if c[0] is not None and c[1] is not None]
+        out += [Target(plugin.name, arch, v, k, f) for v, k, f in combos]
+    return out
+
+
+# -- the pytest plugin ------------------------------------------------------------------------------
+
+def pytest_addoption(parser):
+    group = parser.getgroup("vmemcore", "vmemcore conformance suite")
+    group.addoption("--vmemcore-arch", action="append", default=[], metavar="ARCH",
+                    help="check this installed arch (repeatable; default: every installed arch)")
+    group.addoption("--vmemcore-variant", action="append", default=[], metavar="VARIANT",
+                    help="only this variant (repeatable)")
+    group.addoption("--vmemcore-kernel", action="append", default=[], metavar="K",
+                    help=f"only this kernel profile (repeatable; profiles: {', '.join(PROFILES)})")
+    group.addoption("--vmemcore-full", action="store_true",
+                    help="every variant x profile x feature flip (default: each variant at the default "
+                         "profile, the default variant at every profile, each feature flipped once)")
+
+
+_registry = None
+_capabilities = {}
+
+
+def session_registry() -> Registry:
+    """The installed plugins, discovered once per test session."""
+    global _registry
+    if _registry is None:
+        _registry = Registry()
+    return _registry
+
+
+def pytest_generate_tests(metafunc):
+    if "vmemcore_target" not in metafunc.fixturenames:
+        return
+    option = metafunc.config.getoption
+    registry = session_registry()
+    unknown = [a for a in option("vmemcore_arch") if a not in registry.arches]
+    if unknown:
+        raise pytest.UsageError(f"--vmemcore-arch: {registry.why_missing(unknown[0])}")
+    found = targets(registry, option("vmemcore_arch"), option("vmemcore_variant"), option("vmemcore_kernel"),
+                    option("vmemcore_full"))
+    metafunc.parametrize("vmemcore_target", found, ids=[t.id for t in found])
+
+
+@pytest.fixture
+def vmemcore_registry():
+    """The installed arch plugins (one discovery per session)."""
+    return session_registry()
+
+
+@pytest.fixture
+def capabilities(vmemcore_target, vmemcore_registry) -> Capabilities:
+    """What the target offers, from its plugin's hook answers (probed once per target)."""
+    if vmemcore_target not in _capabilities:
+        _capabilities[vmemcore_target] = probe(lambda: vmemcore_target.machine(vmemcore_registry))
+    return _capabilities[vmemcore_target]
+
+
+@pytest.fixture
+def boot(vmemcore_target, vmemcore_registry, capabilities):
+    """``boot(**kwargs)``: a freshly booted machine of the target (skipped if it cannot boot)."""
+    require(capabilities.boots, "does not boot")
+
+    def make(memory=None, **kwargs):
+        return vmemcore_target.machine(vmemcore_registry, memory, **kwargs)
+
+    return make
+
+
+def require(support, missing):
+    """Skip the calling check unless ``support`` says yes; the skip says what is ``missing`` and
+    carries the plugin's reason."""
+    if not support.supported:
+        pytest.skip(f"{missing}: {support.reason}")
