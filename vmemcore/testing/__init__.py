@@ -91,6 +91,13 @@ _registry = None
 _capabilities = {}
 
 
+def pytest_configure(config):
+    """A new session discovers the plugins anew (pytester runs sessions inside one process)."""
+    global _registry
+    _registry = None
+    _capabilities.clear()
+
+
 def session_registry() -> Registry:
     """The installed plugins, discovered once per test session."""
     global _registry

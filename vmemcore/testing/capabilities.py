@@ -8,7 +8,7 @@ reason, as the plugin gave it.
 
 import attrs
 
-from ..errors import VmemcoreError
+from ..errors import PluginError, VmemcoreError
 from ..geometry import Support
 from ..units import GiB, format_size
 
@@ -55,6 +55,8 @@ def probe(machine_factory) -> Capabilities:
     """Boot a small machine with ``machine_factory()`` and ask its hooks."""
     try:
         m = machine_factory()
+    except PluginError:  # a broken plugin fails the checks, it is not an arch that cannot boot
+        raise
     except VmemcoreError as error:
         return Capabilities(Support(False, str(error)))
     hooks = m.hooks

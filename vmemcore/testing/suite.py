@@ -47,6 +47,14 @@ def _state(m):
     return snap
 
 
+def _check(m, target, hook, when):
+    """``machine.check()``: every frame accounted for, every table and leaf owned as such."""
+    try:
+        m.check()
+    except AssertionError as error:
+        pytest.fail(f"{_where(target, hook, 'every frame is accounted for ' + when)}: {error}")
+
+
 def _differences(before, after):
     return ", ".join(k for k in before if before[k] != after.get(k)) or "nothing"
 
@@ -112,7 +120,7 @@ def test_hugepage_sizes_fit_the_page_table(vmemcore_target, capabilities, boot):
             assert size.size < level.entry_span, rule
         else:
             assert level.leaf and size.contiguous * level.entry_span == size.size, rule
-    m.check()
+    _check(m, vmemcore_target, "vmemcore_hugepage_sizes", "after boot")
 
 
 # -- boot -------------------------------------------------------------------------------------------
@@ -155,7 +163,7 @@ def test_boot_maps_every_struct_page_once(vmemcore_target, boot):
         offnode = sum(m.physmem.node_of(f) != r.node for f in frames.tolist())
         assert offnode <= m.counters().get("vmemmap_offnode_entries", 0), \
             f"{rule}: {offnode} leaves off node {r.node} but not counted (vmemmap_verify)"
-    m.check()
+    _check(m, t, "vmemcore_vmemmap_populate", "after boot")
 
 
 def test_boot_counters_follow_the_kernel_arithmetic(vmemcore_target, boot):
@@ -181,7 +189,7 @@ def test_boot_counters_follow_the_kernel_arithmetic(vmemcore_target, boot):
         have = pages // (level.alloc_bytes // page)
         rule = _where(t, "vmemcore_vmemmap_populate", f"{level.name} tables are those the leaves need")
         assert have >= needed if preallocates else have == needed, f"{rule}: {have} tables, {needed} needed"
-    m.check()
+    _check(m, t, "vmemcore_vmemmap_populate", "after boot")
 
 
 # -- populate / free round trips ----------------------------------------------------------------------
@@ -198,11 +206,11 @@ def test_section_and_subsection_round_trips(vmemcore_target, boot):
             m.add_memmap(pfn, count)
         except VmemcoreError as error:
             pytest.fail(_where(t, "vmemcore_vmemmap_populate", f"a hot-added memmap of {count} pages: {error}"))
-        m.check()
+        _check(m, t, "vmemcore_vmemmap_populate", "after a populate")
         m.remove_memmap(pfn, count)
-        m.check()
+        _check(m, t, "vmemcore_vmemmap_free", "after a free")
         after = _state(m)
-        assert after == before, _where(t, "vmemcore_vmemmap_free", "a populate/free round trip leaves nothing "
+        assert after == before, _where(t, "vmemcore_vmemmap_populate/free", "a populate/free round trip leaves nothing "
                                           f"behind ({count} pages at pfn {pfn:#x}; differs: {_differences(before, after)})")
 
 
@@ -239,7 +247,7 @@ def test_hvo_frees_what_the_kernel_frees(vmemcore_target, capabilities, boot):
         m.hugetlb.resize(h.size.size, 0)
         assert m.counters()["memmap_frames"] == before["memmap_frames"] + new_tails, _where(
             t, "vmemcore_hvo_support", f"restoring {h.size.name} gives back every vmemmap page")
-        m.check()
+        _check(m, t, "vmemcore_hvo_support", f"after HVO of {h.size.name} and its restore")
 
 
 # -- hotplug ----------------------------------------------------------------------------------------
@@ -279,10 +287,10 @@ def test_hotplug_round_trips_in_random_orders(vmemcore_target, capabilities, boo
         blocks += m.hotplug.add_memory(start + k * block, block).blocks
     for b in rng.sample(blocks, len(blocks)):
         m.hotplug.online(b, rng.choice([Zone.NORMAL, Zone.MOVABLE]))
-    m.check()
+    _check(m, t, "vmemcore_vmemmap_populate", "after hot-adds")
     _remove_all(m, blocks, rng)
     after = _state(m)
-    assert after == before, _where(t, "vmemcore_vmemmap_free", "a hotplug round trip gives back the booted machine "
+    assert after == before, _where(t, "vmemcore_vmemmap_populate/free", "a hotplug round trip gives back the booted machine "
                                       f"(differs: {_differences(before, after)})")
 
 
@@ -309,12 +317,12 @@ def test_memmap_on_memory_is_what_the_hooks_said(vmemcore_target, capabilities, 
             f"{rule}: allowed but silently not used"
     else:
         assert not result.memmap_on_memory and result.note, f"{rule}: not allowed ({said.reason}) but used"
-    m.check()
+    _check(m, t, "vmemcore_vmemmap_populate", "after a memmap_on_memory hot-add")
 
 
 # -- fault injection --------------------------------------------------------------------------------
 
-def _every_fault(boot, setup, op, rule):
+def _every_fault(target, boot, setup, op, rule):
     """Fail each allocation ``op`` makes, one at a time, on a fresh machine: it raises
     :class:`OutOfMemory` and leaves the machine as it was, or completes (a fallback)."""
     probe = boot()
@@ -335,19 +343,18 @@ def _every_fault(boot, setup, op, rule):
                                     f"({_differences(before, after)})"
         finally:
             m.physmem.faults.disarm()
-        m.check()
-    return attempts
+        _check(m, target, "vmemcore_vmemmap_populate", f"after a failure at allocation {index}")
 
 
 def test_fault_at_every_allocation_of_a_populate(vmemcore_target, boot):
-    _every_fault(boot, lambda m: _hot_region(m, m.sparse_geometry.section_size) >> m.geometry.page_shift,
+    _every_fault(vmemcore_target, boot, lambda m: _hot_region(m, m.sparse_geometry.section_size) >> m.geometry.page_shift,
                  lambda m, pfn: m.add_memmap(pfn, m.sparse_geometry.pages_per_section),
                  _where(vmemcore_target, "vmemcore_vmemmap_populate", "a failed populate rolls back"))
 
 
 def test_fault_at_every_allocation_of_a_hot_add(vmemcore_target, capabilities, boot):
     require(capabilities.memory_hotplug, "no memory hotplug")
-    _every_fault(boot, lambda m: _hot_region(m, m.hotplug.block_size),
+    _every_fault(vmemcore_target, boot, lambda m: _hot_region(m, m.hotplug.block_size),
                  lambda m, start: m.hotplug.add_memory(start, m.hotplug.block_size),
                  _where(vmemcore_target, "vmemcore_vmemmap_populate", "a failed hot-add rolls back"))
 
@@ -374,7 +381,7 @@ def test_fault_at_every_allocation_of_an_hvo_batch(vmemcore_target, capabilities
             broken = check_folio_flags(folio.head, kpageflags_runs(m, folio.head, 1 << folio.order))
             assert broken is None, _where(vmemcore_target, "vmemcore_hvo_support",
                                           f"after a failure at allocation {index}: {broken}")
-        m.check()
+        _check(m, vmemcore_target, "vmemcore_hvo_support", f"after a failure at allocation {index}")
 
 
 # -- refusals, hook answers, determinism -----------------------------------------------------------
