@@ -300,10 +300,12 @@ def test_cli_run_help_explains_format(capsys):
 
 
 def test_arches_lists_all_four(capsys):
+    # the four built-ins at least: an installed third-party plugin (examples/plugins/riscv64) adds its own
     assert main(["arches"]) == 0
     out = capsys.readouterr().out
     heads = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")]
-    assert sorted(heads) == ["arm64", "powerpc", "s390", "x86_64"]
+    assert {"arm64", "powerpc", "s390", "x86_64"} <= set(heads)
+    assert len(heads) == len(set(heads))
     assert "4-level  paging=4-level  48-bit virtual, 46-bit physical addresses  (default)" in out
 
 
