@@ -13,8 +13,8 @@ Imports only :mod:`vmemcore.arch`, like any plugin published through the ``vmemc
 """
 
 from vmemcore.arch import (
-    ArchInfo, BadRequest, Feature, Flush, GiB, HugePageSize, InUse, KiB, Level, MiB, PageTableGeometry, SparseGeometry,
-    Support, TeardownPolicy, Variant, hookimpl, preallocate_tables, selected, vmemmap_populate_basepages,
+    ArchInfo, BadRequest, Feature, Flush, GiB, HugePageSize, InUse, KiB, Level, MiB, PageTableGeometry, PhysRange,
+    SparseGeometry, Support, TeardownPolicy, Variant, hookimpl, preallocate_tables, selected, vmemmap_populate_basepages,
     vmemmap_populate_hugepages, vmemmap_teardown,
 )
 
@@ -167,6 +167,19 @@ def vmemcore_zone_device_support(machine):
     together with the dependency, so ZONE_DEVICE stays (UNCONFIRMED)."""
     return selected(machine.profile, (6, 11), before="ZONE_DEVICE depends on ARCH_HAS_PTE_DEVMAP, which riscv "
                                                      "selects only from 6.11 (216e04bf1e4d)")
+
+
+# the direct mapping of all physical memory (Documentation/arch/riscv/vm-layout.rst)
+DIRECT_MAP_SIZE = {"Sv39": 128 * GiB, "Sv48": 64 << 40, "Sv57": 32 << 50}
+
+
+@hookimpl
+def vmemcore_mappable_range(machine):
+    """``arch_get_mappable_range`` (``arch/riscv/mm/init.c``, with c75a74f4ba19, 6.11): hot-added memory
+    must fit the direct map, ``[__pa(PAGE_OFFSET), __pa(PAGE_END - 1)]``, whose size
+    ``Documentation/arch/riscv/vm-layout.rst`` gives per mode (RAM taken to start at physical 0;
+    the size before 6.11's layout is UNCONFIRMED)."""
+    return PhysRange(0, DIRECT_MAP_SIZE[_mode(machine.variant)])
 
 
 @hookimpl
