@@ -141,6 +141,39 @@ def build_parser():
     draw.add_argument("--index", type=_number, default=0, help="the folio's position by head pfn (default 0)")
     draw.set_defaults(func=_diagram)
 
+    selection = argparse.ArgumentParser(add_help=False, parents=[common])
+    selection.add_argument("--variant", action="append", default=[], metavar="V", help="only this variant (repeatable)")
+    selection.add_argument("--kernel", action="append", default=[], metavar="K",
+                           help=f"only this kernel profile (repeatable; {', '.join(PROFILES)})")
+    selection.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    conformance = sub.add_parser(
+        "conformance", parents=[selection], help="run the conformance suite, print the matrix",
+        description="Run the conformance suite (vmemcore.testing) over installed arches and print a\n"
+                    "matrix: a row per target (arch, variant, kernel profile, feature flips), a column\n"
+                    "per check: P passed, F failed, s skipped (the plugin's reason is listed below).\n"
+                    "By default every variant at the default profile, the default variant at every\n"
+                    "profile and each machine feature flipped once; --full crosses them all.\n"
+                    "Exit 1 when a check fails. In a plugin's own repository, run the same checks\n"
+                    "with pytest: a test module holding 'from vmemcore.testing.suite import *' and\n"
+                    "'pytest --vmemcore-arch ARCH' (see docs/writing-a-plugin.md).",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conformance.add_argument("--arch", action="append", default=[], metavar="A", help="only this arch (repeatable)")
+    conformance.add_argument("--full", action="store_true", help="every variant x profile x feature flip")
+    conformance.set_defaults(func=_conformance)
+
+    capabilities = sub.add_parser(
+        "capabilities", parents=[selection], help="what each arch offers per variant and kernel profile",
+        description="For every variant and kernel profile of ARCH (default: every installed arch), what\n"
+                    "the arch offers, from its own hook answers on a small booted machine: HugeTLB\n"
+                    "sizes (xN: N contiguous entries), HVO, device-dax vmemmap dedup, memory hotplug,\n"
+                    "ZONE_DEVICE and memmap_on_memory; each no carries the kernel's reason.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    capabilities.add_argument("arch", nargs="?", metavar="ARCH", help="only this arch")
+    capabilities.set_defaults(func=_capabilities)
+
     arches = sub.add_parser(
         "arches", parents=[common], help="list arch plugins, or show one arch's geometry",
         description="Without ARCH, list every arch plugin found (broken ones are named on stderr).\n"
@@ -275,6 +308,42 @@ def _diagram(args):
 
 def _announce(step):
     print(f"[vmemcore] steps[{step.index}] {step.op}", file=sys.stderr)
+
+
+def _selected(registry, arches, variants, kernels):
+    """Check ``--arch``/``ARCH``, ``--variant`` and ``--kernel`` against what is installed."""
+    for arch in arches:
+        if arch not in registry.arches:
+            raise PluginError(arch, None, registry.why_missing(arch)) if registry.broken else \
+                BadRequest(registry.why_missing(arch))
+    known = {v.name for a in (arches or registry.arches) for v in registry.get(a).info.variants}
+    for variant in variants:
+        if variant not in known:
+            raise BadRequest(f"--variant {variant!r}: no such variant (variants: {', '.join(sorted(known))})")
+    for kernel in kernels:
+        if kernel not in PROFILES:
+            raise BadRequest(f"--kernel {kernel!r}: no such profile (profiles: {', '.join(PROFILES)})")
+    return arches
+
+
+def _conformance(args):
+    from .testing.runner import format_matrix, run_conformance
+
+    registry = Registry(disabled=args.disabled)
+    arches = _selected(registry, args.arch, args.variant, args.kernel)
+    data = run_conformance(arches, args.variant, args.kernel, args.full, args.disabled)
+    print(json.dumps(data, indent=2) if args.json else format_matrix(data))
+    return EXIT_FAILED if data["failed"] else EXIT_OK
+
+
+def _capabilities(args):
+    from .testing.runner import capability_matrix, format_capabilities
+
+    registry = Registry(disabled=args.disabled)
+    arches = _selected(registry, [args.arch] if args.arch else [], args.variant, args.kernel)
+    data = capability_matrix(registry, arches, args.variant, args.kernel)
+    print(json.dumps(data, indent=2) if args.json else format_capabilities(data))
+    return EXIT_OK
 
 
 def _arches(args):

@@ -82,27 +82,31 @@ def pytest_addoption(parser):
                     help="only this variant (repeatable)")
     group.addoption("--vmemcore-kernel", action="append", default=[], metavar="K",
                     help=f"only this kernel profile (repeatable; profiles: {', '.join(PROFILES)})")
+    group.addoption("--vmemcore-disable", action="append", default=[], metavar="PLUGIN",
+                    help="disable this plugin by its plugin name (repeatable; as vmemcore's -p no:PLUGIN)")
     group.addoption("--vmemcore-full", action="store_true",
                     help="every variant x profile x feature flip (default: each variant at the default "
                          "profile, the default variant at every profile, each feature flipped once)")
 
 
 _registry = None
+_disabled = ()
 _capabilities = {}
 
 
 def pytest_configure(config):
     """A new session discovers the plugins anew (pytester runs sessions inside one process)."""
-    global _registry
+    global _registry, _disabled
     _registry = None
+    _disabled = tuple(config.getoption("vmemcore_disable", default=[]) or ())
     _capabilities.clear()
 
 
 def session_registry() -> Registry:
-    """The installed plugins, discovered once per test session."""
+    """The installed plugins (less ``--vmemcore-disable``), discovered once per test session."""
     global _registry
     if _registry is None:
-        _registry = Registry()
+        _registry = Registry(disabled=_disabled)
     return _registry
 
 
@@ -129,7 +133,8 @@ def vmemcore_registry():
 def capabilities(vmemcore_target, vmemcore_registry) -> Capabilities:
     """What the target offers, from its plugin's hook answers (probed once per target)."""
     if vmemcore_target not in _capabilities:
-        _capabilities[vmemcore_target] = probe(lambda: vmemcore_target.machine(vmemcore_registry))
+        _capabilities[vmemcore_target] = probe(
+            lambda: vmemcore_target.machine(vmemcore_registry, hotplug={"memmap_on_memory": "Y"}))
     return _capabilities[vmemcore_target]
 
 

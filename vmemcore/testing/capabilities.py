@@ -52,7 +52,8 @@ class Capabilities:
 
 
 def probe(machine_factory) -> Capabilities:
-    """Boot a small machine with ``machine_factory()`` and ask its hooks."""
+    """Boot a small machine with ``machine_factory()`` (memmap_on_memory on, so that its own rules
+    answer) and ask its hooks."""
     try:
         m = machine_factory()
     except PluginError:  # a broken plugin fails the checks, it is not an arch that cannot boot
