@@ -3,7 +3,9 @@ empty folder in order (a later block replaces the file), the plugin is loaded fr
 through ``VMEMCORE_PLUGINS`` (as the guide says works without installing), and the guide's commands
 are run at the points where it runs them."""
 
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -43,7 +45,7 @@ def test_the_guide_builds_a_working_plugin_step_by_step(folder, capsys):
     files = guide_files()
     assert [path for path, _ in files] == [
         "myarch-plugin/pyproject.toml", "myarch-plugin/vmemcore_myarch.py", "myarch-16G.toml",
-        "myarch-plugin/vmemcore_myarch.py", "myarch-hvo.toml",
+        "myarch-plugin/vmemcore_myarch.py", "myarch-hvo.toml", "myarch-plugin/tests/test_conformance.py",
     ]
     # steps 1-4: the distribution, the five hooks, a boot scenario
     for path, text in files[:3]:
@@ -66,7 +68,7 @@ def test_the_guide_builds_a_working_plugin_step_by_step(folder, capsys):
 
     # step 5: the optional hooks replace the module; a fresh import sees them
     sys.modules.pop(MODULE, None)
-    for path, text in files[3:]:
+    for path, text in files[3:5]:
         write(folder, path, text)
     assert main(["run", str(folder / "myarch-hvo.toml")]) == 0
     out = capsys.readouterr().out
@@ -82,3 +84,14 @@ def test_the_guide_builds_a_working_plugin_step_by_step(folder, capsys):
     hvo_61.write_text(hvo_61.read_text().replace('kernel = "6.12"', 'kernel = "6.1"'))
     assert main(["run", str(hvo_61)]) != 0
     assert "myarch has HVO from 6.3" in capsys.readouterr().err
+
+
+    # step 6: the conformance suite passes on the guide's plugin (at the default profile, to stay quick)
+    path, text = files[5]
+    write(folder, path, text)
+    env = {**os.environ, "PYTHONPATH": str(folder / "myarch-plugin"), "VMEMCORE_PLUGINS": MODULE}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / path),
+                          "--vmemcore-arch", "myarch", "--vmemcore-kernel", "6.12"],
+                         cwd=folder, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert re.search(r"\d+ passed", run.stdout)

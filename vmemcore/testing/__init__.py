@@ -5,8 +5,8 @@ repository collects the checks with one line in a test module::
 
     from vmemcore.testing.suite import *  # noqa: F401,F403
 
-and runs ``pytest --vmemcore-arch riscv64``. Without ``--vmemcore-arch`` every installed arch is
-checked. Each check is parametrized over targets, arch × variant × kernel profile × machine
+and runs ``pytest --vmemcore-arch riscv64`` (or sets ``VMEMCORE_ARCHES = ["riscv64"]`` in that
+module). Without either, every installed arch is checked. Each check is parametrized over targets, arch × variant × kernel profile × machine
 features: by default every variant at the default profile, the default variant at every profile,
 and each feature flipped once (``--vmemcore-full``: every combination). ``--vmemcore-variant`` and
 ``--vmemcore-kernel`` narrow the set. A check that does not apply to a target's capabilities (from
@@ -115,11 +115,11 @@ def pytest_generate_tests(metafunc):
         return
     option = metafunc.config.getoption
     registry = session_registry()
-    unknown = [a for a in option("vmemcore_arch") if a not in registry.arches]
+    arches = option("vmemcore_arch") or getattr(metafunc.module, "VMEMCORE_ARCHES", ())
+    unknown = [a for a in arches if a not in registry.arches]
     if unknown:
         raise pytest.UsageError(f"--vmemcore-arch: {registry.why_missing(unknown[0])}")
-    found = targets(registry, option("vmemcore_arch"), option("vmemcore_variant"), option("vmemcore_kernel"),
-                    option("vmemcore_full"))
+    found = targets(registry, arches, option("vmemcore_variant"), option("vmemcore_kernel"), option("vmemcore_full"))
     metafunc.parametrize("vmemcore_target", found, ids=[t.id for t in found])
 
 
