@@ -84,6 +84,9 @@ def pytest_addoption(parser):
                     help=f"only this kernel profile (repeatable; profiles: {', '.join(PROFILES)})")
     group.addoption("--vmemcore-disable", action="append", default=[], metavar="PLUGIN",
                     help="disable this plugin by its plugin name (repeatable; as vmemcore's -p no:PLUGIN)")
+    group.addoption("--vmemcore-sequences", type=int, default=3, metavar="N",
+                    help="random operation sequences per target in the stateful check (default 3; "
+                         "10000 for a long run)")
     group.addoption("--vmemcore-full", action="store_true",
                     help="every variant x profile x feature flip (default: each variant at the default "
                          "profile, the default variant at every profile, each feature flipped once)")
@@ -154,3 +157,9 @@ def require(support, missing):
     carries the plugin's reason."""
     if not support.supported:
         pytest.skip(f"{missing}: {support.reason}")
+
+
+@pytest.fixture
+def sequences(request) -> int:
+    """How many random operation sequences the stateful check runs per target."""
+    return request.config.getoption("vmemcore_sequences", default=3)

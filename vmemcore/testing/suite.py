@@ -28,7 +28,7 @@ __all__ = [
     "test_hotplug_round_trips_in_random_orders", "test_memmap_on_memory_is_what_the_hooks_said",
     "test_fault_at_every_allocation_of_a_populate", "test_fault_at_every_allocation_of_a_hot_add",
     "test_fault_at_every_allocation_of_an_hvo_batch", "test_refusals_are_typed_and_say_why",
-    "test_the_same_machine_twice",
+    "test_the_same_machine_twice", "test_random_operation_sequences",
 ]
 
 
@@ -83,8 +83,13 @@ def test_geometry_covers_the_address_space(vmemcore_target, vmemcore_registry):
     plugin = vmemcore_registry.get(t.arch)
     hooks = plugin.hooks()
     variant, profile = plugin.info.variant(t.variant), PROFILES[t.kernel]
-    pt = hooks.pagetable_geometry(variant, profile)
-    sparse = hooks.sparse_geometry(variant, profile)
+    try:
+        pt = hooks.pagetable_geometry(variant, profile)
+        sparse = hooks.sparse_geometry(variant, profile)
+    except PluginError:
+        raise
+    except VmemcoreError as error:  # this kernel has no such variant: the plugin says why
+        pytest.skip(f"no such machine: {error}")
     top = pt.levels[0]
     assert top.shift + top.bits >= pt.va_bits, _where(
         t, "vmemcore_pagetable_geometry", f"levels cover the {pt.va_bits}-bit address space")
@@ -252,6 +257,27 @@ def test_hvo_frees_what_the_kernel_frees(vmemcore_target, capabilities, boot):
 
 # -- hotplug ----------------------------------------------------------------------------------------
 
+def _hot_add(m, start, size, **kwargs):
+    """``add_memory``; a typed refusal must leave the machine unchanged, and skips the check with
+    its reason (the 2019 design's memmap_on_memory on x86_64 without PSE refuses every hot-add)."""
+    before = _state(m)
+    try:
+        return m.hotplug.add_memory(start, size, **kwargs)
+    except VmemcoreError as error:
+        assert _state(m) == before, f"a refused hot-add ({error}) left changes behind"
+        pytest.skip(f"the hot-add is refused: {error}")
+
+
+def _online(m, block, zone):
+    """``online``; a typed refusal (say, memory that is not pageblock-aligned after its memmap)
+    must leave the machine unchanged, and the block stays offline."""
+    before = _state(m)
+    try:
+        m.hotplug.online(block, zone)
+    except VmemcoreError as error:
+        assert _state(m) == before, f"a refused online ({error}) left changes behind"
+
+
 def _remove_all(m, blocks, rng):
     """Offline and remove ``blocks`` in a random order; an -EBUSY offline (its memory holds a newer
     block's memmap) is retried after the others, as an administrator would."""
@@ -260,7 +286,8 @@ def _remove_all(m, blocks, rng):
     while pending:
         for block in pending:
             try:
-                m.hotplug.offline(block)
+                if m.hotplug.blocks[block].state != "offline":
+                    m.hotplug.offline(block)
             except VmemcoreError:
                 continue
             b = m.hotplug.blocks[block]
@@ -284,9 +311,9 @@ def test_hotplug_round_trips_in_random_orders(vmemcore_target, capabilities, boo
     before = _state(m)
     blocks = []
     for k in rng.sample(range(3), 3):
-        blocks += m.hotplug.add_memory(start + k * block, block).blocks
+        blocks += _hot_add(m, start + k * block, block).blocks
     for b in rng.sample(blocks, len(blocks)):
-        m.hotplug.online(b, rng.choice([Zone.NORMAL, Zone.MOVABLE]))
+        _online(m, b, rng.choice([Zone.NORMAL, Zone.MOVABLE]))
     _check(m, t, "vmemcore_vmemmap_populate", "after hot-adds")
     _remove_all(m, blocks, rng)
     after = _state(m)
@@ -328,7 +355,10 @@ def _every_fault(target, boot, setup, op, rule):
     probe = boot()
     arg = setup(probe)
     probe.physmem.faults.arm()
-    op(probe, arg)
+    try:
+        op(probe, arg)
+    except VmemcoreError as error:
+        pytest.skip(f"the operation is refused without any injected failure: {error}")
     attempts = probe.physmem.faults.attempts
     for index in range(1, attempts + 1):
         m = boot()
@@ -413,10 +443,22 @@ def test_the_same_machine_twice(vmemcore_target, boot):
     def run():
         m = boot()
         if m.hotplug.support.supported:
-            m.hotplug.add_memory(_hot_region(m, m.hotplug.block_size), m.hotplug.block_size)
+            try:
+                m.hotplug.add_memory(_hot_region(m, m.hotplug.block_size), m.hotplug.block_size)
+            except VmemcoreError:
+                pass  # refused the same way both times
         sizes = sorted(h.size.size for h in m.hugetlb.hstates.values() if not m.hugetlb.is_gigantic(h.size.size))
         if sizes:
             m.hugetlb.resize(sizes[0], 3)
         return m.snapshot()
 
     assert run() == run(), _where(vmemcore_target, "vmemcore_vmemmap_populate", "the same machine twice")
+
+
+def test_random_operation_sequences(vmemcore_target, vmemcore_registry, capabilities, sequences):
+    """Hypothesis interleaves every operation the target offers, checks the machine after each
+    step, undoes everything and compares with a fresh boot (``vmemcore.testing.stateful``)."""
+    require(capabilities.boots, "does not boot")
+    from .stateful import run
+
+    run(vmemcore_target, vmemcore_registry, sequences)
