@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ..errors import VmemcoreError
-from ..physmem import Use, Zone
+from ..physmem import Zone
 from ..units import format_size
 from ..zone_device import DevicePagemap
 
