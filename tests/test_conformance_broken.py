@@ -35,6 +35,17 @@ BROKEN = {
         """, "section_and_subsection",
         "plugin 'table_keeper', hook vmemcore_vmemmap_populate/free: a populate/free round trip leaves "
         "nothing behind"),
+    # HVO claimed, but every second vmemmap page maps its neighbour's frame (base pages: kernel 5.14)
+    "crossed_vmemmap": ("""
+        @hookimpl
+        def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
+            x86.vmemcore_vmemmap_populate(machine, start, end, node, altmap)
+            for addr, level, pfns in list(machine.pagetable.leaf_runs(start, end)):
+                if level.name == "pte" and len(pfns) > 1:
+                    pfns[1::2] = pfns[0::2][:len(pfns[1::2])]
+            return True
+        """, "hvo_frees",
+        "plugin 'crossed_vmemmap', hook vmemcore_hvo_support: HVO of 2M saves 6 vmemmap pages per folio"),
     # a refusal without a reason
     "mute_veto": ("""
         from vmemcore.arch import Support
@@ -55,7 +66,8 @@ def test_the_suite_fails_a_broken_plugin_and_names_the_rule(name, pytester, monk
     monkeypatch.setenv("VMEMCORE_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.setenv("VMEMCORE_PLUGINS", name)
     monkeypatch.setenv("PYTHONPATH", str(pytester.path))
-    result = pytester.runpytest_subprocess("-q", "--vmemcore-arch", "x86_64", "--vmemcore-kernel", "6.12",
+    kernel = "5.14" if name == "crossed_vmemmap" else "6.12"
+    result = pytester.runpytest_subprocess("-q", "--vmemcore-arch", "x86_64", "--vmemcore-kernel", kernel,
                                            "--vmemcore-variant", "4-level", "-k", check)
     output = result.stdout.str()
     assert result.ret == 1, output
