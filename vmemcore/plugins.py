@@ -367,6 +367,7 @@ class ArchHooks:
             raise PluginError(plugin, hook, complaint)
 
     def provides(self, hook) -> bool:
+        """Does any registered plugin implement ``hook`` (wrappers aside)?"""
         return bool(self._implementers(hook))
 
     # -- the typed façade -------------------------------------------------------------------------
