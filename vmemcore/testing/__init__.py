@@ -19,6 +19,7 @@ import itertools
 import attrs
 import pytest
 
+from ..errors import VmemcoreError
 from ..machine import Machine
 from ..plugins import Registry
 from ..profiles import DEFAULT_PROFILE, PROFILES
@@ -150,6 +151,26 @@ def boot(vmemcore_target, vmemcore_registry, capabilities):
         return vmemcore_target.machine(vmemcore_registry, memory, **kwargs)
 
     return make
+
+
+def remove_blocks(m, pending):
+    """Offline (where online) and remove the memory blocks ``pending`` in that order; a block whose
+    offline fails (-EBUSY: it holds a newer block's memmap) is retried after the others, as an
+    administrator would. A block that can never go is an error."""
+    pending = list(pending)
+    while pending:
+        for block in pending:
+            try:
+                if m.hotplug.blocks[block].state != "offline":
+                    m.hotplug.offline(block)
+            except VmemcoreError:
+                continue
+            b = m.hotplug.blocks[block]
+            m.hotplug.remove_memory(b.start_pfn << m.geometry.page_shift, b.nr_pages << m.geometry.page_shift)
+            pending.remove(block)
+            break
+        else:
+            raise AssertionError(f"no block of {pending} can be offlined")
 
 
 def require(support, missing):

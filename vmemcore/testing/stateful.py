@@ -17,6 +17,7 @@ from ..errors import VmemcoreError
 from ..physmem import Zone
 from ..units import format_size
 from ..zone_device import DevicePagemap
+from . import remove_blocks
 
 SLOTS = 3  # memory blocks (and device ranges) the sequences play with
 
@@ -147,19 +148,7 @@ def machine_for(target, registry):
                 m.zone_device.remove(key << m.geometry.page_shift)
             for pfn in sorted(self.subs):
                 m.remove_memmap(pfn, m.sparse_geometry.pages_per_subsection)
-            pending = sorted(m.hotplug.blocks, reverse=True)  # newest memmap first: what hosts it goes last
-            while pending:
-                for block in pending:
-                    try:
-                        self._offline(block)
-                    except VmemcoreError:
-                        continue
-                    b = m.hotplug.blocks[block]
-                    m.hotplug.remove_memory(b.start_pfn << m.geometry.page_shift, b.nr_pages << m.geometry.page_shift)
-                    pending.remove(block)
-                    break
-                else:
-                    raise AssertionError(f"blocks {pending} can never be offlined")
+            remove_blocks(m, sorted(m.hotplug.blocks, reverse=True))  # newest memmap first
             m.check()
             after = _state(m)
             assert after == self.fresh, "undoing every operation did not give back the booted machine: " + \

@@ -18,7 +18,7 @@ from ..hotplug import MemmapOnMemory
 from ..physmem import Use, Zone
 from ..profiles import PROFILES
 from ..report import check_folio_flags, kpageflags_runs
-from . import require
+from . import remove_blocks, require
 
 __all__ = [
     "test_geometry_covers_the_address_space", "test_vmemmap_holds_every_mappable_address",
@@ -278,26 +278,6 @@ def _online(m, block, zone):
         assert _state(m) == before, f"a refused online ({error}) left changes behind"
 
 
-def _remove_all(m, blocks, rng):
-    """Offline and remove ``blocks`` in a random order; an -EBUSY offline (its memory holds a newer
-    block's memmap) is retried after the others, as an administrator would."""
-    pending = list(blocks)
-    rng.shuffle(pending)
-    while pending:
-        for block in pending:
-            try:
-                if m.hotplug.blocks[block].state != "offline":
-                    m.hotplug.offline(block)
-            except VmemcoreError:
-                continue
-            b = m.hotplug.blocks[block]
-            m.hotplug.remove_memory(b.start_pfn << m.geometry.page_shift, b.nr_pages << m.geometry.page_shift)
-            pending.remove(block)
-            break
-        else:
-            raise AssertionError(f"no block of {pending} can be offlined")
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_hotplug_round_trips_in_random_orders(vmemcore_target, capabilities, boot, seed):
     """Blocks added, onlined to random zones, offlined and removed in random orders give back the
@@ -315,7 +295,7 @@ def test_hotplug_round_trips_in_random_orders(vmemcore_target, capabilities, boo
     for b in rng.sample(blocks, len(blocks)):
         _online(m, b, rng.choice([Zone.NORMAL, Zone.MOVABLE]))
     _check(m, t, "vmemcore_vmemmap_populate", "after hot-adds")
-    _remove_all(m, blocks, rng)
+    remove_blocks(m, rng.sample(blocks, len(blocks)))
     after = _state(m)
     assert after == before, _where(t, "vmemcore_vmemmap_populate/free", "a hotplug round trip gives back the booted machine "
                                       f"(differs: {_differences(before, after)})")
