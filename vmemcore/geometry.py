@@ -108,6 +108,11 @@ class PageTableGeometry:
     def pmd(self) -> Level:
         return self.levels[self.pmd_depth]
 
+    def maps(self, start: int, size: int) -> bool:
+        """Does one page table of this geometry reach all of ``[start, start + size)``?"""
+        span = self.levels[0].shift + self.levels[0].bits
+        return start + size <= (start >> span << span) + (1 << span)
+
     def level(self, name: str) -> Level:
         for level in self.levels:
             if level.name == name:

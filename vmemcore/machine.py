@@ -103,13 +103,11 @@ class Machine:
         sparse = self.sparse_geometry
         if self.geometry.page_shift != sparse.page_shift:
             raise PluginError(self.plugin.name, hook, "page_shift differs from the page-table geometry's")
-        top = self.geometry.levels[0]
-        span = top.shift + top.bits
-        first = sparse.vmemmap_base >> span << span
-        if sparse.vmemmap_base + sparse.vmemmap_size > first + (1 << span):
+        if not self.geometry.maps(sparse.vmemmap_base, sparse.vmemmap_size):
+            top = self.geometry.levels[0]
             raise PluginError(self.plugin.name, hook,
                               f"the vmemmap [{sparse.vmemmap_base:#x}, +{format_size(sparse.vmemmap_size)}) crosses the "
-                              f"end of the {span}-bit range one page table maps ({first + (1 << span):#x})")
+                              f"end of the {top.shift + top.bits}-bit range one page table maps")
 
     def plugin_state(self, key, factory):
         """Per-machine state a plugin keeps, created with ``factory(machine)`` on first use; it must

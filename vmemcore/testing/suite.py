@@ -77,8 +77,9 @@ def _hot_region(m, size):
 # -- geometry ---------------------------------------------------------------------------------------
 
 def test_geometry_covers_the_address_space(vmemcore_target, vmemcore_registry):
-    """Levels and bits cover the VA size, tables fit the pages allocated for them, leaves end at
-    the PTE, and the vmemmap lies inside what the page table maps."""
+    """The geometry hooks answer with valid values (the value types refuse levels that do not cover
+    the VA size, tables that do not fit their pages, a last level that is not the PTE), and the
+    vmemmap lies inside what the page table maps."""
     t = vmemcore_target
     plugin = vmemcore_registry.get(t.arch)
     hooks = plugin.hooks()
@@ -90,17 +91,7 @@ def test_geometry_covers_the_address_space(vmemcore_target, vmemcore_registry):
         raise
     except VmemcoreError as error:  # this kernel has no such variant: the plugin says why
         pytest.skip(f"no such machine: {error}")
-    top = pt.levels[0]
-    assert top.shift + top.bits >= pt.va_bits, _where(
-        t, "vmemcore_pagetable_geometry", f"levels cover the {pt.va_bits}-bit address space")
-    for level in pt.levels[1:]:
-        assert level.alloc_bytes >= max(level.table_bytes, pt.page_size), \
-            _where(t, "vmemcore_pagetable_geometry", f"a {level.name} table fits the pages allocated for it")
-    assert pt.levels[-1].leaf and pt.levels[-1].shift == pt.page_shift, \
-        _where(t, "vmemcore_pagetable_geometry", "the last level holds page leaves")
-    span = top.shift + top.bits
-    base = sparse.vmemmap_base >> span << span
-    assert sparse.vmemmap_base + sparse.vmemmap_size <= base + (1 << span), \
+    assert pt.maps(sparse.vmemmap_base, sparse.vmemmap_size), \
         _where(t, "vmemcore_sparse_geometry", "the vmemmap lies inside what the page table maps")
 
 
@@ -115,16 +106,13 @@ def test_vmemmap_holds_every_mappable_address(vmemcore_target, boot):
         f"the vmemmap holds the struct pages of every mappable address (up to {end:#x})")
 
 
-def test_hugepage_sizes_fit_the_page_table(vmemcore_target, capabilities, boot):
-    """Each HugeTLB size is ``contiguous`` entries of a level that may hold leaves (or a hugepd)."""
+def test_hugepage_sizes_fit_the_page_table(vmemcore_target, boot):
+    """Each HugeTLB size is ``contiguous`` entries of a level that may hold leaves (or a hugepd):
+    the hook's answer passes the engine's check, and the machine has exactly those hstates."""
     m = boot()
-    for size in capabilities.hugepage_sizes:
-        level = m.geometry.level(size.level)
-        rule = _where(vmemcore_target, "vmemcore_hugepage_sizes", f"{size.name} is mapped by its level")
-        if size.directory:
-            assert size.size < level.entry_span, rule
-        else:
-            assert level.leaf and size.contiguous * level.entry_span == size.size, rule
+    sizes = m.hooks.hugepage_sizes(m)  # checked against the geometry (vmemcore.plugins.HOOK_POLICIES)
+    assert sorted(h.size for h in sizes) == sorted(m.hugetlb.hstates), \
+        _where(vmemcore_target, "vmemcore_hugepage_sizes", "the machine's hstates are the sizes the hook gave")
     _check(m, vmemcore_target, "vmemcore_hugepage_sizes", "after boot")
 
 
@@ -162,7 +150,7 @@ def test_boot_maps_every_struct_page_once(vmemcore_target, boot):
         covered = int(np.minimum(va + span, hi).sum() - np.maximum(va, lo).sum()) if len(va) else 0
         assert covered == end - start, f"{rule}: {covered:#x} of {end - start:#x} bytes of struct pages mapped"
         assert len(np.unique(frames)) == len(frames), f"{rule}: a frame backs two boot leaves"
-        for frame, size in zip(frames.tolist(), span.tolist()):
+        for frame in frames.tolist():
             owner = m.physmem.owner(frame)
             assert owner is not None and owner.use is Use.MEMMAP, f"{rule}: frame {frame:#x} is not owned as memmap"
         offnode = sum(m.physmem.node_of(f) != r.node for f in frames.tolist())
