@@ -94,7 +94,7 @@ def test_steps_parse():
 
 @pytest.mark.parametrize("tail, key, line, message", [
     ('[hugetlb]\noptimize_vmemmap = true\ncolour = 1\n', "hugetlb.colour", 7,
-     "unknown key (expected one of: optimize_vmemmap, boot)"),
+     "unknown key (expected one of: optimize_vmemmap, vmemmap_remap, boot)"),
     ('[hugetlb]\noptimise_vmemmap = true\n', "hugetlb.optimise_vmemmap", 6, "did you mean 'optimize_vmemmap'?"),
     ('[hugetlb]\nboot = [{ size = "1G", count = 2, colour = 1 }]\n', "hugetlb.boot[0].colour", 6,
      "unknown key (expected one of: size, count, node)"),
@@ -188,6 +188,7 @@ def test_example_hvo_boot_1G():
     assert report(machine)["hugetlb"] == {
         "optimize_vmemmap": True,
         "support": {"supported": True, "reason": ""},
+        "vmemmap_remap": None,
         "hstates": {"2M": {"nr_hugepages": 0, "surplus": 0, "optimized": 0, "boot": 0},
                     "1G": {"nr_hugepages": 2, "surplus": 0, "optimized": 2, "boot": 2}},
     }

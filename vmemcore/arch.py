@@ -6,6 +6,8 @@ else (the built-in plugins import only this module). Documented in ``docs/plugin
 - the generic populate loops of ``mm/sparse-vmemmap.c`` with the arch's policy as arguments
   (:func:`vmemmap_populate_basepages`, :func:`vmemmap_populate_hugepages`);
 - one teardown walk for ``vmemmap_free`` (:func:`vmemmap_teardown` with a :class:`TeardownPolicy`);
+- the live-entry rule a plugin states (:class:`LiveEntryRule`, with the entry bits
+  :data:`RDONLY` and :data:`CONT` it names);
 - queries a policy needs (:func:`vmemmap_boot_frame`) and :func:`preallocate_tables` for
   ``vmemcore_pgtable_cache_init``.
 
@@ -19,20 +21,22 @@ from .errors import BadRequest, OutOfMemory, PluginError, Veto, VmemcoreError
 from .geometry import (
     ArchInfo, Feature, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant,
 )
+from .live_entries import ANY_CHANGE, LiveEntryRule
+from .pagetable import CONT, RDONLY
 from .populate import NUMA_NO_NODE, table_allocator, vmemmap_populate_basepages, vmemmap_populate_hugepages
 from .profiles import KernelProfile, MhpDesign
 from .units import GiB, KiB, MiB, PiB, TiB, format_size
 
 
-def selected(profile, since=None, until=None, *, before="", after="") -> Support:
+def selected(profile, since=None, until=None, *, before="", after="", caveat="") -> Support:
     """Whether kernel ``profile`` has a Kconfig select an arch gained in release ``since`` and lost in
     release ``until`` (``(major, minor)`` tuples, None: always/never); a no carries ``before`` or
-    ``after``, the kernel's reason."""
+    ``after``, the kernel's reason; a yes carries ``caveat``."""
     if since is not None and not profile.at_least(*since):
         return Support(False, before)
     if until is not None and profile.at_least(*until):
         return Support(False, after)
-    return Support(True)
+    return Support(True, caveat)
 
 
 def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
@@ -52,8 +56,8 @@ def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
 
 
 __all__ = [
-    "ArchInfo", "BadRequest", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile", "KiB", "Level",
-    "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "SparseGeometry",
+    "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile",
+    "KiB", "Level", "LiveEntryRule", "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "RDONLY", "SparseGeometry",
     "Support", "TeardownPolicy", "TiB", "Variant", "Veto", "VmemcoreError", "format_size", "hookimpl",
     "preallocate_tables", "selected", "vmemmap_boot_frame", "vmemmap_populate_basepages", "vmemmap_populate_hugepages",
     "vmemmap_teardown",

@@ -98,6 +98,9 @@ def build_parser():
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    run.add_argument("--check-live-entries", action="store_true",
+                     help="check every page-table write against the arch's live-entry rule (break-before-make) "
+                          "and report the violations (docs/live-entries.md); they do not change the exit code")
     run.set_defaults(func=_run)
 
     blocks = sub.add_parser(
@@ -234,7 +237,8 @@ def _simulate(args):
         print(f"vmemcore: warning: {error}", file=sys.stderr)
     if args.trace:
         os.environ[TRACE_ENV] = "1"
-    return run_scenario(scenario, _announce if args.trace else None, registry)
+    return run_scenario(scenario, _announce if args.trace else None, registry,
+                        check_live_entries=getattr(args, "check_live_entries", False))
 
 
 def _run(args):

@@ -15,6 +15,7 @@ from attrs import frozen
 
 from .errors import BadRequest, PluginError
 from .hotplug import MemmapOnMemory
+from .live_entries import RemapStrategy
 from .plugins import Registry
 from .profiles import DEFAULT_PROFILE, PROFILES
 from .units import format_size, human_size, parse_size
@@ -48,10 +49,13 @@ class BootPages:
 
 @frozen
 class HugetlbSpec:
-    """The ``[hugetlb]`` settings: the boot-time HVO switch and the boot pages."""
+    """The ``[hugetlb]`` settings: the boot-time HVO switch, the boot pages, and the what-if remap
+    strategy (None: the kernel's, where the kernel has HVO; a strategy runs HVO even where the
+    kernel vetoes it)."""
 
     optimize_vmemmap: bool = False
     boot: tuple = attrs.field(default=(), converter=tuple)
+    vmemmap_remap: RemapStrategy | None = attrs.field(default=None, converter=attrs.converters.optional(RemapStrategy))
 
 
 @frozen
@@ -102,7 +106,7 @@ def type_name(value):
 
 _MACHINE_KEYS = ("arch", "variant", "kernel", "features")
 _MEMORY_KEYS = ("node", "start", "size")
-_HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "boot": ("boot", ())}
+_HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "vmemmap_remap": ("remap", None), "boot": ("boot", ())}
 _BOOT_KEYS = {"size": ("hugepage", REQUIRED), "count": ("count", REQUIRED), "node": ("node", None)}
 _HOTPLUG_KEYS = {"memmap_on_memory": ("mode", MemmapOnMemory.N)}
 
@@ -177,6 +181,14 @@ class ConfigValidator:
         except ValueError:
             names = ", ".join(repr(mode.value) for mode in MemmapOnMemory)
             raise self.error(key, f"must be {names} or true/false, got {type_name(value)} {value!r}") from None
+
+    def remap(self, key, value):
+        """``[hugetlb] vmemmap_remap``: a :class:`RemapStrategy` name (a what-if)."""
+        try:
+            return RemapStrategy(value)
+        except ValueError:
+            names = ", ".join(repr(strategy.value) for strategy in RemapStrategy)
+            raise self.error(key, f"must be one of {names}, got {type_name(value)} {value!r}") from None
 
     def fields(self, table, keys, where, what=""):
         """The values of ``table`` checked against ``keys`` (name -> (kind, default)), defaults filled in."""

@@ -17,6 +17,7 @@ import enum
 import attrs
 import numpy as np
 
+from .live_entries import unfold_contiguous
 from .pagetable import LEAF, PRESENT, table_index_range
 from .populate import free_vmemmap_frames, free_vmemmap_pages
 
@@ -118,8 +119,11 @@ def _free_leaves(machine, table, leaves, start, end, altmap, policy):
         freed = np.setdiff1d(leaves, kept) if kept else leaves
         if not len(freed):
             return
+    if table in machine.pagetable.cont_tables:
+        unfold_contiguous(machine, table, freed, keep=freed)
     pfns = table.pfns[freed]
     nr_pages = table.level.entry_span >> machine.geometry.page_shift
+    machine.pagetable.clear_leaves(table, freed, function="vmemmap_free")
     if policy.flush_leaf is not Flush.NONE:
         for i in freed.tolist():
             _flush(machine, policy.flush_leaf, table.va(i), table.va(i) + machine.geometry.page_size)
@@ -133,7 +137,6 @@ def _free_leaves(machine, table, leaves, start, end, altmap, policy):
     else:
         for pfn in pfns.tolist():
             free_vmemmap_frames(machine, pfn, nr_pages)
-    machine.pagetable.clear_leaves(table, freed)
 
 
 def _still_used(machine, table, index, first, last, in_use):

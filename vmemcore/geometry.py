@@ -49,6 +49,9 @@ class Level:
     alloc_bytes: int = field(validator=_power_of_two)  # bytes taken from the allocator per table
     leaf: bool = False  # may an entry of this level map memory directly (a block / huge leaf)?
     hw_name: str = ""  # the architecture's own name, e.g. "segment" or "region-third" on s390
+    # entries of one contiguous span: arm64's contiguous bit (CONT_PTES / CONT_PMDS), riscv's
+    # Svnapot, powerpc hash-4K's runs of entries; 1: none at this level
+    contiguous: int = field(default=1, validator=_power_of_two)
 
     @property
     def entries(self) -> int:
@@ -267,7 +270,8 @@ def describe_geometry(pt: PageTableGeometry, sparse: SparseGeometry) -> list:
             f"  {name}",
             f"shift {level.shift}, {level.entries} entries, table {format_size(level.table_bytes)}"
             f" (allocated {format_size(level.alloc_bytes)}), entry maps {format_size(level.entry_span)}"
-            + (", may hold leaves" if level.leaf else ""),
+            + (", may hold leaves" if level.leaf else "")
+            + (f", contiguous spans of {level.contiguous}" if level.contiguous > 1 else ""),
         ))
     rows += [
         ("section size", f"{format_size(sparse.section_size)} (SECTION_SIZE_BITS {sparse.section_size_bits})"),
@@ -300,7 +304,8 @@ class HugePageSize:
 
 @frozen
 class Support:
-    """A yes, or a no with the kernel's reason (an arch answering whether it has a mechanism)."""
+    """A yes (``reason``: an optional caveat, such as a rule the kernel's mechanism is known to
+    break), or a no with the kernel's reason (an arch answering whether it has a mechanism)."""
 
     supported: bool
     reason: str = ""

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .altmap import VmemAltmap
     from .geometry import ArchInfo, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant
     from .hotplug import HotAddRequest
+    from .live_entries import LiveEntryRule
     from .machine import Machine
     from .profiles import KernelProfile
 
@@ -181,6 +182,25 @@ def vmemcore_hvo_support(machine: Machine) -> Support | None:
     6.3 to break-before-make, for instance), which the engine reports when HVO is asked for.
 
     Policy: optional; default: no, "the plugin does not say whether it has HVO".
+    """
+
+
+@hookspec
+def vmemcore_live_entry_rule(machine: Machine) -> LiveEntryRule | None:
+    """Say what may change in a live (valid) page-table entry without break-before-make.
+
+    Called once per machine during set-up, when live-entry checking is on (``vmemcore run
+    --check-live-entries``, ``Machine(check_live_entries=True)``, the conformance suite).
+
+    :param machine: the machine being set up.
+
+    Returns a :class:`vmemcore.arch.LiveEntryRule`: whether the output address may change in
+    place, which flag bits may, whether entries with the contiguous bit may change at all, whether
+    the CPU may offer FEAT_BBM level 2, and the kernel's rule in words (arm64:
+    ``pgattr_change_is_safe``). Every write of a live entry is checked against it, and HVO's
+    remap strategies (``[hugetlb] vmemmap_remap``) are judged by it.
+
+    Policy: optional; default: anything may change in place (x86's rule).
     """
 
 

@@ -68,9 +68,9 @@ class ResizeResult:
 class HugeTLB:
     """The machine's hstates, the HVO switch and the HVO engine."""
 
-    def __init__(self, machine, optimize_vmemmap=False):
+    def __init__(self, machine, optimize_vmemmap=False, remap=None):
         self.machine = machine
-        self.hvo = Hvo(machine)
+        self.hvo = Hvo(machine, remap)
         sizes = machine.hooks.hugepage_sizes(machine)
         page_shift = machine.geometry.page_shift
         self.hstates = {s.size: HState(s, (s.size >> page_shift).bit_length() - 1) for s in sizes}
@@ -148,7 +148,7 @@ class HugeTLB:
 
     # -- the switch -----------------------------------------------------------------------------
     def _check_switch(self):
-        if not self.support.supported:
+        if not self.support.supported and self.hvo.remap is None:
             raise Veto(f"{self.machine.arch.name}: HugeTLB Vmemmap Optimization is not available: {self.support.reason}",
                        [(self.machine.plugin.name, self.support.reason)])
 

@@ -18,7 +18,8 @@ optimized, and the caller keeps it in the pool.
 import attrs
 import numpy as np
 
-from .errors import OutOfMemory
+from .errors import BadRequest, OutOfMemory
+from .live_entries import LiveWriter, RemapStrategy
 from .pagetable import RDONLY, table_index_range
 from .physmem import Use
 from .profiles import HvoHeadPage, HvoTailPage
@@ -61,8 +62,15 @@ def optimizable_pages(machine, order) -> int:
 class Hvo:
     """HVO on one machine: the walks, the per-folio and batched entry points, 7.1's tail pages."""
 
-    def __init__(self, machine):
+    def __init__(self, machine, remap=None):
         self.machine = machine
+        self.remap = remap  # the what-if RemapStrategy asked for (None: the kernel's)
+        self.writer = LiveWriter(machine, remap or RemapStrategy.PLAIN)
+        if remap is RemapStrategy.BBML2:
+            if not machine.live_entry_rule.bbml2:
+                raise BadRequest(f"{machine.arch.name} has no FEAT_BBM level 2: the bbml2 remap strategy is arm64's")
+            if machine.live_entries is not None:
+                machine.live_entries.bbml2 = True
         self.page = machine.geometry.page_size
         self.tail_pages = {}  # (node, order) -> frame of 7.1's shared tail page (zone->vmemmap_tails)
         self._home_copies = {}  # where a restored copy sits in its folio -> does it read like home?
@@ -183,7 +191,7 @@ class Hvo:
         pfn = m.physmem.alloc(nr_pages, node, Use.PAGETABLE, align=nr_pages)  # pte_alloc_one_kernel
         if pfn is None:
             return ENOMEM
-        m.pagetable.split_leaf(table, i, lambda _level: pfn)
+        self.writer.split_leaf(table, i, pfn, "vmemmap_split_pmd")
         m.stats.add("hvo_pmd_splits", 1)
         if not walk.flags & SPLIT_NO_TLB_FLUSH:
             start = table.va(i)
@@ -214,7 +222,7 @@ class Hvo:
         pt = self.machine.pagetable
         for table, lo, hi in pt.tables_in(start, end):
             if table.level is self.machine.geometry.levels[-1]:
-                pt.set_flags(table, slice(lo, hi), set_bits=RDONLY)
+                pt.set_flags(table, slice(lo, hi), set_bits=RDONLY, function="vmemmap_wrprotect_hvo")
 
     def _alias(self, frame, vaddr):
         """``frame``, mapped at ``vaddr``, is about to be mapped elsewhere too: materialise it."""
@@ -225,13 +233,14 @@ class Hvo:
     def _remap_ptes(self, table, lo, hi, walk):
         """``vmemmap_remap_pte``: old frames onto the list; PTEs to the tail page read-only, the
         reuse address to the new head page read-write (taking it off the list)."""
-        pt = self.machine.pagetable
         walk.pages.extend(table.pfns[lo:hi].tolist())
-        pt.set_leaves(table, slice(lo, hi), walk.tail_page, RDONLY)
+        pfns, flags = walk.tail_page, RDONLY
         if table.va(lo) <= walk.reuse_addr < table.va(hi):
             del walk.pages[walk.head_pos]
-            head_index = table.index(walk.reuse_addr)
-            pt.set_leaves(table, slice(head_index, head_index + 1), walk.head_page, 0)
+            head = table.index(walk.reuse_addr) - lo
+            pfns, flags = np.full(hi - lo, pfns, dtype=np.int64), np.full(hi - lo, flags, dtype=np.uint8)
+            pfns[head], flags[head] = walk.head_page, 0
+        self.writer.set_leaves(table, slice(lo, hi), pfns, flags, "vmemmap_remap_pte")
 
     def _restore_ptes(self, table, lo, hi, walk):
         """``vmemmap_restore_pte``: each PTE that maps the tail page gets a fresh page from the
@@ -241,7 +250,7 @@ class Hvo:
         frames = walk.pages[:-(hi - lo) - 1:-1]
         del walk.pages[-(hi - lo):]
         self._fill_copies(frames, walk.tail_page, table.va(lo))
-        self.machine.pagetable.set_leaves(table, slice(lo, hi), np.array(frames, dtype=np.int64), 0)
+        self.writer.set_leaves(table, slice(lo, hi), np.array(frames, dtype=np.int64), 0, "vmemmap_restore_pte")
 
     def _fill_copies(self, frames, source_frame, vaddr):
         """Copy the page ``source_frame`` into ``frames`` (to be mapped from ``vaddr`` on) and reset
@@ -558,7 +567,7 @@ class Hvo:
         for folio, head, old_head in zip(group, heads, old[:, 0].tolist()):
             self.set_optimized(folio.head, True)
             structpages.describe(head, structpages.contents.get(old_head) or CopyOf(folio.head // per_page * per_page))
-        m.pagetable.set_leaves(table, index.ravel(), new.ravel(), flags.ravel())
+        self.writer.set_leaves(table, index.ravel(), new.ravel(), flags.ravel(), "vmemmap_remap_pte")
         pages.extend(old.ravel().tolist())
         m.stats.add(NR_MEMMAP_PAGES, len(heads))
         return len(heads)
@@ -587,7 +596,7 @@ class Hvo:
             for folio, source_frame, row in zip(group, source.tolist(), fresh):
                 self._fill_copies(row.tolist(), source_frame, m.pfn_to_page(folio.head) + self.page)
                 self.set_optimized(folio.head, False)
-            m.pagetable.set_leaves(table, tails.ravel(), fresh.ravel(), 0)
+            self.writer.set_leaves(table, tails.ravel(), fresh.ravel(), 0, "vmemmap_restore_pte")
             m.stats.add(NR_MEMMAP_PAGES, count * per_folio)
             m.stats.add("hvo_vmemmap_pages_allocated", count * per_folio)
         return count, (ENOMEM if count < wanted else None)

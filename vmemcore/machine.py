@@ -22,6 +22,7 @@ from .structpage import StructPages
 from .subpmd import SubPmdTracker
 from .hotplug import Hotplug
 from .hugetlb import HugeTLB
+from .live_entries import LiveEntryChecker, check_contiguous
 from .stats import Counters
 from .units import format_size
 from .zone_device import ZoneDevice
@@ -39,19 +40,21 @@ class Machine:
     """
 
     def __init__(self, arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
-                 hugetlb=None, hotplug=None, observers=(), registry=None, disabled=()):
+                 hugetlb=None, hotplug=None, observers=(), registry=None, disabled=(), check_live_entries=False):
         registry = registry or Registry(disabled=disabled)
         config = machine_config(arch, variant, kernel, memory, features, hugetlb, hotplug, registry=registry)
-        self._boot(config, registry, observers)
+        self._boot(config, registry, observers, check_live_entries)
 
     @classmethod
-    def from_config(cls, config: MachineConfig, observers=(), registry=None, disabled=()) -> "Machine":
-        """Boot the machine ``config`` describes."""
+    def from_config(cls, config: MachineConfig, observers=(), registry=None, disabled=(),
+                    check_live_entries=False) -> "Machine":
+        """Boot the machine ``config`` describes; ``check_live_entries``: watch every page-table
+        write against the arch's live-entry rule (``machine.live_entries``)."""
         machine = cls.__new__(cls)
-        machine._boot(config, registry or Registry(disabled=disabled), observers)
+        machine._boot(config, registry or Registry(disabled=disabled), observers, check_live_entries)
         return machine
 
-    def _boot(self, config, registry, observers):
+    def _boot(self, config, registry, observers, check_live_entries=False):
         self.config = config
         self.plugin = registry.get(config.arch)
         self.hooks = self.plugin.hooks(observers)
@@ -66,6 +69,10 @@ class Machine:
         self.stats = Counters(self.journal)
         self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
         self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
+        self.live_entry_rule = self.hooks.live_entry_rule(self)
+        self.live_entries = None  # the LiveEntryChecker, when checking is on
+        if check_live_entries:
+            self.live_entries = self.pagetable.observer = LiveEntryChecker(self.live_entry_rule)
         self.vmemmap_refs = VmemmapRefs(self.journal)  # frames several vmemmap PTEs map (get_page)
         self.sub_pmd = SubPmdTracker(self)  # PAGE_UNUSED parts of PMD leaves, for arches that track them
         self.sparse = Sparse(self)
@@ -79,11 +86,13 @@ class Machine:
             self.sparse.check_vmemmap(item.start // page, (item.start + item.size) // page)
             self.physmem.add_range(item.node, item.start // page, (item.start + item.size) // page)
         hugetlb = config.hugetlb or HugetlbSpec()
-        self.hugetlb = HugeTLB(self, optimize_vmemmap=hugetlb.optimize_vmemmap)
+        self.hugetlb = HugeTLB(self, optimize_vmemmap=hugetlb.optimize_vmemmap, remap=hugetlb.vmemmap_remap)
         gigantic = [(entry, self.hugetlb.reserve_boot_pages(entry.size, entry.count, entry.node))
                     for entry in hugetlb.boot if self.hugetlb.is_gigantic(entry.size)]
         self.hugetlb.hvo.plan_preinit([folio for _, folios in gigantic for folio in folios])
         self.sparse.init()
+        if self.pagetable.cont_tables:
+            check_contiguous(self.pagetable)
         self.physmem.end_boot()
         self.hooks.pgtable_cache_init(self)
         for entry, folios in gigantic:
@@ -92,6 +101,8 @@ class Machine:
         for entry in hugetlb.boot:  # hugetlb_init: the smaller boot-time pages come from the buddy allocator
             if not self.hugetlb.is_gigantic(entry.size):
                 self.hugetlb.resize(entry.size, self.hugetlb.hstate(entry.size).nr_huge_pages + entry.count)
+        if self.live_entries is not None:
+            self.live_entries.operation = "runtime"
 
     def __repr__(self):
         size = format_size(self.physmem.present_pages() << self.geometry.page_shift)
@@ -122,6 +133,8 @@ class Machine:
         """All-or-nothing: a failure inside restores tables, owners, counters and altmaps."""
         with self.journal.transaction():
             yield
+            if self.pagetable.cont_tables:
+                check_contiguous(self.pagetable)
 
     # -- operations -----------------------------------------------------------------------------
     def populate_section_memmap(self, pfn, nr_pages, node=0, altmap=None):
@@ -166,9 +179,13 @@ class Machine:
 
     def flush_tlb_all(self):
         self.stats.add("tlb_flush_all", 1)
+        if self.live_entries is not None:
+            self.live_entries.flush()
 
     def flush_tlb_kernel_range(self, start, end):
         self.stats.add("tlb_flush_kernel_range", 1)
+        if self.live_entries is not None:
+            self.live_entries.flush(start, end)
 
     # -- queries --------------------------------------------------------------------------------
     def pfn_to_page(self, pfn) -> int:
@@ -202,6 +219,13 @@ class Machine:
         out["pagetable_frames"] = self.physmem.pages_owned(Use.PAGETABLE)
         out["free_frames"] = self.physmem.free_pages()
         out["present_pages"] = self.physmem.present_pages()
+        if self.live_entries is not None:
+            out["live_entry_violations"] = self.live_entries.count
+        if self.pagetable.cont_tables:
+            spans = self.pagetable.contiguous_spans()
+            out["vmemmap_cont_spans"] = sum(spans.values())
+            out["vmemmap_tlb_entries"] = sum(self.leaf_counts().values()) - sum(
+                count * (self.geometry.level(name).contiguous - 1) for name, count in spans.items())
         return out
 
     def snapshot(self):

@@ -64,6 +64,8 @@ class PageTable:
         self.top = Table(0, top, None, va_base >> span << span)
         self.tables = {level.name: 0 for level in geometry.levels[1:]}  # allocated tables per level
         self._cursor = (None, None, None)  # (depth, base, table): walks along a range hit the same table
+        self.observer = None  # a LiveEntryChecker that sees every write (vmemcore.live_entries)
+        self.cont_tables = set()  # tables that have held an entry with the contiguous bit
 
     def _record(self, undo):
         if self.journal is not None and self.journal.active:
@@ -101,10 +103,12 @@ class PageTable:
         self.attach(parent, index, child)
         return child
 
-    def attach(self, parent, index, child):
+    def attach(self, parent, index, child, function=None):
         """Make entry ``index`` of ``parent`` point to ``child`` (``pmd_populate`` and friends)."""
         if parent.flags[index] & PRESENT:
             raise BadRequest(f"entry {index} of {parent} is already present")
+        if self.observer is not None:
+            self.observer.attach(parent, index, child, function)
         parent.children[index] = child
         parent.pfns[index] = child.pfn if child.pfn is not None else NO_PFN
         parent.flags[index] = PRESENT
@@ -113,7 +117,8 @@ class PageTable:
         self._record(lambda: self._detach(parent, index))
 
     def detach(self, parent, index):
-        """Clear the entry pointing to a child table and return that table (its frame is the caller's)."""
+        """Clear the entry pointing to a child table and return that table (its frame is the caller's;
+        freeing it flushes the walk caches, as ``free_empty_tables`` and ``free_pagetable`` do)."""
         child = parent.children[index]
         self._detach(parent, index)
         self._record(lambda: self.attach_restore(parent, index, child))
@@ -135,26 +140,45 @@ class PageTable:
         self.tables[child.level.name] += 1
 
     # -- entries --------------------------------------------------------------------------------
-    def set_leaves(self, table, index, pfns, flags=0):
-        """Entries ``index`` (a slice or an index array) of ``table`` become leaves mapping ``pfns``."""
+    def set_leaves(self, table, index, pfns, flags=0, function=None, same=None):
+        """Entries ``index`` (a slice or an index array) of ``table`` become leaves mapping ``pfns``
+        with ``flags`` (one value, or one per entry); ``function``: the kernel function writing;
+        ``same``: which entries' new page holds what the old one holds (for the checker)."""
         if not table.level.leaf:
             raise BadRequest(f"level {table.level.name} cannot hold leaves on this architecture")
+        if isinstance(flags, int):
+            flags |= PRESENT | LEAF
+            cont = flags & CONT
+        else:
+            flags = flags | np.uint8(PRESENT | LEAF)
+            cont = np.any(flags & CONT)
+        if self.observer is not None:
+            self.observer.write(table, index, pfns, flags, function, same)
+        if cont:
+            self.cont_tables.add(table)
         self._save(table, index)
         old_present = int(np.count_nonzero(table.flags[index] & PRESENT))
         table.pfns[index] = pfns
-        table.flags[index] = flags | PRESENT | LEAF
+        table.flags[index] = flags
         table.nr_present += len(table.flags[index]) - old_present
 
-    def set_flags(self, table, index, set_bits=0, clear_bits=0):
+    def set_flags(self, table, index, set_bits=0, clear_bits=0, function=None):
         """Set and clear flag bits of leaf entries ``index`` (e.g. make them read-only)."""
+        flags = (table.flags[index] | np.uint8(set_bits)) & np.uint8(0xFF ^ clear_bits)
+        if self.observer is not None:
+            self.observer.write(table, index, table.pfns[index], flags, function)
+        if set_bits & CONT:
+            self.cont_tables.add(table)
         self._save(table, index)
-        table.flags[index] = (table.flags[index] | np.uint8(set_bits)) & np.uint8(0xFF ^ clear_bits)
+        table.flags[index] = flags
 
-    def clear_leaves(self, table, index):
+    def clear_leaves(self, table, index, function=None):
         """Entries ``index`` (leaves or none, never table pointers) become none."""
         flags = table.flags[index]
         if np.any((flags & (PRESENT | LEAF)) == PRESENT):
             raise BadRequest(f"clear_leaves over a table entry of {table}")
+        if self.observer is not None:
+            self.observer.clear(table, index)
         self._save(table, index)
         table.nr_present -= int(np.count_nonzero(flags & PRESENT))
         table.pfns[index] = NO_PFN
@@ -171,9 +195,11 @@ class PageTable:
 
             self.journal.record(undo)
 
-    def split_leaf(self, table, index, alloc):
+    def split_leaf(self, table, index, alloc, function=None, between=None):
         """Replace the leaf at ``table[index]`` by a table of the next level whose entries map the
-        same memory with the same flags (``vmemmap_split_pmd`` and friends); returns the new table."""
+        same memory with the same flags (``vmemmap_split_pmd`` and friends); returns the new table.
+        With ``between`` it is a break-before-make: the leaf is cleared, ``between()`` runs (a TLB
+        flush), then the table is installed; without, the leaf is replaced in place."""
         if not table.is_leaf(index):
             raise BadRequest(f"entry {index} of {table} is not a leaf")
         if table.depth + 1 >= len(self.geometry.levels):
@@ -185,8 +211,19 @@ class PageTable:
         child.pfns[:] = pfn + np.arange(level.entries, dtype=np.int64) * step
         child.flags[:] = flags
         child.nr_present = level.entries
-        self.clear_leaves(table, slice(index, index + 1))
-        self.attach(table, index, child)
+        if between is not None:
+            self.clear_leaves(table, slice(index, index + 1), function)
+            between()
+            self.attach(table, index, child, function)
+            return child
+        observer, self.observer = self.observer, None
+        try:
+            if observer is not None:
+                observer.split(table, index, child.pfn, function)
+            self.clear_leaves(table, slice(index, index + 1))
+            self.attach(table, index, child)
+        finally:
+            self.observer = observer
         return child
 
     # -- queries --------------------------------------------------------------------------------
@@ -232,6 +269,16 @@ class PageTable:
             edges = np.flatnonzero(np.diff(np.concatenate(([0], is_leaf.view(np.int8), [0]))))
             for a, b in zip(edges[::2], edges[1::2]):
                 yield table.va(int(lo + a)), table.level, table.pfns[lo + a: lo + b]
+
+    def contiguous_spans(self) -> dict:
+        """Spans of entries with the contiguous bit, per level name."""
+        spans = {}
+        for table in self.cont_tables:
+            n = table.level.contiguous
+            if n > 1:
+                count = int(np.count_nonzero((table.flags.reshape(-1, n)[:, 0] & CONT) != 0))
+                spans[table.level.name] = spans.get(table.level.name, 0) + count
+        return spans
 
     def all_tables(self):
         stack = [self.top]

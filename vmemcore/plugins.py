@@ -27,6 +27,7 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError, VmemcoreError
 from .geometry import ArchInfo, HugePageSize, PageTableGeometry, PhysRange, SparseGeometry, Support
+from .live_entries import ANY_CHANGE, LiveEntryRule
 
 ENTRY_POINT_GROUP = "vmemcore.arch"
 AUTOLOAD_ENV = "VMEMCORE_DISABLE_PLUGIN_AUTOLOAD"
@@ -76,6 +77,9 @@ def _hugepage_sizes_fit(sizes, kwargs):
                     f"{size.contiguous * level.entry_span:#x} bytes, not {size.size:#x}")
         if size.contiguous > level.entries:
             return f"{size.name}: {size.contiguous} contiguous entries do not fit a {level.entries}-entry table"
+        if size.contiguous != 1 and size.contiguous != level.contiguous:
+            have = f"spans of {level.contiguous}" if level.contiguous > 1 else "no contiguous bit"
+            return f"{size.name}: {size.contiguous} contiguous {size.level} entries, but the geometry gives that level {have}"
     return None
 
 
@@ -112,6 +116,7 @@ HOOK_POLICIES = {
     "vmemcore_pgtable_cache_init": HookPolicy(Policy.ALL, None, check=_only_none),
     "vmemcore_hugepage_sizes": HookPolicy(Policy.OPTIONAL, tuple, lambda kwargs: (), _hugepage_sizes_fit),
     "vmemcore_hvo_support": HookPolicy(Policy.OPTIONAL, Support, _no_hvo),
+    "vmemcore_live_entry_rule": HookPolicy(Policy.OPTIONAL, LiveEntryRule, lambda kwargs: ANY_CHANGE),
     "vmemcore_hugetlb_vmemmap_preinit": HookPolicy(Policy.OPTIONAL, Support, lambda kwargs: Support(False, "no pre-HVO")),
     "vmemcore_dax_vmemmap_support": HookPolicy(Policy.OPTIONAL, Support, _no_dax_dedup),
     "vmemcore_memory_hotplug_support": HookPolicy(Policy.ALL, Support),
@@ -391,6 +396,9 @@ class ArchHooks:
 
     def hvo_support(self, machine) -> Support:
         return self.call("vmemcore_hvo_support", machine=machine)
+
+    def live_entry_rule(self, machine) -> "LiveEntryRule":
+        return self.call("vmemcore_live_entry_rule", machine=machine)
 
     def hugetlb_vmemmap_preinit(self, machine) -> bool:
         return self.call("vmemcore_hugetlb_vmemmap_preinit", machine=machine).supported

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import BadRequest, OutOfMemory
 from .geometry import Support
-from .pagetable import PRESENT, table_index_range
+from .pagetable import CONT, PRESENT, table_index_range
 from .physmem import Owner, Use
 from .structpage import CopyOf
 from .units import format_size
@@ -120,26 +120,34 @@ def vmemmap_verify(machine, pfns, node):
     machine.stats.add("vmemmap_offnode_entries", offnode)
 
 
-def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn=None, *, altmap_page_allowed=None):
+def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn=None, *, altmap_page_allowed=None,
+                               contiguous=False):
     """Map ``[start, end)`` with base pages, leaving present PTEs alone; frames from ``altmap``
     if given, or every PTE mapping the existing frame ``reuse_pfn`` (``vmemmap_populate_range``
     with a ``ptpfn``). Raises :class:`OutOfMemory` when a frame or table cannot be had.
 
     ``altmap_page_allowed(machine, addr, altmap)``: the arch's rule for which pages may come from
     the altmap (powerpc's ``altmap_cross_boundary``); when given, the other pages, and those the
-    altmap has no room for, come from RAM instead of failing."""
+    altmap has no room for, come from RAM instead of failing.
+
+    ``contiguous`` (a what-if: no kernel maps the vmemmap so): each span of the PTE level's
+    contiguous entries that this call maps whole gets one span-aligned block of frames and is
+    written with the contiguous bit."""
 
     def fill(table, lo, hi):
         empty = np.flatnonzero((table.flags[lo:hi] & PRESENT) == 0) + lo
         if not len(empty):
             return
+        flags = 0
         if reuse_pfn is not None:
             pfns = np.full(len(empty), reuse_pfn, dtype=np.int64)
         elif altmap is not None and altmap_page_allowed is not None:
             empty, pfns = _altmap_then_ram(machine, table, empty, node, altmap, altmap_page_allowed)
+        elif contiguous and table.level.contiguous > 1:
+            empty, pfns, flags = _contiguous_spans(machine, table, empty, node, altmap)
         else:
             pfns = alloc_blocks(machine, 1, len(empty), node, altmap)
-        _set_ptes(machine, table, empty, pfns, node, "altmap" if altmap else "")
+        _set_ptes(machine, table, empty, pfns, node, "altmap" if altmap else "", flags)
 
     _fill_pte_tables(machine, start, end, node, fill)
 
@@ -162,11 +170,30 @@ def _fill_pte_tables(machine, start, end, node, fill):
         addr = table.va(hi)
 
 
-def _set_ptes(machine, table, index, pfns, node, what):
+def _contiguous_spans(machine, table, empty, node, altmap):
+    """The what-if contiguous populate: each whole span of the empty entries ``empty`` gets one
+    span-aligned block (as ``vmemmap_alloc_block_buf`` of the span's size) mapped with the
+    contiguous bit; the other entries, and spans no block could be had for, get a page each.
+    Returns the entries (reordered), their frames and their flags."""
+    n = table.level.contiguous
+    _, first, count = np.unique(empty // n, return_index=True, return_counts=True)
+    spans = first[count == n][:, None] + np.arange(n)  # positions in ``empty`` of whole spans
+    blocks = alloc_blocks(machine, n, len(spans), node, altmap)
+    taken = empty[spans[:len(blocks)].ravel()]
+    rest = np.setdiff1d(empty, taken)
+    pfns = np.concatenate([(blocks[:, None] + np.arange(n)).ravel(), alloc_blocks(machine, 1, len(rest), node, altmap)])
+    flags = np.zeros(len(taken) + len(rest), dtype=np.uint8)
+    flags[:len(taken)] = CONT
+    return np.concatenate([taken, rest]), pfns, flags
+
+
+def _set_ptes(machine, table, index, pfns, node, what, flags=0):
     """Map PTEs ``index`` of ``table`` to the frames ``pfns`` had; fewer frames than entries is
     :class:`OutOfMemory` (after mapping those there are: the transaction rolls them back)."""
     if len(pfns):
-        machine.pagetable.set_leaves(table, index[:len(pfns)], pfns)
+        if not isinstance(flags, int):
+            flags = flags[:len(pfns)]
+        machine.pagetable.set_leaves(table, index[:len(pfns)], pfns, flags, function="vmemmap_pte_populate")
         vmemmap_verify(machine, pfns, node)
     if len(pfns) < len(index):
         where = table.va(int(index[len(pfns)]))
@@ -244,7 +271,7 @@ def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, sub_pm
                 j = next((k for k in range(i + 1, j) if not leaf_allowed(machine, table.va(k), span, altmap)), j)
             pfns = alloc_blocks(machine, nr_pages, j - i, node, altmap)
             if len(pfns):
-                pt.set_leaves(table, slice(i, i + len(pfns)), pfns)
+                pt.set_leaves(table, slice(i, i + len(pfns)), pfns, function="vmemmap_set_pmd")
                 vmemmap_verify(machine, pfns, node)
                 if sub_pmd:  # only the run's ends can be partly used
                     for k in sorted({i, i + len(pfns) - 1}):
@@ -410,7 +437,7 @@ def compound_section_tail_page(machine, start) -> int:
 def _map_reused(machine, table, index, frames, node):
     """Map PTEs ``index`` of ``table`` to existing ``frames``, a reference taken per PTE."""
     if len(index):
-        machine.pagetable.set_leaves(table, index, frames)
+        machine.pagetable.set_leaves(table, index, frames, function="vmemmap_pte_populate")
         vmemmap_verify(machine, frames, node)
         machine.vmemmap_refs.get(frames)
 

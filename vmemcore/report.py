@@ -47,6 +47,21 @@ def report(machine, steps=()) -> dict:
         "counters": counters,
         "counter_units": {name: counter_unit(name) for name in counters},
         "steps": [attrs.asdict(step) for step in steps],
+        "live_entries": live_entries_report(machine),
+    }
+
+
+def live_entries_report(machine, shown=20):
+    """The live-entry check (None when off): the arch's rule, the violations counted, per
+    operation and kernel function, and the first ``shown`` in full."""
+    checker = machine.live_entries
+    if checker is None:
+        return None
+    return {
+        "rule": checker.rule.reason,
+        "violations": checker.count,
+        "by_operation": dict(checker.by_operation),
+        "first": [str(v) for v in checker.violations[:shown]],
     }
 
 
@@ -55,6 +70,7 @@ def hugetlb_report(hugetlb) -> dict:
     return {
         "optimize_vmemmap": hugetlb.optimize_vmemmap,
         "support": attrs.asdict(hugetlb.support),
+        "vmemmap_remap": hugetlb.hvo.remap.value if hugetlb.hvo.remap else None,
         "hstates": {
             h.name: {
                 "nr_hugepages": h.nr_huge_pages,
@@ -131,10 +147,14 @@ def id_ranges(ids) -> str:
 
 def _hugetlb_lines(data):
     support = data["support"]
-    if not support["supported"]:
+    if data["vmemmap_remap"]:
+        state = f"HVO {'on' if data['optimize_vmemmap'] else 'off'}, what-if remap strategy {data['vmemmap_remap']}"
+    elif not support["supported"]:
         state = f"HVO unavailable: {support['reason']}"
     else:
         state = f"HVO {'on' if data['optimize_vmemmap'] else 'off'}"
+        if support["reason"]:
+            state += f" (caveat: {support['reason']})"
     if not data["hstates"]:
         return [f"hugetlb   no HugeTLB sizes; {state}"]
     header = ("size", "nr_hugepages", "surplus", "optimized", "boot")
@@ -217,7 +237,17 @@ def format_report(data) -> str:
                 lines.append(f"        result: {_args(step['result'])}")
             changes = [(name, *_value_cells(name, delta, page, signed=True)) for name, delta in step["changes"].items()]
             lines += columns(changes, (1,), "        ") if changes else ["        no counter changed"]
+    if data["live_entries"] is not None:
+        lines += ["", *_live_entry_lines(data["live_entries"])]
     return "\n".join(lines)
+
+
+def _live_entry_lines(live):
+    lines = [f"live entries  {live['violations']:,} violation(s) of the rule: {live['rule']}"]
+    lines += [f"  {count:,}  {where}" for where, count in live["by_operation"].items()]
+    if live["first"]:
+        lines += ["  first:"] + [f"    {v}" for v in live["first"]]
+    return lines
 
 
 # -- /proc/kpageflags ---------------------------------------------------------------------------

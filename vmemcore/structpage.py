@@ -147,6 +147,17 @@ class StructPages:
         return all((overrides[j] if j in overrides else self.home(source + j)) == self.home(first_pfn + j)
                    for j in suspects)
 
+    def same_contents(self, old, new, vaddr) -> bool:
+        """Do frames ``old`` and ``new``, each mapped at vmemmap address ``vaddr``, read the same?
+        (A frame without a descriptor reads as the struct pages that belong at ``vaddr``.)"""
+        first = self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page
+        a, b = self.contents.get(old), self.contents.get(new)
+        if a == b:
+            return True
+        if a is None or b is None:
+            return self.equals_home(a if b is None else b, first)
+        return self.equals_home(a, first) and self.equals_home(b, first)
+
     def reads_like_home(self, descriptor, vaddr) -> bool:
         """Is ``descriptor`` a plain copy of the struct pages that belong at ``vaddr``?"""
         first = self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page

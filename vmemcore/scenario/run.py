@@ -1,5 +1,7 @@
 """Running a scenario: boot its machine, run its steps, report what each one changed."""
 
+import contextlib
+
 import attrs
 from attrs import frozen
 
@@ -35,14 +37,15 @@ class RunError(VmemcoreError):
         self.results = list(results)
 
 
-def run_scenario(scenario, progress=None, registry=None):
+def run_scenario(scenario, progress=None, registry=None, check_live_entries=False):
     """Boot the scenario's machine and run its steps; returns ``(machine, [StepResult, ...])``.
 
-    ``progress(step)`` is called before each step. A :class:`VmemcoreError` at boot or in a step
+    ``progress(step)`` is called before each step. ``check_live_entries``: watch every page-table
+    write against the arch's live-entry rule (``machine.live_entries``). A :class:`VmemcoreError` at boot or in a step
     is raised as :class:`RunError` naming where it happened.
     """
     try:
-        machine = Machine.from_config(scenario.machine, registry=registry)
+        machine = Machine.from_config(scenario.machine, registry=registry, check_live_entries=check_live_entries)
     except VmemcoreError as error:
         raise RunError(f"{scenario.path + ': ' if scenario.path else ''}boot", error) from error
     results = []
@@ -51,7 +54,7 @@ def run_scenario(scenario, progress=None, registry=None):
             progress(step)
         before = machine.counters()
         try:
-            with machine.transaction():
+            with machine.transaction(), _attributed(machine, f"steps[{step.index}] {step.op}"):
                 result = OPS[step.op].run(machine, step.args)
         except VmemcoreError as error:
             where = ":".join(str(p) for p in (scenario.path, step.line) if p is not None)
@@ -61,3 +64,8 @@ def run_scenario(scenario, progress=None, registry=None):
         results.append(StepResult(step.index, step.op, dict(step.args), step.line,
                                   {k: d for k, d in changes.items() if d}, result or {}))
     return machine, results
+
+
+def _attributed(machine, operation):
+    """Live-entry violations made inside are attributed to ``operation``."""
+    return machine.live_entries.during(operation) if machine.live_entries else contextlib.nullcontext()

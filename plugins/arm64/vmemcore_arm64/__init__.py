@@ -12,7 +12,7 @@ whole backing (no sub-PMD tracking), then frees the tables left empty.
 """
 
 from vmemcore.arch import (
-    ArchInfo, BadRequest, Flush, HugePageSize, InUse, Level, PageTableGeometry, PhysRange, SparseGeometry, Support,
+    RDONLY, ArchInfo, BadRequest, Feature, Flush, HugePageSize, InUse, Level, LiveEntryRule, PageTableGeometry, PhysRange, SparseGeometry, Support,
     TeardownPolicy, Variant, hookimpl, selected, vmemmap_boot_frame, vmemmap_populate_basepages, vmemmap_populate_hugepages,
     vmemmap_teardown,
 )
@@ -78,6 +78,10 @@ def vmemcore_arch_info():
         description="arm64, 4K/16K/64K granules (arch/arm64/mm)",
         variants=tuple(_variant(page, va) for page, va in PGTABLE_LEVELS),
         default_variant="4K-48",
+        features=(
+            Feature("vmemmap_cont_pte", False,
+                    "what-if: base-page vmemmap written with contiguous PTEs where a whole span fits (no kernel does)"),
+        ),
     )
 
 
@@ -99,7 +103,9 @@ def vmemcore_pagetable_geometry(variant, profile):
         # 4K (mmu.c pud_sect_supported()); e.g. 4K/39's top is the folded PUD and may hold 1 GiB blocks.
         leaf = shift in (page_shift, pmd_shift) or (page == "4K" and shift == PUD_SHIFT_4K)
         # Tables below the top are one page each; the top (swapper_pg_dir, static) takes one page too.
-        levels.append(Level(name, shift, bits, table, max(table, page_bytes), leaf=leaf))
+        # the contiguous bit groups CONT_PTES PTEs or CONT_PMDS PMD blocks (pgtable-hwdef.h)
+        cont = CONT_PTES[page] if shift == page_shift else CONT_PMDS[page] if shift == pmd_shift else 1
+        levels.append(Level(name, shift, bits, table, max(table, page_bytes), leaf=leaf, contiguous=cont))
     return PageTableGeometry(page_shift=page_shift, va_bits=va_bits, levels=levels)
 
 
@@ -157,13 +163,28 @@ def vmemcore_hugepage_sizes(machine):
 
 @hookimpl
 def vmemcore_hvo_support(machine):
-    """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 5.19 (47010c040dec) until
-    060a2c92d1b6 (6.3) dropped it; that went back to 6.1.y and 6.2.y, so only 5.19 and 6.0 keep HVO."""
+    """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 5.19 (1e63ac088f20) until
+    060a2c92d1b6 (6.3) dropped it; that went back to 6.1.y and 6.2.y, so only 5.19 and 6.0 keep HVO,
+    with the caveat that it breaks the live-entry rule (``vmemcore_live_entry_rule``)."""
+    bbm = "HVO changes the output address of live vmemmap PTEs, which arm64's break-before-make rule forbids"
     return selected(
         machine.profile, (5, 19), (6, 1),
-        before="arm64 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 5.19 (47010c040dec)",
-        after="HVO changes the output address of live vmemmap PTEs, which arm64's break-before-make rule "
-              "forbids: disabled in 6.3 by 060a2c92d1b6, backported to 6.1.y and 6.2.y",
+        before="arm64 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 5.19 (1e63ac088f20)",
+        after=f"{bbm}: disabled in 6.3 by 060a2c92d1b6, backported to 6.1.y and 6.2.y",
+        caveat=f"{bbm} (disabled in 6.3 by 060a2c92d1b6)",
+    )
+
+
+@hookimpl
+def vmemcore_live_entry_rule(machine):
+    """``pgattr_change_is_safe`` (``arch/arm64/mm/mmu.c``): creating or taking down a mapping is
+    always safe; a live entry may change only its permission and software bits (never its output
+    address, nor from block to table), and an entry with the contiguous bit may not change at all.
+    FEAT_BBM level 2 lets a block become a table of the same memory in place."""
+    return LiveEntryRule(
+        output=False, flags=RDONLY, contiguous=False, bbml2=True,
+        reason="arm64 pgattr_change_is_safe(): only permission and software bits of a live entry may "
+               "change; anything else needs break-before-make (invalid, TLB flush, new entry)",
     )
 
 
@@ -183,11 +204,13 @@ def vmemcore_dax_vmemmap_support(machine):
 def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     """``vmemmap_populate``: PMD blocks with 4K pages (``vmemmap_check_pmd`` keeps an existing
     block), base pages from the altmap too with 16K and 64K pages. Since "Populate vmemmap at the
-    page level if not section aligned" (6.14-rc7) less than a section's memmap takes base pages."""
+    page level if not section aligned" (6.14-rc7) less than a section's memmap takes base pages.
+    The what-if feature ``vmemmap_cont_pte`` writes base pages with contiguous PTEs where a whole
+    span fits (docs/live-entries.md)."""
     page, _ = _parse(machine.variant)
     partial = end - start < machine.sparse_geometry.section_memmap_bytes
     if page != "4K" or (partial and machine.profile.at_least(6, 14)):
-        vmemmap_populate_basepages(machine, start, end, node, altmap)
+        vmemmap_populate_basepages(machine, start, end, node, altmap, contiguous=machine.features["vmemmap_cont_pte"])
     else:
         vmemmap_populate_hugepages(machine, start, end, node, altmap)
     return True

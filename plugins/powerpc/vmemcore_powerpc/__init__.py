@@ -75,11 +75,13 @@ def vmemcore_pagetable_geometry(variant, profile):
     # page per table before that (early_alloc_pgtable(PAGE_SIZE)): alloc_bytes is that whole page.
     # Hash 64K: the 2 KiB PTE table is a 4 KiB fragment (second half: hash-slot info) and the 8 KiB PMD a
     # 16 KiB fragment with THP/HugeTLB; hash-4K's 1 KiB PMD comes from a kmem cache. Whole pages here too.
+    # hash-4K maps 16G and 16M HugeTLB pages with runs of 64 PUD and 8 PMD entries from 6.12
+    cont = (64, 8) if (mmu, page) == ("hash", "4K") and profile.at_least(6, 12) else (1, 1)
     levels = [
         Level("pgd", pgd_shift, pgd_bits, 8 << pgd_bits, max(page_bytes, 8 << pgd_bits)),  # static, 64 KiB radix
         # leaves: radix 1 GiB PUD / 2 MiB PMD; hash 16 GiB / 16 MiB HugeTLB (hash-64K; hash-4K as 64 / 8 entries)
-        Level("pud", pud_shift, pud_bits, 8 << pud_bits, max(page_bytes, 8 << pud_bits), leaf=True),
-        Level("pmd", pmd_shift, pmd_bits, 8 << pmd_bits, max(page_bytes, 8 << pmd_bits), leaf=True),
+        Level("pud", pud_shift, pud_bits, 8 << pud_bits, max(page_bytes, 8 << pud_bits), leaf=True, contiguous=cont[0]),
+        Level("pmd", pmd_shift, pmd_bits, 8 << pmd_bits, max(page_bytes, 8 << pmd_bits), leaf=True, contiguous=cont[1]),
         Level("pte", page_shift, pte_bits, 8 << pte_bits, max(page_bytes, 8 << pte_bits), leaf=True),
     ]
     va_bits = 46 if (mmu, page) == ("hash", "4K") else 52

@@ -11,7 +11,7 @@ Region-third entries may hold 2 GiB leaves with EDAT2.
 import attrs
 
 from vmemcore.arch import (
-    NUMA_NO_NODE, ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MhpDesign, MiB, PageTableGeometry,
+    NUMA_NO_NODE, ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, LiveEntryRule, MhpDesign, MiB, PageTableGeometry,
     SparseGeometry, Support, TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages,
     vmemmap_populate_hugepages, vmemmap_teardown,
 )
@@ -112,13 +112,25 @@ def vmemcore_zone_device_support(machine):
 @hookimpl
 def vmemcore_hvo_support(machine):
     """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 6.2 (00a34d5a99c0) until
-    64e2f60f355e (6.18, with stable backports)."""
+    64e2f60f355e (6.18, with stable backports), with the caveat that HVO breaks the live-entry rule."""
+    rule = ("s390 may not replace a valid page-table entry by another valid one without going through "
+            "invalid (IPTE/IDTE or CRDTE/CSPG), which HVO's remapping does")
     return selected(
         machine.profile, (6, 2), (6, 18),
         before="s390 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 6.2 (00a34d5a99c0)",
-        after="s390 may not replace a valid page-table entry by another valid one without going through "
-              "invalid (IPTE/IDTE or CRDTE/CSPG), which HVO's remapping does: disabled by 64e2f60f355e "
-              "(2025-10-30) in 6.18, with stable backports",
+        after=f"{rule}: disabled by 64e2f60f355e (2025-10-30) in 6.18, with stable backports",
+        caveat=f"{rule} (disabled by 64e2f60f355e in 6.18)",
+    )
+
+
+@hookimpl
+def vmemcore_live_entry_rule(machine):
+    """s390 may not replace a valid page-table entry by another valid one: the entry goes invalid
+    first (IPTE/IDTE, or CRDTE/CSPG), then the new one is written (64e2f60f355e's reason)."""
+    return LiveEntryRule(
+        output=False, flags=0,
+        reason="s390 never replaces a valid entry by another valid one: it is invalidated first "
+               "(IPTE/IDTE or CRDTE/CSPG), then written",
     )
 
 

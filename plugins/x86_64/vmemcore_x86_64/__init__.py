@@ -6,7 +6,7 @@ leaves when the CPU has PSE and the range covers a section, with base pages othe
 """
 
 from vmemcore.arch import (
-    ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, SparseGeometry,
+    ANY_CHANGE, ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, SparseGeometry,
     TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages, vmemmap_populate_hugepages,
     vmemmap_teardown,
 )
@@ -72,6 +72,13 @@ def vmemcore_hugepage_sizes(machine):
     if machine.features["gbpages"]:
         sizes.append(HugePageSize(1 * GiB, "pud"))
     return tuple(sizes)
+
+
+@hookimpl
+def vmemcore_live_entry_rule(machine):
+    """x86 rewrites live kernel entries in place (``set_pte_at`` over a present PTE,
+    ``pmd_populate_kernel`` over a huge PMD in ``vmemmap_split_pmd``) and flushes afterwards."""
+    return ANY_CHANGE
 
 
 @hookimpl

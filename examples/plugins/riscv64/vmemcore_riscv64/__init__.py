@@ -102,7 +102,8 @@ def vmemcore_pagetable_geometry(variant, profile):
     for k, name in enumerate(names):
         shift = PAGE_SHIFT + 9 * (len(names) - 1 - k)
         leaf = shift in (12, 21, 30) or (name == "p4d" and shift == 39)
-        levels.append(Level(name, shift, 9, 4096, 4096, leaf=leaf))
+        # a Svnapot PTE maps 16 pages (NAPOT_CONT64KB: the only napot order Linux uses)
+        levels.append(Level(name, shift, 9, 4096, 4096, leaf=leaf, contiguous=16 if shift == PAGE_SHIFT else 1))
     return PageTableGeometry(page_shift=PAGE_SHIFT, va_bits=bits, levels=levels)
 
 
