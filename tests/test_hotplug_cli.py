@@ -351,12 +351,13 @@ def test_refused_offline_exits_1_naming_the_step(tmp_path, capsys):
      ": boot: BadRequest: kernel 6.1 has no 'force' mode for memmap_on_memory (added in 6.6)"),
     (HEAD + steps({"op": '"hotplug.add"', "start": '"64G"', "size": '"1G"'},
                   {"op": '"hotplug.add"', "start": '"64G"', "size": '"128M"'}),
-     ":9: steps[1] (hotplug.add): BadRequest: pfn range [0x1000000, 0x1008000) overlaps memory already present (-EEXIST)"),
+     ":9: steps[1] (hotplug.add): BadRequest: pfns [0x1000000, 0x1008000) (bytes [0x1000000000, 0x1008000000)) overlap memory already "
+     "present (-EEXIST)"),
     (HEAD + steps({"op": '"hotplug.online"', "block": 600}),
      ":5: steps[0] (hotplug.online): BadRequest: there is no memory block 600"),
     (HEAD.replace('"16G"', '"64G"') + steps({"op": '"hotplug.add"', "start": '"64G"', "size": '"2G"'},
                                             {"op": '"hotplug.online"', "start": '"64G"', "size": '"1G"'}),
-     ":9: steps[1] (hotplug.online): BadRequest: [0x1000000000, +0x40000000) is not aligned to the 2G memory block "
+     ":9: steps[1] (hotplug.online): BadRequest: bytes [0x1000000000, 0x1040000000) are not aligned to the 2G memory block "
      "size (-EINVAL)"),
     (HEAD + steps({"op": '"hotplug.add"', "start": '"64G"', "size": '"1G"'},
                   {"op": '"hotplug.online"', "block": 515},

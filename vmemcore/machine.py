@@ -106,7 +106,7 @@ class Machine:
         if not self.geometry.maps(sparse.vmemmap_base, sparse.vmemmap_size):
             top = self.geometry.levels[0]
             raise PluginError(self.plugin.name, hook,
-                              f"the vmemmap [{sparse.vmemmap_base:#x}, +{format_size(sparse.vmemmap_size)}) crosses the "
+                              f"the vmemmap at virtual addresses [{sparse.vmemmap_base:#x}, +{format_size(sparse.vmemmap_size)}) crosses the "
                               f"end of the {top.shift + top.bits}-bit range one page table maps")
 
     def plugin_state(self, key, factory):
