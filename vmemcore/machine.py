@@ -22,7 +22,7 @@ from .structpage import StructPages
 from .subpmd import SubPmdTracker
 from .hotplug import Hotplug
 from .hugetlb import HugeTLB
-from .stats import Counters
+from .stats import Counters, ordered
 from .units import format_size
 from .zone_device import ZoneDevice
 
@@ -189,7 +189,8 @@ class Machine:
         return counts
 
     def counters(self):
-        """Kernel-named counters plus page-table pages per level and vmemmap bytes per leaf size."""
+        """Kernel-named counters plus page-table pages per level and vmemmap bytes per leaf size, in
+        :data:`~vmemcore.stats.COUNTER_ORDER`."""
         out = self.stats.as_dict()
         out.update(self.zone_device.counters())
         for name, count in self.pagetable.tables.items():
@@ -202,7 +203,7 @@ class Machine:
         out["pagetable_frames"] = self.physmem.pages_owned(Use.PAGETABLE)
         out["free_frames"] = self.physmem.free_pages()
         out["present_pages"] = self.physmem.present_pages()
-        return out
+        return ordered(out)
 
     def snapshot(self):
         """Everything that defines the machine's state, comparable with ``==`` (for tests)."""
