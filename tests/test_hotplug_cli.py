@@ -282,8 +282,8 @@ def test_run_prints_zones_always_and_blocks_when_there_are_some(capsys):
     assert "zones     node  zone    present_pages         managed_pages" in lines
     assert "             0  normal      6,553,600  (25G)      6,451,198  (24.61G)" in lines
     assert "\n\n" + NINE_G_BLOCKS + "\n\nsteps\n" in out
-    assert "  [0] hotplug.add start=64G size=9G node=0 memmap_on_memory=True  (line 28)" in lines
-    assert "        result: blocks=512-583 memmap_on_memory=True self_hosted_pages=36864" in lines  # empty note left out
+    assert "  [0] hotplug.add start=64G size=9G node=0 memmap_on_memory=yes  (line 28)" in lines
+    assert "        result: blocks=512-583 memmap_on_memory=yes self_hosted_pages=36864" in lines  # empty note left out
     assert "  [1] hotplug.online start=64G size=9G zone=normal  (line 34)" in lines
     assert "        result: blocks=512-583" in lines
     assert main(["run", str(EXAMPLES / "x86_64-hotplug-roundtrip.toml")]) == 0
