@@ -134,6 +134,19 @@ def test_a_bad_command_line_is_a_json_error_too(capsys):
     assert code == 2 and "--check and --index go with --hugetlb" in data["error"]["message"]
 
 
+def test_a_usage_error_is_a_json_error_too(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(EXAMPLES / "x86_64-16G.toml"), "--json", "--bogus"])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)["error"]
+    assert (error["type"], error["message"]) == ("BadRequest", "vmemcore: unrecognized arguments: --bogus")
+    assert "vmemcore: error: unrecognized arguments: --bogus" in captured.err  # argparse's usage and message
+    with pytest.raises(SystemExit):
+        main(["run", "--bogus"])
+    assert capsys.readouterr().out == ""  # without --json, nothing on stdout
+
+
 def test_dash_reads_the_scenario_from_stdin(monkeypatch, capsys):
     path = EXAMPLES / "x86_64-16G.toml"
     assert main(["run", str(path)]) == 0

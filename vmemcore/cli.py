@@ -67,6 +67,23 @@ ops (hotplug.online and .offline take block = ID, or start and size):
 """ + "".join(f"  {op.name:<{max(map(len, OPS))}}  {_op_keys(op)}: {op.help}\n" for op in OPS.values()) + "\n" + EXIT_CODES
 
 
+class _UsageError(SystemExit):
+    """argparse's exit on a bad command line (code 2), keeping its message for ``--json``."""
+
+    def __init__(self, message):
+        super().__init__(EXIT_INVALID)
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors keep their message (:class:`_UsageError`)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise _UsageError(f"{self.prog}: {message}")
+
+
 def _plugin_option(value):
     if not value.startswith("no:") or len(value) == 3:
         raise argparse.ArgumentTypeError(f"expected no:NAME (disable plugin NAME), got {value!r}")
@@ -81,7 +98,7 @@ def build_parser():
                              "VMEMCORE_PLUGINS); repeatable. When two plugins provide one arch (a fork "
                              "beside the original), both are refused until one is disabled: "
                              "-p no:NAME picks the other")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vmemcore",
         description="Simulate the Linux kernel's sparse-vmemmap machinery on several architectures.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -197,7 +214,12 @@ def build_parser():
 def main(argv=None):
     """Run the ``vmemcore`` command; returns the exit code. A failure is printed on stderr, and
     with ``--json`` also as a JSON error object on stdout."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as usage:
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            print(jsonout.dumps(jsonout.error_data(BadRequest(usage.message))))
+        raise
     try:
         return args.func(args)
     except BrokenPipeError:  # the reader went away (``vmemcore ... | head``): not an error
