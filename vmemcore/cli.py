@@ -1,4 +1,5 @@
-"""The ``vmemcore`` command line: ``run``, ``blocks``, ``kpageflags`` and ``diagram`` of a scenario, ``arches``."""
+"""The ``vmemcore`` command line: ``run``, ``blocks``, ``kpageflags`` and ``diagram`` of a scenario, ``arches``,
+``capabilities`` and ``conformance``; ``--json`` output goes through :mod:`vmemcore.jsonout`."""
 
 import argparse
 import os
@@ -7,9 +8,8 @@ from importlib.metadata import version
 
 import attrs
 
-from .diagram import diagram, folio_title
 from . import jsonout
-from .diagram import diagram_data
+from .diagram import diagram, diagram_data, folio_title
 from .errors import BadRequest, PluginError, ScenarioError, VmemcoreError, did_you_mean
 from .geometry import describe_geometry
 from .plugins import TRACE_ENV, Registry
@@ -333,11 +333,10 @@ def _kpageflags(args):
 def _diagram(args):
     machine, _ = _simulate(args)
     hstate, folio = _folio(machine, args.size, args.index)
-    label = f"#{args.index} of {hstate.nr_huge_pages}"
     if args.json:
         print(jsonout.dumps({"size": hstate.name, "index": args.index, **diagram_data(machine, folio)}))
     else:
-        print(diagram(machine, folio, label))
+        print(diagram(machine, folio, f"#{args.index} of {hstate.nr_huge_pages}"))
     return EXIT_OK
 
 
