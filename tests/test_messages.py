@@ -13,7 +13,7 @@ from vmemcore.cli import main
 from vmemcore.errors import BadRequest
 from vmemcore.profiles import PROFILES
 from vmemcore.stats import COUNTER_ORDER, counter_key
-from vmemcore.units import EiB, GiB, MiB, human_size
+from vmemcore.units import EiB, GiB, MiB, format_size, human_size
 from vmemcore.zone_device import add_devdax_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,11 +36,20 @@ def test_human_size_at_any_magnitude(nbytes, text):
     assert human_size(nbytes) == text
 
 
+def test_format_size_is_exact_below_1024E():
+    assert [format_size(n) for n in (0, 4096, 3 << 20, 1023 * EiB, 1024 * EiB, 10 ** 23 << 50)] == [
+        "0", "4K", "3M", "1023E", "1.18e+21 bytes", "1.13e+38 bytes"]
+
+
 def test_a_huge_size_prints_sanely(tmp_path, capsys):
     code, _, err = cli(tmp_path, capsys, HEAD.replace('"16G"', '"100000000000000000000000P"'), "run")
     assert code == 2
     assert "range [0, 1.13e+38 bytes) ends past the 46-bit physical limit (64T)" in err
     assert "97656249999999991808E" not in err
+    boot = '[hugetlb]\nboot = [{ size = "100000000000000000000000P", count = 1 }]\n'
+    code, _, err = cli(tmp_path, capsys, HEAD + boot, "run")
+    assert code == 2 and "size: 1.13e+38 bytes cannot be a HugeTLB page size" in err
+    assert "97656250000000000000E" not in err
 
 
 def test_eexist_and_hotplug_ranges_say_pfns_or_bytes(tmp_path, capsys):

@@ -35,7 +35,10 @@ def parse_size(value) -> int:
 
 
 def format_size(nbytes: int) -> str:
-    """The largest binary unit that divides ``nbytes`` exactly: ``format_size(2 << 20) == "2M"``."""
+    """The largest binary unit that divides ``nbytes`` exactly: ``format_size(2 << 20) == "2M"``;
+    from 1024E on (past any 64-bit address) :func:`human_size`'s scientific notation."""
+    if nbytes >= 1024 * EiB:
+        return human_size(nbytes)
     for unit in ("E", "P", "T", "G", "M", "K"):
         if nbytes and nbytes % _SUFFIX[unit] == 0:
             return f"{nbytes // _SUFFIX[unit]}{unit}"
