@@ -17,7 +17,7 @@ def test_conformance_json_passes_and_skips_with_the_plugins_reason():
     run = _vmemcore("conformance", "--arch", "s390", "--kernel", "7.1", "--json")
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
-    assert data["version"] == 1 and data["failed"] == 0 and data["passed"] >= 10
+    assert data["schema"] == 1 and data["failed"] == 0 and data["passed"] >= 10
     hvo = [r for r in data["results"] if r["check"] == "test_hvo_frees_what_the_kernel_frees"]
     # without the default profile, every variant and feature flip is checked at 7.1
     assert {r["target"] for r in hvo} == {"s390-3-level-7.1", "s390-4-level-7.1", "s390-3-level-7.1-edat1=off",

@@ -282,8 +282,8 @@ def test_run_prints_zones_always_and_blocks_when_there_are_some(capsys):
     assert "zones     node  zone    present_pages         managed_pages" in lines
     assert "             0  normal      6,553,600  (25G)      6,451,198  (24.61G)" in lines
     assert "\n\n" + NINE_G_BLOCKS + "\n\nsteps\n" in out
-    assert "  [0] hotplug.add start=64G size=9G node=0 memmap_on_memory=True  (line 28)" in lines
-    assert "        result: blocks=512-583 memmap_on_memory=True self_hosted_pages=36864" in lines  # empty note left out
+    assert "  [0] hotplug.add start=64G size=9G node=0 memmap_on_memory=yes  (line 28)" in lines
+    assert "        result: blocks=512-583 memmap_on_memory=yes self_hosted_pages=36864" in lines  # empty note left out
     assert "  [1] hotplug.online start=64G size=9G zone=normal  (line 34)" in lines
     assert "        result: blocks=512-583" in lines
     assert main(["run", str(EXAMPLES / "x86_64-hotplug-roundtrip.toml")]) == 0
@@ -351,12 +351,13 @@ def test_refused_offline_exits_1_naming_the_step(tmp_path, capsys):
      ": boot: BadRequest: kernel 6.1 has no 'force' mode for memmap_on_memory (added in 6.6)"),
     (HEAD + steps({"op": '"hotplug.add"', "start": '"64G"', "size": '"1G"'},
                   {"op": '"hotplug.add"', "start": '"64G"', "size": '"128M"'}),
-     ":9: steps[1] (hotplug.add): BadRequest: pfn range [0x1000000, 0x1008000) overlaps memory already present (-EEXIST)"),
+     ":9: steps[1] (hotplug.add): BadRequest: pfns [0x1000000, 0x1008000) (bytes [0x1000000000, 0x1008000000)) overlap memory already "
+     "present (-EEXIST)"),
     (HEAD + steps({"op": '"hotplug.online"', "block": 600}),
      ":5: steps[0] (hotplug.online): BadRequest: there is no memory block 600"),
     (HEAD.replace('"16G"', '"64G"') + steps({"op": '"hotplug.add"', "start": '"64G"', "size": '"2G"'},
                                             {"op": '"hotplug.online"', "start": '"64G"', "size": '"1G"'}),
-     ":9: steps[1] (hotplug.online): BadRequest: [0x1000000000, +0x40000000) is not aligned to the 2G memory block "
+     ":9: steps[1] (hotplug.online): BadRequest: bytes [0x1000000000, 0x1040000000) are not aligned to the 2G memory block "
      "size (-EINVAL)"),
     (HEAD + steps({"op": '"hotplug.add"', "start": '"64G"', "size": '"1G"'},
                   {"op": '"hotplug.online"', "block": 515},

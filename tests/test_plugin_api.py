@@ -226,7 +226,7 @@ def test_mappable_range_arm64_hot_add_must_fit_the_linear_map():
     """4K-39: the linear map is half of 39 bits of VA, 256 GiB, while 48 physical bits are allowed."""
     m = Machine("arm64", variant="4K-39", memory=[{"size": 1 * GiB}])
     before = m.snapshot()
-    with pytest.raises(BadRequest, match=r"exceeds the range arm64 can map, \[0x0, 0x4000000000\) \(-E2BIG\)"):
+    with pytest.raises(BadRequest, match=r"exceeds the range arm64 can map, bytes \[0x0, 0x4000000000\) \(-E2BIG\)"):
         m.hotplug.add_memory(256 * GiB, m.hotplug.block_size)
     assert m.snapshot() == before
     m.hotplug.add_memory(256 * GiB - m.hotplug.block_size, m.hotplug.block_size)

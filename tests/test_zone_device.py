@@ -254,7 +254,7 @@ def test_bad_requests_are_refused():
         (pgmap(0, "2M", 0), "overlaps System RAM"),
         (pgmap("64G", "2M", 0), "overlaps another device pagemap"),
         (pgmap("66G", "1G", 18), None),
-        (pgmap(65 * GiB + 2 * MiB, "1G", 18), "1G sub-sections and compound pages"),
+        (pgmap(65 * GiB + 2 * MiB, "1G", 18), "does not start on a multiple of the 1G compound page size"),
         (pgmap(65 * GiB + 4096, "2M", 0), "2M sub-sections"),
         (DevicePagemap(ranges=[(70 * GiB, GiB), (72 * GiB, GiB)], vmemmap_shift=9,
                        altmap=pmem_altmap(m, 70 * GiB, GiB, 2 * MiB)), "altmap not supported for multiple ranges"),
@@ -267,7 +267,7 @@ def test_bad_requests_are_refused():
         with pytest.raises(BadRequest, match=message):
             m.zone_device.add(request)
         assert state(m) == before
-    with pytest.raises(BadRequest, match="no device pagemap starts at 0x1040000000"):
+    with pytest.raises(BadRequest, match="no device pagemap starts at physical address 0x1040000000"):
         m.zone_device.remove("65G")
 
 
@@ -379,7 +379,7 @@ def test_devdax_scenario_steps():
     report = add_devdax_step(m, start="66G", size="1G", align="2M", altmap=True, node=0)
     assert (report["altmap"], report["dedup"], report["vmemmap_frames_used"]) == (True, False, 4096)
     assert m.counters()["devdax_vmemmap_pages_saved"] == 4094
-    with pytest.raises(BadRequest, match="the device pagemap at 0x1000000000 is not 2G long"):
+    with pytest.raises(BadRequest, match="the device pagemap at physical address 0x1000000000 is not 2G long"):
         remove_devdax_step(m, "64G", "2G")
     assert remove_devdax_step(m, "64G", "1G")["vmemmap_pages_saved"] == 4094
     assert m.counters()["devdax_vmemmap_pages_saved"] == 0

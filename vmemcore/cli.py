@@ -1,17 +1,19 @@
-"""The ``vmemcore`` command line: ``run``, ``blocks``, ``kpageflags`` and ``diagram`` of a scenario, ``arches``."""
+"""The ``vmemcore`` command line: ``run``, ``blocks``, ``kpageflags`` and ``diagram`` of a scenario, ``arches``,
+``capabilities`` and ``conformance``; ``--json`` output goes through :mod:`vmemcore.jsonout`."""
 
 import argparse
-import json
 import os
 import sys
+from importlib.metadata import version
 
 import attrs
 
-from .diagram import diagram, folio_title
-from .errors import BadRequest, PluginError, ScenarioError
+from . import jsonout
+from .diagram import diagram, diagram_data, folio_title
+from .errors import BadRequest, PluginError, ScenarioError, VmemcoreError, did_you_mean
 from .geometry import describe_geometry
 from .plugins import TRACE_ENV, Registry
-from .profiles import DEFAULT_PROFILE, PROFILES, get_profile
+from .profiles import DEFAULT_PROFILE, PROFILES, get_profile, unknown_profile
 from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
                      kpageflags_report, kpageflags_runs, report)
 from .scenario import OPS, REQUIRED, RunError, load_scenario, run_scenario
@@ -65,6 +67,23 @@ ops (hotplug.online and .offline take block = ID, or start and size):
 """ + "".join(f"  {op.name:<{max(map(len, OPS))}}  {_op_keys(op)}: {op.help}\n" for op in OPS.values()) + "\n" + EXIT_CODES
 
 
+class _UsageError(SystemExit):
+    """argparse's exit on a bad command line (code 2), keeping its message for ``--json``."""
+
+    def __init__(self, message):
+        super().__init__(EXIT_INVALID)
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors keep their message (:class:`_UsageError`)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise _UsageError(f"{self.prog}: {message}")
+
+
 def _plugin_option(value):
     if not value.startswith("no:") or len(value) == 3:
         raise argparse.ArgumentTypeError(f"expected no:NAME (disable plugin NAME), got {value!r}")
@@ -79,15 +98,16 @@ def build_parser():
                              "VMEMCORE_PLUGINS); repeatable. When two plugins provide one arch (a fork "
                              "beside the original), both are refused until one is disabled: "
                              "-p no:NAME picks the other")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vmemcore",
         description="Simulate the Linux kernel's sparse-vmemmap machinery on several architectures.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('vmemcore')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     scenario = argparse.ArgumentParser(add_help=False, parents=[common])
-    scenario.add_argument("scenario", metavar="SCENARIO", help="a scenario TOML file (see examples/)")
+    scenario.add_argument("scenario", metavar="SCENARIO", help="a scenario TOML file (see examples/); - reads it from stdin")
     scenario.add_argument("--trace", action="store_true",
                           help=f"trace every plugin hook call on stderr (same as {TRACE_ENV}=1)")
 
@@ -142,6 +162,7 @@ def build_parser():
     )
     draw.add_argument("--size", help="the HugeTLB size (default: the smallest size that has folios)")
     draw.add_argument("--index", type=_number, default=0, help="the folio's position by head pfn (default 0)")
+    draw.add_argument("--json", action="store_true", help="print both mappings as JSON instead of a drawing")
     draw.set_defaults(func=_diagram)
 
     selection = argparse.ArgumentParser(add_help=False, parents=[common])
@@ -188,31 +209,41 @@ def build_parser():
                         help="a variant name, or options as KEY=VALUE[,KEY=VALUE] (default: the arch's default)")
     arches.add_argument("--kernel", metavar="K", default=DEFAULT_PROFILE,
                         help=f"kernel profile ({', '.join(PROFILES)}; default {DEFAULT_PROFILE})")
+    arches.add_argument("--json", action="store_true", help="print JSON instead of text")
     arches.set_defaults(func=_arches)
     return parser
 
 
 def main(argv=None):
-    """Run the ``vmemcore`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Run the ``vmemcore`` command; returns the exit code. A failure is printed on stderr, and
+    with ``--json`` also as a JSON error object on stdout."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as usage:
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            print(jsonout.dumps(jsonout.error_data(BadRequest(usage.message))))
+        raise
     try:
         return args.func(args)
     except BrokenPipeError:  # the reader went away (``vmemcore ... | head``): not an error
         sys.stderr.close()
         return 0
-    except (ScenarioError, BadRequest) as error:
-        _error(error)
-        return EXIT_INVALID
-    except RunError as error:
-        _error(error)
-        return EXIT_PLUGIN if isinstance(error.cause, PluginError) else EXIT_FAILED
-    except PluginError as error:
-        _error(error)
+    except VmemcoreError as error:
+        print(f"vmemcore: error: {error}", file=sys.stderr)
+        if getattr(args, "json", False):
+            path = "<stdin>" if getattr(args, "scenario", None) == "-" else getattr(args, "scenario", None)
+            print(jsonout.dumps(jsonout.error_data(error, path)))
+        return _exit_code(error)
+
+
+def _exit_code(error):
+    """2 for bad input, 3 for a plugin's failure, 1 for a failed simulation."""
+    cause = error.cause if isinstance(error, RunError) else error
+    if isinstance(cause, PluginError):
         return EXIT_PLUGIN
-
-
-def _error(message):
-    print(f"vmemcore: error: {message}", file=sys.stderr)
+    if isinstance(error, (ScenarioError, BadRequest)):
+        return EXIT_INVALID
+    return EXIT_FAILED
 
 
 def _number(text):
@@ -243,14 +274,14 @@ def _simulate(args):
 
 def _run(args):
     data = report(*_simulate(args))
-    print(json.dumps(data, indent=2) if args.json else format_report(data))
+    print(jsonout.dumps(data) if args.json else format_report(data))
     return EXIT_OK
 
 
 def _blocks(args):
     machine, _ = _simulate(args)
     data = hotplug_report(machine)
-    print(json.dumps(data, indent=2) if args.json else format_blocks(data, machine.geometry.page_size))
+    print(jsonout.dumps(data) if args.json else format_blocks(data, machine.geometry.page_size))
     return EXIT_OK
 
 
@@ -291,7 +322,7 @@ def _kpageflags(args):
                              "optimized": machine.hugetlb.hvo.is_optimized(folio.head)}
         if args.check:
             data["check"] = {"passed": failure is None, "failure": failure}
-        print(json.dumps(data, indent=2))
+        print(jsonout.dumps(data))
     else:
         if folio is not None:
             print(folio_title(machine, folio, f"#{args.index} of {hstate.nr_huge_pages}"))
@@ -306,7 +337,10 @@ def _kpageflags(args):
 def _diagram(args):
     machine, _ = _simulate(args)
     hstate, folio = _folio(machine, args.size, args.index)
-    print(diagram(machine, folio, f"#{args.index} of {hstate.nr_huge_pages}"))
+    if args.json:
+        print(jsonout.dumps({"size": hstate.name, "index": args.index, **diagram_data(machine, folio)}))
+    else:
+        print(diagram(machine, folio, f"#{args.index} of {hstate.nr_huge_pages}"))
     return EXIT_OK
 
 
@@ -323,10 +357,11 @@ def _selected(registry, arches, variants, kernels):
     known = {v.name for a in (arches or registry.arches) for v in registry.get(a).info.variants}
     for variant in variants:
         if variant not in known:
-            raise BadRequest(f"--variant {variant!r}: no such variant (variants: {', '.join(sorted(known))})")
+            raise BadRequest(f"--variant {variant!r}: no such variant (variants: {', '.join(sorted(known))})"
+                             + did_you_mean(variant, known))
     for kernel in kernels:
         if kernel not in PROFILES:
-            raise BadRequest(f"--kernel {kernel!r}: no such profile (profiles: {', '.join(PROFILES)})")
+            raise BadRequest(f"--kernel {kernel!r}: {unknown_profile(kernel)}")
     return arches
 
 
@@ -336,7 +371,7 @@ def _conformance(args):
     registry = Registry(disabled=args.disabled)
     arches = _selected(registry, args.arch, args.variant, args.kernel)
     data = run_conformance(arches, args.variant, args.kernel, args.full, args.disabled)
-    print(json.dumps(data, indent=2) if args.json else format_matrix(data))
+    print(jsonout.dumps(data) if args.json else format_matrix(data))
     return EXIT_FAILED if data["failed"] else EXIT_OK
 
 
@@ -346,7 +381,7 @@ def _capabilities(args):
     registry = Registry(disabled=args.disabled)
     arches = _selected(registry, [args.arch] if args.arch else [], args.variant, args.kernel)
     data = capability_matrix(registry, arches, args.variant, args.kernel)
-    print(json.dumps(data, indent=2) if args.json else format_capabilities(data))
+    print(jsonout.dumps(data) if args.json else format_capabilities(data))
     return EXIT_OK
 
 
@@ -355,19 +390,22 @@ def _arches(args):
     for error in registry.errors:
         print(f"vmemcore: {error}", file=sys.stderr)
     if args.arch is None:
-        print(_listing(registry))
+        print(jsonout.dumps(_listing_data(registry)) if args.json else _listing(registry))
         return EXIT_OK
-    if args.arch not in registry.arches:
-        _error(registry.why_missing(args.arch))
-        return EXIT_PLUGIN if registry.broken else EXIT_INVALID
-    plugin = registry.get(args.arch)
+    plugin = registry.get(_selected(registry, [args.arch], [], [])[0])
     try:
         variant = plugin.info.variant(_variant_option(args.variant))
     except ValueError as error:
         raise BadRequest(str(error)) from None
     profile = get_profile(args.kernel)
     hooks = plugin.hooks()
-    rows = describe_geometry(hooks.pagetable_geometry(variant, profile), hooks.sparse_geometry(variant, profile))
+    pagetable, sparse = hooks.pagetable_geometry(variant, profile), hooks.sparse_geometry(variant, profile)
+    if args.json:
+        print(jsonout.dumps({"arch": plugin.info.name, "plugin": plugin.name, "variant": variant.name,
+                             "variant_options": dict(variant.options), "kernel": profile.name,
+                             **_geometry_data(pagetable, sparse)}))
+        return EXIT_OK
+    rows = describe_geometry(pagetable, sparse)
     options = ", ".join(f"{k}={v}" for k, v in variant.options.items())
     print(f"{plugin.info.name} {variant.name} ({options}), kernel {profile.name}, plugin {plugin.name}")
     wide = max(len(label) for label, _ in rows)
@@ -383,6 +421,33 @@ def _variant_option(value):
     if not all(key and sep for key, sep, _ in pairs):
         raise BadRequest(f"--variant {value!r}: write a variant name or KEY=VALUE[,KEY=VALUE]")
     return {key: val for key, _, val in pairs}
+
+
+def _geometry_data(pagetable, sparse):
+    """``pagetable`` (levels top down) and ``sparse`` geometry as plain data, sizes in bytes."""
+    levels = [{"name": lv.name, "hw_name": lv.hw_name or None, "shift": lv.shift, "entries": lv.entries,
+               "table_bytes": lv.table_bytes, "alloc_bytes": lv.alloc_bytes, "entry_span": lv.entry_span,
+               "leaf": lv.leaf} for lv in pagetable.levels]
+    return {
+        "pagetable": {"page_size": pagetable.page_size, "va_bits": pagetable.va_bits, "levels": levels},
+        "sparse": {**attrs.asdict(sparse), "section_size": sparse.section_size,
+                   "section_memmap_bytes": sparse.section_memmap_bytes},
+    }
+
+
+def _listing_data(registry):
+    """Every arch as plain data (what :func:`_listing` prints), arches refused for having two
+    plugins, and plugins that failed to load."""
+    arches = [{"arch": p.info.name, "description": p.info.description, "plugin": p.name,
+               "default_variant": p.info.default_variant,
+               "variants": [{"name": v.name, "options": dict(v.options), "description": v.description}
+                            for v in p.info.variants],
+               "features": [{"name": f.name, "description": f.description, "default": f.default}
+                            for f in p.info.features]}
+              for _, p in sorted(registry.arches.items())]
+    return {"arches": arches,
+            "refused": [{"arch": arch, "plugins": names} for arch, names in sorted(registry.conflicts.items())],
+            "errors": [str(error) for error in registry.errors]}
 
 
 def _listing(registry):

@@ -7,17 +7,16 @@ from; the error names its key path (``memory[1].size``), a :class:`BadRequest` h
 :class:`ScenarioError` with the line in a scenario. ``Machine.from_config`` boots from the result.
 """
 
-import difflib
 from types import MappingProxyType
 
 import attrs
 from attrs import frozen
 
-from .errors import BadRequest, PluginError
+from .errors import BadRequest, PluginError, did_you_mean
 from .hotplug import MemmapOnMemory
 from .live_entries import RemapStrategy
 from .plugins import Registry
-from .profiles import DEFAULT_PROFILE, PROFILES
+from .profiles import DEFAULT_PROFILE, PROFILES, unknown_profile
 from .units import format_size, human_size, parse_size
 
 REQUIRED = object()  # marks a key without a default
@@ -136,9 +135,8 @@ class ConfigValidator:
     def known_keys(self, table, known, where):
         for key in table:
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise self.error(f"{where}.{key}" if where else key, f"unknown key (expected one of: {', '.join(known)}){hint}")
+                raise self.error(f"{where}.{key}" if where else key,
+                                 f"unknown key (expected one of: {', '.join(known)}){did_you_mean(key, known)}")
 
     def expect(self, key, value, kind, what):
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -229,7 +227,7 @@ class ConfigValidator:
             raise self.error("machine.kernel", f"must be a quoted string such as \"6.12\", got the float {kernel} (unquoted, 6.10 reads as 6.1)")
         self.expect("machine.kernel", kernel, str, "a string such as \"6.12\"")
         if kernel not in PROFILES:
-            raise self.error("machine.kernel", f"unknown kernel profile {kernel!r} (known: {', '.join(PROFILES)})")
+            raise self.error("machine.kernel", unknown_profile(kernel))
 
         features = table.get("features", {})
         self.expect("machine.features", features, dict, "a table such as { pse = true }")

@@ -4,6 +4,7 @@ Each error carries ``errno``, the negative value the kernel would return for it 
 unless the failure is known to return another), and ``errno_name`` (``"EINVAL"``).
 """
 
+import difflib
 from errno import EINVAL, ENOMEM, errorcode
 
 
@@ -61,3 +62,10 @@ class ScenarioError(VmemcoreError):
         super().__init__(f"{where + ': ' if where else ''}{key}: {message}")
         self.key = key
         self.line = line
+        self.path = path
+
+
+def did_you_mean(word, choices) -> str:
+    """``"; did you mean 'x86_64'?"`` when one of ``choices`` is close to ``word``, else ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -9,6 +9,7 @@ from types import MappingProxyType
 import attrs
 from attrs import field, frozen
 
+from .errors import did_you_mean
 from .units import format_size
 
 SUBSECTION_SHIFT = 21  # include/linux/mmzone.h: 2 MiB on every architecture
@@ -249,7 +250,8 @@ class ArchInfo:
         found = [v for v in self.variants if v.matches(wanted)]
         if not found:
             names = ", ".join(v.name for v in self.variants)
-            raise ValueError(f"{self.name} has no variant {wanted!r} (variants: {names})")
+            hint = did_you_mean(wanted, [v.name for v in self.variants]) if isinstance(wanted, str) else ""
+            raise ValueError(f"{self.name} has no variant {wanted!r} (variants: {names}){hint}")
         if len(found) > 1 and not isinstance(wanted, str):
             default = [v for v in found if v.name == self.default_variant]
             if default:

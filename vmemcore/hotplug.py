@@ -23,7 +23,7 @@ from .errors import BadRequest, PluginError, Veto
 from .geometry import Support
 from .physmem import Owner, Use, Zone
 from .profiles import MhpDesign
-from .units import format_size
+from .units import byte_range, format_size
 
 
 class MemmapOnMemory(StrEnum):
@@ -87,8 +87,8 @@ def check_mappable(machine, start, end, what):
     (``arch_get_mappable_range``), else -E2BIG."""
     allowed = machine.hooks.mappable_range(machine)
     if not allowed.holds(start, end):
-        raise BadRequest(f"{what} [{start:#x}, {end:#x}) exceeds the range {machine.arch.name} can map, "
-                         f"[{allowed.start:#x}, {allowed.end:#x}) (-E2BIG)", errno=-E2BIG)
+        raise BadRequest(f"{what} {byte_range(start, end)} exceeds the range {machine.arch.name} can map, "
+                         f"{byte_range(allowed.start, allowed.end)} (-E2BIG)", errno=-E2BIG)
 
 
 class Hotplug:
@@ -177,7 +177,7 @@ class Hotplug:
         with m.transaction():
             page = m.geometry.page_size
             if size <= 0 or start % self.block_size or size % self.block_size:
-                raise BadRequest(f"hot-add [{start:#x}, +{size:#x}) is not aligned to the {format_size(self.block_size)} "
+                raise BadRequest(f"hot-add {byte_range(start, start + size)} is not aligned to the {format_size(self.block_size)} "
                                  "memory block size (-EINVAL)")
             if not self.support.supported:
                 raise Veto(f"{m.arch.name} kernel {m.profile.name} has no memory hotplug: {self.support.reason}",
@@ -315,7 +315,7 @@ class Hotplug:
         page = m.geometry.page_size
         with m.transaction():
             if size <= 0 or start % self.block_size or size % self.block_size:
-                raise BadRequest(f"remove [{start:#x}, +{size:#x}) is not aligned to the {format_size(self.block_size)} "
+                raise BadRequest(f"remove {byte_range(start, start + size)} is not aligned to the {format_size(self.block_size)} "
                                  "memory block size (-EINVAL)")
             first, count = start // page, size // page
             ids = range(first // self.block_pages, (first + count) // self.block_pages)

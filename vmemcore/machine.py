@@ -23,7 +23,7 @@ from .subpmd import SubPmdTracker
 from .hotplug import Hotplug
 from .hugetlb import HugeTLB
 from .live_entries import LiveEntryChecker, check_contiguous
-from .stats import Counters
+from .stats import Counters, ordered
 from .units import format_size
 from .zone_device import ZoneDevice
 
@@ -117,7 +117,7 @@ class Machine:
         if not self.geometry.maps(sparse.vmemmap_base, sparse.vmemmap_size):
             top = self.geometry.levels[0]
             raise PluginError(self.plugin.name, hook,
-                              f"the vmemmap [{sparse.vmemmap_base:#x}, +{format_size(sparse.vmemmap_size)}) crosses the "
+                              f"the vmemmap at virtual addresses [{sparse.vmemmap_base:#x}, +{format_size(sparse.vmemmap_size)}) crosses the "
                               f"end of the {top.shift + top.bits}-bit range one page table maps")
 
     def plugin_state(self, key, factory):
@@ -206,7 +206,8 @@ class Machine:
         return counts
 
     def counters(self):
-        """Kernel-named counters plus page-table pages per level and vmemmap bytes per leaf size."""
+        """Kernel-named counters plus page-table pages per level and vmemmap bytes per leaf size, in
+        :data:`~vmemcore.stats.COUNTER_ORDER`."""
         out = self.stats.as_dict()
         out.update(self.zone_device.counters())
         for name, count in self.pagetable.tables.items():
@@ -226,7 +227,7 @@ class Machine:
             out["vmemmap_cont_spans"] = sum(spans.values())
             out["vmemmap_tlb_entries"] = sum(self.leaf_counts().values()) - sum(
                 count * (self.geometry.level(name).contiguous - 1) for name, count in spans.items())
-        return out
+        return ordered(out)
 
     def snapshot(self):
         """Everything that defines the machine's state, comparable with ``==`` (for tests)."""

@@ -12,6 +12,7 @@ from attrs import frozen
 
 from .errors import BadRequest
 from .rangemap import RangeMap
+from .units import pfn_range
 
 
 class Use(enum.Enum):
@@ -116,13 +117,17 @@ class PhysMem:
         self.booting = True  # memblock until boot ends, buddy afterwards
         self.faults = FaultInjector()
 
+    def _pfns(self, start_pfn, end_pfn):
+        """``[start_pfn, end_pfn)`` for a message, labelled, with its physical addresses."""
+        return pfn_range(start_pfn, end_pfn, self.page_shift)
+
     # -- layout ---------------------------------------------------------------------------------
     def add_range(self, node, start_pfn, end_pfn):
         """Declare ``[start_pfn, end_pfn)`` as present memory of ``node`` (before boot)."""
         if not 0 <= start_pfn < end_pfn <= self.max_pfn:
-            raise BadRequest(f"pfn range [{start_pfn:#x}, {end_pfn:#x}) is outside [0, {self.max_pfn:#x})")
+            raise BadRequest(f"{self._pfns(start_pfn, end_pfn)} lie outside pfns [0, {self.max_pfn:#x})")
         if self.nodes.covered(start_pfn, end_pfn):
-            raise BadRequest(f"pfn range [{start_pfn:#x}, {end_pfn:#x}) overlaps memory already present")
+            raise BadRequest(f"{self._pfns(start_pfn, end_pfn)} overlap memory already present")
         self.nodes.set(start_pfn, end_pfn, node)
         self.frames.set(start_pfn, end_pfn, FREE)
         self.zones.set(start_pfn, end_pfn, NORMAL)
@@ -139,7 +144,7 @@ class PhysMem:
     def hot_add(self, node, start_pfn, end_pfn):
         """Hot-added memory: present, every frame offline (in no allocator) until onlined."""
         if self.nodes.covered(start_pfn, end_pfn):
-            raise BadRequest(f"pfn range [{start_pfn:#x}, {end_pfn:#x}) overlaps memory already present (-EEXIST)", errno=-EEXIST)
+            raise BadRequest(f"{self._pfns(start_pfn, end_pfn)} overlap memory already present (-EEXIST)", errno=-EEXIST)
         self.nodes.set(start_pfn, end_pfn, node)
         self.frames.set(start_pfn, end_pfn, OFFLINE)
         self._free_map(node)
@@ -167,9 +172,9 @@ class PhysMem:
     def _expect(self, start_pfn, end_pfn, owner, what):
         for start, end, value in self.frames.items(start_pfn, end_pfn):
             if value != owner:
-                raise BadRequest(f"frames [{start:#x}, {end:#x}) are {value}, so they cannot be {what}")
+                raise BadRequest(f"the frames of {self._pfns(start, end)} are {value}, so they cannot be {what}")
         if self.frames.covered(start_pfn, end_pfn) != end_pfn - start_pfn:
-            raise BadRequest(f"pfn range [{start_pfn:#x}, {end_pfn:#x}) is not all present memory")
+            raise BadRequest(f"{self._pfns(start_pfn, end_pfn)} are not all present memory")
 
     @property
     def node_ids(self):

@@ -25,7 +25,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, VmemcoreError
+from .errors import PluginError, VmemcoreError, did_you_mean
 from .geometry import ArchInfo, HugePageSize, PageTableGeometry, PhysRange, SparseGeometry, Support
 from .live_entries import ANY_CHANGE, LiveEntryRule
 
@@ -201,7 +201,11 @@ class Registry:
         known = ", ".join(sorted(self.arches)) or "none"
         text = f"no plugin provides architecture {arch!r} (found: {known})"
         if arch in self.disabled:
-            text += f"; the plugin named {arch!r} is disabled"
+            text += f"; the plugin {arch!r} is disabled by -p no:{arch} (disabled= in the API)"
+        else:
+            text += did_you_mean(arch, [*self.arches, *self.conflicts])
+            if self.disabled:
+                text += "; disabled: " + ", ".join(f"-p no:{name}" for name in sorted(self.disabled))
         if self.errors:
             text += "; plugins that failed to load:" + "".join(f"\n  {error}" for error in self.errors)
         return text

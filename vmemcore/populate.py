@@ -197,7 +197,7 @@ def _set_ptes(machine, table, index, pfns, node, what, flags=0):
         vmemmap_verify(machine, pfns, node)
     if len(pfns) < len(index):
         where = table.va(int(index[len(pfns)]))
-        raise OutOfMemory(f"no memory for the struct pages at {where:#x} (node {node}{', ' + what if what else ''})")
+        raise OutOfMemory(f"no memory for the struct pages at vmemmap address {where:#x} (node {node}{', ' + what if what else ''})")
 
 
 def _altmap_then_ram(machine, table, empty, node, altmap, allowed):
@@ -430,7 +430,7 @@ def compound_section_tail_page(machine, start) -> int:
     ascending order)."""
     phys = machine.pagetable.translate(start - machine.geometry.page_size)
     if phys is None:
-        raise BadRequest(f"the memmap below {start:#x} is not populated: sections must come in ascending order")
+        raise BadRequest(f"the memmap below vmemmap address {start:#x} is not populated: sections must come in ascending order")
     return phys >> machine.geometry.page_shift
 
 

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from attrs import field, frozen
 
-from .errors import BadRequest
+from .errors import BadRequest, did_you_mean
 
 
 class HvoHeadPage(StrEnum):
@@ -94,4 +94,9 @@ def get_profile(name=None) -> KernelProfile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise BadRequest(f"unknown kernel profile {name!r} (known: {', '.join(PROFILES)})") from None
+        raise BadRequest(unknown_profile(name)) from None
+
+
+def unknown_profile(name) -> str:
+    """Why ``name`` is no kernel profile: the known ones, and the closest."""
+    return f"unknown kernel profile {name!r} (known: {', '.join(PROFILES)}){did_you_mean(name, PROFILES)}"

@@ -125,9 +125,11 @@ def _value_cells(name, value, page_size, signed=False):
 
 
 def _args(args):
-    """``key=value`` pairs; byte sizes exact in their largest unit, lists of ids as ranges, empty
-    values left out."""
+    """``key=value`` pairs; byte sizes exact in their largest unit, lists of ids as ranges, booleans
+    as yes/no, empty values left out."""
     def cell(key, value):
+        if isinstance(value, bool):
+            return "yes" if value else "no"
         if key in ("start", "size", "align") and isinstance(value, int) and not isinstance(value, bool):
             return format_size(value)
         return id_ranges(value) if isinstance(value, list) else value

@@ -15,7 +15,7 @@ from .geometry import SUBSECTION_SHIFT
 from .populate import SparseBuffer, vmemmap_can_optimize, vmemmap_populate_compound_pages
 from .rangemap import RangeMap
 from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
-from .units import format_size
+from .units import format_size, pfn_range
 
 
 @frozen
@@ -61,14 +61,19 @@ class Sparse:
         size = -(-self.geometry.section_memmap_bytes // pmd) * pmd
         return size >> self.geometry.page_shift
 
+    def _pfns(self, pfn, nr_pages):
+        """``[pfn, pfn + nr_pages)`` for a message, labelled, with its physical addresses."""
+        return pfn_range(pfn, pfn + nr_pages, self.geometry.page_shift)
+
     def check_span(self, pfn, nr_pages):
         per = self.geometry.pages_per_subsection
         if nr_pages <= 0 or pfn % per or nr_pages % per:
             raise BadRequest(
-                f"pfn range [{pfn:#x}, +{nr_pages:#x}) is not a whole number of {1 << SUBSECTION_SHIFT >> 20} MiB sub-sections"
+                f"{self._pfns(pfn, nr_pages)} are not a whole number of {1 << SUBSECTION_SHIFT >> 20} MiB sub-sections"
             )
         if pfn + nr_pages > self.geometry.max_pfn:
-            raise BadRequest(f"pfn range ends past the architecture's physical limit ({self.geometry.max_physmem_bits} bits)")
+            raise BadRequest(f"{self._pfns(pfn, nr_pages)} end past the architecture's physical limit "
+                             f"({self.geometry.max_physmem_bits} bits)")
         self.check_vmemmap(pfn, pfn + nr_pages)
 
     def check_vmemmap(self, pfn, end_pfn):
@@ -76,7 +81,7 @@ class Sparse:
         limit = self.geometry.vmemmap_max_pfn
         if end_pfn > limit:
             raise BadRequest(
-                f"the struct pages of pfns [{pfn:#x}, {end_pfn:#x}) fall outside the vmemmap "
+                f"the struct pages of {pfn_range(pfn, end_pfn)} fall outside the vmemmap at virtual addresses "
                 f"[{self.geometry.vmemmap_base:#x}, +{format_size(self.geometry.vmemmap_size)}), which describes pfns "
                 f"below {limit:#x} ({format_size(limit << self.geometry.page_shift)} of physical address space)"
             )
@@ -151,11 +156,11 @@ class Sparse:
         self.check_span(pfn, nr_pages)
         nr = self.section_nr(pfn)
         if self.section_nr(pfn + nr_pages - 1) != nr:
-            raise BadRequest(f"pfn range [{pfn:#x}, +{nr_pages:#x}) crosses a section boundary")
+            raise BadRequest(f"{self._pfns(pfn, nr_pages)} cross a section boundary")
         state = self.sections.get(nr)
         bits = self.subsection_bits(pfn, nr_pages)
         if state is not None and state.subsections & bits:
-            raise BadRequest(f"sub-sections of [{pfn:#x}, +{nr_pages:#x}) already have a memmap (-EEXIST)", errno=-EEXIST)
+            raise BadRequest(f"sub-sections of {self._pfns(pfn, nr_pages)} already have a memmap (-EEXIST)", errno=-EEXIST)
         if state is not None and state.node != node:
             raise BadRequest(f"section {nr} belongs to node {state.node}, not node {node}")
         early = state is not None and state.early
@@ -170,7 +175,7 @@ class Sparse:
         state = self.sections.get(nr)
         bits = self.subsection_bits(pfn, nr_pages)
         if self.section_nr(pfn + nr_pages - 1) != nr or state is None or state.subsections & bits != bits:
-            raise BadRequest(f"pfn range [{pfn:#x}, +{nr_pages:#x}) has no memmap to remove (section already deactivated)")
+            raise BadRequest(f"{self._pfns(pfn, nr_pages)} have no memmap to remove (section already deactivated)")
         left = state.subsections ^ bits
         # clear_subsection_map comes first: vmemmap_free sees the range as no longer pfn_valid
         self.sections.set(nr, nr + 1, SectionState(state.node, state.early, left) if left else None)

@@ -325,9 +325,9 @@ class StructPages:
         vaddr = self.machine.pfn_to_page(pfn)
         hit = self.machine.pagetable.lookup(vaddr)
         if hit is None:
-            raise ReadOnlyFault(f"struct page of pfn {pfn:#x} at {vaddr:#x} is not mapped")
+            raise ReadOnlyFault(f"struct page of pfn {pfn:#x} at vmemmap address {vaddr:#x} is not mapped")
         table, index = hit
         if table.flags[index] & RDONLY:
-            raise ReadOnlyFault(f"write to the struct page of pfn {pfn:#x} hit a read-only vmemmap mapping at {vaddr:#x}")
+            raise ReadOnlyFault(f"write to the struct page of pfn {pfn:#x} hit a read-only vmemmap mapping at vmemmap address {vaddr:#x}")
         frame = self.machine.pagetable.translate(vaddr) >> self.machine.geometry.page_shift
         self.describe(frame, self.copy_page(vaddr, {pfn % self.per_page: page}))

@@ -32,7 +32,7 @@ from .populate import VMEMMAP_RESERVE_NR, vmemmap_can_optimize
 from .rangemap import RangeMap
 from .stats import NR_MEMMAP_PAGES
 from .structpage import HEAD, PG_FOLIO_META, StructPage
-from .units import format_size, parse_size
+from .units import byte_range, format_size, human_size, parse_size
 
 INFO_BLOCK = 8 << 10  # SZ_8K: the pfn device's info block at the start of a namespace
 MAX_STRUCT_PAGE_SIZE = 64  # what a namespace sets aside per page for its memmap
@@ -180,11 +180,18 @@ class ZoneDevice:
             raise Veto(f"{m.arch.name} kernel {m.profile.name} has no ZONE_DEVICE: {support.reason}",
                        [(m.plugin.name, support.reason)])
         shift = m.geometry.page_shift
-        unit = max(1 << SUBSECTION_SHIFT, pgmap.vmemmap_nr << shift)
+        subsection, compound = 1 << SUBSECTION_SHIFT, pgmap.vmemmap_nr << shift
+        align = f"the {format_size(compound)} compound page size (align; dev_dax_validate_align: -EINVAL)"
         for r in pgmap.ranges:
-            where = f"device range [{r.start:#x}, {r.start + r.size:#x})"
-            if r.size == 0 or (r.start | r.size) % unit:
-                raise BadRequest(f"{where} is not made of whole {format_size(unit)} sub-sections and compound pages")
+            where = f"device range {byte_range(r.start, r.start + r.size)}"
+            if r.size == 0 or (r.start | r.size) % subsection:  # check_pfn_span
+                raise BadRequest(f"{where} is not made of whole {format_size(subsection)} sub-sections (-EINVAL)")
+            if r.size < compound:
+                raise BadRequest(f"{where} ({human_size(r.size)}) is smaller than {align}")
+            if r.size % compound:
+                raise BadRequest(f"{where} ({human_size(r.size)}) is not a multiple of {align}")
+            if r.start % compound:
+                raise BadRequest(f"{where} does not start on a multiple of {align}")
             pfn, nr_pages = r.start >> shift, r.size >> shift
             m.sparse.check_span(pfn, nr_pages)
             check_mappable(m, r.start, r.start + r.size, "device range")
@@ -211,7 +218,7 @@ class ZoneDevice:
         key = parse_size(start) >> m.geometry.page_shift
         pagemap = self.pagemaps.get(key)
         if pagemap is None:
-            raise BadRequest(f"no device pagemap starts at {parse_size(start):#x}")
+            raise BadRequest(f"no device pagemap starts at physical address {parse_size(start):#x}")
         with m.transaction():
             for r in pagemap.pgmap.ranges:
                 pfn, nr_pages = r.start >> m.geometry.page_shift, r.size >> m.geometry.page_shift
@@ -323,5 +330,6 @@ def remove_devdax_step(machine, start, size=None):
     whose ranges add up to ``size``, if given); returns its report."""
     pagemap = machine.zone_device.pagemaps.get(parse_size(start) >> machine.geometry.page_shift)
     if size is not None and pagemap is not None and sum(r.size for r in pagemap.pgmap.ranges) != parse_size(size):
-        raise BadRequest(f"the device pagemap at {parse_size(start):#x} is not {format_size(parse_size(size))} long")
+        raise BadRequest(f"the device pagemap at physical address {parse_size(start):#x} is not "
+                         f"{format_size(parse_size(size))} long")
     return machine.zone_device.remove(start).report()

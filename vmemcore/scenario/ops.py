@@ -6,7 +6,7 @@ from attrs import frozen
 from ..config import REQUIRED
 from ..errors import BadRequest
 from ..physmem import Zone
-from ..units import format_size
+from ..units import byte_range, format_size
 from ..zone_device import add_devdax_step, remove_devdax_step
 
 
@@ -43,7 +43,7 @@ def _block_ids(machine, args):
     first, count = _pages(machine, args)
     per_block = machine.hotplug.block_pages
     if first % per_block or count % per_block:
-        raise BadRequest(f"[{args['start']:#x}, +{args['size']:#x}) is not aligned to the "
+        raise BadRequest(f"{byte_range(args['start'], args['start'] + args['size'])} are not aligned to the "
                          f"{format_size(machine.hotplug.block_size)} memory block size (-EINVAL)")
     return list(range(first // per_block, (first + count) // per_block))
 

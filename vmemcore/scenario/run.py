@@ -7,6 +7,7 @@ from attrs import frozen
 
 from ..errors import VmemcoreError
 from ..machine import Machine
+from ..stats import counter_key
 from .ops import OPS
 
 
@@ -26,15 +27,16 @@ class StepResult:
 
 class RunError(VmemcoreError):
     """A simulation failure at boot or in a step; ``cause`` is the engine's error, ``machine`` and
-    ``results`` are the state before the failing operation (operations are transactional); its
-    ``errno`` is the cause's."""
+    ``results`` are the state before the failing operation (operations are transactional), ``step``
+    the failing :class:`Step` (None at boot); its ``errno`` is the cause's."""
 
-    def __init__(self, where, cause, machine=None, results=()):
+    def __init__(self, where, cause, machine=None, results=(), step=None):
         super().__init__(f"{where}: {type(cause).__name__}: {cause}", errno=cause.errno)
         self.where = where
         self.cause = cause
         self.machine = machine
         self.results = list(results)
+        self.step = step
 
 
 def run_scenario(scenario, progress=None, registry=None, check_live_entries=False):
@@ -58,9 +60,10 @@ def run_scenario(scenario, progress=None, registry=None, check_live_entries=Fals
                 result = OPS[step.op].run(machine, step.args)
         except VmemcoreError as error:
             where = ":".join(str(p) for p in (scenario.path, step.line) if p is not None)
-            raise RunError(f"{where + ': ' if where else ''}steps[{step.index}] ({step.op})", error, machine, results) from error
+            raise RunError(f"{where + ': ' if where else ''}steps[{step.index}] ({step.op})", error, machine, results,
+                           step) from error
         after = machine.counters()
-        changes = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
+        changes = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after), key=counter_key)}
         results.append(StepResult(step.index, step.op, dict(step.args), step.line,
                                   {k: d for k, d in changes.items() if d}, result or {}))
     return machine, results

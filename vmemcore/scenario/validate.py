@@ -1,12 +1,12 @@
 """Scenario validation: TOML text to a :class:`Scenario`, or a :class:`ScenarioError` naming the key
 path and its line. The machine's tables are checked by :class:`ConfigValidator`, the steps here."""
 
-import difflib
 import re
+import sys
 import tomllib
 
 from ..config import ConfigValidator, type_name
-from ..errors import ScenarioError
+from ..errors import ScenarioError, did_you_mean
 from ..geometry import SUBSECTION_SHIFT
 from ..physmem import Zone
 from ..plugins import Registry
@@ -19,9 +19,13 @@ _TOP_KEYS = ("machine", "memory", "hugetlb", "hotplug", "steps")
 
 
 def load_scenario(path, registry=None) -> Scenario:
-    """Read and validate the scenario file at ``path`` (nothing is simulated)."""
-    with open(path, "rb") as f:
-        data = f.read()
+    """Read and validate the scenario file at ``path``, standard input when ``"-"`` (its messages
+    then say ``<stdin>``); nothing is simulated."""
+    if str(path) == "-":
+        data, path = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -82,9 +86,7 @@ class _Validator(ConfigValidator):
             raise self.error(f"{key}.op", f"missing required key (ops: {', '.join(OPS)})")
         name = self.expect(f"{key}.op", table["op"], str, "a string")
         if name not in OPS:
-            close = difflib.get_close_matches(name, OPS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise self.error(f"{key}.op", f"unknown op {name!r} (ops: {', '.join(OPS)}){hint}")
+            raise self.error(f"{key}.op", f"unknown op {name!r} (ops: {', '.join(OPS)}){did_you_mean(name, OPS)}")
         op = OPS[name]
         args = self.fields({k: v for k, v in table.items() if k != "op"}, op.keys, key, f" of {name}")
         if "block" in args:

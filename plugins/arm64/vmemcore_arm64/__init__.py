@@ -226,7 +226,7 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     boot = vmemmap_boot_frame(machine, start, end)
     if boot is not None:
         raise BadRequest(f"arm64 never removes boot memory (prevent_bootmem_remove_notifier): the memmap at "
-                         f"{boot:#x} is backed by boot frames")
+                         f"vmemmap address {boot:#x} is backed by boot frames")
     floor = machine.sparse_geometry.vmemmap_base  # VMEMMAP_START, DRAM starting at physical 0
     policy = TeardownPolicy(InUse.NEVER, floor=floor, ceiling=floor + machine.sparse_geometry.vmemmap_size,
                             flush_leaf=Flush.RANGE)
