@@ -89,11 +89,12 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    scenario = argparse.ArgumentParser(add_help=False, parents=[common])
+    running = argparse.ArgumentParser(add_help=False, parents=[common])
+    running.add_argument("--trace", action="store_true",
+                         help=f"trace every plugin hook call on stderr (same as {TRACE_ENV}=1)")
+    running.add_argument("--quiet", action="store_true", help="no progress on stderr (shown only on a terminal)")
+    scenario = argparse.ArgumentParser(add_help=False, parents=[running])
     scenario.add_argument("scenario", metavar="SCENARIO", help="a scenario TOML file (see examples/)")
-    scenario.add_argument("--trace", action="store_true",
-                          help=f"trace every plugin hook call on stderr (same as {TRACE_ENV}=1)")
-    scenario.add_argument("--quiet", action="store_true", help="no progress on stderr (shown only on a terminal)")
     setting = argparse.ArgumentParser(add_help=False)
     setting.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                          help="set a scenario key before validation (repeatable): machine.kernel=7.1, "
@@ -156,7 +157,7 @@ def build_parser():
     draw.set_defaults(func=_diagram)
 
     compare = sub.add_parser(
-        "compare", parents=[common, setting], help="run two scenarios (or one, set two ways), print counters side by side",
+        "compare", parents=[running, setting], help="run two scenarios (or one, set two ways), print counters side by side",
         description="Run scenario A and scenario B (default: A again) and print every counter of both\n"
                     "with the difference B - A, then what each step changed on each side. --set and\n"
                     "the shortcuts apply to both sides, --a and --b to one, e.g.\n"
@@ -169,8 +170,6 @@ def build_parser():
     for side in ("a", "b"):
         compare.add_argument(f"--{side}", action="append", default=[], metavar="KEY=VALUE", dest=f"sets_{side}",
                              help=f"set a scenario key on side {side.upper()} only (repeatable; as --set)")
-    compare.add_argument("--trace", action="store_true", help=f"trace every plugin hook call on stderr (same as {TRACE_ENV}=1)")
-    compare.add_argument("--quiet", action="store_true", help="no progress on stderr (shown only on a terminal)")
     compare.add_argument("--json", action="store_true", help='print JSON ("schema": 1) instead of tables')
     compare.set_defaults(func=_compare)
 
