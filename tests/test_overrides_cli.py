@@ -2,10 +2,6 @@
 and progress on stderr (issue 12, items 2 and 4)."""
 
 import json
-import os
-import pty
-import subprocess
-import sys
 
 import pytest
 
@@ -15,6 +11,7 @@ from vmemcore.overrides import command_line, override, parse_value, split_values
 from vmemcore.scenario import load_scenario
 
 from scenario_helpers import EXAMPLES
+from subprocess_helpers import on_a_terminal, vmemcore
 
 HVO = str(EXAMPLES / "x86_64-hvo-2M.toml")
 X16G = str(EXAMPLES / "x86_64-16G.toml")
@@ -164,44 +161,16 @@ def test_compare_needs_two_sides(capsys):
 
 # ------------------------------------------------------------------------------------- progress
 
-def _vmemcore(*argv, stderr=subprocess.PIPE):
-    return subprocess.run([sys.executable, "-c", "import sys; from vmemcore.cli import main; sys.exit(main())", *argv],
-                          stdout=subprocess.PIPE, stderr=stderr, text=True)
-
-
 def test_no_progress_without_a_terminal():
-    result = _vmemcore("run", HVO)
+    result = vmemcore("run", HVO)
     assert result.returncode == 0 and result.stderr == ""
-    result = _vmemcore("run", HVO, "--set", "machine.kernal=7.1")
+    result = vmemcore("run", HVO, "--set", "machine.kernal=7.1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("vmemcore: error: ") and result.stdout == ""
 
 
-def _on_a_terminal(*argv):
-    """stderr of ``vmemcore ARGV`` when stderr is a pseudo-terminal."""
-    leader, follower = pty.openpty()
-    try:
-        result = _vmemcore(*argv, stderr=follower)
-        os.close(follower)
-        follower = None
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the other side is closed and drained
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return result, b"".join(chunks).decode(errors="replace")
-    finally:
-        if follower is not None:
-            os.close(follower)
-        os.close(leader)
-
-
 def test_progress_on_a_terminal_and_quiet():
-    result, err = _on_a_terminal("run", HVO)
+    result, err = on_a_terminal("run", HVO)
     assert result.returncode == 0 and "steps[" in err  # the step the run is at
-    result, err = _on_a_terminal("run", HVO, "--quiet")
+    result, err = on_a_terminal("run", HVO, "--quiet")
     assert result.returncode == 0 and err == ""

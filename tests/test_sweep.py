@@ -22,6 +22,7 @@ from vmemcore.sweep import Axis, axes_of, points
 from vmemcore.units import parse_size
 
 from scenario_helpers import EXAMPLES
+from subprocess_helpers import on_a_terminal, vmemcore
 
 X16G = str(EXAMPLES / "x86_64-16G.toml")
 HVO = str(EXAMPLES / "x86_64-hvo-2M.toml")
@@ -30,12 +31,6 @@ ARCHES = ["x86_64", "arm64", "s390", "powerpc"]
 SIZES = ["16G", "256G", "4T"]
 MIXED = ["--set", "machine.arch=x86_64,powerpc", "--set", "machine.variant=5-level,hash-64K,radix-4K",
          "--set", "memory[0].size=1G"]
-
-
-def vmemcore(*argv, cwd=None):
-    """``vmemcore ARGV`` in a subprocess (stderr is a pipe, not a terminal): the CompletedProcess."""
-    return subprocess.run([sys.executable, "-c", "import sys; from vmemcore.cli import main; sys.exit(main())", *argv],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def records_of(result):
@@ -168,6 +163,24 @@ def test_failed_points_are_reported_and_the_sweep_goes_on(scheduler):
     assert [row["status"] for row in rows] == ["ok", "invalid", "invalid", "invalid", "failed", "ok"]
     assert rows[4]["memmap_frames"] == "" and "bolted vmemmap" in rows[4]["error"]
     assert (rows[5]["variant"], rows[5]["page_size"], rows[5]["memmap_frames"]) == ("radix-4K", "4096", "4096")
+
+
+def test_progress_counts_points_on_a_terminal(scheduler):
+    result, err = on_a_terminal("sweep", X16G, "--set", "memory[0].size=1G,2G,4G", "--scheduler", scheduler)
+    assert result.returncode == 0 and "sweep" in err and "3/3" in err
+    result, err = on_a_terminal("sweep", X16G, "--set", "memory[0].size=1G,2G,4G", "--scheduler", scheduler, "--quiet")
+    assert result.returncode == 0 and err == ""
+
+
+def test_bytes(scheduler):
+    """--bytes: page counters times the page size. 1 GiB of x86_64: 1 GiB / 4 KiB x 64 bytes = 16 MiB
+    of memmap, 4,096 pages of 4 KiB. powerpc radix-64K: 1 GiB / 64 KiB x 64 bytes = 1 MiB, mapped by
+    one 2 MiB PMD leaf: 32 pages of 64 KiB = 2 MiB."""
+    argv = ["sweep", X16G, "--set", "arch=x86_64,powerpc", "--set", "memory[0].size=1G", "--json", "--scheduler", scheduler]
+    pages, in_bytes = records_of(vmemcore(*argv)), records_of(vmemcore(*argv, "--bytes"))
+    assert [r["counters"]["memmap_frames"] for r in pages] == [4_096, 32]
+    assert [r["counters"]["memmap_frames"] for r in in_bytes] == [16 << 20, 2 << 20]
+    assert [r["counters"]["vmemmap_mapped_bytes_2M"] for r in in_bytes] == [r["counters"]["vmemmap_mapped_bytes_2M"] for r in pages]
 
 
 def test_step_counts_swept(scheduler):

@@ -192,6 +192,8 @@ def build_parser():
                        help="a swept key and its values, split at commas outside quotes and braces (repeatable; "
                             "keys and values as in run --set)")
     sweep.add_argument("--y", metavar="COUNTER[,COUNTER]", help=f"the counters of the table and the plot (default {','.join(DEFAULT_COUNTERS)})")
+    sweep.add_argument("--bytes", action="store_true",
+                       help="counters counted in pages (names with pages or frames) in bytes: x each point's page size")
     sweep.add_argument("--x", metavar="KEY", help="--plot: the key on the x axis (default: the first swept key of sizes or integers)")
     sweep.add_argument("--group", metavar="KEY[,KEY]", help="--plot: one line per value of these keys (default: every other swept key)")
     sweep.add_argument("--plot", metavar="FILE", help="draw the chart to FILE.png or FILE.svg")
@@ -333,16 +335,20 @@ def _sweep(args):
         x, group = plot.plot_axes(axes, args.x, args.group.split(",") if args.group else None)
     try:
         with open(args.scenario, "rb") as f:
-            text = f.read().decode("utf-8", errors="replace")
+            text = f.read().decode("utf-8")
     except OSError as error:
         raise BadRequest(f"cannot read {args.scenario}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise BadRequest(f"{args.scenario}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     records = sweep.run_sweep(args.scenario, text, axes, args.disabled, args.scheduler, args.workers,
                               progress.wanted(args.quiet))
     sweep.check_counters(records, counters)
+    if args.bytes:
+        records = sweep.in_bytes(records)
     print(sweep.format_json_lines(records) if args.json else sweep.format_csv(records) if args.csv
           else sweep.format_table(records, counters))
     if args.plot:
-        plot.sweep_figure(records, x, group, counters, args.scenario).savefig(args.plot)
+        plot.sweep_figure(records, x, group, counters, args.scenario, "bytes" if args.bytes else None).savefig(args.plot)
     bad = [r for r in records if r["status"] != "ok"]
     if bad:
         _error(f"{len(bad)} of {len(records)} points did not run to the end (see their errors above)")

@@ -58,11 +58,12 @@ def _scale(key, values):
     return "number" if all(isinstance(v, int) and not isinstance(v, bool) for v in values) else None
 
 
-def sweep_figure(records, x, group, counters, title=""):
+def sweep_figure(records, x, group, counters, title="", unit=None):
     """A matplotlib Figure: one panel per counter in ``counters``, its value at every point that ran
     (y) against the point's ``x`` value, one line per combination of the ``group`` keys' values.
     Sizes are placed in bytes on a log2 axis labelled 16G, 256G, ...; other values that are not
-    integers are placed at 0, 1, ... in the order they were swept."""
+    integers are placed at 0, 1, ... in the order they were swept. ``unit`` labels every y axis
+    (default: each counter's own, :func:`~vmemcore.report.counter_unit`)."""
     from matplotlib.figure import Figure
 
     raw = {format_value(r["set"][x]): r["set"][x] for r in records}
@@ -82,7 +83,7 @@ def sweep_figure(records, x, group, counters, title=""):
             points = sorted(points, key=lambda r: position[format_value(r["set"][x])])
             panel.plot([position[format_value(r["set"][x])] for r in points], [r["counters"].get(counter, 0) for r in points],
                        marker="o", label=label)
-        panel.set_ylabel(f"{counter} ({counter_unit(counter)})")
+        panel.set_ylabel(f"{counter} ({unit or counter_unit(counter)})")
         panel.set_xlabel(x)
         if scale == "size":
             panel.set_xscale("log", base=2)

@@ -22,7 +22,7 @@ from . import progress
 from .errors import BadRequest, VmemcoreError
 from .overrides import Override, parse_assignment, parse_value, split_values
 from .plugins import Registry
-from .report import columns, report
+from .report import columns, counter_unit, report
 from .scenario import parse_scenario, run_scenario
 
 SCHEMA = 1
@@ -133,6 +133,13 @@ def run_sweep(path, text, axes, disabled=(), scheduler=None, workers=None, show_
                 records[index] = _record(index, point, result)
                 advance()
     return [records[i] for i in sorted(records)]
+
+
+def in_bytes(records):
+    """The records with every counter counted in pages (:func:`~vmemcore.report.counter_unit`)
+    multiplied by its point's page size, so that arches with different page sizes compare."""
+    return [r | {"counters": {name: value * r["machine"]["page_size"] if counter_unit(name) == "pages" else value
+                              for name, value in r["counters"].items()}} if r["counters"] else r for r in records]
 
 
 def counter_names(records):
