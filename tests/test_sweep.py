@@ -146,7 +146,7 @@ def test_failed_points_are_reported_and_the_sweep_goes_on(scheduler):
     failed. x86_64 5-level and powerpc radix-4K run: 1 GiB / 4 KiB x 64 B = 16 MiB = 4,096 pages."""
     result = vmemcore("sweep", X16G, *MIXED, "--scheduler", scheduler)
     assert result.returncode == 1
-    assert result.stderr == "vmemcore: error: 4 of 6 points did not run to the end (see their errors above)\n"
+    assert result.stderr == "vmemcore: error: 4 of 6 points did not run to the end (their errors are in the output)\n"
     rows = table_rows(result.stdout)
     assert [row[:4] for row in rows[1:]] == [
         ["x86_64", "5-level", "1G", "ok"], ["x86_64", "hash-64K", "1G", "invalid"], ["x86_64", "radix-4K", "1G", "invalid"],
@@ -229,6 +229,7 @@ def test_plotted_series_equal_the_table(local, local_json):
     x, group = plot_axes(axes)
     assert (x, group) == ("memory[0].size", ["machine.arch"])
     figure = sweep_figure(records, x, group, ["memmap_frames", "pagetable_frames"])
+    assert [panel.get_ylabel() for panel in figure.axes] == ["memmap_frames (pages)", "pagetable_frames (pages)"]
     for column, panel in enumerate(figure.axes):
         assert [line.get_label() for line in panel.lines] == [f"machine.arch={a}" for a in ARCHES]
         for arch, line in zip(ARCHES, panel.lines):
@@ -243,7 +244,8 @@ def test_plot_of_categories_skips_failed_points():
     axes = [Axis.parse("machine.arch=x86_64"), Axis.parse("machine.kernel=6.12,7.1,6.19")]
     x, group = plot_axes(axes)
     assert (x, group) == ("machine.kernel", [])
-    (panel,) = sweep_figure(records, x, group, ["memmap_frames"]).axes
+    (panel,) = sweep_figure(records, x, group, ["memmap_frames"], in_bytes=True).axes
+    assert panel.get_ylabel() == "memmap_frames (bytes)"
     (line,) = panel.lines
     assert list(line.get_xdata()) == [0, 2] and list(line.get_ydata()) == [5, 7]
     assert [t.get_text() for t in panel.get_xticklabels()] == ["6.12", "7.1", "6.19"]

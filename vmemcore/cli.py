@@ -348,10 +348,10 @@ def _sweep(args):
     print(sweep.format_json_lines(records) if args.json else sweep.format_csv(records) if args.csv
           else sweep.format_table(records, counters))
     if args.plot:
-        plot.sweep_figure(records, x, group, counters, args.scenario, "bytes" if args.bytes else None).savefig(args.plot)
+        plot.sweep_figure(records, x, group, counters, args.scenario, args.bytes).savefig(args.plot)
     bad = [r for r in records if r["status"] != "ok"]
     if bad:
-        _error(f"{len(bad)} of {len(records)} points did not run to the end (see their errors above)")
+        _error(f"{len(bad)} of {len(records)} points did not run to the end (their errors are in the output)")
     return EXIT_INVALID if all(r["status"] == "invalid" for r in records) else EXIT_FAILED if bad else EXIT_OK
 
 

@@ -58,12 +58,12 @@ def _scale(key, values):
     return "number" if all(isinstance(v, int) and not isinstance(v, bool) for v in values) else None
 
 
-def sweep_figure(records, x, group, counters, title="", unit=None):
+def sweep_figure(records, x, group, counters, title="", in_bytes=False):
     """A matplotlib Figure: one panel per counter in ``counters``, its value at every point that ran
     (y) against the point's ``x`` value, one line per combination of the ``group`` keys' values.
     Sizes are placed in bytes on a log2 axis labelled 16G, 256G, ...; other values that are not
-    integers are placed at 0, 1, ... in the order they were swept. ``unit`` labels every y axis
-    (default: each counter's own, :func:`~vmemcore.report.counter_unit`)."""
+    integers are placed at 0, 1, ... in the order they were swept. Each y axis names the counter's
+    unit (:func:`~vmemcore.report.counter_unit`; bytes for pages ``in_bytes``, as ``--bytes`` made them)."""
     from matplotlib.figure import Figure
 
     raw = {format_value(r["set"][x]): r["set"][x] for r in records}
@@ -83,7 +83,8 @@ def sweep_figure(records, x, group, counters, title="", unit=None):
             points = sorted(points, key=lambda r: position[format_value(r["set"][x])])
             panel.plot([position[format_value(r["set"][x])] for r in points], [r["counters"].get(counter, 0) for r in points],
                        marker="o", label=label)
-        panel.set_ylabel(f"{counter} ({unit or counter_unit(counter)})")
+        unit = counter_unit(counter)
+        panel.set_ylabel(f"{counter} ({'bytes' if in_bytes and unit == 'pages' else unit})")
         panel.set_xlabel(x)
         if scale == "size":
             panel.set_xscale("log", base=2)
