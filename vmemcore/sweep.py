@@ -89,7 +89,7 @@ def _record(index, point, result):
 @contextmanager
 def dask_client(scheduler=None, workers=None):
     """A :class:`distributed.Client` of the cluster at ``scheduler``, or of a local cluster of
-    ``workers`` single-threaded worker processes (default: one per CPU), closed on exit."""
+    ``workers`` single-threaded worker processes, closed on exit."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -101,7 +101,7 @@ def dask_client(scheduler=None, workers=None):
             yield client
         return
     # no dashboard, and its HTTP server (health checks) on a free port rather than 8787
-    with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True, host="127.0.0.1",
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
@@ -109,7 +109,8 @@ def dask_client(scheduler=None, workers=None):
 
 def run_sweep(path, text, axes, disabled=(), scheduler=None, workers=None, show_progress=False):
     """Run every point of ``axes`` over the scenario ``text`` (read from ``path``): the records in
-    point order. Points are validated here first; the valid ones run on the cluster."""
+    point order. Points are validated here first; the valid ones run on the cluster (a local one
+    has ``workers`` processes, default one per CPU, never more than there are points)."""
     registry = Registry(disabled=disabled)
     records, pending = {}, []
     for index, point in enumerate(points(axes)):
@@ -121,6 +122,7 @@ def run_sweep(path, text, axes, disabled=(), scheduler=None, workers=None, show_
     if pending:
         from distributed import as_completed
 
+        workers = min(workers or os.cpu_count() or 1, len(pending))
         with dask_client(scheduler, workers) as client, progress.bar("sweep", len(pending), show_progress) as advance:
             futures = {client.submit(run_point, text, path, point, tuple(disabled), pure=False): (index, point)
                        for index, point in pending}
