@@ -1,5 +1,6 @@
-"""The ``vmemcore`` command line: ``run``, ``blocks``, ``kpageflags`` and ``diagram`` of a scenario, ``arches``,
-``capabilities`` and ``conformance``; ``--json`` output goes through :mod:`vmemcore.jsonout`."""
+"""The ``vmemcore`` command line: ``run``, ``blocks``, ``kpageflags`` and ``diagram`` of a scenario,
+``compare`` and ``sweep`` of scenarios, ``arches``, ``capabilities`` and ``conformance``; ``--json``
+output goes through :mod:`vmemcore.jsonout`."""
 
 import argparse
 import os
@@ -8,7 +9,7 @@ from importlib.metadata import version
 
 import attrs
 
-from . import jsonout
+from . import jsonout, overrides, progress
 from .diagram import diagram, diagram_data, folio_title
 from .errors import BadRequest, PluginError, ScenarioError, VmemcoreError, did_you_mean
 from .geometry import describe_geometry
@@ -17,6 +18,7 @@ from .profiles import DEFAULT_PROFILE, PROFILES, get_profile, unknown_profile
 from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
                      kpageflags_report, kpageflags_runs, report)
 from .scenario import OPS, REQUIRED, RunError, load_scenario, run_scenario
+from .sweep import DEFAULT_COUNTERS
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLUGIN = 0, 1, 2, 3
 
@@ -106,13 +108,25 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('vmemcore')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    scenario = argparse.ArgumentParser(add_help=False, parents=[common])
+    running = argparse.ArgumentParser(add_help=False, parents=[common])
+    running.add_argument("--trace", action="store_true",
+                         help=f"trace every plugin hook call on stderr (same as {TRACE_ENV}=1)")
+    running.add_argument("--quiet", action="store_true", help="no progress on stderr (shown only on a terminal)")
+    scenario = argparse.ArgumentParser(add_help=False, parents=[running])
     scenario.add_argument("scenario", metavar="SCENARIO", help="a scenario TOML file (see examples/); - reads it from stdin")
-    scenario.add_argument("--trace", action="store_true",
-                          help=f"trace every plugin hook call on stderr (same as {TRACE_ENV}=1)")
+    setting = argparse.ArgumentParser(add_help=False)
+    setting.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                         help="set a scenario key before validation (repeatable): machine.kernel=7.1, "
+                              "memory[0].size=64G, steps[0].count=8; arch, variant, kernel alone mean "
+                              "machine.*; a value is TOML (8, true, \"16G\", { paging = \"5-level\" }) or else "
+                              "a string (16G, 6.10); a new arch drops the file's variant and features "
+                              "(docs/sweeps.md)")
+    for name in ("arch", "variant", "kernel"):
+        setting.add_argument(f"--{name}", metavar=name[0].upper(), help=f"same as --set machine.{name}={name[0].upper()}")
+    scenario_set = argparse.ArgumentParser(add_help=False, parents=[scenario, setting])
 
     run = sub.add_parser(
-        "run", parents=[scenario], help="validate and simulate a scenario file, print the counters",
+        "run", parents=[scenario_set], help="validate and simulate a scenario file, print the counters",
         description="Validate SCENARIO (nothing runs if it has an error), boot its machine, run its\n"
                     "steps and print the kernel-named counters and what each step changed.",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -124,7 +138,7 @@ def build_parser():
     run.set_defaults(func=_run)
 
     blocks = sub.add_parser(
-        "blocks", parents=[scenario], help="run a scenario, print its memory blocks",
+        "blocks", parents=[scenario_set], help="run a scenario, print its memory blocks",
         description="Run SCENARIO, then print its hot-added memory blocks as /sys/devices/system/memory\n"
                     "shows them: id, start, size, node, state, zone and the pages each hosts its\n"
                     "memmap in (memmap_on_memory); more than 16 blocks are collapsed into runs of\n"
@@ -136,7 +150,7 @@ def build_parser():
     blocks.set_defaults(func=_blocks)
 
     kpageflags = sub.add_parser(
-        "kpageflags", parents=[scenario], help="run a scenario, print the /proc/kpageflags of pfns",
+        "kpageflags", parents=[scenario_set], help="run a scenario, print the /proc/kpageflags of pfns",
         description="Run SCENARIO, then print the flags /proc/kpageflags reports for the pfns\n"
                     "[PFN, PFN+N), or for every pfn of a HugeTLB folio with runs of identical flags\n"
                     "collapsed (page-types style: pfn, flags in hex, symbolic names).",
@@ -154,7 +168,7 @@ def build_parser():
     kpageflags.set_defaults(func=_kpageflags)
 
     draw = sub.add_parser(
-        "diagram", parents=[scenario], help="run a scenario, draw a HugeTLB folio's vmemmap before and after HVO",
+        "diagram", parents=[scenario_set], help="run a scenario, draw a HugeTLB folio's vmemmap before and after HVO",
         description="Run SCENARIO, pick a HugeTLB folio and draw its vmemmap mapping before and\n"
                     "after HugeTLB Vmemmap Optimization, read from the simulated page tables. The side\n"
                     "that is not the current state is computed in a rolled-back transaction.",
@@ -164,6 +178,55 @@ def build_parser():
     draw.add_argument("--index", type=_number, default=0, help="the folio's position by head pfn (default 0)")
     draw.add_argument("--json", action="store_true", help="print both mappings as JSON instead of a drawing")
     draw.set_defaults(func=_diagram)
+
+    compare = sub.add_parser(
+        "compare", parents=[running, setting], help="run two scenarios (or one, set two ways), print counters side by side",
+        description="Run scenario A and scenario B (default: A again) and print every counter of both\n"
+                    "with the difference B - A, then what each step changed on each side. --set and\n"
+                    "the shortcuts apply to both sides, --a and --b to one, e.g.\n"
+                    "  vmemcore compare examples/x86_64-hvo-2M.toml --a kernel=6.12 --b kernel=7.1\n"
+                    "  vmemcore compare examples/x86_64-16G.toml examples/x86_64-2nodes-1T.toml",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("scenario", metavar="A", help="a scenario TOML file")
+    compare.add_argument("other", metavar="B", nargs="?", help="a second scenario TOML file (default: A)")
+    for side in ("a", "b"):
+        compare.add_argument(f"--{side}", action="append", default=[], metavar="KEY=VALUE", dest=f"sets_{side}",
+                             help=f"set a scenario key on side {side.upper()} only (repeatable; as --set)")
+    compare.add_argument("--json", action="store_true", help='print JSON ("schema": 1) instead of tables')
+    compare.set_defaults(func=_compare)
+
+    sweep = sub.add_parser(
+        "sweep", parents=[common], help="run a scenario at every combination of values of some keys, on Dask",
+        description="Run SCENARIO once per point of the product of the --set values, each point a full\n"
+                    "run, in parallel on a Dask cluster: a local one (one worker process per CPU, or\n"
+                    "--workers N) or the scheduler at --scheduler ADDRESS, whose workers must have\n"
+                    "vmemcore and the same plugins installed. Print one row per point (a table, --csv\n"
+                    "or --json lines), and with --plot a chart of counters against a swept key:\n"
+                    "  vmemcore sweep examples/x86_64-16G.toml --set machine.arch=x86_64,arm64,s390,powerpc \\\n"
+                    "      --set memory[0].size=16G,256G,4T --plot memmap.png\n"
+                    "A point whose keys do not validate (a variant the arch lacks) is 'invalid', one whose\n"
+                    "boot or a step fails is 'failed'; either is listed with its error and the sweep goes\n"
+                    "on. Exit 1 if a point did not run to the end, 2 if none was valid (docs/sweeps.md).",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("scenario", metavar="SCENARIO", help="a scenario TOML file (see examples/)")
+    sweep.add_argument("--set", action="append", required=True, metavar="KEY=V1,V2,...", dest="sets",
+                       help="a swept key and its values, split at commas outside quotes and braces (repeatable; "
+                            "keys and values as in run --set)")
+    sweep.add_argument("--y", metavar="COUNTER[,COUNTER]", help=f"the counters of the table and the plot (default {','.join(DEFAULT_COUNTERS)})")
+    sweep.add_argument("--bytes", action="store_true",
+                       help="counters counted in pages (names with pages or frames) in bytes: x each point's page size")
+    sweep.add_argument("--x", metavar="KEY", help="--plot: the key on the x axis (default: the first swept key of sizes or integers)")
+    sweep.add_argument("--group", metavar="KEY[,KEY]", help="--plot: one line per value of these keys (default: every other swept key)")
+    sweep.add_argument("--plot", metavar="FILE", help="draw the chart to FILE.png or FILE.svg")
+    output = sweep.add_mutually_exclusive_group()
+    output.add_argument("--csv", action="store_true", help="print CSV (every counter) instead of a table")
+    output.add_argument("--json", action="store_true", help='print JSON lines, one object ("schema": 1) per point')
+    sweep.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (tcp://HOST:PORT) instead of a local cluster")
+    sweep.add_argument("--workers", type=_number, metavar="N", help="local cluster: N worker processes (default: one per CPU)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar on stderr (shown only on a terminal)")
+    sweep.set_defaults(func=_sweep)
 
     selection = argparse.ArgumentParser(add_help=False, parents=[common])
     selection.add_argument("--variant", action="append", default=[], metavar="V", help="only this variant (repeatable)")
@@ -257,25 +320,74 @@ def _number(text):
     return value
 
 
-def _simulate(args):
-    """Validate and run the scenario of ``args``: ``(machine, step results)``."""
+def _simulate(args, path=None, settings=None):
+    """Validate and run the scenario of ``args`` (or ``path``) with the keys its options set (or
+    ``settings``): ``(machine, step results)``."""
+    path = path or args.scenario
+    if settings is None:
+        settings = overrides.command_line(args.sets, args.arch, args.variant, args.kernel)
     registry = Registry(disabled=args.disabled)
     try:
-        scenario = load_scenario(args.scenario, registry)
+        scenario = load_scenario(path, registry, settings)
     except OSError as error:
-        raise BadRequest(f"cannot read {args.scenario}: {error.strerror}") from None
+        raise BadRequest(f"cannot read {path}: {error.strerror}") from None
     for error in registry.errors:
         print(f"vmemcore: warning: {error}", file=sys.stderr)
     if args.trace:
         os.environ[TRACE_ENV] = "1"
-    return run_scenario(scenario, _announce if args.trace else None, registry,
-                        check_live_entries=getattr(args, "check_live_entries", False))
+    with progress.steps(scenario, progress.wanted(args.quiet)) as shown:
+        return run_scenario(scenario, (lambda step: (shown(step), _announce(step))) if args.trace else shown, registry,
+                            check_live_entries=getattr(args, "check_live_entries", False))
 
 
 def _run(args):
     data = report(*_simulate(args))
     print(jsonout.dumps(data) if args.json else format_report(data))
     return EXIT_OK
+
+
+def _compare(args):
+    from .compare import compare_reports, format_compare
+
+    if args.other is None and not (args.sets_a or args.sets_b):
+        raise BadRequest("compare needs a second scenario B, or --a/--b keys that make the two sides differ")
+    both = overrides.command_line(args.sets, args.arch, args.variant, args.kernel)
+    sides = [(path, both + [overrides.override(text, f"--{side}") for text in sets])
+             for side, path, sets in (("a", args.scenario, args.sets_a), ("b", args.other or args.scenario, args.sets_b))]
+    data = compare_reports(*(report(*_simulate(args, path, settings)) for path, settings in sides), sides)
+    print(jsonout.dumps(data) if args.json else format_compare(data))
+    return EXIT_OK
+
+
+def _sweep(args):
+    from . import plot, sweep
+
+    axes = sweep.axes_of(args.sets)
+    counters = args.y.split(",") if args.y else list(DEFAULT_COUNTERS)
+    if args.plot:
+        plot.check_format(args.plot)
+        x, group = plot.plot_axes(axes, args.x, args.group.split(",") if args.group else None)
+    try:
+        with open(args.scenario, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as error:
+        raise BadRequest(f"cannot read {args.scenario}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise BadRequest(f"{args.scenario}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    records = sweep.run_sweep(args.scenario, text, axes, args.disabled, args.scheduler, args.workers,
+                              progress.wanted(args.quiet))
+    sweep.check_counters(records, counters)
+    if args.bytes:
+        records = sweep.in_bytes(records)
+    print(sweep.format_json_lines(records) if args.json else sweep.format_csv(records) if args.csv
+          else sweep.format_table(records, counters))
+    if args.plot:
+        plot.sweep_figure(records, x, group, counters, args.scenario, args.bytes).savefig(args.plot)
+    bad = [r for r in records if r["status"] != "ok"]
+    if bad:
+        print(f"vmemcore: error: {len(bad)} of {len(records)} points did not run to the end (their errors are in "
+              "the output)", file=sys.stderr)
+    return EXIT_INVALID if all(r["status"] == "invalid" for r in records) else EXIT_FAILED if bad else EXIT_OK
 
 
 def _blocks(args):

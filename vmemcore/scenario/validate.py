@@ -8,6 +8,7 @@ import tomllib
 from ..config import ConfigValidator, type_name
 from ..errors import ScenarioError, did_you_mean
 from ..geometry import SUBSECTION_SHIFT
+from ..overrides import apply_overrides, origin_of
 from ..physmem import Zone
 from ..plugins import Registry
 from ..units import format_size
@@ -18,9 +19,10 @@ from .spec import Scenario, Step
 _TOP_KEYS = ("machine", "memory", "hugetlb", "hotplug", "steps")
 
 
-def load_scenario(path, registry=None) -> Scenario:
+def load_scenario(path, registry=None, overrides=()) -> Scenario:
     """Read and validate the scenario file at ``path``, standard input when ``"-"`` (its messages
-    then say ``<stdin>``); nothing is simulated."""
+    then say ``<stdin>``), with the keys ``overrides`` set (:mod:`vmemcore.overrides`); nothing is
+    simulated."""
     if str(path) == "-":
         data, path = sys.stdin.buffer.read(), "<stdin>"
     else:
@@ -30,11 +32,12 @@ def load_scenario(path, registry=None) -> Scenario:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ScenarioError("file", f"not UTF-8 text ({error.reason} at byte {error.start})", path=str(path)) from None
-    return parse_scenario(text, path=str(path), registry=registry)
+    return parse_scenario(text, path=str(path), registry=registry, overrides=overrides)
 
 
-def parse_scenario(text, path=None, registry=None) -> Scenario:
-    """Validate scenario ``text``; ``registry`` (default: a fresh :class:`Registry`) finds the arch."""
+def parse_scenario(text, path=None, registry=None, overrides=()) -> Scenario:
+    """Validate scenario ``text`` with the :class:`~vmemcore.overrides.Override` values set;
+    ``registry`` (default: a fresh :class:`Registry`) finds the arch."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -44,18 +47,23 @@ def parse_scenario(text, path=None, registry=None) -> Scenario:
         if found:
             message = message[: found.start()].strip() + f" (column {found.group(2)})"
         raise ScenarioError("syntax", message, line, path) from None
-    return _Validator(text, path, registry or Registry()).scenario(doc)
+    apply_overrides(doc, overrides, path)
+    return _Validator(text, path, registry or Registry(), overrides).scenario(doc)
 
 
 class _Validator(ConfigValidator):
     """Turns the parsed TOML document into a :class:`Scenario`, raising at the first error."""
 
-    def __init__(self, text, path, registry):
+    def __init__(self, text, path, registry, overrides=()):
         super().__init__(registry)
         self.locator = Locator(text)
         self.path = path
+        self.overrides = overrides
 
     def error(self, key, message):
+        origin = origin_of(self.overrides, key)
+        if origin:  # the value came from the command line: no line of the file to name
+            return ScenarioError(key, f"{message} ({origin})", None, self.path)
         return ScenarioError(key, message, self.locator.line(key), self.path)
 
     def block(self, key, value):
