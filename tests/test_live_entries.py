@@ -293,3 +293,16 @@ def test_run_check_live_entries_reports_per_step_and_function(capsys):
     assert "live entries" not in text and "caveat: HVO changes the output address" in text
     assert main(["run", "--check-live-entries", example]) == 0
     assert "live entries  15 violation(s) of the rule: arm64 pgattr_change_is_safe()" in capsys.readouterr().out
+
+
+def test_bbml2_suits_the_designs_whose_tails_share_a_page_of_tails():
+    """5.14 kept two vmemmap pages and mapped the tails onto the second (plain tail struct pages):
+    identical contents, so FEAT_BBM level 2 covers it; 6.12 maps them onto the head's page: not."""
+    counts = {}
+    for kernel in ("5.14", "6.12", "7.1"):
+        m = _hvo("arm64", "4K-48", kernel=kernel, strategy="bbml2")
+        m.hugetlb.resize("2M", 4)
+        m.hugetlb.resize("2M", 0)
+        counts[kernel] = m.live_entries.count
+    # 6.12: 4 pages x 7 tails moved onto the head's page at optimize, and back at restore
+    assert counts == {"5.14": 0, "6.12": 2 * 4 * 7, "7.1": 0}
