@@ -13,7 +13,7 @@ from .geometry import describe_geometry
 from .plugins import TRACE_ENV, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
-                     kpageflags_report, kpageflags_runs, report)
+                     kpageflags_lines, kpageflags_report, kpageflags_runs, report)
 from .scenario import OPS, REQUIRED, RunError, load_scenario, run_scenario
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLUGIN = 0, 1, 2, 3
@@ -275,7 +275,16 @@ def _kpageflags(args):
     machine, _ = _simulate(args)
     folio = failure = None
     if args.hugetlb is None:
-        runs = kpageflags_runs(machine, args.pfn, args.count, collapse=False)
+        end = machine.structpages.max_dump_pfn()
+        if args.pfn >= end:
+            raise BadRequest(f"--pfn {args.pfn:#x}: /proc/kpageflags ends at pfn {end:#x} (max_pfn rounded up to a section)")
+        if args.pfn + args.count > end:
+            print(f"vmemcore: note: /proc/kpageflags ends at pfn {end:#x}: {end - args.pfn:,} pfns shown", file=sys.stderr)
+        if not args.json:
+            for line in kpageflags_lines(machine, args.pfn, args.count):
+                print(line)
+            return EXIT_OK
+        runs = kpageflags_runs(machine, args.pfn, args.count)
     else:
         hstate, folio = _folio(machine, args.hugetlb, args.index)
         runs = kpageflags_runs(machine, folio.head, 1 << folio.order)

@@ -3,17 +3,25 @@ the memory blocks (``hotplug_report``, ``format_blocks``); and the ``/proc/kpage
 range of pfns (``kpageflags_runs``, ``format_kpageflags``)."""
 
 import attrs
+import numpy as np
 
 from . import structpage
-from .physmem import MOVABLE, NORMAL
+from .hotplug import BlockState
+from .hvo import optimizable_pages
+from .pagetable import LEAF, PRESENT
+from .physmem import MOVABLE, NORMAL, Use
+from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
 from .structpage import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE
 from .units import format_size, human_size
 
 
 def counter_unit(name) -> str:
-    """What a counter counts: "pages" (of the machine's page size), "bytes", or a plain "count"."""
+    """What a counter counts: "pages" (of the machine's page size), "bytes", or a plain "count"
+    (HugeTLB pages are counted, not sized in base pages)."""
     if "bytes" in name:
         return "bytes"
+    if "hugepages" in name:
+        return "count"
     if "pages" in name or name.endswith("_frames"):
         return "pages"
     return "count"
@@ -25,6 +33,7 @@ def report(machine, steps=()) -> dict:
     ``steps`` are the :class:`vmemcore.scenario.StepResult` values of the run.
     """
     counters = {name: int(value) for name, value in machine.counters().items()}
+    offline = _offline_pages(machine)
     return {
         "machine": {
             "arch": machine.arch.name,
@@ -39,15 +48,138 @@ def report(machine, steps=()) -> dict:
             "memory": [{"node": r.node, "start": r.start, "size": r.size} for r in machine.memory],
         },
         "nodes": [
-            {"node": node, "present_pages": machine.physmem.present_pages(node), "free_pages": machine.physmem.free_pages(node)}
+            {"node": node, "present_pages": machine.physmem.present_pages(node), "free_pages": machine.physmem.free_pages(node),
+             "offline_pages": offline.get(node, 0)}
             for node in machine.physmem.node_ids
         ],
+        "derived": derived(machine),
         "hugetlb": hugetlb_report(machine.hugetlb),
         "hotplug": hotplug_report(machine),
         "counters": counters,
         "counter_units": {name: counter_unit(name) for name in counters},
         "steps": [attrs.asdict(step) for step in steps],
     }
+
+
+def _offline_pages(machine) -> dict:
+    """{node: pages of its offline memory blocks}: present, but neither used nor free."""
+    out = {}
+    for block in machine.hotplug.blocks.values():
+        if block.state is BlockState.OFFLINE:
+            out[block.node] = out.get(block.node, 0) + block.nr_pages
+    return out
+
+
+def derived(machine) -> dict:
+    """The figures people compute from the counters, in bytes (shares in percent of the memory
+    present, as /proc/meminfo's MemTotal-based figures are read):
+
+    - ``memory``: present, online, offline (hot-added blocks not online), free, and used = online
+      - free, so offline memory is never "used";
+    - ``memmap``: boot (``nr_memmap_boot_pages``), runtime (``nr_memmap_pages``) and, within
+      runtime, the self-hosted memmap of hot-added blocks (memmap_on_memory), each with its share;
+    - ``pagetables``: the frames holding vmemmap page tables;
+    - ``hvo``: vmemmap pages optimized folios do without (``hugetlb_vmemmap_optimizable_size``
+      each) net of what HVO added: a PTE table per split PMD (``vmemmap_split_pmd``) and 7.1's
+      shared tail pages (docs/kernel-map.md#hugetlb-sizes-and-hvo);
+    - ``nodes``: per node, its memmap and the page tables mapping it, on the node itself or off it
+      (or on a device, for an altmap on device memory).
+    """
+    page = machine.geometry.page_size
+    counters = machine.stats
+    present = machine.physmem.present_pages() * page
+    offline = sum(_offline_pages(machine).values()) * page
+    free = machine.physmem.free_pages() * page
+
+    def share(nbytes):
+        return {"bytes": nbytes, "percent_of_ram": 100 * nbytes / present if present else 0.0}
+
+    boot, runtime = counters[NR_MEMMAP_BOOT_PAGES] * page, counters[NR_MEMMAP_PAGES] * page
+    return {
+        "memory": {"present": present, "online": present - offline, "offline": offline, "free": free,
+                   "used": present - offline - free},
+        "memmap": {"total": share(boot + runtime), "boot": share(boot), "runtime": share(runtime),
+                   "self_hosted": share(_self_hosted_memmap(machine) * page)},
+        "pagetables": share(machine.physmem.pages_owned(Use.PAGETABLE) * page),
+        "hvo": _hvo_saving(machine),
+        "nodes": _placement(machine),
+    }
+
+
+def _self_hosted_memmap(machine) -> int:
+    """Memmap frames inside the hot-added blocks they describe (memmap_on_memory)."""
+    hotplug, frames = machine.hotplug, machine.physmem.frames
+    return sum(e - s for b in hotplug.blocks.values()
+               for s, e, owner in frames.items(b.start_pfn, b.start_pfn + hotplug.self_hosted_pages(b))
+               if owner.use is Use.MEMMAP)
+
+
+def _hvo_saving(machine) -> dict:
+    """What HVO saves now: ``optimizable_pages`` per optimized folio, less the PTE tables of split
+    PMDs (never merged back) and 7.1's shared tail pages."""
+    page = machine.geometry.page_size
+    hugetlb = machine.hugetlb
+    optimized = {h.name: sum(map(hugetlb.hvo.is_optimized, h.folios)) for _, h in sorted(hugetlb.hstates.items())}
+    saved = sum(optimizable_pages(machine, h.order) * optimized[h.name] for h in hugetlb.hstates.values())
+    splits = machine.stats["hvo_pmd_splits"]
+    pte_bytes = splits * machine.geometry.levels[-1].alloc_bytes
+    tails = len(hugetlb.hvo.tail_pages)
+    return {"optimized_folios": {name: n for name, n in optimized.items() if n},
+            "vmemmap_bytes_freed": saved * page, "split_pmds": splits, "pte_table_bytes_added": pte_bytes,
+            "shared_tail_bytes": tails * page, "net_saved_bytes": saved * page - pte_bytes - tails * page}
+
+
+def _placement(machine) -> list:
+    """Per node of the memory described: memmap and page-table bytes on that node, off it, and
+    (memmap only) on device memory. A frame several entries map (HVO, device-dax dedup) counts once."""
+    page_shift = machine.geometry.page_shift
+    sparse = machine.sparse_geometry
+    sections = machine.sparse.sections.items()
+    present = machine.physmem.nodes.items()
+
+    def lookup(extents, keys):
+        starts = np.array([s for s, _, _ in extents], dtype=np.int64)
+        ends = np.array([e for _, e, _ in extents], dtype=np.int64)
+        values = np.array([v if isinstance(v, int) else v.node for _, _, v in extents], dtype=np.int64)
+        i = np.searchsorted(starts, keys, side="right") - 1
+        inside = (i >= 0) & (keys < ends[np.maximum(i, 0)])
+        return np.where(inside, values[np.maximum(i, 0)], -1)
+
+    def described(offsets):  # the node of the section whose struct pages sit at these vmemmap offsets
+        pfns = offsets // sparse.struct_page_size
+        return lookup(sections, pfns >> sparse.pfn_section_shift) if sections else np.full(len(pfns), -1)
+
+    frames, counts, owners, tables = [], [], [], []
+    for table in machine.pagetable.all_tables():
+        present_entries = np.flatnonzero(table.flags & PRESENT)
+        if table.pfn is not None and len(present_entries):
+            tables.append((table.pfn, table.va(int(present_entries[0])) - sparse.vmemmap_base, table.level.alloc_bytes))
+        leaves = np.flatnonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF))
+        if len(leaves):
+            offsets = (table.base - sparse.vmemmap_base) + (leaves.astype(np.int64) << table.level.shift)
+            frames.append(table.pfns[leaves])
+            counts.append(np.full(len(leaves), table.level.entry_span >> page_shift))
+            owners.append(described(offsets))
+    out = {}
+
+    def add(node, key, where, nbytes):
+        entry = out.setdefault(int(node), {"memmap": {"on_node": 0, "off_node": 0, "on_device": 0},
+                                           "pagetables": {"on_node": 0, "off_node": 0}})
+        entry[key][where] += int(nbytes)
+
+    if frames:
+        frames, first = np.unique(np.concatenate(frames), return_index=True)
+        counts, owners = np.concatenate(counts)[first], np.concatenate(owners)[first]
+        homes = lookup(present, frames) if present else np.full(len(frames), -1)
+        for owner, home, count in zip(owners.tolist(), homes.tolist(), counts.tolist()):
+            add(owner, "memmap", "on_device" if home < 0 else "on_node" if home == owner else "off_node", count << page_shift)
+    if tables:
+        pfns = np.array([pfn for pfn, _, _ in tables], dtype=np.int64)
+        homes = lookup(present, pfns) if present else np.full(len(pfns), -1)
+        owners = described(np.array([offset for _, offset, _ in tables], dtype=np.int64))
+        for owner, home, (_, _, nbytes) in zip(owners.tolist(), homes.tolist(), tables):
+            add(owner, "pagetables", "on_node" if home == owner else "off_node", nbytes)
+    return [{"node": node} | out[node] for node in sorted(out)]
 
 
 def hugetlb_report(hugetlb) -> dict:
@@ -129,6 +261,38 @@ def id_ranges(ids) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
+def percent(value) -> str:
+    """A share in percent, to four decimals at most: "1.5625%", "0.0003%", "<0.0001%"."""
+    if value and value < 0.0001:
+        return "<0.0001%"
+    return f"{value:.4f}".rstrip("0").rstrip(".") + "%"
+
+
+def _derived_lines(data):
+    """The :func:`derived` figures, a line per kind and one per node."""
+    mem, memmap, hvo = data["memory"], data["memmap"], data["hvo"]
+    lines = [
+        "RAM       " + ", ".join(f"{human_size(mem[k])} {k}" for k in ("present", "online", "offline", "used", "free")),
+        f"memmap    {human_size(memmap['total']['bytes'])} = {percent(memmap['total']['percent_of_ram'])} of RAM: "
+        + ", ".join(f"{k.replace('_', '-')} {human_size(memmap[k]['bytes'])} ({percent(memmap[k]['percent_of_ram'])})"
+                    for k in ("boot", "runtime", "self_hosted")),
+        f"tables    {human_size(data['pagetables']['bytes'])} of vmemmap page tables = "
+        f"{percent(data['pagetables']['percent_of_ram'])} of RAM",
+    ]
+    if hvo["split_pmds"] or hvo["optimized_folios"]:
+        folios = ", ".join(f"{n:,} x {size}" for size, n in hvo["optimized_folios"].items()) or "no folios"
+        tails = f", {human_size(hvo['shared_tail_bytes'])} of shared tail pages" if hvo["shared_tail_bytes"] else ""
+        lines.append(f"HVO       net saving {human_size(hvo['net_saved_bytes'])}: {human_size(hvo['vmemmap_bytes_freed'])} of "
+                     f"vmemmap freed ({folios} optimized), less {human_size(hvo['pte_table_bytes_added'])} of PTE tables "
+                     f"for {hvo['split_pmds']:,} split PMDs{tails}")
+    for n in data["nodes"]:
+        where = [f"{what} {human_size(n[key]['on_node'])} on node, {human_size(n[key]['off_node'])} off node"
+                 for what, key in (("memmap", "memmap"), ("page tables", "pagetables"))]
+        device = f", memmap {human_size(n['memmap']['on_device'])} on device memory" if n["memmap"]["on_device"] else ""
+        lines.append(f"node {n['node']}    for its memory: {'; '.join(where)}{device}")
+    return lines
+
+
 def _hugetlb_lines(data):
     support = data["support"]
     if not support["supported"]:
@@ -199,9 +363,11 @@ def format_report(data) -> str:
         end = r["start"] + r["size"]
         lines.append(f"memory    node {r['node']}  [{r['start']:#x}, {end:#x})  {human_size(r['size'])}")
     for n in data["nodes"]:
-        used = n["present_pages"] - n["free_pages"]
+        used = n["present_pages"] - n["offline_pages"] - n["free_pages"]
+        offline = f", {n['offline_pages']:,} offline" if n["offline_pages"] else ""
         lines.append(f"node {n['node']}    {n['present_pages']:,} pages present, {used:,} used ({human_size(used * page)}), "
-                     f"{n['free_pages']:,} free")
+                     f"{n['free_pages']:,} free{offline}")
+    lines += _derived_lines(data["derived"])
     lines += _hugetlb_lines(data["hugetlb"])
     lines += _zone_lines(data["hotplug"]["zones"], page)
     lines += ["", "counters"]
@@ -232,16 +398,41 @@ def kpageflag_names(flags) -> list:
     return [KPF_NAMES.get(bit, f"bit{bit}") for bit in range(flags.bit_length()) if flags >> bit & 1]
 
 
+KPAGEFLAGS_CHUNK = 1 << 16  # pfns read at a time: memory stays bounded however many are asked for
+
+
+def iter_kpageflags(machine, pfn, count):
+    """``(pfn, flags)`` for ``[pfn, pfn + count)``, read a chunk at a time as ``kpageflags_read``
+    loops; it stops where ``/proc/kpageflags`` ends (``StructPages.max_dump_pfn``)."""
+    end = pfn + count
+    while pfn < end:
+        flags = machine.structpages.kpageflags_range(pfn, min(KPAGEFLAGS_CHUNK, end - pfn))
+        if not flags:
+            return
+        yield from enumerate(flags, pfn)
+        pfn += len(flags)
+
+
 def kpageflags_runs(machine, pfn, count, collapse=True) -> list:
     """``[start, nr_pfns, flags]`` for ``[pfn, pfn + count)``: one per pfn, or with ``collapse``
     one per run of consecutive pfns whose flags are identical."""
     runs = []
-    for p, flags in enumerate(machine.structpages.kpageflags_range(pfn, count), pfn):
+    for p, flags in iter_kpageflags(machine, pfn, count):
         if collapse and runs and runs[-1][2] == flags:
             runs[-1][1] += 1
         else:
             runs.append([p, 1, flags])
     return runs
+
+
+def kpageflags_lines(machine, pfn, count):
+    """:func:`format_kpageflags` of the uncollapsed runs of ``[pfn, pfn + count)``, line by line
+    as they are read, so a long range streams instead of being held whole."""
+    last = min(pfn + count, machine.structpages.max_dump_pfn()) - 1
+    wide = max(len("pfn"), len(f"{last:#x}"))
+    yield f"{'pfn':<{wide}}  {'flags':<18}  symbolic-flags"
+    for p, flags in iter_kpageflags(machine, pfn, count):
+        yield f"{p:<#{wide}x}  {flags:#018x}  {_names(flags)}"
 
 
 def check_folio_flags(head, runs):

@@ -16,9 +16,9 @@ class Counters:
         if not delta:
             return
         existed, old = name in self._values, self._values.get(name, 0)
+        self._values[name] = old + delta
         if self.journal is not None and self.journal.active:
             self.journal.record(lambda: self._values.__setitem__(name, old) if existed else self._values.pop(name))
-        self._values[name] = old + delta
 
     def __getitem__(self, name):
         return self._values.get(name, 0)

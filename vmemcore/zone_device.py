@@ -131,8 +131,9 @@ class ZoneDevice:
 
     def _put(self, key, pagemap):
         """``self.pagemaps[key] = pagemap`` (None: delete), journaled."""
-        self.machine.journal.record(lambda old=self.pagemaps.get(key): self._set(key, old))
+        old = self.pagemaps.get(key)
         self._set(key, pagemap)
+        self.machine.journal.record(lambda: self._set(key, old))
 
     def _set(self, key, pagemap):
         if pagemap is None:

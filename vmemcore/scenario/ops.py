@@ -55,6 +55,17 @@ def _each_block(machine, args, action):
     return {"blocks": ids}
 
 
+def _offline(machine, args):
+    """Offline the blocks; the result says how many free HugeTLB pages offlining dissolved, which
+    is why ``nr_hugepages_<size>`` falls."""
+    dissolved = {}
+    ids = _block_ids(machine, args)
+    for block in ids:
+        for size, count in machine.hotplug.offline(block).items():
+            dissolved[size] = dissolved.get(size, 0) + count
+    return {"blocks": ids} | {f"dissolved_hugepages_{size}": count for size, count in dissolved.items()}
+
+
 def _hot_add(machine, args):
     result = machine.hotplug.add_memory(args["start"], args["size"], args["node"], args["memmap_on_memory"])
     return attrs.asdict(result) | {"blocks": list(result.blocks)}
@@ -96,8 +107,7 @@ OPS = {
            lambda m, a: _each_block(m, a, lambda block: m.hotplug.online(block, a["zone"])),
            "online a memory block, or every block of start+size, into ZONE_NORMAL or ZONE_MOVABLE",
            sections=True),
-        Op("hotplug.offline", dict(_BLOCKS),
-           lambda m, a: _each_block(m, a, m.hotplug.offline),
+        Op("hotplug.offline", dict(_BLOCKS), _offline,
            "offline a memory block, or every block of start+size (-EBUSY if pages in it are in use)",
            sections=True),
         Op("hotplug.remove", dict(_RANGE), _hot_remove,
