@@ -206,6 +206,9 @@ def main(argv=None):
     except PluginError as error:
         _error(error)
         return EXIT_PLUGIN
+    except MemoryError:  # this computer's memory, not the simulated machine's (that is OutOfMemory)
+        _error("the simulator itself ran out of memory; the operation was rolled back")
+        return EXIT_FAILED
 
 
 def _error(message):

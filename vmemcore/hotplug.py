@@ -327,9 +327,9 @@ class Hotplug:
                                  "memory block size (-EINVAL)")
             first, count = start // page, size // page
             ids = range(first // self.block_pages, (first + count) // self.block_pages)
-            missing = [i for i in ids if i not in self.blocks]
-            if missing:
-                raise BadRequest(f"memory block {missing[0]} was never added (-EINVAL)")
+            missing = next((i for i in ids if i not in self.blocks), None)  # ids may be a huge range
+            if missing is not None:
+                raise BadRequest(f"memory block {missing} was never added (-EINVAL)")
             blocks = [self.blocks[i] for i in ids]
             online = [b.id for b in blocks if b.state is BlockState.ONLINE]
             if online:

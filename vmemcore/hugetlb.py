@@ -131,7 +131,10 @@ class HugeTLB:
         self._record(lambda: h.folios.__setitem__(head, old))
 
     def _push_free(self, h, folio):
-        stack = h.free_lists.setdefault(folio.node, [])
+        stack = h.free_lists.get(folio.node)
+        if stack is None:
+            stack = h.free_lists[folio.node] = []
+            self._record(lambda: h.free_lists.pop(folio.node))
         stack.append(folio.head)
         self._record(stack.pop)
 

@@ -292,6 +292,8 @@ class StructPages:
         like ``kpageflags_read``, the list stops at :meth:`max_dump_pfn`."""
         self.machine.rules.pfn("pfn", start)
         count = max(0, min(self.machine.rules.count("count", count), self.max_dump_pfn() - start))
+        if not count:
+            return []
         pages = self.read_range(start, count + 1)
         heads = self._heads(start, pages)
         head_pages = {}

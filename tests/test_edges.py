@@ -1,0 +1,264 @@
+"""The edges of issue 12: bad input through the Python API is refused by the scenario's own rules,
+files that are no scenario are refused, a node without memory goes, the journal undoes only what
+was done, check() sees orphan HugeTLB frames, and an absurd pool size stops where memory does."""
+
+import pytest
+
+from vmemcore import BadRequest, Machine
+from vmemcore.cli import main
+from vmemcore.physmem import Use
+from vmemcore.scenario.validate import MAX_SCENARIO_BYTES
+from vmemcore.zone_device import add_devdax_step
+from vmemcore.units import GiB, MiB
+
+from scenario_helpers import EXAMPLES, HEAD, scenario_error
+
+
+def small(**keywords):
+    return Machine("x86_64", memory=[{"size": 1 * GiB}], **keywords)
+
+
+# ---------------------------------------------------------------------------- the API's arguments
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.add_memmap(-512, 512), "pfn: pfn -512 is negative"),
+    (lambda m: m.add_memmap("x", 512), "pfn: must be a page frame number (integer), got string 'x'"),
+    (lambda m: m.add_memmap(1 << 18, 512, node=-1), "node: node -1 is negative"),
+    (lambda m: m.remove_memmap(1 << 18, -512), "nr_pages: count -512 is negative"),
+    (lambda m: m.populate_section_memmap(1 << 18, 1.5), "nr_pages: must be a count (integer), got float 1.5"),
+    (lambda m: m.depopulate_section_memmap(None, 512), "pfn: must be a page frame number (integer), got NoneType None"),
+    (lambda m: m.hotplug.add_memory(-128 * MiB, 128 * MiB), "start: size -134217728 is negative"),
+    (lambda m: m.hotplug.add_memory(4 * GiB, 128 * MiB, node=-1), "node: node -1 is negative"),
+    (lambda m: m.hotplug.add_memory(4 * GiB, 128 * MiB, memmap_on_memory="no"),
+     "memmap_on_memory: must be true or false, got string 'no'"),
+    (lambda m: m.hotplug.remove_memory(4 * GiB, 1 << 70), "memory block 32 was never added"),
+    (lambda m: m.hotplug.online("x"), "block: must be a memory block id (integer), got string 'x'"),
+    (lambda m: m.hotplug.online(32, zone="fast"), "zone: must be 'normal' or 'movable', got string 'fast'"),
+    (lambda m: m.hotplug.offline(-3), "block: memory block -3 is negative"),
+    (lambda m: m.hugetlb.resize("2M", 1.5), "count: must be a count (integer), got float 1.5"),
+    (lambda m: m.hugetlb.resize("3M", 1), "size: 3M cannot be a HugeTLB page size"),
+    (lambda m: m.hugetlb.set_optimize_vmemmap("yes"), "enabled: must be true or false, got string 'yes'"),
+    (lambda m: add_devdax_step(m, 8 * GiB, 1 * GiB, node=-1), "node: node -1 is negative"),
+    (lambda m: add_devdax_step(m, 8 * GiB, 1 * GiB, align=[2]), "align: size [2] is neither an integer nor a string"),
+    (lambda m: m.structpages.kpageflags_range(-1, 4), "pfn: pfn -1 is negative"),
+])
+def test_bad_api_arguments_are_bad_requests_that_change_nothing(call, message):
+    m = small()
+    before = m.snapshot()
+    with pytest.raises(BadRequest, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        call(m)
+    assert m.snapshot() == before
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"features": {"pse": "no"}}, "machine.features.pse: must be true or false, got string 'no'"),
+    ({"memory": 5}, "memory: must be a non-empty array of tables"),
+    ({"memory": [{"size": "1G", "node": -1}]}, "memory[0].node: node -1 is negative"),
+    ({"arch": 5}, "machine.arch: must be a string, got integer 5"),
+])
+def test_bad_machine_keywords_are_bad_requests(keywords, message):
+    with pytest.raises(BadRequest) as info:
+        Machine(**({"memory": [{"size": "1G"}]} | keywords))
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("step, call", [
+    ('op = "memmap.add"\nstart = "64G"\nsize = "2M"\nnode = -1', lambda m: m.add_memmap(64 * GiB >> 12, 512, node=-1)),
+    ('op = "hugetlb.resize"\nsize = "2M"\ncount = -4', lambda m: m.hugetlb.resize("2M", -4)),
+    ('op = "hugetlb.resize"\nsize = "3M"\ncount = 1', lambda m: m.hugetlb.resize("3M", 1)),
+    ('op = "hotplug.online"\nblock = 512\nzone = "fast"', lambda m: m.hotplug.online(512, "fast")),
+    ('op = "hugetlb.optimize_vmemmap"\nenabled = "on"', lambda m: m.hugetlb.set_optimize_vmemmap("on")),
+])
+def test_the_api_and_the_scenario_give_one_message(step, call):
+    """One set of rules: the scenario's error is the API's, with the step's key path and line."""
+    scenario = scenario_error(HEAD + "[[steps]]\n" + step + "\n")
+    with pytest.raises(BadRequest) as api:
+        call(Machine("x86_64", memory=[{"size": "16G"}]))
+    key, _, message = str(api.value).partition(": ")
+    assert str(scenario).endswith(f"steps[0].{key}: {message}")
+
+
+# ---------------------------------------------------------------------------------- files
+
+def test_a_device_is_not_a_scenario(capsys):
+    assert main(["run", "/dev/zero"]) == 2  # was a MemoryError: read() of an endless file
+    assert capsys.readouterr().err == "vmemcore: error: /dev/zero: file: not a regular file or a pipe\n"
+
+
+def test_an_oversized_file_is_not_a_scenario(tmp_path, capsys):
+    path = tmp_path / "big.toml"
+    path.write_text((EXAMPLES / "x86_64-16G.toml").read_text() + "#" * MAX_SCENARIO_BYTES)
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err == f"vmemcore: error: {path}: file: longer than 4 MiB: not a scenario\n"
+
+
+# ---------------------------------------------------------------------------------- nodes
+
+def test_removing_the_memory_of_a_new_node_removes_the_node():
+    """try_offline_node: a node left with no present pages goes offline (mm/memory_hotplug.c)."""
+    m = Machine("x86_64", memory=[{"size": 16 * GiB}])
+    m.hotplug.add_memory(64 * GiB, 256 * MiB, node=1)
+    assert m.physmem.node_ids == [0, 1]
+    m.check()
+    m.hotplug.remove_memory(64 * GiB, 256 * MiB)
+    assert m.physmem.node_ids == [0]  # was [0, 1]
+    m.check()
+    m.hotplug.add_memory(64 * GiB, 256 * MiB, node=1)  # and it can come back
+    assert m.physmem.node_ids == [0, 1]
+
+
+def test_a_failed_remove_keeps_the_node():
+    m = Machine("x86_64", memory=[{"size": 16 * GiB}])
+    m.hotplug.add_memory(64 * GiB, 128 * MiB, node=1)
+    before = m.snapshot()
+    with pytest.raises(ZeroDivisionError):
+        with m.transaction():
+            m.physmem.hot_remove(64 * GiB >> 12, (64 * GiB + 128 * MiB) >> 12)
+            assert m.physmem.node_ids == [0]
+            1 / 0
+    assert m.snapshot() == before and m.physmem.node_ids == [0, 1]
+
+
+def test_check_compares_nodes_with_memory_present():
+    m = small()
+    m.physmem._free_map(3)  # a node without memory
+    with pytest.raises(AssertionError, match=r"nodes \[0, 3\] but memory present on nodes \[0\]"):
+        m.check()
+
+
+# ---------------------------------------------------------------------------------- check()
+
+def test_check_finds_hugetlb_frames_outside_the_pools():
+    m = small()
+    m.hugetlb.resize("2M", 4)
+    m.check()
+    m.physmem.alloc(2048, 0, Use.HUGETLB)  # 2,048 frames owned by HugeTLB, in no pool
+    with pytest.raises(AssertionError, match="hugetlb frames mapped"):
+        m.check()
+
+
+def test_check_finds_a_folio_whose_frames_are_not_hugetlb():
+    m = small()
+    m.hugetlb.resize("2M", 4)
+    head = next(iter(m.hugetlb.hstate("2M").folios))
+    m.physmem.release(head, 512)
+    with pytest.raises(AssertionError, match="hugetlb frames mapped"):
+        m.check()
+
+
+# ---------------------------------------------------------------------------------- journal
+
+class FailingDict(dict):
+    """A pool dict whose n-th store raises MemoryError before storing."""
+
+    def __init__(self, items, fail_at):
+        super().__init__(items)
+        self.stores, self.fail_at = 0, fail_at
+
+    def __setitem__(self, key, value):
+        self.stores += 1
+        if self.stores == self.fail_at:
+            raise MemoryError
+        super().__setitem__(key, value)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 100, 256])
+def test_a_memory_error_while_growing_a_pool_is_undone_completely(fail_at):
+    """HugeTLB._put recorded its undo (a pop) before storing: a MemoryError in the store made the
+    rollback raise KeyError and stop half-way."""
+    m = small(hugetlb={"optimize_vmemmap": True})
+    m.hugetlb.resize("2M", 8)
+    h = m.hugetlb.hstate("2M")
+    before = m.snapshot()
+    h.folios = FailingDict(h.folios, fail_at)
+    with pytest.raises(MemoryError):
+        m.hugetlb.resize("2M", 300)
+    assert h.folios.stores == fail_at
+    h.folios = dict(h.folios)
+    assert m.snapshot() == before
+    m.check()
+
+
+def grow_pool(m):
+    m.hugetlb.resize("2M", 16)
+
+
+def hot_add_and_online(m):
+    m.hotplug.add_memory(4 * GiB, 256 * MiB, memmap_on_memory=True)
+    m.hotplug.online(32)
+
+
+@pytest.mark.parametrize("operation", [grow_pool, hot_add_and_online])
+def test_a_record_that_cannot_be_kept_is_undone_at_once(operation):
+    """Records come after their change: if keeping the n-th one fails (a MemoryError growing the
+    list), that change is undone at once and the rest by the rollback, for every n."""
+    def fresh():
+        return small(hugetlb={"optimize_vmemmap": True}, hotplug={"memmap_on_memory": "Y"})
+
+    probe = fresh()
+    with probe.transaction():
+        operation(probe)
+        records = len(probe.journal._records)
+    assert records > 10
+    for nth in range(1, records + 1):
+        m = fresh()
+        before = m.snapshot()
+        calls = [0]
+
+        class Records(list):
+            def append(self, undo):
+                calls[0] += 1
+                if calls[0] == nth:
+                    raise MemoryError
+                super().append(undo)
+
+        with pytest.raises(MemoryError):
+            with m.transaction():
+                m.journal._records = Records()
+                operation(m)
+        assert m.snapshot() == before, nth
+        m.check()
+
+
+# ---------------------------------------------------------------------------------- hugetlb.resize
+
+def test_an_absurd_pool_size_stops_when_memory_runs_out():
+    """set_max_huge_pages allocates until an allocation fails: 10**12 pages of 2 MiB on 1 GiB give
+    what the free memory holds, after as many attempts as it holds plus the one that fails."""
+    m, twin = small(), small()
+    free = m.physmem.free_pages()
+    attempts = []
+    m.physmem.faults.arm(predicate=lambda request: attempts.append(request) and False)
+    result = m.hugetlb.resize("2M", 10**12)
+    assert result.nr_hugepages == result.allocated == twin.hugetlb.resize("2M", free // 512).nr_hugepages > 400
+    assert len(attempts) <= free // 512 + 1  # never 10**12 predicate calls
+    m.physmem.faults.disarm()
+    assert m.physmem.alloc(512, 0, Use.HUGETLB, exact_nid=True) is None  # memory did run out
+    m.check()
+
+
+def test_an_absurd_pool_size_in_a_scenario_runs(capsys, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[machine]\narch = "x86_64"\n[[memory]]\nsize = "1G"\n'
+                    '[[steps]]\nop = "hugetlb.resize"\nsize = "2M"\ncount = 9223372036854775807\n')
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "requested=9223372036854775807" in out
+
+
+# ---------------------------------------------------------------------------------- the CLI
+
+def test_the_simulators_own_memory_error_exits_1(monkeypatch, capsys):
+    def exhausted(*args, **keywords):
+        raise MemoryError
+
+    monkeypatch.setattr("vmemcore.cli.run_scenario", exhausted)
+    assert main(["run", str(EXAMPLES / "x86_64-16G.toml")]) == 1
+    assert capsys.readouterr().err == "vmemcore: error: the simulator itself ran out of memory; the operation was rolled back\n"
+
+
+def test_an_unexpected_exception_is_still_a_bug(monkeypatch):
+    """No catch-all: anything the CLI does not convert on purpose reaches the caller."""
+    monkeypatch.setattr("vmemcore.cli.run_scenario", lambda *args, **keywords: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["run", str(EXAMPLES / "x86_64-16G.toml")])
