@@ -11,7 +11,7 @@ from vmemcore.scenario.validate import MAX_SCENARIO_BYTES
 from vmemcore.zone_device import add_devdax_step
 from vmemcore.units import GiB, MiB
 
-from scenario_helpers import EXAMPLES, HEAD, scenario_error
+from scenario_helpers import EXAMPLES, HEAD, cli, scenario_error
 
 
 def small(**keywords):
@@ -238,12 +238,9 @@ def test_an_absurd_pool_size_stops_when_memory_runs_out():
 
 
 def test_an_absurd_pool_size_in_a_scenario_runs(capsys, tmp_path):
-    path = tmp_path / "s.toml"
-    path.write_text('[machine]\narch = "x86_64"\n[[memory]]\nsize = "1G"\n'
-                    '[[steps]]\nop = "hugetlb.resize"\nsize = "2M"\ncount = 9223372036854775807\n')
-    assert main(["run", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "requested=9223372036854775807" in out
+    code, out, _ = cli(tmp_path, capsys, '[machine]\narch = "x86_64"\n[[memory]]\nsize = "1G"\n'
+                       '[[steps]]\nop = "hugetlb.resize"\nsize = "2M"\ncount = 9223372036854775807\n', "run")
+    assert code == 0 and "requested=9223372036854775807" in out
 
 
 # ---------------------------------------------------------------------------------- the CLI

@@ -167,11 +167,15 @@ class ConfigValidator:
         except BadRequest as error:
             raise self.error(key, str(error)) from None
 
-    def node(self, key, value):
-        self.expect(key, value, int, "a node number (integer)")
+    def natural(self, key, value, what, noun):
+        """A non-negative integer, ``what`` when it is not an integer, ``noun`` when negative."""
+        self.expect(key, value, int, what)
         if value < 0:
-            raise self.error(key, f"node {value} is negative")
+            raise self.error(key, f"{noun} {value} is negative")
         return value
+
+    def node(self, key, value):
+        return self.natural(key, value, "a node number (integer)", "node")
 
     def hugepage(self, key, value):
         """A HugeTLB page size: a power of two above the page size (whether the arch offers it is
@@ -183,22 +187,13 @@ class ConfigValidator:
         return size
 
     def count(self, key, value):
-        self.expect(key, value, int, "a count (integer)")
-        if value < 0:
-            raise self.error(key, f"count {value} is negative")
-        return value
+        return self.natural(key, value, "a count (integer)", "count")
 
     def pfn(self, key, value):
-        self.expect(key, value, int, "a page frame number (integer)")
-        if value < 0:
-            raise self.error(key, f"pfn {value} is negative")
-        return value
+        return self.natural(key, value, "a page frame number (integer)", "pfn")
 
     def block(self, key, value):
-        self.expect(key, value, int, "a memory block id (integer)")
-        if value < 0:
-            raise self.error(key, f"memory block {value} is negative")
-        return value
+        return self.natural(key, value, "a memory block id (integer)", "memory block")
 
     def zone(self, key, value):
         try:

@@ -115,18 +115,25 @@ def _self_hosted_memmap(machine) -> int:
 
 
 def _hvo_saving(machine) -> dict:
-    """What HVO saves now: ``optimizable_pages`` per optimized folio, less the PTE tables of split
-    PMDs (never merged back) and 7.1's shared tail pages."""
+    """What HVO saves now: ``optimizable_pages`` per optimized folio, less the PTE tables it added
+    and 7.1's shared tail pages. The PTE tables are one per split PMD (never merged back) or, in
+    5.14-5.17 with HVO on, every PTE table of the vmemmap: it is mapped with base pages for HVO's
+    sake (``hvo_needs_basepage_vmemmap``), which assumes the arch maps it with PMD leaves otherwise."""
     page = machine.geometry.page_size
     hugetlb = machine.hugetlb
     optimized = {h.name: sum(map(hugetlb.hvo.is_optimized, h.folios)) for _, h in sorted(hugetlb.hstates.items())}
     saved = sum(optimizable_pages(machine, h.order) * optimized[h.name] for h in hugetlb.hstates.values())
     splits = machine.stats["hvo_pmd_splits"]
-    pte_bytes = splits * machine.geometry.levels[-1].alloc_bytes
+    pte = machine.geometry.levels[-1]
+    tables = splits
+    if machine.profile.hvo_needs_basepage_vmemmap and hugetlb.optimize_vmemmap:
+        tables = machine.pagetable.tables[pte.name]
+    pte_bytes = tables * pte.alloc_bytes
     tails = len(hugetlb.hvo.tail_pages)
     return {"optimized_folios": {name: n for name, n in optimized.items() if n},
-            "vmemmap_bytes_freed": saved * page, "split_pmds": splits, "pte_table_bytes_added": pte_bytes,
-            "shared_tail_bytes": tails * page, "net_saved_bytes": saved * page - pte_bytes - tails * page}
+            "vmemmap_bytes_freed": saved * page, "split_pmds": splits, "pte_tables_added": tables,
+            "pte_table_bytes_added": pte_bytes, "shared_tail_bytes": tails * page,
+            "net_saved_bytes": saved * page - pte_bytes - tails * page}
 
 
 def _placement(machine) -> list:
@@ -279,12 +286,12 @@ def _derived_lines(data):
         f"tables    {human_size(data['pagetables']['bytes'])} of vmemmap page tables = "
         f"{percent(data['pagetables']['percent_of_ram'])} of RAM",
     ]
-    if hvo["split_pmds"] or hvo["optimized_folios"]:
+    if hvo["pte_tables_added"] or hvo["optimized_folios"]:
         folios = ", ".join(f"{n:,} x {size}" for size, n in hvo["optimized_folios"].items()) or "no folios"
         tails = f", {human_size(hvo['shared_tail_bytes'])} of shared tail pages" if hvo["shared_tail_bytes"] else ""
         lines.append(f"HVO       net saving {human_size(hvo['net_saved_bytes'])}: {human_size(hvo['vmemmap_bytes_freed'])} of "
                      f"vmemmap freed ({folios} optimized), less {human_size(hvo['pte_table_bytes_added'])} of PTE tables "
-                     f"for {hvo['split_pmds']:,} split PMDs{tails}")
+                     f"({hvo['pte_tables_added']:,}; {hvo['split_pmds']:,} split PMDs){tails}")
     for n in data["nodes"]:
         where = [f"{what} {human_size(n[key]['on_node'])} on node, {human_size(n[key]['off_node'])} off node"
                  for what, key in (("memmap", "memmap"), ("page tables", "pagetables"))]
