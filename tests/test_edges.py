@@ -4,7 +4,7 @@ was done, check() sees orphan HugeTLB frames, and an absurd pool size stops wher
 
 import pytest
 
-from vmemcore import BadRequest, Machine
+from vmemcore import BadRequest, Machine, SimulatorLimit
 from vmemcore.cli import main
 from vmemcore.physmem import Use
 from vmemcore.scenario.validate import MAX_SCENARIO_BYTES
@@ -259,3 +259,26 @@ def test_an_unexpected_exception_is_still_a_bug(monkeypatch):
     monkeypatch.setattr("vmemcore.cli.run_scenario", lambda *args, **keywords: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["run", str(EXAMPLES / "x86_64-16G.toml")])
+
+
+# ---------------------------------------------------------------------------------- the simulator's own memory
+
+def test_a_pool_larger_than_the_simulator_keeps_is_refused(monkeypatch):
+    # 1 GiB holds about 500 pages of 2 MiB: with the limit at 100, 10**12 (capped at what memory
+    # holds) is refused before anything changes, while 100 fit
+    monkeypatch.setattr(SimulatorLimit, "MAX_RECORDS", 100)
+    m = small()
+    before = m.snapshot()
+    with pytest.raises(SimulatorLimit, match="nr_hugepages 1,000,000,000,000 of 2M: up to 50[0-9] new HugeTLB pages") as info:
+        m.hugetlb.resize("2M", 10**12)
+    assert info.value.errno_name == "ENOMEM" and m.snapshot() == before
+    assert m.hugetlb.resize("2M", 99).nr_hugepages == 99
+
+
+def test_a_hot_add_of_more_blocks_than_the_simulator_keeps_is_refused(tmp_path, capsys):
+    # x86_64 4-level maps 64 TiB; 60 TiB in 128 MiB blocks is 491,520 blocks, fine; on 5-level a
+    # 2 PiB hot-add would be 16,777,216 blocks of 128 MiB: refused, a simulation failure (exit 1)
+    code, out, err = cli(tmp_path, capsys, '[machine]\narch = "x86_64"\nvariant = "5-level"\n[[memory]]\nsize = "16G"\n'
+                         '[[steps]]\nop = "hotplug.add"\nstart = "1P"\nsize = "2P"\n', "run")
+    assert (code, out) == (1, "")
+    assert "steps[0] (hotplug.add): SimulatorLimit: hot-add of 2P: 16,777,216 memory blocks, more than the 1,048,576" in err

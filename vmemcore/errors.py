@@ -35,6 +35,15 @@ class OutOfMemory(VmemcoreError):
     errno = -ENOMEM
 
 
+class SimulatorLimit(VmemcoreError):
+    """The simulator would need more of its own memory than it allows: it keeps one record per
+    HugeTLB page and per memory block, so an operation that would create more than ``MAX_RECORDS``
+    of them is refused before anything changes (-ENOMEM). The kernel has no such limit."""
+
+    errno = -ENOMEM
+    MAX_RECORDS = 1 << 20  # about 4 GiB of the simulator's memory at worst (a HugeTLB page after HVO)
+
+
 class Veto(VmemcoreError):
     """An architecture plugin refused the request; ``reasons`` lists each plugin's reason."""
 

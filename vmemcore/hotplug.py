@@ -19,7 +19,7 @@ from errno import E2BIG, EBUSY
 import attrs
 
 from .altmap import VmemAltmap
-from .errors import BadRequest, PluginError, Veto
+from .errors import BadRequest, PluginError, SimulatorLimit, Veto
 from .geometry import Support
 from .physmem import Owner, Use, Zone
 from .profiles import MhpDesign
@@ -182,6 +182,9 @@ class Hotplug:
             if size <= 0 or start % self.block_size or size % self.block_size:
                 raise BadRequest(f"hot-add [{start:#x}, +{size:#x}) is not aligned to the {format_size(self.block_size)} "
                                  "memory block size (-EINVAL)")
+            if size // self.block_size > SimulatorLimit.MAX_RECORDS:
+                raise SimulatorLimit(f"hot-add of {format_size(size)}: {size // self.block_size:,} memory blocks, more than "
+                                     f"the {SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
             if not self.support.supported:
                 raise Veto(f"{m.arch.name} kernel {m.profile.name} has no memory hotplug: {self.support.reason}",
                            [(m.plugin.name, self.support.reason)])

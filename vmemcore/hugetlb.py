@@ -10,7 +10,7 @@ boot (``gather_bootmem_prealloc``), and the HVO switch (``vm.hugetlb_optimize_vm
 
 import attrs
 
-from .errors import BadRequest, Veto
+from .errors import BadRequest, SimulatorLimit, Veto
 from .hvo import Hvo, optimizable_pages
 from .physmem import Use
 from .units import format_size
@@ -206,10 +206,13 @@ class HugeTLB:
 
     def _grow(self, h, count):
         nodes = self._nodes()
+        # set_max_huge_pages allocates until an allocation fails: no more than the free frames can
+        # hold, plus the attempt that fails, whatever count was asked for
+        attempts = min(count - h.nr_huge_pages, (self.machine.physmem.free_pages() >> h.order) + 1)
+        if attempts > SimulatorLimit.MAX_RECORDS:
+            raise SimulatorLimit(f"nr_hugepages {count:,} of {h.name}: up to {attempts:,} new HugeTLB pages, more than the "
+                                 f"{SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
         if len(nodes) == 1:  # no interleaving: one allocation sweep gives the same folios
-            # set_max_huge_pages allocates until an allocation fails: no more than the free
-            # frames can hold, plus the attempt that fails, whatever count was asked for
-            attempts = min(count - h.nr_huge_pages, (self.machine.physmem.free_pages(nodes[0]) >> h.order) + 1)
             heads = self.machine.physmem.alloc_pages(attempts, nodes[0], Use.HUGETLB, h.order, exact_nid=True,
                                                      movable=self._movable(h))
             fresh = [Folio(head, h.order, nodes[0]) for head in heads]
