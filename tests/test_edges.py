@@ -282,3 +282,13 @@ def test_a_hot_add_of_more_blocks_than_the_simulator_keeps_is_refused(tmp_path, 
                          '[[steps]]\nop = "hotplug.add"\nstart = "1P"\nsize = "2P"\n', "run")
     assert (code, out) == (1, "")
     assert "steps[0] (hotplug.add): SimulatorLimit: hot-add of 2P: 16,777,216 memory blocks, more than the 1,048,576" in err
+
+
+def test_queries_past_the_vmemmap_find_nothing():
+    """Addresses outside what the page table maps are unmapped, not an IndexError."""
+    m = small()
+    assert m.memmap_frame(1 << 60) is None and m.structpages.read(1 << 60) is None
+    assert m.pagetable.translate((1 << 64) + 5) is None
+    assert m.memmap_frame(0) is not None
+    with pytest.raises(BadRequest, match="no HugeTLB folio has its head at pfn 5"):  # was KeyError
+        m.hugetlb.folio(5)

@@ -111,10 +111,11 @@ class HugeTLB:
         return None
 
     def folio(self, head):
+        """The HugeTLB folio whose head pfn is ``head``."""
         for h in self.hstates.values():
             if head in h.folios:
                 return h.folios[head]
-        raise KeyError(head)
+        raise BadRequest(f"no HugeTLB folio has its head at pfn {head!r}")
 
     # -- journaled state changes ----------------------------------------------------------------
     def _record(self, undo):

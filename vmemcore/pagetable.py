@@ -193,6 +193,8 @@ class PageTable:
     def lookup(self, vaddr):
         """``(table, index)`` of the leaf mapping ``vaddr``, or None if it is not mapped."""
         table = self.top
+        if not table.base <= vaddr < table.base + table.level.table_span:
+            return None  # outside what the page table maps at all
         while True:
             i = table.index(vaddr)
             if not table.flags[i] & PRESENT:
