@@ -189,3 +189,18 @@ def test_the_text_report_shows_the_derived_figures():
     assert "memmap    256M = 1.5625% of RAM: boot 240M (1.4648%), runtime 16M (0.0977%), self-hosted 0 (0%)" in text
     assert "HVO       net saving -36K: 0 of vmemmap freed (no folios optimized), less 36K of PTE tables (9; 9 split PMDs)" in text
     assert "node 0    for its memory: memmap 256M on node, 0 off node; page tables 44K on node, 0 off node" in text
+
+
+def test_placement_by_table_equals_placement_entry_by_entry(monkeypatch):
+    """Tables of large leaves are summed whole when one node holds them and one is described; the
+    same machine counted leaf by leaf gives the same figures."""
+    from vmemcore import report as module
+
+    machine, _ = run_scenario(parse_scenario(HOT_ADD.format(mode="Y", node=1, hosted="false")
+                                             + '[[steps]]\nop = "devdax.add"\nstart = "68G"\nsize = "1G"\nalign = "2M"\n'))
+    machine.hugetlb.set_optimize_vmemmap(True)
+    machine.hugetlb.resize("2M", 64)
+    by_table = module._placement(machine)
+    monkeypatch.setattr(module, "_one_node", lambda extents, start, end: None)
+    assert module._placement(machine) == by_table
+    assert [n["node"] for n in by_table] == [0, 1]

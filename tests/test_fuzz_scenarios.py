@@ -72,7 +72,7 @@ def mutated(draw):
     name = draw(st.sampled_from(sorted(SOURCES)))
     text = SOURCES[name]
     for _ in range(draw(st.integers(1, 2))):
-        kind = draw(st.sampled_from(["value", "magnitude", "delete", "key", "nest", "syntax"]))
+        kind = draw(st.sampled_from(["value", "magnitude", "scale", "scale", "delete", "key", "nest", "syntax"]))
         if kind == "syntax":
             cut = draw(st.integers(0, len(text)))
             text = text[:cut] + draw(st.sampled_from(["[", "]", "=", '"', "{", "\n[[steps]]\n", "\x00", "é", "#"])) + text[cut:]
@@ -82,8 +82,14 @@ def mutated(draw):
         except tomllib.TOMLDecodeError:
             continue
         spots = list(paths(doc))
+        if kind == "scale":  # a number or size of the same type: the scenario stays valid more often
+            spots = [(c, k) for c, k in spots if isinstance(c[k], int) and not isinstance(c[k], bool)
+                     or isinstance(c[k], str) and c[k][:1].isdigit()] or spots
         container, key = draw(st.sampled_from(spots))
-        if kind == "value":
+        if kind == "scale":
+            container[key] = draw(st.sampled_from([0, 1, 7, 4096, 10**6, 2**40, 2**63 - 1]) if isinstance(container[key], int)
+                                  else st.sampled_from(["0", "4K", "2M", "1G", "3G", "64G", "1T", "64T", "1P", "16E"]))
+        elif kind == "value":
             container[key] = draw(VALUES)
         elif kind == "magnitude":
             container[key] = draw(st.sampled_from([2**63 - 1, -1, 0, 10**15, "16E", "1P", "4096P", "0x7fffffffffffffff"]))
@@ -100,7 +106,7 @@ def mutated(draw):
     return name, text
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=mutated())
 def test_mutated_examples_exit_0_1_or_2_without_a_traceback(case, tmp_path_factory, capsys):
     name, text = case

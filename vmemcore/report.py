@@ -138,55 +138,90 @@ def _hvo_saving(machine) -> dict:
 
 def _placement(machine) -> list:
     """Per node of the memory described: memmap and page-table bytes on that node, off it, and
-    (memmap only) on device memory. A frame several entries map (HVO, device-dax dedup) counts once."""
+    (memmap only) on device memory. A frame several PTEs map (HVO, device-dax dedup) counts once."""
     page_shift = machine.geometry.page_shift
     sparse = machine.sparse_geometry
-    sections = machine.sparse.sections.items()
-    present = machine.physmem.nodes.items()
+    pte = machine.geometry.levels[-1]
 
-    def lookup(extents, keys):
+    def finder(extents):
+        """keys (an array) -> the node of the extent holding each, -1 for none."""
         starts = np.array([s for s, _, _ in extents], dtype=np.int64)
         ends = np.array([e for _, e, _ in extents], dtype=np.int64)
         values = np.array([v if isinstance(v, int) else v.node for _, _, v in extents], dtype=np.int64)
-        i = np.searchsorted(starts, keys, side="right") - 1
-        inside = (i >= 0) & (keys < ends[np.maximum(i, 0)])
-        return np.where(inside, values[np.maximum(i, 0)], -1)
+
+        def find(keys):
+            if not len(starts):
+                return np.full(len(keys), -1)
+            i = np.maximum(np.searchsorted(starts, keys, side="right") - 1, 0)
+            return np.where((keys >= starts[i]) & (keys < ends[i]), values[i], -1)
+        return find
+
+    section_node, frame_node = finder(machine.sparse.sections.items()), finder(machine.physmem.nodes.items())
 
     def described(offsets):  # the node of the section whose struct pages sit at these vmemmap offsets
-        pfns = offsets // sparse.struct_page_size
-        return lookup(sections, pfns >> sparse.pfn_section_shift) if sections else np.full(len(pfns), -1)
+        return section_node(offsets // sparse.struct_page_size >> sparse.pfn_section_shift)
 
-    frames, counts, owners, tables = [], [], [], []
+    frames, counts, offsets, tables, whole = [], [], [], [], []
     for table in machine.pagetable.all_tables():
         present_entries = np.flatnonzero(table.flags & PRESENT)
         if table.pfn is not None and len(present_entries):
             tables.append((table.pfn, table.va(int(present_entries[0])) - sparse.vmemmap_base, table.level.alloc_bytes))
         leaves = np.flatnonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF))
-        if len(leaves):
-            offsets = (table.base - sparse.vmemmap_base) + (leaves.astype(np.int64) << table.level.shift)
-            frames.append(table.pfns[leaves])
-            counts.append(np.full(len(leaves), table.level.entry_span >> page_shift))
-            owners.append(described(offsets))
+        if not len(leaves):
+            continue
+        span = table.level.entry_span >> page_shift
+        if table.level is not pte:  # a leaf of its own frames: the table is one sum if one node is on each side
+            lo, hi = int(table.pfns[leaves].min()), int(table.pfns[leaves].max()) + span
+            first = table.va(int(leaves[0])) - sparse.vmemmap_base
+            last = table.va(int(leaves[-1])) + table.level.entry_span - 1 - sparse.vmemmap_base
+            owner = _one_node(machine.sparse.sections, first // sparse.struct_page_size >> sparse.pfn_section_shift,
+                              (last // sparse.struct_page_size >> sparse.pfn_section_shift) + 1)
+            home = _one_node(machine.physmem.nodes, lo, hi)
+            if owner is not None and home is not None:
+                whole.append((owner, home, len(leaves) * span << page_shift))
+                continue
+        frames.append(table.pfns[leaves])
+        counts.append(np.full(len(leaves), span))
+        offsets.append((table.base - sparse.vmemmap_base) + (leaves.astype(np.int64) << table.level.shift))
     out = {}
 
-    def add(node, key, where, nbytes):
-        entry = out.setdefault(int(node), {"memmap": {"on_node": 0, "off_node": 0, "on_device": 0},
+    def add(owners, homes, nbytes, key, places):
+        """Sum ``nbytes`` per owner node and place: on the owner's node, off it, on no node (device)."""
+        place = np.where(homes < 0, 2, np.where(homes == owners, 0, 1))
+        for owner in np.unique(owners).tolist():
+            entry = out.setdefault(owner, {"memmap": {"on_node": 0, "off_node": 0, "on_device": 0},
                                            "pagetables": {"on_node": 0, "off_node": 0}})
-        entry[key][where] += int(nbytes)
+            mine = owners == owner
+            for index, name in enumerate(places):
+                entry[key][name] += int(nbytes[mine & (place == index)].sum())
 
     if frames:
-        frames, first = np.unique(np.concatenate(frames), return_index=True)
-        counts, owners = np.concatenate(counts)[first], np.concatenate(owners)[first]
-        homes = lookup(present, frames) if present else np.full(len(frames), -1)
-        for owner, home, count in zip(owners.tolist(), homes.tolist(), counts.tolist()):
-            add(owner, "memmap", "on_device" if home < 0 else "on_node" if home == owner else "off_node", count << page_shift)
+        frames, counts, offsets = np.concatenate(frames), np.concatenate(counts), np.concatenate(offsets)
+        shared = counts == pte.entry_span >> page_shift  # only PTEs map a frame more than once
+        _, first = np.unique(frames[shared], return_index=True)
+        keep = np.concatenate([np.flatnonzero(~shared), np.flatnonzero(shared)[first]])
+        frames, counts, owners = frames[keep], counts[keep], described(offsets[keep])
+        whole.extend(zip(owners.tolist(), frame_node(frames).tolist(), (counts << page_shift).tolist()))
+    if whole:
+        owners, homes, nbytes = (np.array(column, dtype=np.int64) for column in zip(*whole))
+        add(owners, homes, nbytes, "memmap", ("on_node", "off_node", "on_device"))
     if tables:
         pfns = np.array([pfn for pfn, _, _ in tables], dtype=np.int64)
-        homes = lookup(present, pfns) if present else np.full(len(pfns), -1)
+        homes = frame_node(pfns)
         owners = described(np.array([offset for _, offset, _ in tables], dtype=np.int64))
-        for owner, home, (_, _, nbytes) in zip(owners.tolist(), homes.tolist(), tables):
-            add(owner, "pagetables", "on_node" if home == owner else "off_node", nbytes)
+        add(owners, homes, np.array([nbytes for _, _, nbytes in tables], dtype=np.int64), "pagetables", ("on_node", "off_node"))
     return [{"node": node} | out[node] for node in sorted(out)]
+
+
+def _one_node(extents, start, end):
+    """The node of ``[start, end)`` in ``extents`` (a RangeMap of nodes or of section states) when
+    it is one node throughout: -1 when none of it is there, None when mixed or partly there."""
+    items = extents.items(start, end)
+    if not items:
+        return -1
+    nodes = {v if isinstance(v, int) else v.node for _, _, v in items}
+    covered = sum(e - s for s, e, _ in items)
+    return nodes.pop() if len(nodes) == 1 and covered == end - start else None
 
 
 def hugetlb_report(hugetlb) -> dict:
