@@ -71,8 +71,8 @@ def _offline_pages(machine) -> dict:
 
 
 def derived(machine) -> dict:
-    """The figures people compute from the counters, in bytes (shares in percent of the memory
-    present, as /proc/meminfo's MemTotal-based figures are read):
+    """The figures people compute from the counters, in bytes, shares in percent of the memory
+    present ("RAM"):
 
     - ``memory``: present, online, offline (hot-added blocks not online), free, and used = online
       - free, so offline memory is never "used";
