@@ -117,6 +117,7 @@ def show(value) -> str:
     return _SHOW.repr(value)
 
 
+MAX_MEMORY_RANGES = 4096
 _MACHINE_KEYS = ("arch", "variant", "kernel", "features")
 _MEMORY_KEYS = ("node", "start", "size")
 _HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "boot": ("boot", ())}
@@ -297,6 +298,9 @@ class ConfigValidator:
             raise self.error("memory", "at least one [[memory]] range is required")
         if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges) or not ranges:
             raise self.error("memory", "must be a non-empty array of tables ([[memory]])")
+        if len(ranges) > MAX_MEMORY_RANGES:  # each is checked against the others: keep that bounded
+            raise self.error("memory", f"{len(ranges):,} ranges: at most {MAX_MEMORY_RANGES:,} (a firmware memory map "
+                                       "lists far fewer; merge adjacent ranges of one node)")
         sparse = self.sparse
         limit = 1 << sparse.max_physmem_bits
         page = sparse.page_size
