@@ -2,6 +2,8 @@
 files that are no scenario are refused, a node without memory goes, the journal undoes only what
 was done, check() sees orphan HugeTLB frames, and an absurd pool size stops where memory does."""
 
+import re
+
 import pytest
 
 from vmemcore import BadRequest, Machine, SimulatorLimit
@@ -46,7 +48,7 @@ def small(**keywords):
 def test_bad_api_arguments_are_bad_requests_that_change_nothing(call, message):
     m = small()
     before = m.snapshot()
-    with pytest.raises(BadRequest, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(BadRequest, match="^" + re.escape(message)):
         call(m)
     assert m.snapshot() == before
 
@@ -308,3 +310,19 @@ def test_too_many_memory_ranges_are_refused():
     assert str(scenario_error(text)) == (
         "s.toml:3: memory: 4,097 ranges: at most 4,096 (a firmware memory map lists far fewer; merge adjacent "
         "ranges of one node)")
+
+
+def test_kpageflags_are_read_a_chunk_at_a_time(monkeypatch):
+    """--count 100000000 was killed at 4 GiB: every pfn was read before the first line printed."""
+    from itertools import islice
+
+    from vmemcore.report import KPAGEFLAGS_CHUNK, iter_kpageflags
+    from vmemcore.structpage import StructPages
+
+    m = small()
+    asked, read = [], StructPages.kpageflags_range
+    monkeypatch.setattr(StructPages, "kpageflags_range", lambda self, start, count: asked.append((start, count)) or read(self, start, count))
+    assert [pfn for pfn, _ in islice(iter_kpageflags(m, 5, 10**8), 3)] == [5, 6, 7]
+    assert asked == [(5, KPAGEFLAGS_CHUNK)]
+    assert m.structpages.max_dump_pfn() == (1 * GiB) >> 12  # 1 GiB: 8 whole sections of 128 MiB
+    assert len(read(m.structpages, 262_000, 10**8)) == 262_144 - 262_000
