@@ -326,3 +326,9 @@ def test_kpageflags_are_read_a_chunk_at_a_time(monkeypatch):
     assert asked == [(5, KPAGEFLAGS_CHUNK)]
     assert m.structpages.max_dump_pfn() == (1 * GiB) >> 12  # 1 GiB: 8 whole sections of 128 MiB
     assert len(read(m.structpages, 262_000, 10**8)) == 262_144 - 262_000
+
+
+def test_quoted_table_names_have_their_line():
+    error = scenario_error('["machine"]\n"arch" = "x86_64"\n[["memory"]]\n"size" = "16G"\n'
+                           '[["steps"]]\n"op" = "hugetlb.resize"\n"size" = "2M"\n"count" = -1\n')
+    assert str(error) == "s.toml:8: steps[0].count: count -1 is negative"

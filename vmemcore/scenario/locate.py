@@ -50,7 +50,7 @@ class Locator:
         return self._found[key]
 
     def _scan(self, names, array):
-        dotted = r"\s*\.\s*".join(re.escape(n) for n in names)
+        dotted = r"\s*\.\s*".join(rf"(\"?){re.escape(n)}\{k + 1}" for k, n in enumerate(names))  # bare or "quoted"
         pattern = rf"^\s*\[\[\s*{dotted}\s*\]\]" if array else rf"^\s*\[\s*{dotted}\s*\](?!\])"
         regex = re.compile(pattern)
         return [i for i, text in enumerate(self.lines) if regex.match(text)]
