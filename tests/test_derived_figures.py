@@ -20,7 +20,7 @@ def test_memmap_share_of_x86_64_16G():
     d = derived(Machine("x86_64", memory=[{"size": 16 * GiB}]))
     assert d["memmap"]["total"] == d["memmap"]["boot"] == {"bytes": 256 * MiB, "percent_of_ram": 1.5625}
     assert d["memmap"]["runtime"] == d["memmap"]["self_hosted"] == {"bytes": 0, "percent_of_ram": 0.0}
-    assert d["pagetables"] == {"bytes": 2 * PAGE, "percent_of_ram": 100 * 2 * PAGE / (16 * GiB)}
+    assert d["pagetables"] == {"pages": 2, "bytes": 2 * PAGE, "percent_of_ram": 100 * 2 * PAGE / (16 * GiB)}
     # nothing but the memmap and its tables is allocated: that is all that is used
     assert d["memory"] == {"present": 16 * GiB, "online": 16 * GiB, "offline": 0,
                            "used": 256 * MiB + 2 * PAGE, "free": 16 * GiB - 256 * MiB - 2 * PAGE}
@@ -189,6 +189,7 @@ def test_the_text_report_shows_the_derived_figures():
     assert "memmap    256M = 1.5625% of RAM: boot 240M (1.4648%), runtime 16M (0.0977%), self-hosted 0 (0%)" in text
     assert "HVO       net saving -36K: 0 of vmemmap freed (no folios optimized), less 36K of PTE tables (9; 9 split PMDs)" in text
     assert "node 0    for its memory: memmap 256M on node, 0 off node; page tables 44K on node, 0 off node" in text
+    assert "tables    11 pages (44K) of vmemmap page tables = 0.0003% of RAM" in text  # PUD, PMD and 9 split PTE tables
 
 
 def test_placement_by_table_equals_placement_entry_by_entry(monkeypatch):

@@ -100,7 +100,7 @@ def derived(machine) -> dict:
                    "used": present - offline - free},
         "memmap": {"total": share(boot + runtime), "boot": share(boot), "runtime": share(runtime),
                    "self_hosted": share(_self_hosted_memmap(machine) * page)},
-        "pagetables": share(machine.physmem.pages_owned(Use.PAGETABLE) * page),
+        "pagetables": {"pages": machine.physmem.pages_owned(Use.PAGETABLE)} | share(machine.physmem.pages_owned(Use.PAGETABLE) * page),
         "hvo": _hvo_saving(machine),
         "nodes": _placement(machine),
     }
@@ -318,7 +318,7 @@ def _derived_lines(data):
         f"memmap    {human_size(memmap['total']['bytes'])} = {percent(memmap['total']['percent_of_ram'])} of RAM: "
         + ", ".join(f"{k.replace('_', '-')} {human_size(memmap[k]['bytes'])} ({percent(memmap[k]['percent_of_ram'])})"
                     for k in ("boot", "runtime", "self_hosted")),
-        f"tables    {human_size(data['pagetables']['bytes'])} of vmemmap page tables = "
+        f"tables    {data['pagetables']['pages']:,} pages ({human_size(data['pagetables']['bytes'])}) of vmemmap page tables = "
         f"{percent(data['pagetables']['percent_of_ram'])} of RAM",
     ]
     if hvo["pte_tables_added"] or hvo["optimized_folios"]:
