@@ -5,8 +5,10 @@ was done, check() sees orphan HugeTLB frames, and an absurd pool size stops wher
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from vmemcore import BadRequest, Machine, SimulatorLimit
+from vmemcore import BadRequest, Machine, SimulatorLimit, VmemcoreError
 from vmemcore.cli import main
 from vmemcore.physmem import Use
 from vmemcore.scenario import parse_scenario
@@ -332,3 +334,34 @@ def test_quoted_table_names_have_their_line():
     error = scenario_error('["machine"]\n"arch" = "x86_64"\n[["memory"]]\n"size" = "16G"\n'
                            '[["steps"]]\n"op" = "hugetlb.resize"\n"size" = "2M"\n"count" = -1\n')
     assert str(error) == "s.toml:8: steps[0].count: count -1 is negative"
+
+
+# ---------------------------------------------------------------------------------- the API, fuzzed
+
+ARGS = st.sampled_from([0, 1, -1, 512, 1 << 18, 32, 33, 2**63, "2M", "1G", "4G", "x", None, 1.5, True, "movable", 4 * GiB,
+                        128 * MiB, 256 * MiB])
+CALLS = {
+    "add_memmap": lambda m, a: m.add_memmap(a[0], a[1], node=a[2]),
+    "remove_memmap": lambda m, a: m.remove_memmap(a[0], a[1]),
+    "populate": lambda m, a: m.populate_section_memmap(a[0], a[1], node=a[2]),
+    "depopulate": lambda m, a: m.depopulate_section_memmap(a[0], a[1]),
+    "add_memory": lambda m, a: m.hotplug.add_memory(a[0], a[1], node=a[2], memmap_on_memory=a[3]),
+    "remove_memory": lambda m, a: m.hotplug.remove_memory(a[0], a[1]),
+    "online": lambda m, a: m.hotplug.online(a[0], a[1]),
+    "offline": lambda m, a: m.hotplug.offline(a[0]),
+    "resize": lambda m, a: m.hugetlb.resize(a[0], a[1]),
+    "switch": lambda m, a: m.hugetlb.set_optimize_vmemmap(a[0]),
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=st.lists(st.tuples(st.sampled_from(sorted(CALLS)), st.lists(ARGS, min_size=4, max_size=4)), max_size=6))
+def test_any_api_call_succeeds_or_is_a_typed_error_that_changes_nothing(calls):
+    m = small(hotplug={"memmap_on_memory": "Y"})
+    for name, args in calls:
+        before = m.snapshot()
+        try:
+            CALLS[name](m, args)
+        except VmemcoreError:
+            assert m.snapshot() == before, (name, args)
+        m.check()
