@@ -365,3 +365,17 @@ def test_any_api_call_succeeds_or_is_a_typed_error_that_changes_nothing(calls):
         except VmemcoreError:
             assert m.snapshot() == before, (name, args)
         m.check()
+
+
+def test_a_step_naming_petabytes_of_blocks_lists_none_of_them(tmp_path, capsys):
+    """hotplug.offline of [0, 4P) on 5-level paging named 33,554,432 blocks: the list alone took
+    over a gigabyte before the first block turned out not to be hot-added."""
+    import tracemalloc
+
+    tracemalloc.start()
+    code, _, err = cli(tmp_path, capsys, '[machine]\narch = "x86_64"\nvariant = "5-level"\n[[memory]]\nsize = "16G"\n'
+                       '[[steps]]\nop = "hotplug.offline"\nstart = "0"\nsize = "4P"\n', "run")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert code == 1 and "there is no memory block 0" in err
+    assert peak < 64 << 20
