@@ -379,3 +379,16 @@ def test_a_step_naming_petabytes_of_blocks_lists_none_of_them(tmp_path, capsys):
     tracemalloc.stop()
     assert code == 1 and "there is no memory block 0" in err
     assert peak < 64 << 20
+
+
+def test_page_tables_beyond_what_the_simulator_keeps_are_refused(monkeypatch):
+    # 16 GiB has a PUD and a PMD table; 64 GiB is in the next 1 GiB of vmemmap: a third table
+    monkeypatch.setattr(SimulatorLimit, "MAX_TABLES", 2)
+    m = Machine("x86_64", memory=[{"size": 16 * GiB}])
+    before = m.snapshot()
+    with pytest.raises(SimulatorLimit, match="a pmd table beyond the 2 page tables the simulator keeps"):
+        m.hotplug.add_memory(64 * GiB, 128 * MiB)
+    assert m.snapshot() == before
+    monkeypatch.setattr(SimulatorLimit, "MAX_TABLES", 3)
+    m.hotplug.add_memory(64 * GiB, 128 * MiB)
+    assert sum(m.pagetable.tables.values()) == 3

@@ -8,7 +8,7 @@ at any level the geometry allows. Every change is journaled for rollback.
 
 import numpy as np
 
-from .errors import BadRequest
+from .errors import BadRequest, SimulatorLimit
 
 PRESENT = 1
 LEAF = 2  # the entry maps memory (a page at PTE level, a block above); else it points to a table
@@ -105,6 +105,9 @@ class PageTable:
         """Make entry ``index`` of ``parent`` point to ``child`` (``pmd_populate`` and friends)."""
         if parent.flags[index] & PRESENT:
             raise BadRequest(f"entry {index} of {parent} is already present")
+        if sum(self.tables.values()) >= SimulatorLimit.MAX_TABLES:
+            raise SimulatorLimit(f"a {child.level.name} table beyond the {SimulatorLimit.MAX_TABLES:,} page tables "
+                                 "the simulator keeps (each holds its entries in its own memory)")
         parent.children[index] = child
         parent.pfns[index] = child.pfn if child.pfn is not None else NO_PFN
         parent.flags[index] = PRESENT
