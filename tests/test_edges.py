@@ -392,3 +392,12 @@ def test_page_tables_beyond_what_the_simulator_keeps_are_refused(monkeypatch):
     monkeypatch.setattr(SimulatorLimit, "MAX_TABLES", 3)
     m.hotplug.add_memory(64 * GiB, 128 * MiB)
     assert sum(m.pagetable.tables.values()) == 3
+
+
+def test_device_memory_of_petabytes_is_refused_before_it_starts(tmp_path, capsys):
+    # 2 PiB of device-dax is 16,777,216 sections of 128 MiB: each section added leaves journal
+    # records, and the run used 7.8 GB of the simulator's memory before it crashed
+    code, out, err = cli(tmp_path, capsys, '[machine]\narch = "x86_64"\nvariant = "5-level"\n[[memory]]\nsize = "16G"\n'
+                         '[[steps]]\nop = "devdax.add"\nstart = "1P"\nsize = "2P"\nalign = "1G"\naltmap = true\n', "run")
+    assert (code, out) == (1, "")
+    assert "SimulatorLimit: pfn range [0x4000000000, +0x8000000000) spans 16,777,216 sections, more than the 262,144" in err

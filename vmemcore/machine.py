@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .config import ConfigValidator, HotplugSpec, HugetlbSpec, MachineConfig, machine_config
-from .errors import BadRequest, PluginError
+from .errors import BadRequest, PluginError, SimulatorLimit
 from .journal import Journal
 from .pagetable import LEAF, PRESENT, PageTable
 from .physmem import PhysMem, Use
@@ -131,6 +131,10 @@ class Machine:
         self.rules.count("nr_pages", nr_pages)
         self.rules.node("node", node)
         self.sparse.check_span(pfn, nr_pages)
+        sections = -(-nr_pages // self.sparse_geometry.pages_per_section)
+        if sections > SimulatorLimit.MAX_SECTIONS:
+            raise SimulatorLimit(f"pfn range [{pfn:#x}, +{nr_pages:#x}) spans {sections:,} sections, more than the "
+                                 f"{SimulatorLimit.MAX_SECTIONS:,} the simulator takes in one operation")
 
     def populate_section_memmap(self, pfn, nr_pages, node=0, altmap=None):
         """Map the memmap of ``[pfn, pfn + nr_pages)`` (whole sub-sections) on ``node``."""
