@@ -125,9 +125,10 @@ def test_example_9G_memmap_on_memory():
     assert add.changes == {
         "nr_memmap_pages": 36_864, "memmap_frames": 36_864, "present_pages": 2_359_296, "vmemmap_leaves_2M": 72,
         "vmemmap_mapped_bytes_2M": 72 << 21, "vmemmap_pagetable_pages_pmd": 1, "pagetable_frames": 1, "free_frames": -1,
+        "offline_frames": 2_359_296 - 36_864,  # hot-added memory is offline, less the memmap it hosts
     }
     assert online.result == {"blocks": list(range(512, 584))}
-    assert online.changes == {"free_frames": 2_322_432}
+    assert online.changes == {"free_frames": 2_322_432, "offline_frames": -2_322_432}
     data = hotplug_report(machine)
     assert data["zones"] == [{**BOOT_NORMAL, "present_pages": 4_194_304 + 2_359_296, "managed_pages": 4_128_766 + 2_322_432}]
     assert (data["memmap_on_memory"], data["block_size"], len(data["blocks"])) == ("Y", 128 << 20, 72)
@@ -147,7 +148,7 @@ def test_example_2019_one_altmap_for_the_whole_range():
     machine, (add, online) = run_example("x86_64-hotplug-2019.toml")
     assert add.args["memmap_on_memory"] is False  # not asked for: the 2019 design is on for every hot-add
     assert add.result == {"blocks": list(range(512, 584)), "memmap_on_memory": True, "self_hosted_pages": 36_864, "note": ""}
-    assert online.changes == {"free_frames": 2_322_432}
+    assert online.changes == {"free_frames": 2_322_432, "offline_frames": -2_322_432}
     first = (64 << 30) >> 12
     assert [machine.memmap_frame(first + k * 32_768) for k in (0, 1, 63, 64, 71)] == [
         first, first + 512, first + 63 * 512, first + 64 * 512, first + 71 * 512]  # all in the first 36,864 pfns
@@ -165,7 +166,8 @@ def test_example_roundtrip_comes_back_to_boot():
         ("hotplug.add", list(range(512, 520))), ("hotplug.online", list(range(512, 520))),
         ("hotplug.offline", list(range(512, 520))), ("hotplug.remove", list(range(512, 520)))]
     assert results[0].result["self_hosted_pages"] == 4_096
-    assert (results[1].changes, results[2].changes) == ({"free_frames": 258_048}, {"free_frames": -258_048})
+    assert (results[1].changes, results[2].changes) == ({"free_frames": 258_048, "offline_frames": -258_048},
+                                                        {"free_frames": -258_048, "offline_frames": 258_048})
     assert hotplug_report(online)["zones"] == [
         BOOT_NORMAL, {"node": 0, "zone": "movable", "present_pages": 262_144, "managed_pages": 258_048}]
     assert {b["zone"] for b in hotplug_report(online)["blocks"]} == {"movable"}
@@ -185,7 +187,7 @@ def test_example_arm64_16K_falls_back_with_the_pageblock_reason():
         "memmap_on_memory refused, memmap from RAM instead: the memmap of a block (32 pages) is not a multiple of "
         "a pageblock (2048 pages); arm64: the memmap of a block (512K) does not fill whole 32M PMD leaves")
     assert add.changes["nr_memmap_pages"] == 32 and add.changes["vmemmap_leaves_16K"] == 32
-    assert online.changes == {"free_frames": 8_192}
+    assert online.changes == {"free_frames": 8_192, "offline_frames": -8_192}
     assert hotplug_report(machine)["blocks"][0]["self_hosted_pages"] == 0
 
 

@@ -173,7 +173,8 @@ def test_example_hvo_2M_grow_and_shrink():
     assert grow.changes["vmemmap_leaves_4K"] == 9 * 512 and grow.changes["tlb_flush_all"] == 2
     assert shrink.result["freed"] == 512 and shrink.result["nr_hugepages"] == 0
     assert shrink.changes == {"nr_memmap_pages": 512 * (PER_2M - 1), "hvo_vmemmap_pages_allocated": 3_584,
-                              "memmap_frames": 3_584, "free_frames": 512 * 512 - 3_584, "tlb_flush_all": 1}
+                              "memmap_frames": 3_584, "free_frames": 512 * 512 - 3_584, "tlb_flush_all": 1,
+                              "nr_hugepages_2M": -512, "hugetlb_frames": -512 * 512}
     # the sum is back at boot's, the split between the counters is not
     assert (c["nr_memmap_boot_pages"], c["nr_memmap_pages"]) == (BOOT_MEMMAP - 4_096, 4_096)
     assert c["memmap_frames"] == BOOT_MEMMAP and c["vmemmap_pagetable_pages_pte"] == 9
@@ -276,8 +277,15 @@ def test_kpageflags_pfns(tmp_path, capsys):
         ["0x3ef600", "0x0000000000028000", "compound_head,huge"],
         ["0x3ef601", "0x0000000000030000", "compound_tail,huge"],
     ]
-    code, out, _ = cli(tmp_path, capsys, text(), "kpageflags", "--pfn", "0x400000")  # past the end of memory
-    assert out.splitlines()[1].split() == ["0x400000", "0x0000000000100000", "nopage"]
+    # fs/proc/page.c: /proc/kpageflags ends at get_max_dump_pfn(), max_pfn rounded up to a section:
+    # 16 GiB is 0x400000 pfns, already whole 128 MiB sections; a read there returns nothing
+    code, out, err = cli(tmp_path, capsys, text(), "kpageflags", "--pfn", "0x400000")
+    assert (code, out) == (2, "") and "--pfn 0x400000: /proc/kpageflags ends at pfn 0x400000" in err
+    code, out, err = cli(tmp_path, capsys, text(), "kpageflags", "--pfn", "0x57ffffffff")  # was an IndexError
+    assert (code, out) == (2, "") and "ends at pfn 0x400000" in err and "Traceback" not in err
+    code, out, err = cli(tmp_path, capsys, text(), "kpageflags", "--pfn", "0x3ffffe", "--count", "100000000")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["pfn", "0x3ffffe", "0x3fffff"]
+    assert "/proc/kpageflags ends at pfn 0x400000: 2 pfns shown" in err
 
 
 def test_kpageflags_check_failure_exits_1(tmp_path, capsys, monkeypatch):

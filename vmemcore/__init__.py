@@ -2,7 +2,7 @@
 
 import pluggy
 
-from .errors import BadRequest, OutOfMemory, PluginError, ScenarioError, Veto, VmemcoreError
+from .errors import BadRequest, OutOfMemory, PluginError, ScenarioError, SimulatorLimit, Veto, VmemcoreError
 from .geometry import (
     ArchInfo, Feature, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant,
 )
@@ -16,6 +16,6 @@ from .machine import Machine  # noqa: E402
 
 __all__ = [
     "ArchInfo", "BadRequest", "Machine", "MachineConfig", "MemoryRange", "Feature", "GiB", "HugePageSize", "Support", "KernelProfile", "KiB", "Level", "MiB", "OutOfMemory",
-    "PageTableGeometry", "PhysRange", "PiB", "PluginError", "ScenarioError", "SparseGeometry", "TiB", "Variant", "Veto",
+    "PageTableGeometry", "PhysRange", "PiB", "PluginError", "ScenarioError", "SimulatorLimit", "SparseGeometry", "TiB", "Variant", "Veto",
     "VmemcoreError", "format_size", "get_profile", "hookimpl", "parse_size",
 ]

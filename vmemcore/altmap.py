@@ -43,10 +43,10 @@ class VmemAltmap:
         return self.reserve + self.free
 
     def _set(self, alloc, align):
-        if self.journal is not None and self.journal.active:
-            old = (self.alloc, self.align)
-            self.journal.record(lambda: self._restore(*old))
+        old = (self.alloc, self.align)
         self.alloc, self.align = alloc, align
+        if self.journal is not None and self.journal.active:
+            self.journal.record(lambda: self._restore(*old))
 
     def _restore(self, alloc, align):
         self.alloc, self.align = alloc, align

@@ -16,7 +16,7 @@ from .geometry import describe_geometry
 from .plugins import TRACE_ENV, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, get_profile, unknown_profile
 from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
-                     kpageflags_report, kpageflags_runs, report)
+                     kpageflags_lines, kpageflags_report, kpageflags_runs, report)
 from .scenario import OPS, REQUIRED, RunError, load_scenario, run_scenario
 from .sweep import DEFAULT_COUNTERS
 
@@ -297,6 +297,9 @@ def main(argv=None):
             path = "<stdin>" if getattr(args, "scenario", None) == "-" else getattr(args, "scenario", None)
             print(jsonout.dumps(jsonout.error_data(error, path)))
         return _exit_code(error)
+    except MemoryError:  # this computer's memory, not the simulated machine's (that is OutOfMemory)
+        print("vmemcore: error: the simulator itself ran out of memory; the operation was rolled back", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _exit_code(error):
@@ -422,7 +425,16 @@ def _kpageflags(args):
     machine, _ = _simulate(args)
     folio = failure = None
     if args.hugetlb is None:
-        runs = kpageflags_runs(machine, args.pfn, args.count, collapse=False)
+        end = machine.structpages.max_dump_pfn()
+        if args.pfn >= end:
+            raise BadRequest(f"--pfn {args.pfn:#x}: /proc/kpageflags ends at pfn {end:#x} (max_pfn rounded up to a section)")
+        if args.pfn + args.count > end:
+            print(f"vmemcore: note: /proc/kpageflags ends at pfn {end:#x}: {end - args.pfn:,} pfns shown", file=sys.stderr)
+        if not args.json:
+            for line in kpageflags_lines(machine, args.pfn, args.count):
+                print(line)
+            return EXIT_OK
+        runs = kpageflags_runs(machine, args.pfn, args.count)
     else:
         hstate, folio = _folio(machine, args.hugetlb, args.index)
         runs = kpageflags_runs(machine, folio.head, 1 << folio.order)

@@ -5,16 +5,21 @@ validator makes one from a scenario's ``[machine]``, ``[[memory]]``, ``[hugetlb]
 tables. Both run :class:`ConfigValidator`, so a setting is checked the same way wherever it comes
 from; the error names its key path (``memory[1].size``), a :class:`BadRequest` here and a
 :class:`ScenarioError` with the line in a scenario. ``Machine.from_config`` boots from the result.
+The same validator (``Machine.rules``) checks the arguments of the Python API's operations, so a
+step's ``node`` or ``size`` and the API's are held to one set of rules.
 """
 
+import reprlib
 from types import MappingProxyType
 
 import attrs
 from attrs import frozen
 
 from .errors import BadRequest, PluginError, did_you_mean
+from .geometry import SUBSECTION_SHIFT
 from .hotplug import MemmapOnMemory
 from .live_entries import RemapStrategy
+from .physmem import Zone
 from .plugins import Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, unknown_profile
 from .units import format_size, human_size, parse_size
@@ -84,12 +89,15 @@ def machine_config(arch="x86_64", variant=None, kernel=None, memory=({"size": "1
     """The :class:`MachineConfig` of :class:`Machine`'s keywords (they take what the scenario
     tables take, and :class:`MemoryRange` items in ``memory``); ``registry`` finds the arch."""
     registry = registry or Registry()
-    registry.get(arch)  # an unknown arch is a PluginError, as the registry reports it
+    if isinstance(arch, str):
+        registry.get(arch)  # an unknown arch is a PluginError, as the registry reports it
     table = {"arch": arch}
     for key, value in (("variant", variant), ("kernel", kernel), ("features", features)):
         if value is not None:
             table[key] = value
-    doc = {"machine": table, "memory": [attrs.asdict(m) if isinstance(m, MemoryRange) else m for m in memory]}
+    if isinstance(memory, (list, tuple)):
+        memory = [attrs.asdict(m) if isinstance(m, MemoryRange) else m for m in memory]
+    doc = {"machine": table, "memory": memory}
     for key, value in (("hugetlb", hugetlb), ("hotplug", hotplug)):
         if value is not None:
             doc[key] = value
@@ -103,6 +111,16 @@ def type_name(value):
     )
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 3, 60, 60, 40
+
+
+def show(value) -> str:
+    """``repr(value)`` cut short: deep nesting and huge values stay readable (and never recurse)."""
+    return _SHOW.repr(value)
+
+
+MAX_MEMORY_RANGES = 4096
 _MACHINE_KEYS = ("arch", "variant", "kernel", "features")
 _MEMORY_KEYS = ("node", "start", "size")
 _HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "vmemmap_remap": ("remap", None), "boot": ("boot", ())}
@@ -111,12 +129,12 @@ _HOTPLUG_KEYS = {"memmap_on_memory": ("mode", MemmapOnMemory.N)}
 
 
 class ConfigValidator:
-    """Checks machine settings given as TOML-shaped tables, raising at the first error
-    :meth:`error` makes (a subclass adds where the key is)."""
+    """Checks machine settings given as TOML-shaped tables, and the arguments of operations,
+    raising at the first error :meth:`error` makes (a subclass adds where the key is)."""
 
-    def __init__(self, registry):
+    def __init__(self, registry, sparse=None):
         self.registry = registry
-        self.sparse = None  # the arch's SparseGeometry, once [machine] is read
+        self.sparse = sparse  # the arch's SparseGeometry, once [machine] is read
         self.nodes = ()  # the nodes of [[memory]], once read
 
     def error(self, key, message):
@@ -140,8 +158,11 @@ class ConfigValidator:
 
     def expect(self, key, value, kind, what):
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(key, f"must be {what}, got {type_name(value)} {value!r}")
+            raise self.error(key, f"must be {what}, got {type_name(value)} {show(value)}")
         return value
+
+    def flag(self, key, value):
+        return self.expect(key, value, bool, "true or false")
 
     def size(self, key, value):
         try:
@@ -149,11 +170,15 @@ class ConfigValidator:
         except BadRequest as error:
             raise self.error(key, str(error)) from None
 
-    def node(self, key, value):
-        self.expect(key, value, int, "a node number (integer)")
+    def natural(self, key, value, what, noun):
+        """A non-negative integer, ``what`` when it is not an integer, ``noun`` when negative."""
+        self.expect(key, value, int, what)
         if value < 0:
-            raise self.error(key, f"node {value} is negative")
+            raise self.error(key, f"{noun} {value} is negative")
         return value
+
+    def node(self, key, value):
+        return self.natural(key, value, "a node number (integer)", "node")
 
     def hugepage(self, key, value):
         """A HugeTLB page size: a power of two above the page size (whether the arch offers it is
@@ -165,10 +190,33 @@ class ConfigValidator:
         return size
 
     def count(self, key, value):
-        self.expect(key, value, int, "a count (integer)")
-        if value < 0:
-            raise self.error(key, f"count {value} is negative")
-        return value
+        return self.natural(key, value, "a count (integer)", "count")
+
+    def pfn(self, key, value):
+        return self.natural(key, value, "a page frame number (integer)", "pfn")
+
+    def block(self, key, value):
+        return self.natural(key, value, "a memory block id (integer)", "memory block")
+
+    def zone(self, key, value):
+        try:
+            return Zone(value)
+        except (ValueError, TypeError):
+            names = " or ".join(repr(zone.value) for zone in Zone)
+            raise self.error(key, f"must be {names}, got {type_name(value)} {show(value)}") from None
+
+    def range(self, key, args, sections=False):
+        """A step's ``start`` and ``size``: whole sub-sections (or sections) within the physical limit."""
+        unit = self.sparse.section_size if sections else 1 << SUBSECTION_SHIFT
+        what = "section" if sections else "sub-section"
+        for arg in ("start", "size"):
+            if args[arg] % unit:
+                raise self.error(f"{key}.{arg}", f"{args[arg]:#x} is not a multiple of the {format_size(unit)} {what}")
+        if args["size"] == 0:
+            raise self.error(f"{key}.size", "must be positive")
+        bits = self.sparse.max_physmem_bits
+        if args["start"] + args["size"] > 1 << bits:
+            raise self.error(f"{key}.size", f"range ends past the {bits}-bit physical limit")
 
     def mode(self, key, value):
         """``memory_hotplug.memmap_on_memory``: a :class:`MemmapOnMemory` value, or a boolean for Y/N."""
@@ -176,9 +224,9 @@ class ConfigValidator:
             return MemmapOnMemory.Y if value else MemmapOnMemory.N
         try:
             return MemmapOnMemory(value)
-        except ValueError:
+        except (ValueError, TypeError):
             names = ", ".join(repr(mode.value) for mode in MemmapOnMemory)
-            raise self.error(key, f"must be {names} or true/false, got {type_name(value)} {value!r}") from None
+            raise self.error(key, f"must be {names} or true/false, got {type_name(value)} {show(value)}") from None
 
     def remap(self, key, value):
         """``[hugetlb] vmemmap_remap``: a :class:`RemapStrategy` name (a what-if)."""
@@ -199,7 +247,7 @@ class ConfigValidator:
                     raise self.error(key, f"missing required key{what} (keys: {', '.join(keys)})")
                 values[name] = default
             elif kind == "bool":
-                values[name] = self.expect(key, table[name], bool, "true or false")
+                values[name] = self.flag(key, table[name])
             else:
                 values[name] = getattr(self, kind)(key, table[name])
         return values
@@ -260,6 +308,9 @@ class ConfigValidator:
             raise self.error("memory", "at least one [[memory]] range is required")
         if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges) or not ranges:
             raise self.error("memory", "must be a non-empty array of tables ([[memory]])")
+        if len(ranges) > MAX_MEMORY_RANGES:  # each is checked against the others: keep that bounded
+            raise self.error("memory", f"{len(ranges):,} ranges: at most {MAX_MEMORY_RANGES:,} (a firmware memory map "
+                                       "lists far fewer; merge adjacent ranges of one node)")
         sparse = self.sparse
         limit = 1 << sparse.max_physmem_bits
         page = sparse.page_size

@@ -36,6 +36,20 @@ class OutOfMemory(VmemcoreError):
     errno = -ENOMEM
 
 
+class SimulatorLimit(VmemcoreError):
+    """The simulator would need more of its own memory than it allows: it keeps a record of some
+    kilobytes per HugeTLB page and memory block, so an operation that would create more than
+    ``MAX_RECORDS`` of them is refused, as is one over more than ``MAX_SECTIONS`` sections (each
+    leaves journal records), and ``MAX_TABLES`` page tables (up to 18 KiB each while an
+    operation's journal holds their old entries) are all a machine may have; the machine is left
+    as it was (-ENOMEM). The kernel has no such limit."""
+
+    errno = -ENOMEM
+    MAX_RECORDS = 1 << 20  # about 5 GiB of the simulator's memory at worst
+    MAX_TABLES = 1 << 18  # a 1 PiB x86_64 machine has 16,417; an HVO'd 1 TiB pool adds 8,192
+    MAX_SECTIONS = 1 << 18  # sections one memmap operation adds or removes (32 TiB of x86_64's)
+
+
 class Veto(VmemcoreError):
     """An architecture plugin refused the request; ``reasons`` lists each plugin's reason."""
 

@@ -19,7 +19,7 @@ from errno import E2BIG, EBUSY
 import attrs
 
 from .altmap import VmemAltmap
-from .errors import BadRequest, PluginError, Veto
+from .errors import BadRequest, PluginError, SimulatorLimit, Veto
 from .geometry import Support
 from .physmem import Owner, Use, Zone
 from .profiles import MhpDesign
@@ -127,9 +127,9 @@ class Hotplug:
 
     def _set(self, block, **changes):
         old = {key: getattr(block, key) for key in changes}
-        self._record(lambda: [setattr(block, k, v) for k, v in old.items()])
         for key, value in changes.items():
             setattr(block, key, value)
+        self._record(lambda: [setattr(block, k, v) for k, v in old.items()])
 
     # -- memmap_on_memory -----------------------------------------------------------------------
     def memmap_pages(self, force=None):
@@ -174,11 +174,17 @@ class Hotplug:
     def add_memory(self, start, size, node=0, memmap_on_memory=False):
         """``add_memory``: present, offline memory blocks with their memmap populated."""
         m = self.machine
+        start, size = m.rules.size("start", start), m.rules.size("size", size)
+        m.rules.node("node", node)
+        m.rules.flag("memmap_on_memory", memmap_on_memory)
         with m.transaction():
             page = m.geometry.page_size
             if size <= 0 or start % self.block_size or size % self.block_size:
                 raise BadRequest(f"hot-add {byte_range(start, start + size)} is not aligned to the {format_size(self.block_size)} "
                                  "memory block size (-EINVAL)")
+            if size // self.block_size > SimulatorLimit.MAX_RECORDS:
+                raise SimulatorLimit(f"hot-add of {format_size(size)}: {size // self.block_size:,} memory blocks, more than "
+                                     f"the {SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
             if not self.support.supported:
                 raise Veto(f"{m.arch.name} kernel {m.profile.name} has no memory hotplug: {self.support.reason}",
                            [(m.plugin.name, self.support.reason)])
@@ -244,6 +250,7 @@ class Hotplug:
 
     # -- online / offline -----------------------------------------------------------------------
     def block(self, block_id) -> MemoryBlock:
+        self.machine.rules.block("block", block_id)
         if block_id not in self.blocks:
             raise BadRequest(f"there is no memory block {block_id}")
         return self.blocks[block_id]
@@ -251,10 +258,7 @@ class Hotplug:
     def online(self, block_id, zone=Zone.NORMAL):
         """``memory_block_online``: the memmap pages self-hosted, the rest to the buddy allocator."""
         m = self.machine
-        try:
-            zone = Zone(zone)
-        except ValueError:
-            raise BadRequest(f"zone must be {Zone.NORMAL.value!r} or {Zone.MOVABLE.value!r}, got {zone!r}") from None
+        zone = m.rules.zone("zone", zone)
         with m.transaction():
             block = self.block(block_id)
             if block.state is BlockState.ONLINE:
@@ -278,7 +282,8 @@ class Hotplug:
             physmem.zones.set(block.start_pfn, block.start_pfn + hosted, zone)
 
     def offline(self, block_id):
-        """``memory_block_offline``: free HugeTLB pages are dissolved, anything else in use fails."""
+        """``memory_block_offline``: free HugeTLB pages are dissolved, anything else in use fails.
+        Returns how many HugeTLB pages were dissolved, per size name ({} if none)."""
         m = self.machine
         with m.transaction():
             block = self.block(block_id)
@@ -286,7 +291,7 @@ class Hotplug:
                 raise BadRequest(f"memory block {block_id} is not online")
             hosted = self.self_hosted_pages(block)
             start = block.start_pfn + hosted
-            self._dissolve_hugetlb(block, start)
+            dissolved = self._dissolve_hugetlb(block, start)
             for s, e, owner in m.physmem.frames.items(start, block.end_pfn):
                 if owner.use is not Use.FREE:
                     raise BadRequest(f"offline of memory block {block_id} failed (-EBUSY): pfn {s:#x} holds an unmovable "
@@ -296,10 +301,13 @@ class Hotplug:
                 m.physmem.retag(s, e - s, Owner(Use.MEMMAP) if owner.use is Use.MEMMAP else Owner(Use.OFFLINE))
             m.physmem.zones.set(block.start_pfn, start, None)
             self._set(block, state=BlockState.OFFLINE, zone=None)
+            return dissolved
 
     def _dissolve_hugetlb(self, block, start):
-        """``dissolve_free_hugetlb_folios``: free HugeTLB folios in the range go back to buddy."""
+        """``dissolve_free_hugetlb_folios``: free HugeTLB folios in the range go back to buddy;
+        returns how many, per size name."""
         hugetlb = self.machine.hugetlb
+        dissolved = {}
         for h in hugetlb.hstates.values():
             victims = [hugetlb.take_free_folio(h, head) for head in sorted(h.folios) if start <= head < block.end_pfn]
             if victims:
@@ -307,21 +315,24 @@ class Hotplug:
                 if any(v.head in h.folios for v in victims):
                     raise BadRequest(f"offline of memory block {block.id} failed (-EBUSY): a HugeTLB page's vmemmap "
                                      "could not be restored", errno=-EBUSY)
+                dissolved[h.name] = len(victims)
+        return dissolved
 
     # -- remove ---------------------------------------------------------------------------------
     def remove_memory(self, start, size):
         """``try_remove_memory``: every block offline; memmap freed with the arch's ``vmemmap_free``."""
         m = self.machine
         page = m.geometry.page_size
+        start, size = m.rules.size("start", start), m.rules.size("size", size)
         with m.transaction():
             if size <= 0 or start % self.block_size or size % self.block_size:
                 raise BadRequest(f"remove {byte_range(start, start + size)} is not aligned to the {format_size(self.block_size)} "
                                  "memory block size (-EINVAL)")
             first, count = start // page, size // page
             ids = range(first // self.block_pages, (first + count) // self.block_pages)
-            missing = [i for i in ids if i not in self.blocks]
-            if missing:
-                raise BadRequest(f"memory block {missing[0]} was never added (-EINVAL)")
+            missing = next((i for i in ids if i not in self.blocks), None)  # ids may be a huge range
+            if missing is not None:
+                raise BadRequest(f"memory block {missing} was never added (-EINVAL)")
             blocks = [self.blocks[i] for i in ids]
             online = [b.id for b in blocks if b.state is BlockState.ONLINE]
             if online:

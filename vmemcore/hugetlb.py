@@ -10,10 +10,10 @@ boot (``gather_bootmem_prealloc``), and the HVO switch (``vm.hugetlb_optimize_vm
 
 import attrs
 
-from .errors import BadRequest, Veto
+from .errors import BadRequest, SimulatorLimit, Veto
 from .hvo import Hvo, optimizable_pages
 from .physmem import Use
-from .units import format_size, parse_size
+from .units import format_size
 
 
 @attrs.frozen
@@ -91,7 +91,7 @@ class HugeTLB:
 
     # -- lookups --------------------------------------------------------------------------------
     def hstate(self, size) -> HState:
-        size = parse_size(size)
+        size = self.machine.rules.hugepage("size", size)
         if size not in self.hstates:
             offered = ", ".join(h.name for h in self.hstates.values()) or "none"
             raise BadRequest(f"{self.machine.arch.name} has no {format_size(size)} HugeTLB pages here (sizes: {offered})")
@@ -111,10 +111,11 @@ class HugeTLB:
         return None
 
     def folio(self, head):
+        """The HugeTLB folio whose head pfn is ``head``."""
         for h in self.hstates.values():
             if head in h.folios:
                 return h.folios[head]
-        raise KeyError(head)
+        raise BadRequest(f"no HugeTLB folio has its head at pfn {head!r}")
 
     # -- journaled state changes ----------------------------------------------------------------
     def _record(self, undo):
@@ -123,15 +124,18 @@ class HugeTLB:
 
     def _put(self, h, folio):
         old = h.folios.get(folio.head)
-        self._record(lambda: h.folios.__setitem__(folio.head, old) if old else h.folios.pop(folio.head))
         h.folios[folio.head] = folio
+        self._record(lambda: h.folios.__setitem__(folio.head, old) if old else h.folios.pop(folio.head))
 
     def _drop(self, h, head):
         old = h.folios.pop(head)
         self._record(lambda: h.folios.__setitem__(head, old))
 
     def _push_free(self, h, folio):
-        stack = h.free_lists.setdefault(folio.node, [])
+        stack = h.free_lists.get(folio.node)
+        if stack is None:
+            stack = h.free_lists[folio.node] = []
+            self._record(lambda: h.free_lists.pop(folio.node))
         stack.append(folio.head)
         self._record(stack.pop)
 
@@ -143,8 +147,8 @@ class HugeTLB:
 
     def _set_nid(self, h, name, value):
         old = getattr(h, name)
-        self._record(lambda: setattr(h, name, old))
         setattr(h, name, value)
+        self._record(lambda: setattr(h, name, old))
 
     # -- the switch -----------------------------------------------------------------------------
     def _check_switch(self):
@@ -157,11 +161,12 @@ class HugeTLB:
         if not self.machine.profile.at_least(5, 19):
             raise BadRequest(f"kernel {self.machine.profile.name} has no vm.hugetlb_optimize_vmemmap sysctl "
                              "(added in 5.19): HVO is chosen at boot with hugetlb_free_vmemmap=on")
+        self.machine.rules.flag("enabled", enabled)
         if enabled:
             self._check_switch()
         old = self.optimize_vmemmap
-        self._record(lambda: setattr(self, "optimize_vmemmap", old))
         self.optimize_vmemmap = bool(enabled)
+        self._record(lambda: setattr(self, "optimize_vmemmap", old))
 
     # -- pool growth and shrinking --------------------------------------------------------------
     def _nodes(self):
@@ -193,8 +198,7 @@ class HugeTLB:
 
     def resize(self, size, count):
         """Write ``count`` to ``nr_hugepages`` of ``size`` (``set_max_huge_pages``)."""
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise BadRequest(f"nr_hugepages must be a non-negative integer, got {count!r}")
+        self.machine.rules.count("count", count)
         with self.machine.transaction():
             h = self.hstate(size)
             if count >= h.nr_huge_pages:
@@ -203,8 +207,14 @@ class HugeTLB:
 
     def _grow(self, h, count):
         nodes = self._nodes()
+        # set_max_huge_pages allocates until an allocation fails: no more than the free frames can
+        # hold, plus the attempt that fails, whatever count was asked for
+        attempts = min(count - h.nr_huge_pages, (self.machine.physmem.free_pages() >> h.order) + 1)
+        if attempts > SimulatorLimit.MAX_RECORDS:
+            raise SimulatorLimit(f"nr_hugepages {count:,} of {h.name}: up to {attempts:,} new HugeTLB pages, more than the "
+                                 f"{SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
         if len(nodes) == 1:  # no interleaving: one allocation sweep gives the same folios
-            heads = self.machine.physmem.alloc_pages(count - h.nr_huge_pages, nodes[0], Use.HUGETLB, h.order, exact_nid=True,
+            heads = self.machine.physmem.alloc_pages(attempts, nodes[0], Use.HUGETLB, h.order, exact_nid=True,
                                                      movable=self._movable(h))
             fresh = [Folio(head, h.order, nodes[0]) for head in heads]
         else:

@@ -321,10 +321,10 @@ class Hvo:
             if frame is None:
                 return None
             self.machine.structpages.describe(frame, SharedTail(order))
+            self.tail_pages[key] = frame
             journal = self.machine.journal
             if journal.active:
                 journal.record(lambda: self.tail_pages.pop(key))
-            self.tail_pages[key] = frame
         return frame
 
     # -- one folio ------------------------------------------------------------------------------

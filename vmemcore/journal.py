@@ -1,8 +1,11 @@
 """Undo journal: what makes every machine operation transactional.
 
-Each piece of mutable state records how to undo a change while a transaction is open. A failed
-operation replays the records backwards, leaving the machine exactly as before, at a cost that
-grows with the entries changed, never with the machine's size.
+Each piece of mutable state records how to undo a change while a transaction is open, right
+after making the change: a record always undoes state that exists, so an exception anywhere (a
+MemoryError included) leaves nothing half-undone. A failed operation replays the records
+backwards, leaving the machine exactly as before, at a cost that grows with the entries changed,
+never with the machine's size. This is the order of the kernel's own rollback paths, which undo
+only the steps that completed (e.g. ``vmemmap_remap_free``'s restore of the PTEs it changed).
 """
 
 from contextlib import contextmanager
@@ -17,9 +20,14 @@ class Journal:
         return self._records is not None
 
     def record(self, undo):
-        """Remember ``undo`` (a callable) if a transaction is open."""
+        """Remember ``undo`` (a callable), called right after the change it undoes, if a
+        transaction is open; if it cannot be remembered, the change is undone at once."""
         if self._records is not None:
-            self._records.append(undo)
+            try:
+                self._records.append(undo)
+            except BaseException:
+                undo()
+                raise
 
     @contextmanager
     def transaction(self):

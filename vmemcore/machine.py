@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .config import HotplugSpec, HugetlbSpec, MachineConfig, machine_config
-from .errors import BadRequest, PluginError
+from .config import ConfigValidator, HotplugSpec, HugetlbSpec, MachineConfig, machine_config
+from .errors import BadRequest, PluginError, SimulatorLimit
 from .journal import Journal
 from .pagetable import LEAF, PRESENT, PageTable
 from .physmem import PhysMem, Use
@@ -65,6 +65,7 @@ class Machine:
         self.geometry = self.hooks.pagetable_geometry(self.variant, self.profile)
         self.sparse_geometry = self.hooks.sparse_geometry(self.variant, self.profile)
         self._check_geometry()
+        self.rules = ConfigValidator(registry, self.sparse_geometry)  # the scenario's rules, for the API's arguments
         self.journal = Journal()
         self.stats = Counters(self.journal)
         self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
@@ -137,15 +138,27 @@ class Machine:
                 check_contiguous(self.pagetable)
 
     # -- operations -----------------------------------------------------------------------------
+    def _check_pages(self, pfn, nr_pages, node=0):
+        """The arguments of the memmap operations, checked by the scenario's rules."""
+        self.rules.pfn("pfn", pfn)
+        self.rules.count("nr_pages", nr_pages)
+        self.rules.node("node", node)
+        self.sparse.check_span(pfn, nr_pages)
+        sections = -(-nr_pages // self.sparse_geometry.pages_per_section)
+        if sections > SimulatorLimit.MAX_SECTIONS:
+            raise SimulatorLimit(f"pfn range [{pfn:#x}, +{nr_pages:#x}) spans {sections:,} sections, more than the "
+                                 f"{SimulatorLimit.MAX_SECTIONS:,} the simulator takes in one operation")
+
     def populate_section_memmap(self, pfn, nr_pages, node=0, altmap=None):
         """Map the memmap of ``[pfn, pfn + nr_pages)`` (whole sub-sections) on ``node``."""
+        self._check_pages(pfn, nr_pages, node)
         with self.transaction():
             self.sparse.populate(pfn, nr_pages, node, altmap)
 
     def depopulate_section_memmap(self, pfn, nr_pages, altmap=None):
         """Unmap and free the memmap of ``[pfn, pfn + nr_pages)`` through the arch's ``vmemmap_free``."""
+        self._check_pages(pfn, nr_pages)
         with self.transaction():
-            self.sparse.check_span(pfn, nr_pages)
             for start, count in self._section_pieces(pfn, nr_pages):
                 state = self.sparse.sections.get(self.sparse.section_nr(start))
                 if state is not None and state.early:
@@ -158,18 +171,19 @@ class Machine:
     def add_memmap(self, pfn, nr_pages, node=0, altmap=None, pgmap=None):
         """``sparse_add_section`` for each section piece of the range (as ``__add_pages`` splits it);
         ``pgmap``: the device pagemap the range belongs to, if any."""
+        self._check_pages(pfn, nr_pages, node)
         with self.transaction():
             for start, count in self._section_pieces(pfn, nr_pages):
                 self.sparse.add(node, start, count, altmap, pgmap)
 
     def remove_memmap(self, pfn, nr_pages, altmap=None):
         """``sparse_remove_section`` for each section piece of the range (as ``__remove_pages``)."""
+        self._check_pages(pfn, nr_pages)
         with self.transaction():
             for start, count in self._section_pieces(pfn, nr_pages):
                 self.sparse.remove(start, count, altmap)
 
     def _section_pieces(self, pfn, nr_pages):
-        self.sparse.check_span(pfn, nr_pages)
         pps = self.sparse_geometry.pages_per_section
         end = pfn + nr_pages
         while pfn < end:
@@ -206,7 +220,8 @@ class Machine:
         return counts
 
     def counters(self):
-        """Kernel-named counters plus page-table pages per level and vmemmap bytes per leaf size, in
+        """Kernel-named counters plus page-table pages per level, vmemmap bytes per leaf size, the
+        HugeTLB pools (``nr_hugepages_2M``, when not empty) and the frames per owner, in
         :data:`~vmemcore.stats.COUNTER_ORDER`."""
         out = self.stats.as_dict()
         out.update(self.zone_device.counters())
@@ -216,8 +231,15 @@ class Machine:
             span = self.geometry.level(name).entry_span
             out[f"vmemmap_leaves_{format_size(span)}"] = count
             out[f"vmemmap_mapped_bytes_{format_size(span)}"] = count * span
+        for _, h in sorted(self.hugetlb.hstates.items()):  # the pools, as sysfs nr_hugepages shows them
+            if h.nr_huge_pages:
+                out[f"nr_hugepages_{h.name}"] = h.nr_huge_pages
+            if h.surplus_huge_pages:
+                out[f"surplus_hugepages_{h.name}"] = h.surplus_huge_pages
         out["memmap_frames"] = self.physmem.pages_owned(Use.MEMMAP)
         out["pagetable_frames"] = self.physmem.pages_owned(Use.PAGETABLE)
+        out["hugetlb_frames"] = self.physmem.pages_owned(Use.HUGETLB)
+        out["offline_frames"] = self.physmem.pages_owned(Use.OFFLINE)
         out["free_frames"] = self.physmem.free_pages()
         out["present_pages"] = self.physmem.present_pages()
         if self.live_entries is not None:
@@ -251,9 +273,12 @@ class Machine:
         }
 
     def check(self):
-        """Assert the machine's invariants: owners add up, every table frame and every mapped
-        memmap frame is owned as such, and nothing owned as memmap or page table is unmapped."""
+        """Assert the machine's invariants: owners add up, the nodes are those with memory present,
+        every table frame and every mapped memmap frame is owned as such, nothing owned as memmap
+        or page table is unmapped, and the frames owned by HugeTLB are exactly its pools' folios."""
         self.physmem.check()
+        folios = [(np.fromiter(h.folios, np.int64, len(h.folios)), 1 << h.order) for h in self.hugetlb.hstates.values()]
+        _assert_owned(self.physmem, Use.HUGETLB, folios, arrays=True)
         page_shift = self.geometry.page_shift
         table_frames, leaf_frames = [], []
         for table in self.pagetable.all_tables():

@@ -8,7 +8,7 @@ at any level the geometry allows. Every change is journaled for rollback.
 
 import numpy as np
 
-from .errors import BadRequest
+from .errors import BadRequest, SimulatorLimit
 
 PRESENT = 1
 LEAF = 2  # the entry maps memory (a page at PTE level, a block above); else it points to a table
@@ -107,6 +107,9 @@ class PageTable:
         """Make entry ``index`` of ``parent`` point to ``child`` (``pmd_populate`` and friends)."""
         if parent.flags[index] & PRESENT:
             raise BadRequest(f"entry {index} of {parent} is already present")
+        if sum(self.tables.values()) >= SimulatorLimit.MAX_TABLES:
+            raise SimulatorLimit(f"a {child.level.name} table beyond the {SimulatorLimit.MAX_TABLES:,} page tables "
+                                 "the simulator keeps (each holds its entries in its own memory)")
         if self.observer is not None:
             self.observer.attach(parent, index, child, function)
         parent.children[index] = child
@@ -230,6 +233,8 @@ class PageTable:
     def lookup(self, vaddr):
         """``(table, index)`` of the leaf mapping ``vaddr``, or None if it is not mapped."""
         table = self.top
+        if not table.base <= vaddr < table.base + table.level.table_span:
+            return None  # outside what the page table maps at all
         while True:
             i = table.index(vaddr)
             if not table.flags[i] & PRESENT:

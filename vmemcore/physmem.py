@@ -150,10 +150,17 @@ class PhysMem:
         self._free_map(node)
 
     def hot_remove(self, start_pfn, end_pfn):
-        """Offline memory leaves: no longer present."""
+        """Offline memory leaves: no longer present. A node left without memory goes too
+        (``try_offline_node`` in ``mm/memory_hotplug.c``: no present pages, so ``node_set_offline``)."""
         self._expect(start_pfn, end_pfn, OFFLINE, "removed")
+        nodes = {node for _, _, node in self.nodes.items(start_pfn, end_pfn)}
         self.frames.set(start_pfn, end_pfn, None)
         self.nodes.set(start_pfn, end_pfn, None)
+        for node in nodes:
+            if not self.present_pages(node):
+                free = self._free.pop(node)
+                if self.journal is not None and self.journal.active:
+                    self.journal.record(lambda node=node, free=free: self._free.__setitem__(node, free))
 
     def online(self, start_pfn, end_pfn, zone):
         """``online_pages``: offline frames go to the buddy allocator, in ``zone``."""
@@ -311,6 +318,8 @@ class PhysMem:
     def check(self):
         """Raise AssertionError unless every present frame has exactly one owner and totals agree."""
         present = self.present_pages()
+        assert self.node_ids == sorted(self.nodes.totals), \
+            f"nodes {self.node_ids} but memory present on nodes {sorted(self.nodes.totals)}"
         owned = sum(self.frames.totals.values())
         assert owned == present, f"{owned} frames owned but {present} present"
         free = sum(n for owner, n in self.frames.totals.items() if owner.use is Use.FREE)

@@ -279,7 +279,7 @@ class ArchHooks:
         def record(*args):
             try:
                 answer = function(*args)
-            except (VmemcoreError, KeyboardInterrupt):
+            except (VmemcoreError, KeyboardInterrupt, MemoryError):  # MemoryError: the simulator's own memory
                 raise
             except BaseException as error:
                 raise PluginError(plugin, hook, f"raised {type(error).__name__}: {error}") from error

@@ -350,10 +350,10 @@ class VmemmapRefs:
         return True
 
     def _update(self, changes):
-        if self.journal is not None and self.journal.active:
-            old = {p: self.extra.get(p, 0) for p in changes}
-            self.journal.record(lambda: self._apply(old))
+        old = {p: self.extra.get(p, 0) for p in changes}
         self._apply(changes)
+        if self.journal is not None and self.journal.active:
+            self.journal.record(lambda: self._apply(old))
 
     def _apply(self, changes):
         for frame, extra in changes.items():

@@ -65,9 +65,9 @@ class RangeMap:
         if start >= end:
             return
         old = self.items(start, end)
+        self._assign(start, end, [(start, end, value)] if value is not None else [])
         if self.journal is not None and self.journal.active:
             self.journal.record(lambda: self._restore(start, end, old))
-        self._assign(start, end, [(start, end, value)] if value is not None else [])
 
     def _restore(self, start, end, segments):
         self._assign(start, end, segments)

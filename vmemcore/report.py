@@ -3,17 +3,25 @@ the memory blocks (``hotplug_report``, ``format_blocks``); and the ``/proc/kpage
 range of pfns (``kpageflags_runs``, ``format_kpageflags``)."""
 
 import attrs
+import numpy as np
 
 from . import structpage
-from .physmem import MOVABLE, NORMAL
+from .hotplug import BlockState
+from .hvo import optimizable_pages
+from .pagetable import LEAF, PRESENT
+from .physmem import MOVABLE, NORMAL, Use
+from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
 from .structpage import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE
 from .units import format_size, human_size
 
 
 def counter_unit(name) -> str:
-    """What a counter counts: "pages" (of the machine's page size), "bytes", or a plain "count"."""
+    """What a counter counts: "pages" (of the machine's page size), "bytes", or a plain "count"
+    (HugeTLB pages are counted, not sized in base pages)."""
     if "bytes" in name:
         return "bytes"
+    if "hugepages" in name:
+        return "count"
     if "pages" in name or name.endswith("_frames"):
         return "pages"
     return "count"
@@ -25,6 +33,7 @@ def report(machine, steps=()) -> dict:
     ``steps`` are the :class:`vmemcore.scenario.StepResult` values of the run.
     """
     counters = {name: int(value) for name, value in machine.counters().items()}
+    offline = _offline_pages(machine)
     return {
         "machine": {
             "arch": machine.arch.name,
@@ -39,9 +48,11 @@ def report(machine, steps=()) -> dict:
             "memory": [{"node": r.node, "start": r.start, "size": r.size} for r in machine.memory],
         },
         "nodes": [
-            {"node": node, "present_pages": machine.physmem.present_pages(node), "free_pages": machine.physmem.free_pages(node)}
+            {"node": node, "present_pages": machine.physmem.present_pages(node), "free_pages": machine.physmem.free_pages(node),
+             "offline_pages": offline.get(node, 0)}
             for node in machine.physmem.node_ids
         ],
+        "derived": derived(machine),
         "hugetlb": hugetlb_report(machine.hugetlb),
         "hotplug": hotplug_report(machine),
         "counters": counters,
@@ -63,6 +74,169 @@ def live_entries_report(machine, shown=20):
         "by_operation": dict(checker.by_operation),
         "first": [str(v) for v in checker.violations[:shown]],
     }
+
+
+def _offline_pages(machine) -> dict:
+    """{node: pages of its offline memory blocks}: present, but neither used nor free."""
+    out = {}
+    for block in machine.hotplug.blocks.values():
+        if block.state is BlockState.OFFLINE:
+            out[block.node] = out.get(block.node, 0) + block.nr_pages
+    return out
+
+
+def derived(machine) -> dict:
+    """The figures people compute from the counters, in bytes, shares in percent of the memory
+    present ("RAM"):
+
+    - ``memory``: present, online, offline (hot-added blocks not online), free, and used = online
+      - free, so offline memory is never "used";
+    - ``memmap``: boot (``nr_memmap_boot_pages``), runtime (``nr_memmap_pages``) and, within
+      runtime, the self-hosted memmap of hot-added blocks (memmap_on_memory), each with its share;
+    - ``pagetables``: the frames holding vmemmap page tables;
+    - ``hvo``: vmemmap pages optimized folios do without (``hugetlb_vmemmap_optimizable_size``
+      each) net of what HVO added: a PTE table per split PMD (``vmemmap_split_pmd``) and 7.1's
+      shared tail pages (docs/kernel-map.md#hugetlb-sizes-and-hvo);
+    - ``nodes``: per node, its memmap and the page tables mapping it, on the node itself or off it
+      (or on a device, for an altmap on device memory).
+    """
+    page = machine.geometry.page_size
+    counters = machine.stats
+    present = machine.physmem.present_pages() * page
+    offline = sum(_offline_pages(machine).values()) * page
+    free = machine.physmem.free_pages() * page
+
+    def share(nbytes):
+        return {"bytes": nbytes, "percent_of_ram": 100 * nbytes / present if present else 0.0}
+
+    boot, runtime = counters[NR_MEMMAP_BOOT_PAGES] * page, counters[NR_MEMMAP_PAGES] * page
+    return {
+        "memory": {"present": present, "online": present - offline, "offline": offline, "free": free,
+                   "used": present - offline - free},
+        "memmap": {"total": share(boot + runtime), "boot": share(boot), "runtime": share(runtime),
+                   "self_hosted": share(_self_hosted_memmap(machine) * page)},
+        "pagetables": {"pages": machine.physmem.pages_owned(Use.PAGETABLE)} | share(machine.physmem.pages_owned(Use.PAGETABLE) * page),
+        "hvo": _hvo_saving(machine),
+        "nodes": _placement(machine),
+    }
+
+
+def _self_hosted_memmap(machine) -> int:
+    """Memmap frames inside the hot-added blocks they describe (memmap_on_memory)."""
+    hotplug, frames = machine.hotplug, machine.physmem.frames
+    return sum(e - s for b in hotplug.blocks.values()
+               for s, e, owner in frames.items(b.start_pfn, b.start_pfn + hotplug.self_hosted_pages(b))
+               if owner.use is Use.MEMMAP)
+
+
+def _hvo_saving(machine) -> dict:
+    """What HVO saves now: ``optimizable_pages`` per optimized folio, less the PTE tables it added
+    and 7.1's shared tail pages. The PTE tables are one per split PMD (never merged back) or, in
+    5.14-5.17 with HVO on, every PTE table of the vmemmap: it is mapped with base pages for HVO's
+    sake (``hvo_needs_basepage_vmemmap``), which assumes the arch maps it with PMD leaves otherwise."""
+    page = machine.geometry.page_size
+    hugetlb = machine.hugetlb
+    optimized = {h.name: sum(map(hugetlb.hvo.is_optimized, h.folios)) for _, h in sorted(hugetlb.hstates.items())}
+    saved = sum(optimizable_pages(machine, h.order) * optimized[h.name] for h in hugetlb.hstates.values())
+    splits = machine.stats["hvo_pmd_splits"]
+    pte = machine.geometry.levels[-1]
+    tables = splits
+    if machine.profile.hvo_needs_basepage_vmemmap and hugetlb.optimize_vmemmap:
+        tables = machine.pagetable.tables[pte.name]
+    pte_bytes = tables * pte.alloc_bytes
+    tails = len(hugetlb.hvo.tail_pages)
+    return {"optimized_folios": {name: n for name, n in optimized.items() if n},
+            "vmemmap_bytes_freed": saved * page, "split_pmds": splits, "pte_tables_added": tables,
+            "pte_table_bytes_added": pte_bytes, "shared_tail_bytes": tails * page,
+            "net_saved_bytes": saved * page - pte_bytes - tails * page}
+
+
+def _placement(machine) -> list:
+    """Per node of the memory described: memmap and page-table bytes on that node, off it, and
+    (memmap only) on device memory. A frame several PTEs map (HVO, device-dax dedup) counts once."""
+    page_shift = machine.geometry.page_shift
+    sparse = machine.sparse_geometry
+    pte = machine.geometry.levels[-1]
+
+    def finder(extents):
+        """keys (an array) -> the node of the extent holding each, -1 for none."""
+        starts = np.array([s for s, _, _ in extents], dtype=np.int64)
+        ends = np.array([e for _, e, _ in extents], dtype=np.int64)
+        values = np.array([v if isinstance(v, int) else v.node for _, _, v in extents], dtype=np.int64)
+
+        def find(keys):
+            if not len(starts):
+                return np.full(len(keys), -1)
+            i = np.maximum(np.searchsorted(starts, keys, side="right") - 1, 0)
+            return np.where((keys >= starts[i]) & (keys < ends[i]), values[i], -1)
+        return find
+
+    section_node, frame_node = finder(machine.sparse.sections.items()), finder(machine.physmem.nodes.items())
+
+    def described(offsets):  # the node of the section whose struct pages sit at these vmemmap offsets
+        return section_node(offsets // sparse.struct_page_size >> sparse.pfn_section_shift)
+
+    frames, counts, offsets, tables, whole = [], [], [], [], []
+    for table in machine.pagetable.all_tables():
+        present_entries = np.flatnonzero(table.flags & PRESENT)
+        if table.pfn is not None and len(present_entries):
+            tables.append((table.pfn, table.va(int(present_entries[0])) - sparse.vmemmap_base, table.level.alloc_bytes))
+        leaves = np.flatnonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF))
+        if not len(leaves):
+            continue
+        span = table.level.entry_span >> page_shift
+        if table.level is not pte:  # a leaf of its own frames: the table is one sum if one node is on each side
+            lo, hi = int(table.pfns[leaves].min()), int(table.pfns[leaves].max()) + span
+            first = table.va(int(leaves[0])) - sparse.vmemmap_base
+            last = table.va(int(leaves[-1])) + table.level.entry_span - 1 - sparse.vmemmap_base
+            owner = _one_node(machine.sparse.sections, first // sparse.struct_page_size >> sparse.pfn_section_shift,
+                              (last // sparse.struct_page_size >> sparse.pfn_section_shift) + 1)
+            home = _one_node(machine.physmem.nodes, lo, hi)
+            if owner is not None and home is not None:
+                whole.append((owner, home, len(leaves) * span << page_shift))
+                continue
+        frames.append(table.pfns[leaves])
+        counts.append(np.full(len(leaves), span))
+        offsets.append((table.base - sparse.vmemmap_base) + (leaves.astype(np.int64) << table.level.shift))
+    out = {}
+
+    def add(owners, homes, nbytes, key, places):
+        """Sum ``nbytes`` per owner node and place: on the owner's node, off it, on no node (device)."""
+        place = np.where(homes < 0, 2, np.where(homes == owners, 0, 1))
+        for owner in np.unique(owners).tolist():
+            entry = out.setdefault(owner, {"memmap": {"on_node": 0, "off_node": 0, "on_device": 0},
+                                           "pagetables": {"on_node": 0, "off_node": 0}})
+            mine = owners == owner
+            for index, name in enumerate(places):
+                entry[key][name] += int(nbytes[mine & (place == index)].sum())
+
+    if frames:
+        frames, counts, offsets = np.concatenate(frames), np.concatenate(counts), np.concatenate(offsets)
+        shared = counts == pte.entry_span >> page_shift  # only PTEs map a frame more than once
+        _, first = np.unique(frames[shared], return_index=True)
+        keep = np.concatenate([np.flatnonzero(~shared), np.flatnonzero(shared)[first]])
+        frames, counts, owners = frames[keep], counts[keep], described(offsets[keep])
+        whole.extend(zip(owners.tolist(), frame_node(frames).tolist(), (counts << page_shift).tolist()))
+    if whole:
+        owners, homes, nbytes = (np.array(column, dtype=np.int64) for column in zip(*whole))
+        add(owners, homes, nbytes, "memmap", ("on_node", "off_node", "on_device"))
+    if tables:
+        pfns = np.array([pfn for pfn, _, _ in tables], dtype=np.int64)
+        homes = frame_node(pfns)
+        owners = described(np.array([offset for _, offset, _ in tables], dtype=np.int64))
+        add(owners, homes, np.array([nbytes for _, _, nbytes in tables], dtype=np.int64), "pagetables", ("on_node", "off_node"))
+    return [{"node": node} | out[node] for node in sorted(out)]
+
+
+def _one_node(extents, start, end):
+    """The node of ``[start, end)`` in ``extents`` (a RangeMap of nodes or of section states) when
+    it is one node throughout: -1 when none of it is there, None when mixed or partly there."""
+    items = extents.items(start, end)
+    if not items:
+        return -1
+    nodes = {v if isinstance(v, int) else v.node for _, _, v in items}
+    covered = sum(e - s for s, e, _ in items)
+    return nodes.pop() if len(nodes) == 1 and covered == end - start else None
 
 
 def hugetlb_report(hugetlb) -> dict:
@@ -147,6 +321,38 @@ def id_ranges(ids) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
+def percent(value) -> str:
+    """A share in percent, to four decimals at most: "1.5625%", "0.0003%", "<0.0001%"."""
+    if value and value < 0.0001:
+        return "<0.0001%"
+    return f"{value:.4f}".rstrip("0").rstrip(".") + "%"
+
+
+def _derived_lines(data):
+    """The :func:`derived` figures, a line per kind and one per node."""
+    mem, memmap, hvo = data["memory"], data["memmap"], data["hvo"]
+    lines = [
+        "RAM       " + ", ".join(f"{human_size(mem[k])} {k}" for k in ("present", "online", "offline", "used", "free")),
+        f"memmap    {human_size(memmap['total']['bytes'])} = {percent(memmap['total']['percent_of_ram'])} of RAM: "
+        + ", ".join(f"{k.replace('_', '-')} {human_size(memmap[k]['bytes'])} ({percent(memmap[k]['percent_of_ram'])})"
+                    for k in ("boot", "runtime", "self_hosted")),
+        f"tables    {data['pagetables']['pages']:,} pages ({human_size(data['pagetables']['bytes'])}) of vmemmap page tables = "
+        f"{percent(data['pagetables']['percent_of_ram'])} of RAM",
+    ]
+    if hvo["pte_tables_added"] or hvo["optimized_folios"]:
+        folios = ", ".join(f"{n:,} x {size}" for size, n in hvo["optimized_folios"].items()) or "no folios"
+        tails = f", {human_size(hvo['shared_tail_bytes'])} of shared tail pages" if hvo["shared_tail_bytes"] else ""
+        lines.append(f"HVO       net saving {human_size(hvo['net_saved_bytes'])}: {human_size(hvo['vmemmap_bytes_freed'])} of "
+                     f"vmemmap freed ({folios} optimized), less {human_size(hvo['pte_table_bytes_added'])} of PTE tables "
+                     f"({hvo['pte_tables_added']:,}; {hvo['split_pmds']:,} split PMDs){tails}")
+    for n in data["nodes"]:
+        where = [f"{what} {human_size(n[key]['on_node'])} on node, {human_size(n[key]['off_node'])} off node"
+                 for what, key in (("memmap", "memmap"), ("page tables", "pagetables"))]
+        device = f", memmap {human_size(n['memmap']['on_device'])} on device memory" if n["memmap"]["on_device"] else ""
+        lines.append(f"node {n['node']}    for its memory: {'; '.join(where)}{device}")
+    return lines
+
+
 def _hugetlb_lines(data):
     support = data["support"]
     if data["vmemmap_remap"]:
@@ -221,9 +427,11 @@ def format_report(data) -> str:
         end = r["start"] + r["size"]
         lines.append(f"memory    node {r['node']}  [{r['start']:#x}, {end:#x})  {human_size(r['size'])}")
     for n in data["nodes"]:
-        used = n["present_pages"] - n["free_pages"]
+        used = n["present_pages"] - n["offline_pages"] - n["free_pages"]
+        offline = f", {n['offline_pages']:,} offline" if n["offline_pages"] else ""
         lines.append(f"node {n['node']}    {n['present_pages']:,} pages present, {used:,} used ({human_size(used * page)}), "
-                     f"{n['free_pages']:,} free")
+                     f"{n['free_pages']:,} free{offline}")
+    lines += _derived_lines(data["derived"])
     lines += _hugetlb_lines(data["hugetlb"])
     lines += _zone_lines(data["hotplug"]["zones"], page)
     lines += ["", "counters"]
@@ -264,16 +472,41 @@ def kpageflag_names(flags) -> list:
     return [KPF_NAMES.get(bit, f"bit{bit}") for bit in range(flags.bit_length()) if flags >> bit & 1]
 
 
+KPAGEFLAGS_CHUNK = 1 << 16  # pfns read at a time: memory stays bounded however many are asked for
+
+
+def iter_kpageflags(machine, pfn, count):
+    """``(pfn, flags)`` for ``[pfn, pfn + count)``, read a chunk at a time as ``kpageflags_read``
+    loops; it stops where ``/proc/kpageflags`` ends (``StructPages.max_dump_pfn``)."""
+    end = pfn + count
+    while pfn < end:
+        flags = machine.structpages.kpageflags_range(pfn, min(KPAGEFLAGS_CHUNK, end - pfn))
+        if not flags:
+            return
+        yield from enumerate(flags, pfn)
+        pfn += len(flags)
+
+
 def kpageflags_runs(machine, pfn, count, collapse=True) -> list:
     """``[start, nr_pfns, flags]`` for ``[pfn, pfn + count)``: one per pfn, or with ``collapse``
     one per run of consecutive pfns whose flags are identical."""
     runs = []
-    for p, flags in enumerate(machine.structpages.kpageflags_range(pfn, count), pfn):
+    for p, flags in iter_kpageflags(machine, pfn, count):
         if collapse and runs and runs[-1][2] == flags:
             runs[-1][1] += 1
         else:
             runs.append([p, 1, flags])
     return runs
+
+
+def kpageflags_lines(machine, pfn, count):
+    """:func:`format_kpageflags` of the uncollapsed runs of ``[pfn, pfn + count)``, line by line
+    as they are read, so a long range streams instead of being held whole."""
+    last = min(pfn + count, machine.structpages.max_dump_pfn()) - 1
+    wide = max(len("pfn"), len(f"{last:#x}"))
+    yield f"{'pfn':<{wide}}  {'flags':<18}  symbolic-flags"
+    for p, flags in iter_kpageflags(machine, pfn, count):
+        yield f"{p:<#{wide}x}  {flags:#018x}  {_names(flags)}"
 
 
 def check_folio_flags(head, runs):

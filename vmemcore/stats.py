@@ -15,7 +15,8 @@ NR_MEMMAP_BOOT_PAGES = "nr_memmap_boot_pages"
 COUNTER_ORDER = (
     NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES,
     "vmemmap_pagetable_pages_", "vmemmap_leaves_", "vmemmap_mapped_bytes_",
-    "memmap_frames", "pagetable_frames", "free_frames", "present_pages",
+    "memmap_frames", "pagetable_frames", "free_frames", "present_pages", "hugetlb_frames", "offline_frames",
+    "nr_hugepages_", "surplus_hugepages_",
     "hvo_pmd_splits", "hvo_vmemmap_pages_freed", "hvo_vmemmap_pages_allocated", "hugetlb_restore_failures",
     "devdax_vmemmap_pages_mapped", "devdax_vmemmap_frames_used", "devdax_vmemmap_pages_saved",
     "vmemmap_offnode_entries", "altmap_not_fully_unmapped", "tlb_flush_all", "tlb_flush_kernel_range",
@@ -54,9 +55,9 @@ class Counters:
         if not delta:
             return
         existed, old = name in self._values, self._values.get(name, 0)
+        self._values[name] = old + delta
         if self.journal is not None and self.journal.active:
             self.journal.record(lambda: self._values.__setitem__(name, old) if existed else self._values.pop(name))
-        self._values[name] = old + delta
 
     def __getitem__(self, name):
         return self._values.get(name, 0)

@@ -89,9 +89,9 @@ class StructPages:
     def describe(self, frame, descriptor):
         """Materialise ``frame``'s contents as ``descriptor`` (None: back to plain "at home")."""
         old = self.contents.get(frame)
+        self._put(frame, descriptor)
         if self.journal.active:
             self.journal.record(lambda: self._put(frame, old))
-        self._put(frame, descriptor)
 
     def _put(self, frame, descriptor):
         if descriptor is None:
@@ -254,6 +254,8 @@ class StructPages:
         if compound is None:
             folio = self.machine.hugetlb.folio_of(start) if self.machine.hugetlb else None
             extent = self.machine.physmem.frames.extent(start)
+            if folio is None and extent is not None and extent[1] >= end and extent[2].use.value != "hugetlb":
+                return [self.home(start)] * count  # one owner, no folio: every struct page alike
             if folio is not None and extent is not None and extent[1] >= end:
                 compound = folio.head, 1 << folio.order
         if compound is None or compound[0] + compound[1] < end:
@@ -290,8 +292,19 @@ class StructPages:
         """``compound_head(pfn_to_page(pfn))`` as a pfn, through the vmemmap."""
         return self.compound_heads(pfn, 1)[0]
 
+    def max_dump_pfn(self) -> int:
+        """``get_max_dump_pfn`` (``fs/proc/page.c``): ``max_pfn`` rounded up to a whole section,
+        where ``/proc/kpageflags`` ends; here the end of the highest section with a memmap."""
+        sections = self.machine.sparse.sections.items()
+        return self.machine.sparse.section_pfn(sections[-1][1]) if sections else 0
+
     def kpageflags_range(self, start, count):
-        """The flags ``/proc/kpageflags`` reports for each pfn of the range (the subset modelled)."""
+        """The flags ``/proc/kpageflags`` reports for each pfn of the range (the subset modelled);
+        like ``kpageflags_read``, the list stops at :meth:`max_dump_pfn`."""
+        self.machine.rules.pfn("pfn", start)
+        count = max(0, min(self.machine.rules.count("count", count), self.max_dump_pfn() - start))
+        if not count:
+            return []
         pages = self.read_range(start, count + 1)
         heads = self._heads(start, pages)
         head_pages = {}

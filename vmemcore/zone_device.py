@@ -131,8 +131,9 @@ class ZoneDevice:
 
     def _put(self, key, pagemap):
         """``self.pagemaps[key] = pagemap`` (None: delete), journaled."""
-        self.machine.journal.record(lambda old=self.pagemaps.get(key): self._set(key, old))
+        old = self.pagemaps.get(key)
         self._set(key, pagemap)
+        self.machine.journal.record(lambda: self._set(key, old))
 
     def _set(self, key, pagemap):
         if pagemap is None:
@@ -313,13 +314,15 @@ def add_devdax_step(machine, start, size, align=None, node=0, altmap=False):
     ``align`` bytes (default: base pages), its memmap on the device when ``altmap``; returns the
     pagemap's report."""
     page = machine.geometry.page_size
-    align = page if align is None else parse_size(align)
+    rules = machine.rules
+    start, size, node, altmap = rules.size("start", start), rules.size("size", size), rules.node("node", node), rules.flag("altmap", altmap)
+    align = page if align is None else rules.size("align", align)
     if align < page or align & (align - 1):
         raise BadRequest(f"align {align:#x} is not a power of two of at least the {format_size(page)} page size")
     pgmap = DevicePagemap(
         ranges=[(start, size)],
         vmemmap_shift=(align // page).bit_length() - 1,
-        altmap=pmem_altmap(machine, parse_size(start), parse_size(size), align) if altmap else None,
+        altmap=pmem_altmap(machine, start, size, align) if altmap else None,
         node=node,
     )
     return machine.zone_device.add(pgmap).report()

@@ -16,6 +16,7 @@ class Locator:
 
     def __init__(self, text):
         self.lines = text.splitlines()
+        self._found = {}  # (names, array) -> header line indexes: every step asks, so scan once
 
     def line(self, path):
         scope, best, names = -1, None, []  # scope: the line index of the current table's header
@@ -25,8 +26,8 @@ class Locator:
                 return found if index == "" else self._item(found - 1, int(index))
             names.append(key)
             headers = self._headers(names, array=True) if index else self._headers(names) or self._headers(names, array=True)
-            headers = headers[int(index or 0):]
-            scope = headers[0] if headers else None  # None: a table whose header is implicit
+            nth = int(index or 0)
+            scope = headers[nth] if nth < len(headers) else None  # None: a table whose header is implicit
             best = best if scope is None else scope
         return None if best is None else best + 1
 
@@ -43,7 +44,13 @@ class Locator:
 
     def _headers(self, names, array=False):
         """Line indexes of the ``[a.b]`` (or ``[[a]]``) headers of the dotted table ``names``."""
-        dotted = r"\s*\.\s*".join(re.escape(n) for n in names)
+        key = (tuple(names), array)
+        if key not in self._found:
+            self._found[key] = self._scan(names, array)
+        return self._found[key]
+
+    def _scan(self, names, array):
+        dotted = r"\s*\.\s*".join(rf"(\"?){re.escape(n)}\{k + 1}" for k, n in enumerate(names))  # bare or "quoted"
         pattern = rf"^\s*\[\[\s*{dotted}\s*\]\]" if array else rf"^\s*\[\s*{dotted}\s*\](?!\])"
         regex = re.compile(pattern)
         return [i for i, text in enumerate(self.lines) if regex.match(text)]

@@ -45,14 +45,25 @@ def _block_ids(machine, args):
     if first % per_block or count % per_block:
         raise BadRequest(f"{byte_range(args['start'], args['start'] + args['size'])} are not aligned to the "
                          f"{format_size(machine.hotplug.block_size)} memory block size (-EINVAL)")
-    return list(range(first // per_block, (first + count) // per_block))
+    return range(first // per_block, (first + count) // per_block)  # a range: a step may name petabytes of them
 
 
 def _each_block(machine, args, action):
     ids = _block_ids(machine, args)
     for block in ids:
         action(block)
-    return {"blocks": ids}
+    return {"blocks": list(ids)}
+
+
+def _offline(machine, args):
+    """Offline the blocks; the result says how many free HugeTLB pages offlining dissolved, which
+    is why ``nr_hugepages_<size>`` falls."""
+    dissolved = {}
+    ids = _block_ids(machine, args)
+    for block in ids:
+        for size, count in machine.hotplug.offline(block).items():
+            dissolved[size] = dissolved.get(size, 0) + count
+    return {"blocks": list(ids)} | {f"dissolved_hugepages_{size}": count for size, count in dissolved.items()}
 
 
 def _hot_add(machine, args):
@@ -63,7 +74,7 @@ def _hot_add(machine, args):
 def _hot_remove(machine, args):
     ids = _block_ids(machine, args)
     machine.hotplug.remove_memory(args["start"], args["size"])
-    return {"blocks": ids}
+    return {"blocks": list(ids)}
 
 
 _RANGE = {"start": ("size", REQUIRED), "size": ("size", REQUIRED)}
@@ -96,8 +107,7 @@ OPS = {
            lambda m, a: _each_block(m, a, lambda block: m.hotplug.online(block, a["zone"])),
            "online a memory block, or every block of start+size, into ZONE_NORMAL or ZONE_MOVABLE",
            sections=True),
-        Op("hotplug.offline", dict(_BLOCKS),
-           lambda m, a: _each_block(m, a, m.hotplug.offline),
+        Op("hotplug.offline", dict(_BLOCKS), _offline,
            "offline a memory block, or every block of start+size (-EBUSY if pages in it are in use)",
            sections=True),
         Op("hotplug.remove", dict(_RANGE), _hot_remove,

@@ -1,17 +1,16 @@
 """Scenario validation: TOML text to a :class:`Scenario`, or a :class:`ScenarioError` naming the key
 path and its line. The machine's tables are checked by :class:`ConfigValidator`, the steps here."""
 
+import os
 import re
+import stat
 import sys
 import tomllib
 
-from ..config import ConfigValidator, type_name
+from ..config import ConfigValidator
 from ..errors import ScenarioError, did_you_mean
-from ..geometry import SUBSECTION_SHIFT
 from ..overrides import apply_overrides, origin_of
-from ..physmem import Zone
 from ..plugins import Registry
-from ..units import format_size
 from .locate import Locator
 from .ops import OPS
 from .spec import Scenario, Step
@@ -19,15 +18,24 @@ from .spec import Scenario, Step
 _TOP_KEYS = ("machine", "memory", "hugetlb", "hotplug", "steps")
 
 
+MAX_SCENARIO_BYTES = 4 << 20  # a scenario is a page of text; this is far beyond any real one
+
+
 def load_scenario(path, registry=None, overrides=()) -> Scenario:
-    """Read and validate the scenario file at ``path``, standard input when ``"-"`` (its messages
-    then say ``<stdin>``), with the keys ``overrides`` set (:mod:`vmemcore.overrides`); nothing is
-    simulated."""
+    """Read and validate the scenario at ``path`` — a file or a pipe of at most
+    MAX_SCENARIO_BYTES, standard input when ``"-"`` (its messages then say ``<stdin>``) — with
+    the keys ``overrides`` set (:mod:`vmemcore.overrides`); a device (``/dev/zero``) or anything
+    longer is refused. Nothing is simulated."""
     if str(path) == "-":
-        data, path = sys.stdin.buffer.read(), "<stdin>"
+        data, path = sys.stdin.buffer.read(MAX_SCENARIO_BYTES + 1), "<stdin>"
     else:
         with open(path, "rb") as f:
-            data = f.read()
+            mode = os.fstat(f.fileno()).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                raise ScenarioError("file", "not a regular file or a pipe", path=str(path))
+            data = f.read(MAX_SCENARIO_BYTES + 1)
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise ScenarioError("file", f"longer than {MAX_SCENARIO_BYTES >> 20} MiB: not a scenario", path=str(path))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -40,6 +48,8 @@ def parse_scenario(text, path=None, registry=None, overrides=()) -> Scenario:
     ``registry`` (default: a fresh :class:`Registry`) finds the arch."""
     try:
         doc = tomllib.loads(text)
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ScenarioError("syntax", "values nested too deeply", path=path) from None
     except tomllib.TOMLDecodeError as error:
         message = str(error)
         found = re.search(r"\(at line (\d+), column (\d+)\)", message)
@@ -65,19 +75,6 @@ class _Validator(ConfigValidator):
         if origin:  # the value came from the command line: no line of the file to name
             return ScenarioError(key, f"{message} ({origin})", None, self.path)
         return ScenarioError(key, message, self.locator.line(key), self.path)
-
-    def block(self, key, value):
-        self.expect(key, value, int, "a memory block id (integer)")
-        if value < 0:
-            raise self.error(key, f"memory block {value} is negative")
-        return value
-
-    def zone(self, key, value):
-        try:
-            return Zone(value)
-        except ValueError:
-            names = " or ".join(repr(zone.value) for zone in Zone)
-            raise self.error(key, f"must be {names}, got {type_name(value)} {value!r}") from None
 
     def scenario(self, doc) -> Scenario:
         self.known_keys(doc, _TOP_KEYS, "")
@@ -112,16 +109,3 @@ class _Validator(ConfigValidator):
         if args["block"] is None and len(given) < 2:
             missing = "start" if given == ["size"] else "size" if given else "block"
             raise self.error(f"{key}.{missing}", f"missing required key of {name} (block, or start and size)")
-
-    def range(self, key, args, sections=False):
-        """A step's ``start`` and ``size``: whole sub-sections (or sections) within the physical limit."""
-        unit = self.sparse.section_size if sections else 1 << SUBSECTION_SHIFT
-        what = "section" if sections else "sub-section"
-        for arg in ("start", "size"):
-            if args[arg] % unit:
-                raise self.error(f"{key}.{arg}", f"{args[arg]:#x} is not a multiple of the {format_size(unit)} {what}")
-        if args["size"] == 0:
-            raise self.error(f"{key}.size", "must be positive")
-        bits = self.sparse.max_physmem_bits
-        if args["start"] + args["size"] > 1 << bits:
-            raise self.error(f"{key}.size", f"range ends past the {bits}-bit physical limit")
