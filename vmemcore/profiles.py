@@ -222,6 +222,12 @@ def _version_profile(name) -> KernelProfile:
     return compute_profile(name, release)
 
 
+def select_kernels(kernels=()) -> list:
+    """The named profiles (every one when ``kernels`` is empty, else those it names), then the
+    other versions ``kernels`` names, in its order."""
+    return [k for k in PROFILES if not kernels or k in kernels] + [k for k in kernels if k not in PROFILES]
+
+
 def unknown_profile(name) -> str:
     """Why ``name`` is no kernel profile: what is accepted, and the closest named profile."""
     return (f"unknown kernel profile {name!r} (a version {SPAN} as X.Y or X.Y.Z, or a named profile: "
