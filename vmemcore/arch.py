@@ -8,6 +8,8 @@ else (the built-in plugins import only this module). Documented in ``docs/plugin
 - one teardown walk for ``vmemmap_free`` (:func:`vmemmap_teardown` with a :class:`TeardownPolicy`);
 - the live-entry rule a plugin states (:class:`LiveEntryRule`, with the entry bits
   :data:`RDONLY` and :data:`CONT` it names);
+- dated kernel changes (:class:`Change`) a plugin declares in ``ArchInfo.changes`` and tests with
+  :func:`selected` or ``profile.has(change)``;
 - queries a policy needs (:func:`vmemmap_boot_frame`) and :func:`preallocate_tables` for
   ``vmemcore_pgtable_cache_init``.
 
@@ -25,16 +27,18 @@ from .live_entries import ANY_CHANGE, LiveEntryRule
 from .pagetable import CONT, RDONLY
 from .populate import NUMA_NO_NODE, table_allocator, vmemmap_populate_basepages, vmemmap_populate_hugepages
 from .profiles import KernelProfile, MhpDesign
+from .timeline import Change
 from .units import GiB, KiB, MiB, PiB, TiB, format_size
 
 
 def selected(profile, since=None, until=None, *, before="", after="", caveat="") -> Support:
-    """Whether kernel ``profile`` has a Kconfig select an arch gained in release ``since`` and lost in
-    release ``until`` (``(major, minor)`` tuples, None: always/never); a no carries ``before`` or
+    """Whether kernel ``profile`` has a Kconfig select an arch gained with ``since`` and lost with
+    ``until``: each a :class:`Change` (its mainline release or one of its stable backports), a
+    ``(major, minor)`` mainline release, or None (always/never); a no carries ``before`` or
     ``after``, the kernel's reason; a yes carries ``caveat``."""
-    if since is not None and not profile.at_least(*since):
+    if since is not None and not profile.has(since):
         return Support(False, before)
-    if until is not None and profile.at_least(*until):
+    if until is not None and profile.has(until):
         return Support(False, after)
     return Support(True, caveat)
 
@@ -56,7 +60,7 @@ def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
 
 
 __all__ = [
-    "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile",
+    "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Change", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile",
     "KiB", "Level", "LiveEntryRule", "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "RDONLY", "SparseGeometry",
     "Support", "TeardownPolicy", "TiB", "Variant", "Veto", "VmemcoreError", "format_size", "hookimpl",
     "preallocate_tables", "selected", "vmemmap_boot_frame", "vmemmap_populate_basepages", "vmemmap_populate_hugepages",

@@ -14,7 +14,7 @@ from .diagram import diagram, diagram_data, folio_title
 from .errors import BadRequest, PluginError, ScenarioError, VmemcoreError, did_you_mean
 from .geometry import describe_geometry
 from .plugins import TRACE_ENV, Registry
-from .profiles import DEFAULT_PROFILE, PROFILES, get_profile, unknown_profile
+from .profiles import DEFAULT_PROFILE, PROFILES, SPAN, get_profile, kernel_error
 from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
                      kpageflags_lines, kpageflags_report, kpageflags_runs, report)
 from .scenario import OPS, REQUIRED, RunError, load_scenario, run_scenario
@@ -45,7 +45,7 @@ scenario format (TOML; full reference in docs/scenarios.md):
   [machine]
   arch = "x86_64"                  # required: see `vmemcore arches`
   variant = "4-level"              # a variant name or {{ paging = "4-level" }}; default: the arch's
-  kernel = "6.12"                  # kernel profile: {", ".join(PROFILES)} (default {DEFAULT_PROFILE})
+  kernel = "6.12"                  # any version {SPAN} ("6.8", "6.12.42") or 2019 (default {DEFAULT_PROFILE})
   features = {{ pse = true }}        # machine features of the arch
 
   [[memory]]                       # one or more ranges
@@ -231,7 +231,7 @@ def build_parser():
     selection = argparse.ArgumentParser(add_help=False, parents=[common])
     selection.add_argument("--variant", action="append", default=[], metavar="V", help="only this variant (repeatable)")
     selection.add_argument("--kernel", action="append", default=[], metavar="K",
-                           help=f"only this kernel profile (repeatable; {', '.join(PROFILES)})")
+                           help=f"only this kernel (repeatable; a version {SPAN} or a profile: {', '.join(PROFILES)})")
     selection.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     conformance = sub.add_parser(
@@ -271,9 +271,24 @@ def build_parser():
     arches.add_argument("--variant", metavar="V",
                         help="a variant name, or options as KEY=VALUE[,KEY=VALUE] (default: the arch's default)")
     arches.add_argument("--kernel", metavar="K", default=DEFAULT_PROFILE,
-                        help=f"kernel profile ({', '.join(PROFILES)}; default {DEFAULT_PROFILE})")
+                        help=f"kernel version ({SPAN}, or a profile: {', '.join(PROFILES)}; default {DEFAULT_PROFILE})")
     arches.add_argument("--json", action="store_true", help="print JSON instead of text")
     arches.set_defaults(func=_arches)
+
+    profiles = sub.add_parser(
+        "profiles", parents=[common], help="the kernel timeline, or what one kernel version has",
+        description="Without VERSION, list every dated kernel change modelled (the engine's, and with\n"
+                    "--arch one arch plugin's, else every installed plugin's): what it changes, the\n"
+                    "commit, the mainline release and the stable point releases that received it,\n"
+                    "and the named profiles. With VERSION (X.Y or X.Y.Z, "
+                    f"{SPAN}, or a profile\nname), say which of those changes that version has "
+                    "and the profile fields they\ngive.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    profiles.add_argument("version", nargs="?", metavar="VERSION", help="a kernel version such as 6.12.42, or a profile name")
+    profiles.add_argument("--arch", metavar="A", help="this arch plugin's changes only (default: every installed arch)")
+    profiles.add_argument("--json", action="store_true", help="print JSON instead of text")
+    profiles.set_defaults(func=_profiles)
     return parser
 
 
@@ -484,8 +499,8 @@ def _selected(registry, arches, variants, kernels):
             raise BadRequest(f"--variant {variant!r}: no such variant (variants: {', '.join(sorted(known))})"
                              + did_you_mean(variant, known))
     for kernel in kernels:
-        if kernel not in PROFILES:
-            raise BadRequest(f"--kernel {kernel!r}: {unknown_profile(kernel)}")
+        if kernel_error(kernel):
+            raise BadRequest(f"--kernel {kernel!r}: {kernel_error(kernel)}")
     return arches
 
 
@@ -534,6 +549,23 @@ def _arches(args):
     print(f"{plugin.info.name} {variant.name} ({options}), kernel {profile.name}, plugin {plugin.name}")
     wide = max(len(label) for label, _ in rows)
     print("\n".join(f"  {label:<{wide}}  {value}" for label, value in rows))
+    return EXIT_OK
+
+
+def _profiles(args):
+    from .timeline_view import format_timeline, format_version_view, timeline_data, version_data
+
+    registry = Registry(disabled=args.disabled)
+    for error in registry.errors:
+        print(f"vmemcore: {error}", file=sys.stderr)
+    arches = _selected(registry, [args.arch] if args.arch else [], [], [])
+    plugins = [registry.get(arch) for arch in (arches or sorted(registry.arches))]
+    if args.version is None:
+        data = timeline_data(plugins)
+        print(jsonout.dumps(data) if args.json else format_timeline(data))
+        return EXIT_OK
+    data = version_data(get_profile(args.version), plugins)
+    print(jsonout.dumps(data) if args.json else format_version_view(data))
     return EXIT_OK
 
 

@@ -21,7 +21,7 @@ from .hotplug import MemmapOnMemory
 from .live_entries import RemapStrategy
 from .physmem import Zone
 from .plugins import Registry
-from .profiles import DEFAULT_PROFILE, PROFILES, unknown_profile
+from .profiles import DEFAULT_PROFILE, get_profile, kernel_error
 from .units import format_size, human_size, parse_size
 
 REQUIRED = object()  # marks a key without a default
@@ -274,8 +274,8 @@ class ConfigValidator:
         if isinstance(kernel, float):
             raise self.error("machine.kernel", f"must be a quoted string such as \"6.12\", got the float {kernel} (unquoted, 6.10 reads as 6.1)")
         self.expect("machine.kernel", kernel, str, "a string such as \"6.12\"")
-        if kernel not in PROFILES:
-            raise self.error("machine.kernel", unknown_profile(kernel))
+        if kernel_error(kernel):
+            raise self.error("machine.kernel", kernel_error(kernel))
 
         features = table.get("features", {})
         self.expect("machine.features", features, dict, "a table such as { pse = true }")
@@ -285,7 +285,7 @@ class ConfigValidator:
                 raise self.error(f"machine.features.{name}", f"{arch} has no such feature (features: {', '.join(known) or 'none'})")
             self.expect(f"machine.features.{name}", value, bool, "true or false")
 
-        self.sparse = plugin.hooks().sparse_geometry(variant, PROFILES[kernel])
+        self.sparse = plugin.hooks().sparse_geometry(variant, get_profile(kernel))
         return arch, variant.name, kernel, features
 
     def variant(self, info, wanted):

@@ -10,6 +10,7 @@ import attrs
 from attrs import field, frozen
 
 from .errors import did_you_mean
+from .timeline import Change
 from .units import format_size
 
 SUBSECTION_SHIFT = 21  # include/linux/mmzone.h: 2 MiB on every architecture
@@ -227,13 +228,16 @@ class Feature:
 
 @frozen
 class ArchInfo:
-    """What ``vmemcore_arch_info`` returns: the arch's name, its variants and machine features."""
+    """What ``vmemcore_arch_info`` returns: the arch's name, its variants and machine features, and
+    the dated kernel changes (:class:`~vmemcore.timeline.Change`) its hooks follow, listed by
+    ``vmemcore profiles --arch``."""
 
     name: str = field(validator=attrs.validators.matches_re(r"^[a-z0-9_]+$"))
     description: str
     variants: tuple = field(converter=tuple)
     default_variant: str
     features: tuple = field(default=(), converter=tuple)
+    changes: tuple = field(default=(), converter=tuple)
 
     def __attrs_post_init__(self):
         if not self.variants or not all(isinstance(v, Variant) for v in self.variants):
@@ -242,6 +246,11 @@ class ArchInfo:
             raise ValueError(f"default_variant {self.default_variant!r} is not one of the variants")
         if not all(isinstance(f, Feature) for f in self.features):
             raise ValueError("features must be Feature values")
+        if not all(isinstance(c, Change) for c in self.changes):
+            raise ValueError("changes must be Change values (vmemcore.arch.Change)")
+        names = [c.name for c in self.changes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two changes share a name: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
 
     def variant(self, wanted=None) -> Variant:
         """The variant ``wanted`` names (a name or an options dict); the default when None."""

@@ -49,8 +49,9 @@ def vmemcore_arch_info() -> ArchInfo | None:
     scenario's validation, or a ``Machine`` given no registry); machines reuse that answer, and
     nothing of a machine exists yet.
 
-    Returns an :class:`vmemcore.ArchInfo` (name, variants, default variant, machine features), or
-    None from a plugin that provides no architecture (an observer).
+    Returns an :class:`vmemcore.ArchInfo` (name, variants, default variant, machine features, the
+    dated kernel changes its hooks follow), or None from a plugin that provides no architecture (an
+    observer).
 
     Policy: owner.
     """
@@ -63,7 +64,7 @@ def vmemcore_pagetable_geometry(variant: Variant, profile: KernelProfile) -> Pag
     Called once per machine during set-up, and by ``vmemcore arches ARCH``.
 
     :param variant: the selected variant of the arch.
-    :param profile: the kernel profile (``profile.at_least(6, 14)`` and friends).
+    :param profile: the kernel profile (``profile.has(change)``, ``profile.at_least(6, 14)``).
 
     Returns a :class:`vmemcore.PageTableGeometry`: levels from the top table down to the PTE, their
     bits and table sizes, which levels may hold leaves.

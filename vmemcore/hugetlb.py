@@ -10,6 +10,7 @@ boot (``gather_bootmem_prealloc``), and the HVO switch (``vm.hugetlb_optimize_vm
 
 import attrs
 
+from . import profiles
 from .errors import BadRequest, SimulatorLimit, Veto
 from .hvo import Hvo, optimizable_pages
 from .physmem import Use
@@ -158,7 +159,7 @@ class HugeTLB:
 
     def set_optimize_vmemmap(self, enabled):
         """The sysctl ``vm.hugetlb_optimize_vmemmap``: only folios allocated afterwards change."""
-        if not self.machine.profile.at_least(5, 19):
+        if not self.machine.profile.has(profiles.HVO_SYSCTL):
             raise BadRequest(f"kernel {self.machine.profile.name} has no vm.hugetlb_optimize_vmemmap sysctl "
                              "(added in 5.19): HVO is chosen at boot with hugetlb_free_vmemmap=on")
         self.machine.rules.flag("enabled", enabled)

@@ -15,6 +15,7 @@ PMD entries one by one.
 
 import numpy as np
 
+from . import profiles
 from .errors import BadRequest, OutOfMemory
 from .geometry import Support
 from .pagetable import CONT, PRESENT, table_index_range
@@ -383,15 +384,13 @@ class VmemmapRefs:
 # -- compound devmap pages (device-dax): vmemmap_can_optimize and the compound populate ----------
 
 VMEMMAP_RESERVE_NR = 2  # vmemmap pages a deduplicated compound page keeps of its own
-# "mm/vmemmap/devdax: fix kernel crash when probing devdax devices" made dedup need more than
-# VMEMMAP_RESERVE_NR vmemmap pages per compound page (6.4 taken here; 6.4/6.5 UNCONFIRMED); before,
-# any compound page (vmemmap_shift > 0) took the compound path
-RESERVE_NR_SINCE = (6, 4)
+# c1a6c536fb08 (v6.6, profiles.VMEMMAP_RESERVE_NR) made dedup need more than VMEMMAP_RESERVE_NR
+# vmemmap pages per compound page; before, any compound page (vmemmap_shift > 0) took the compound path
 
 def vmemmap_can_optimize(machine, altmap, pgmap) -> Support:
     """``vmemmap_can_optimize``: the arch opts in (hook ``vmemcore_dax_vmemmap_support``), struct
     page is a power of two, there is no altmap, and a compound page spans more than
-    ``VMEMMAP_RESERVE_NR`` vmemmap pages (before 6.4: is a compound page at all). A no says why."""
+    ``VMEMMAP_RESERVE_NR`` vmemmap pages (before 6.6: is a compound page at all). A no says why."""
     arch = machine.hooks.dax_vmemmap_support(machine)
     if not arch.supported:
         return arch
@@ -403,7 +402,7 @@ def vmemmap_can_optimize(machine, altmap, pgmap) -> Support:
     nr = pgmap.vmemmap_nr
     if nr == 1:
         return Support(False, "base pages (vmemmap_shift 0): no compound pages")
-    if machine.profile.at_least(*RESERVE_NR_SINCE) and nr * size >> machine.geometry.page_shift <= VMEMMAP_RESERVE_NR:
+    if machine.profile.has(profiles.VMEMMAP_RESERVE_NR) and nr * size >> machine.geometry.page_shift <= VMEMMAP_RESERVE_NR:
         return Support(False, f"a compound page of {nr} pages has {format_size(nr * size)} of struct pages: "
                               f"not more than VMEMMAP_RESERVE_NR ({VMEMMAP_RESERVE_NR}) vmemmap pages")
     return Support(True)

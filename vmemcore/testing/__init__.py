@@ -22,7 +22,7 @@ import pytest
 from ..errors import VmemcoreError
 from ..machine import Machine
 from ..plugins import Registry
-from ..profiles import DEFAULT_PROFILE, PROFILES
+from ..profiles import DEFAULT_PROFILE, PROFILES, SPAN, get_profile, select_kernels
 from .capabilities import Capabilities, boot_memory, probe
 
 
@@ -45,7 +45,7 @@ class Target:
         """Boot this target with ``memory`` bytes on node 0 (default: :func:`boot_memory`)."""
         if memory is None:
             sparse = registry.get(self.arch).hooks().sparse_geometry(
-                registry.get(self.arch).info.variant(self.variant), PROFILES[self.kernel])
+                registry.get(self.arch).info.variant(self.variant), get_profile(self.kernel))
             memory = boot_memory(sparse)
         return Machine(self.arch, variant=self.variant, kernel=self.kernel, memory=[{"size": memory}],
                        features=dict(self.features), registry=registry, **kwargs)
@@ -59,7 +59,7 @@ def targets(registry, arches=(), variants=(), kernels=(), full=False) -> list:
         plugin = registry.get(arch)
         info = plugin.info
         names = [v.name for v in info.variants if not variants or v.name in variants]
-        profiles = [k for k in PROFILES if not kernels or k in kernels]
+        profiles = select_kernels(kernels)
         flips = [()] + [((f.name, not f.default),) for f in info.features]
         if full:
             combos = itertools.product(names, profiles, flips)
@@ -82,7 +82,7 @@ def pytest_addoption(parser):
     group.addoption("--vmemcore-variant", action="append", default=[], metavar="VARIANT",
                     help="only this variant (repeatable)")
     group.addoption("--vmemcore-kernel", action="append", default=[], metavar="K",
-                    help=f"only this kernel profile (repeatable; profiles: {', '.join(PROFILES)})")
+                    help=f"only this kernel (repeatable; a version {SPAN} or a profile: {', '.join(PROFILES)})")
     group.addoption("--vmemcore-disable", action="append", default=[], metavar="PLUGIN",
                     help="disable this plugin by its plugin name (repeatable; as vmemcore's -p no:PLUGIN)")
     group.addoption("--vmemcore-sequences", type=int, default=3, metavar="N",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ..plugins import Registry
-from ..profiles import PROFILES
+from ..profiles import select_kernels
 from .capabilities import probe
 
 
@@ -104,9 +104,7 @@ def capability_matrix(registry: Registry, arches=(), variants=(), kernels=()) ->
         for variant in plugin.info.variants:
             if variants and variant.name not in variants:
                 continue
-            for kernel in PROFILES:
-                if kernels and kernel not in kernels:
-                    continue
+            for kernel in select_kernels(kernels):
                 target = Target(plugin.name, arch, variant.name, kernel)
                 caps = probe(lambda: target.machine(registry, hotplug={"memmap_on_memory": "Y"}))
                 rows.append({"arch": arch, "variant": variant.name, "kernel": kernel, **caps.report()})

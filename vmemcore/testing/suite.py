@@ -16,7 +16,7 @@ import pytest
 from ..errors import OutOfMemory, PluginError, Veto, VmemcoreError
 from ..hotplug import MemmapOnMemory
 from ..physmem import Use, Zone
-from ..profiles import PROFILES
+from ..profiles import get_profile
 from ..report import check_folio_flags, kpageflags_runs
 from . import remove_blocks, require
 
@@ -84,7 +84,7 @@ def test_geometry_covers_the_address_space(vmemcore_target, vmemcore_registry):
     t = vmemcore_target
     plugin = vmemcore_registry.get(t.arch)
     hooks = plugin.hooks()
-    variant, profile = plugin.info.variant(t.variant), PROFILES[t.kernel]
+    variant, profile = plugin.info.variant(t.variant), get_profile(t.kernel)
     try:
         pt = hooks.pagetable_geometry(variant, profile)
         sparse = hooks.sparse_geometry(variant, profile)

@@ -12,12 +12,28 @@ whole backing (no sub-PMD tracking), then frees the tables left empty.
 """
 
 from vmemcore.arch import (
-    RDONLY, ArchInfo, BadRequest, Feature, Flush, HugePageSize, InUse, Level, LiveEntryRule, PageTableGeometry, PhysRange, SparseGeometry, Support,
-    TeardownPolicy, Variant, hookimpl, selected, vmemmap_boot_frame, vmemmap_populate_basepages, vmemmap_populate_hugepages,
+    RDONLY, ArchInfo, BadRequest, Change, Feature, Flush, HugePageSize, InUse, Level, LiveEntryRule, PageTableGeometry,
+    PhysRange, SparseGeometry, TeardownPolicy, Variant, hookimpl, selected, vmemmap_boot_frame, vmemmap_populate_basepages, vmemmap_populate_hugepages,
     vmemmap_teardown,
 )
 
 PAGE_SHIFT = {"4K": 12, "16K": 14, "64K": 16}
+
+# The dated changes the hooks follow (docs/kernel-map.md#arm64).
+HVO_ON = Change("arm64-hvo", "arm64 selects ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP: HVO", "5.19",
+                commit="1e63ac088f20", status="CONFIRMED (MM pull for 5.19-rc1)")
+HVO_OFF = Change("arm64-hvo-off", "HVO disabled: remapping live vmemmap PTEs breaks break-before-make", "6.3",
+                 stable=("6.1.16", "6.2.3"), commit="060a2c92d1b6",
+                 status="CONFIRMED (stable reviews of 6.1.16-rc1 and 6.2.3-rc1; 5.19 was EOL)")
+DAX_DEDUP = Change("arm64-dax-dedup", "compound devmap vmemmap dedup, generic on every arch", "5.19",
+                   commit="4917f55b4ef9", status="CONFIRMED (MM pull for 5.19-rc1)")
+DAX_DEDUP_OFF = Change("arm64-dax-dedup-off", "dedup becomes an arch opt-in that arm64 does not take", "6.4",
+                       commit="87a7ae75d738", status="CONFIRMED (mainline); backports to 6.3.2 and 6.2.16 were "
+                       "posted, whether applied is UNCONFIRMED (not modelled)")
+SUBSECTION_BASEPAGES = Change(
+    "arm64-subsection-basepages", "the vmemmap of less than a section is populated with base pages, not PMD blocks",
+    "6.14", stable=("6.1.132", "6.6.84", "6.12.20"), commit="d4234d131b0a",
+    status="CONFIRMED (6.14-rc7; stable 6.12.20, 6.6.84, 6.1.132); 6.13.8 UNCONFIRMED, not modelled")
 # (granule, VA_BITS) -> CONFIG_PGTABLE_LEVELS (arch/arm64/Kconfig defaults)
 PGTABLE_LEVELS = {
     ("4K", 39): 3, ("4K", 48): 4, ("4K", 52): 5,
@@ -82,6 +98,7 @@ def vmemcore_arch_info():
             Feature("vmemmap_cont_pte", False,
                     "what-if: base-page vmemmap written with contiguous PTEs where a whole span fits (no kernel does)"),
         ),
+        changes=(HVO_ON, DAX_DEDUP, HVO_OFF, DAX_DEDUP_OFF, SUBSECTION_BASEPAGES),
     )
 
 
@@ -164,13 +181,13 @@ def vmemcore_hugepage_sizes(machine):
 @hookimpl
 def vmemcore_hvo_support(machine):
     """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 5.19 (1e63ac088f20) until
-    060a2c92d1b6 (6.3) dropped it; that went back to 6.1.y and 6.2.y, so only 5.19 and 6.0 keep HVO,
-    with the caveat that it breaks the live-entry rule (``vmemcore_live_entry_rule``)."""
+    060a2c92d1b6 (6.3) dropped it; that went back to 6.1.16 and 6.2.3, so only 5.19, 6.0, 6.1.0-6.1.15
+    and 6.2.0-6.2.2 keep HVO, with the caveat that it breaks the live-entry rule (``vmemcore_live_entry_rule``)."""
     bbm = "HVO changes the output address of live vmemmap PTEs, which arm64's break-before-make rule forbids"
     return selected(
-        machine.profile, (5, 19), (6, 1),
+        machine.profile, HVO_ON, HVO_OFF,
         before="arm64 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 5.19 (1e63ac088f20)",
-        after=f"{bbm}: disabled in 6.3 by 060a2c92d1b6, backported to 6.1.y and 6.2.y",
+        after=f"{bbm}: disabled in 6.3 by 060a2c92d1b6, backported to 6.1.16 and 6.2.3",
         caveat=f"{bbm} (disabled in 6.3 by 060a2c92d1b6)",
     )
 
@@ -192,24 +209,22 @@ def vmemcore_live_entry_rule(machine):
 def vmemcore_dax_vmemmap_support(machine):
     """Compound devmap dedup was generic on every arch from 5.19 (5.18/5.19 UNCONFIRMED); since it
     became an opt-in (6.4, ARCH_WANT_OPTIMIZE_DAX_VMEMMAP from 6.6) arm64 has not selected it."""
-    profile = machine.profile
-    if not profile.at_least(5, 19):
-        return Support(False, "compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)")
-    if profile.at_least(6, 4):
-        return Support(False, "arm64 does not select ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (dedup is an arch opt-in since 6.4/6.6)")
-    return Support(True)
+    return selected(machine.profile, DAX_DEDUP, DAX_DEDUP_OFF,
+                    before="compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)",
+                    after="arm64 does not select ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (dedup is an arch opt-in since 6.4/6.6)")
 
 
 @hookimpl
 def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     """``vmemmap_populate``: PMD blocks with 4K pages (``vmemmap_check_pmd`` keeps an existing
     block), base pages from the altmap too with 16K and 64K pages. Since "Populate vmemmap at the
-    page level if not section aligned" (6.14-rc7) less than a section's memmap takes base pages.
+    page level if not section aligned" (6.14-rc7, stable 6.12.20, 6.6.84, 6.1.132) less than a
+    section's memmap takes base pages.
     The what-if feature ``vmemmap_cont_pte`` writes base pages with contiguous PTEs where a whole
     span fits (docs/live-entries.md)."""
     page, _ = _parse(machine.variant)
     partial = end - start < machine.sparse_geometry.section_memmap_bytes
-    if page != "4K" or (partial and machine.profile.at_least(6, 14)):
+    if page != "4K" or (partial and machine.profile.has(SUBSECTION_BASEPAGES)):
         vmemmap_populate_basepages(machine, start, end, node, altmap, contiguous=machine.features["vmemmap_cont_pte"])
     else:
         vmemmap_populate_hugepages(machine, start, end, node, altmap)

@@ -11,7 +11,7 @@ Region-third entries may hold 2 GiB leaves with EDAT2.
 import attrs
 
 from vmemcore.arch import (
-    NUMA_NO_NODE, ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, LiveEntryRule, MhpDesign, MiB, PageTableGeometry,
+    NUMA_NO_NODE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, LiveEntryRule, MhpDesign, MiB, PageTableGeometry,
     SparseGeometry, Support, TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages,
     vmemmap_populate_hugepages, vmemmap_teardown,
 )
@@ -27,6 +27,19 @@ MAX_PHYSMEM_BITS = 46  # CONFIG_MAX_PHYSMEM_BITS default
 VMEMMAP_SIZE = 1 * TiB
 VMEMMAP_BASE = {"3-level": 2 * TiB, "4-level": 1 << 52}  # inside 4 TiB / 8 PiB, 2 GiB / 4 TiB aligned
 VA_BITS = {"3-level": 42, "4-level": 53}
+
+# The dated changes the hooks follow (docs/kernel-map.md#s390).
+HVO_ON = Change("s390-hvo", "s390 selects ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP: HVO", "6.2",
+                commit="00a34d5a99c0", status="CONFIRMED (s390 pull for 6.2)")
+MEMMAP_ON_MEMORY = Change("s390-memmap-on-memory", "s390 selects ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE", "6.9",
+                          status="CONFIRMED (MM pull for 6.9-rc1, series by Sumanth Korikkar)")
+SECTION_128M = Change("s390-section-128m", "SECTION_SIZE_BITS 28 -> 27: 128 MiB sections", "6.13",
+                      commit="e3a6970b7daf", status="CONFIRMED (s390 pull for 6.13); not backported (a feature)")
+ZONE_DEVICE = Change("s390-zone-device", "ZONE_DEVICE no longer depends on ARCH_HAS_PTE_DEVMAP (the pte_devmap "
+                     "removal, Alistair Popple)", "6.17", status="UNCONFIRMED (release)")
+HVO_OFF = Change("s390-hvo-off", "HVO disabled: a valid entry may not be replaced by another valid one", "6.18",
+                 stable=("6.6.117", "6.12.58", "6.17.8"), commit="64e2f60f355e",
+                 status="CONFIRMED (stable reviews of 6.12.58-rc1 and 6.6.117-rc1; 6.17.8 from CVE-2025-68179)")
 
 
 def _crst(name, shift, hw_name, leaf=False):
@@ -47,6 +60,7 @@ def vmemcore_arch_info():
             Feature("edat1", True, "1 MiB segment leaves (EDAT1): vmemmap mapped with segment leaves"),
             Feature("edat2", True, "2 GiB region-third leaves (EDAT2): 2 GiB HugeTLB pages"),
         ),
+        changes=(HVO_ON, MEMMAP_ON_MEMORY, SECTION_128M, ZONE_DEVICE, HVO_OFF),
     )
 
 
@@ -67,9 +81,8 @@ def vmemcore_pagetable_geometry(variant, profile):
 
 @hookimpl
 def vmemcore_sparse_geometry(variant, profile):
-    # asm/sparsemem.h: 28 (256 MiB) in 6.12, 27 (128 MiB) in 6.19 and 7.1; the release that changed it
-    # is UNCONFIRMED (taken here as 6.19).
-    section_bits = 27 if profile.at_least(6, 19) else 28
+    # asm/sparsemem.h: 28 (256 MiB), 27 (128 MiB) since e3a6970b7daf (6.13)
+    section_bits = 27 if profile.has(SECTION_128M) else 28
     return SparseGeometry(
         page_shift=12,
         section_size_bits=section_bits,
@@ -105,20 +118,20 @@ def vmemcore_dax_vmemmap_support(machine):
 def vmemcore_zone_device_support(machine):
     """``ZONE_DEVICE`` depended on ``ARCH_HAS_PTE_DEVMAP``, which s390 never selected, until
     "mm: remove devmap related functions and page table bits" (Alistair Popple; 6.17, UNCONFIRMED)."""
-    return selected(machine.profile, (6, 17), before="ZONE_DEVICE depends on ARCH_HAS_PTE_DEVMAP, which s390 does "
+    return selected(machine.profile, ZONE_DEVICE, before="ZONE_DEVICE depends on ARCH_HAS_PTE_DEVMAP, which s390 does "
                                                     "not select (until the pte_devmap removal, 6.17 UNCONFIRMED)")
 
 
 @hookimpl
 def vmemcore_hvo_support(machine):
     """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` was selected from 6.2 (00a34d5a99c0) until
-    64e2f60f355e (6.18, with stable backports), with the caveat that HVO breaks the live-entry rule."""
+    64e2f60f355e (6.18; stable 6.6.117, 6.12.58, 6.17.8), with the caveat that HVO breaks the live-entry rule."""
     rule = ("s390 may not replace a valid page-table entry by another valid one without going through "
             "invalid (IPTE/IDTE or CRDTE/CSPG), which HVO's remapping does")
     return selected(
-        machine.profile, (6, 2), (6, 18),
+        machine.profile, HVO_ON, HVO_OFF,
         before="s390 did not select ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP before 6.2 (00a34d5a99c0)",
-        after=f"{rule}: disabled by 64e2f60f355e (2025-10-30) in 6.18, with stable backports",
+        after=f"{rule}: disabled by 64e2f60f355e (2025-10-30) in 6.18, backported to 6.6.117, 6.12.58 and 6.17.8",
         caveat=f"{rule} (disabled by 64e2f60f355e in 6.18)",
     )
 
@@ -161,10 +174,10 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
 
 @hookimpl
 def vmemcore_supports_memmap_on_memory(machine, vmemmap_size):
-    """s390 selects ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE only from 6.8 (the 2019 RFC had no such switch)."""
-    if machine.profile.mhp_design is MhpDesign.RFC2019 or machine.profile.at_least(6, 8):
+    """s390 selects ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE only from 6.9 (the 2019 RFC had no such switch)."""
+    if machine.profile.mhp_design is MhpDesign.RFC2019 or machine.profile.has(MEMMAP_ON_MEMORY):
         return None
-    return Support(False, "s390 does not select ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE before 6.8: standby memory "
+    return Support(False, "s390 does not select ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE before 6.9: standby memory "
                           "only becomes accessible when it is onlined")
 
 

@@ -6,7 +6,7 @@ leaves when the CPU has PSE and the range covers a section, with base pages othe
 """
 
 from vmemcore.arch import (
-    ANY_CHANGE, ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, SparseGeometry,
+    ANY_CHANGE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, SparseGeometry,
     TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages, vmemmap_populate_hugepages,
     vmemmap_teardown,
 )
@@ -16,6 +16,15 @@ PAGING = {
     "4-level": (48, 46, 0xFFFFEA0000000000, 1 * TiB),
     "5-level": (57, 52, 0xFFD4000000000000, 512 * TiB),
 }
+
+
+# The dated changes the hooks follow (docs/kernel-map.md#x86_64).
+HVO = Change("x86_64-hvo", "HVO merged, x86_64 only (HUGETLB_PAGE_FREE_VMEMMAP)", "5.14", commit="f41f2ed43ca5",
+             status="CONFIRMED (in Linus's master during the 5.14 merge window)")
+DAX_DEDUP = Change("x86_64-dax-dedup", "compound devmap vmemmap dedup (ARCH_WANT_OPTIMIZE_DAX_VMEMMAP since 6.6)",
+                   "5.19", commit="4917f55b4ef9", status="CONFIRMED (MM pull for 5.19-rc1)")
+HVO_PREINIT = Change("x86_64-hvo-preinit", "x86 selects ARCH_WANT_HUGETLB_VMEMMAP_PREINIT: boot gigantic pages built "
+                     "optimized", "6.15", status="CONFIRMED (release, MM pull for 6.15-rc1); commit id UNCONFIRMED")
 
 
 def _level(name, shift, leaf=False):
@@ -38,6 +47,7 @@ def vmemcore_arch_info():
             Feature("gbpages", True, "1 GiB pages (X86_FEATURE_GBPAGES): 1 GiB HugeTLB pages"),
             Feature("hypervisor", False, "running under a hypervisor (X86_FEATURE_HYPERVISOR): memory block size"),
         ),
+        changes=(HVO, DAX_DEDUP, HVO_PREINIT),
     )
 
 
@@ -84,20 +94,20 @@ def vmemcore_live_entry_rule(machine):
 @hookimpl
 def vmemcore_hvo_support(machine):
     """x86_64 selects ARCH_WANT_OPTIMIZE_HUGETLB_VMEMMAP since HVO was merged (5.14)."""
-    return selected(machine.profile, (5, 14), before="HugeTLB Vmemmap Optimization was merged in 5.14")
+    return selected(machine.profile, HVO, before="HugeTLB Vmemmap Optimization was merged in 5.14")
 
 
 @hookimpl
 def vmemcore_dax_vmemmap_support(machine):
     """Compound devmap vmemmap dedup: generic on every arch from its merge (5.19; 5.18/5.19
     UNCONFIRMED), selected by x86_64 through ARCH_WANT_OPTIMIZE_DAX_VMEMMAP since the 6.6 opt-in."""
-    return selected(machine.profile, (5, 19), before="compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)")
+    return selected(machine.profile, DAX_DEDUP, before="compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)")
 
 
 @hookimpl
 def vmemcore_hugetlb_vmemmap_preinit(machine):
     """x86_64 selects ARCH_WANT_HUGETLB_VMEMMAP_PREINIT since 6.15."""
-    return selected(machine.profile, (6, 15), before="boot-time pre-HVO (SPARSEMEM_VMEMMAP_PREINIT) arrived in 6.15")
+    return selected(machine.profile, HVO_PREINIT, before="boot-time pre-HVO (SPARSEMEM_VMEMMAP_PREINIT) arrived in 6.15")
 
 
 @hookimpl

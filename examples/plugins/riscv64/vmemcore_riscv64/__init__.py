@@ -13,7 +13,7 @@ Imports only :mod:`vmemcore.arch`, like any plugin published through the ``vmemc
 """
 
 from vmemcore.arch import (
-    ArchInfo, BadRequest, Feature, Flush, GiB, HugePageSize, InUse, KiB, Level, MiB, PageTableGeometry, PhysRange,
+    ArchInfo, BadRequest, Change, Feature, Flush, GiB, HugePageSize, InUse, KiB, Level, MiB, PageTableGeometry, PhysRange,
     SparseGeometry, Support, TeardownPolicy, Variant, hookimpl, preallocate_tables, selected, vmemmap_populate_basepages,
     vmemmap_populate_hugepages, vmemmap_teardown,
 )
@@ -68,6 +68,24 @@ def vmemmap_start(variant, profile):
     return page_offset - kern_virt_size // 2 - vmemmap_size(variant)
 
 
+# The dated changes the hooks follow (docs/kernel-map.md#riscv64), declared as any plugin declares
+# its own (docs/plugins.md#dated-changes); none of them was backported to a stable series.
+HVO = Change("riscv64-hvo", "riscv selects ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP: HVO", "6.3",
+             commit="a3c7d6b642e4", status="CONFIRMED (RISC-V pull for 6.3)")
+SVNAPOT_HUGETLB = Change("riscv64-svnapot-hugetlb", "Svnapot 64 KiB HugeTLB pages", "6.3", commit="82a1a1f3bfb6",
+                         status="UNCONFIRMED (release)")
+VMEMMAP_PMD = Change("riscv64-vmemmap-pmd", "vmemmap mapped with PMD leaves (vmemmap_populate_hugepages)", "6.8",
+                     commit="ff172d4818ad", status="CONFIRMED (RISC-V pull for 6.8)")
+HOTPLUG = Change("riscv64-hotplug", "memory hot(un)plug: ARCH_ENABLE_MEMORY_HOTPLUG/HOTREMOVE", "6.11",
+                 commit="f8c2a240556e", status="CONFIRMED (RISC-V pull for 6.11)")
+PGTABLE_CACHE_INIT = Change("riscv64-preallocate-vmemmap", "the vmemmap's tables below the PGD pre-allocated in "
+                            "pgtable_cache_init", "6.11", commit="66673099f734", status="CONFIRMED (same pull)")
+ZONE_DEVICE = Change("riscv64-zone-device", "ZONE_DEVICE (ARCH_HAS_PTE_DEVMAP)", "6.11", commit="216e04bf1e4d",
+                     status="CONFIRMED (same pull)")
+DAX_DEDUP = Change("riscv64-dax-dedup", "device-dax dedup (ARCH_WANT_OPTIMIZE_DAX_VMEMMAP)", "6.11",
+                   commit="4705c1571ad3", status="CONFIRMED (same pull)")
+
+
 def _check_mode(variant, profile):
     since = MODES[_mode(variant)][2]
     if since is not None and not profile.at_least(*since):
@@ -88,6 +106,7 @@ def vmemcore_arch_info():
         features=(
             Feature("svnapot", False, "Svnapot extension: 64 KiB NAPOT HugeTLB pages (has_svnapot())"),
         ),
+        changes=(HVO, SVNAPOT_HUGETLB, VMEMMAP_PMD, HOTPLUG, PGTABLE_CACHE_INIT, ZONE_DEVICE, DAX_DEDUP),
     )
 
 
@@ -132,7 +151,7 @@ def vmemcore_hugepage_sizes(machine):
     82a1a1f3bfb6 "riscv: mm: support Svnapot in hugetlb page", 6.3 UNCONFIRMED). No 512 GiB size."""
     gigantic = next(level.name for level in machine.geometry.levels if level.shift == 30)
     sizes = [HugePageSize(2 * MiB, "pmd"), HugePageSize(1 * GiB, gigantic)]
-    if machine.features["svnapot"] and machine.profile.at_least(6, 3):
+    if machine.features["svnapot"] and machine.profile.has(SVNAPOT_HUGETLB):
         sizes.insert(0, HugePageSize(64 * KiB, "pte", 16))
     return tuple(sizes)
 
@@ -142,14 +161,14 @@ def vmemcore_hvo_support(machine):
     """``ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP`` selected since a3c7d6b642e4 "riscv: mm: hugetlb:
     Enable ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP" (Guo Ren, 6.3); still selected in 7.1 (no removal
     seen: UNCONFIRMED)."""
-    return selected(machine.profile, (6, 3), before="riscv selects ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP "
+    return selected(machine.profile, HVO, before="riscv selects ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP "
                                                     "only from 6.3 (a3c7d6b642e4)")
 
 
 @hookimpl
 def vmemcore_dax_vmemmap_support(machine):
     """``ARCH_WANT_OPTIMIZE_DAX_VMEMMAP`` since 4705c1571ad3 "riscv: Enable DAX VMEMMAP optimization" (6.11)."""
-    return selected(machine.profile, (6, 11), before="riscv selects ARCH_WANT_OPTIMIZE_DAX_VMEMMAP only from 6.11 "
+    return selected(machine.profile, DAX_DEDUP, before="riscv selects ARCH_WANT_OPTIMIZE_DAX_VMEMMAP only from 6.11 "
                                                      "(4705c1571ad3)")
 
 
@@ -157,7 +176,7 @@ def vmemcore_dax_vmemmap_support(machine):
 def vmemcore_memory_hotplug_support(machine):
     """``ARCH_ENABLE_MEMORY_HOTPLUG``/``HOTREMOVE`` since f8c2a240556e "riscv: Enable memory hotplugging
     for RISC-V" (Björn Töpel, 6.11), with ``arch_add_memory``/``vmemmap_free`` from c75a74f4ba19."""
-    return selected(machine.profile, (6, 11), before="riscv has memory hotplug only from 6.11 (f8c2a240556e: "
+    return selected(machine.profile, HOTPLUG, before="riscv has memory hotplug only from 6.11 (f8c2a240556e: "
                                                      "ARCH_ENABLE_MEMORY_HOTPLUG, ARCH_ENABLE_MEMORY_HOTREMOVE)")
 
 
@@ -166,7 +185,7 @@ def vmemcore_zone_device_support(machine):
     """``ZONE_DEVICE`` needed ``ARCH_HAS_PTE_DEVMAP``, selected since 216e04bf1e4d "riscv: mm: Add
     support for ZONE_DEVICE" (6.11); the pte_devmap removal (6.17 UNCONFIRMED) dropped the select
     together with the dependency, so ZONE_DEVICE stays (UNCONFIRMED)."""
-    return selected(machine.profile, (6, 11), before="ZONE_DEVICE depends on ARCH_HAS_PTE_DEVMAP, which riscv "
+    return selected(machine.profile, ZONE_DEVICE, before="ZONE_DEVICE depends on ARCH_HAS_PTE_DEVMAP, which riscv "
                                                      "selects only from 6.11 (216e04bf1e4d)")
 
 
@@ -196,7 +215,7 @@ def vmemcore_pgtable_cache_init(machine):
     under ``CONFIG_MEMORY_HOTPLUG`` (66673099f734, 6.11): every table of the level just below the PGD
     (P4D with Sv57, PUD with Sv48, PMD with Sv39) is created, so a later hot-add never has to change
     ``swapper_pg_dir``, which every process's page table copies."""
-    if not machine.profile.at_least(6, 11):
+    if not machine.profile.has(PGTABLE_CACHE_INIT):
         return
     base = machine.sparse_geometry.vmemmap_base
     below_pgd = machine.geometry.levels[1].name
@@ -209,7 +228,7 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     mappings for vmemmap" (Alexandre Ghiti, 6.8) made it ``vmemmap_populate_hugepages`` (with
     ``vmemmap_set_pmd`` = ``pmd_set_huge``); the altmap is passed on since e3ecf2fdc8f3 (6.11), before
     which no altmap could reach it (no hotplug, no ZONE_DEVICE)."""
-    if machine.profile.at_least(6, 8):
+    if machine.profile.has(VMEMMAP_PMD):
         vmemmap_populate_hugepages(machine, start, end, node, altmap)
     else:
         vmemmap_populate_basepages(machine, start, end, node, altmap)
