@@ -268,3 +268,22 @@ def test_points_are_the_product_in_order():
     assert [[o.value for o in p] for p in points(axes)] == [
         ["x86_64", {"page": "16K", "va_bits": 47}], ["x86_64", "4-level"],
         ["arm64", {"page": "16K", "va_bits": 47}], ["arm64", "4-level"]]
+
+
+def test_sweep_reads_the_scenario_from_stdin_and_refuses_devices():
+    """One reader for every command: ``-`` is standard input, a device is refused (exit 2)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = (Path(__file__).parent.parent / "examples" / "x86_64-16G.toml").read_text()
+    code = "import sys; from vmemcore.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "sweep", "-", "--set", "memory[0].size=1G,2G", "--workers", "1",
+                           "--json"], input=example, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    # 1 GiB: 262,144 struct pages x 64 B = 4,096 pages of 4 KiB
+    assert [r["counters"]["nr_memmap_boot_pages"] for r in rows] == [4096, 8192]
+    refused = subprocess.run([sys.executable, "-c", code, "sweep", "/dev/zero", "--set", "kernel=6.12"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "not a regular file or a pipe" in refused.stderr

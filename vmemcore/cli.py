@@ -17,7 +17,7 @@ from .plugins import TRACE_ENV, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, SPAN, get_profile, kernel_error
 from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
                      kpageflags_lines, kpageflags_report, kpageflags_runs, report)
-from .scenario import OPS, REQUIRED, RunError, load_scenario, run_scenario
+from .scenario import OPS, REQUIRED, RunError, load_scenario, read_scenario, run_scenario
 from .sweep import DEFAULT_COUNTERS
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLUGIN = 0, 1, 2, 3
@@ -210,7 +210,7 @@ def build_parser():
                     "on. Exit 1 if a point did not run to the end, 2 if none was valid (docs/sweeps.md).",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sweep.add_argument("scenario", metavar="SCENARIO", help="a scenario TOML file (see examples/)")
+    sweep.add_argument("scenario", metavar="SCENARIO", help="a scenario TOML file (see examples/); - reads it from stdin")
     sweep.add_argument("--set", action="append", required=True, metavar="KEY=V1,V2,...", dest="sets",
                        help="a swept key and its values, split at commas outside quotes and braces (repeatable; "
                             "keys and values as in run --set)")
@@ -386,13 +386,10 @@ def _sweep(args):
         plot.check_format(args.plot)
         x, group = plot.plot_axes(axes, args.x, args.group.split(",") if args.group else None)
     try:
-        with open(args.scenario, "rb") as f:
-            text = f.read().decode("utf-8")
+        text, path = read_scenario(args.scenario)
     except OSError as error:
         raise BadRequest(f"cannot read {args.scenario}: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise BadRequest(f"{args.scenario}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    records = sweep.run_sweep(args.scenario, text, axes, args.disabled, args.scheduler, args.workers,
+    records = sweep.run_sweep(path, text, axes, args.disabled, args.scheduler, args.workers,
                               progress.wanted(args.quiet))
     sweep.check_counters(records, counters)
     if args.bytes:
@@ -400,7 +397,7 @@ def _sweep(args):
     print(sweep.format_json_lines(records) if args.json else sweep.format_csv(records) if args.csv
           else sweep.format_table(records, counters))
     if args.plot:
-        plot.sweep_figure(records, x, group, counters, args.scenario, args.bytes).savefig(args.plot)
+        plot.sweep_figure(records, x, group, counters, path, args.bytes).savefig(args.plot)
     bad = [r for r in records if r["status"] != "ok"]
     if bad:
         print(f"vmemcore: error: {len(bad)} of {len(records)} points did not run to the end (their errors are in "

@@ -13,9 +13,9 @@ from ..config import REQUIRED, BootPages, HotplugSpec, HugetlbSpec
 from .ops import OPS, Op
 from .run import RunError, StepResult, run_scenario
 from .spec import Scenario, Step
-from .validate import load_scenario, parse_scenario
+from .validate import load_scenario, parse_scenario, read_scenario
 
 __all__ = [
     "OPS", "REQUIRED", "BootPages", "HotplugSpec", "HugetlbSpec", "Op", "RunError", "Scenario", "Step", "StepResult",
-    "load_scenario", "parse_scenario", "run_scenario",
+    "load_scenario", "parse_scenario", "read_scenario", "run_scenario",
 ]

@@ -22,10 +22,16 @@ MAX_SCENARIO_BYTES = 4 << 20  # a scenario is a page of text; this is far beyond
 
 
 def load_scenario(path, registry=None, overrides=()) -> Scenario:
-    """Read and validate the scenario at ``path`` — a file or a pipe of at most
-    MAX_SCENARIO_BYTES, standard input when ``"-"`` (its messages then say ``<stdin>``) — with
-    the keys ``overrides`` set (:mod:`vmemcore.overrides`); a device (``/dev/zero``) or anything
-    longer is refused. Nothing is simulated."""
+    """Read (:func:`read_scenario`) and validate the scenario at ``path`` with the keys
+    ``overrides`` set (:mod:`vmemcore.overrides`). Nothing is simulated."""
+    text, path = read_scenario(path)
+    return parse_scenario(text, path=path, registry=registry, overrides=overrides)
+
+
+def read_scenario(path) -> tuple:
+    """``(text, name)`` of the scenario at ``path``: a file or a pipe of at most
+    MAX_SCENARIO_BYTES, standard input when ``"-"`` (named ``<stdin>`` in messages); a device
+    (``/dev/zero``), anything longer or text that is not UTF-8 is a :class:`ScenarioError`."""
     if str(path) == "-":
         data, path = sys.stdin.buffer.read(MAX_SCENARIO_BYTES + 1), "<stdin>"
     else:
@@ -37,10 +43,9 @@ def load_scenario(path, registry=None, overrides=()) -> Scenario:
     if len(data) > MAX_SCENARIO_BYTES:
         raise ScenarioError("file", f"longer than {MAX_SCENARIO_BYTES >> 20} MiB: not a scenario", path=str(path))
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8"), str(path)
     except UnicodeDecodeError as error:
         raise ScenarioError("file", f"not UTF-8 text ({error.reason} at byte {error.start})", path=str(path)) from None
-    return parse_scenario(text, path=str(path), registry=registry, overrides=overrides)
 
 
 def parse_scenario(text, path=None, registry=None, overrides=()) -> Scenario:
