@@ -8,6 +8,7 @@ else (the built-in plugins import only this module). Documented in ``docs/plugin
 - one teardown walk for ``vmemmap_free`` (:func:`vmemmap_teardown` with a :class:`TeardownPolicy`);
 - the live-entry rule a plugin states (:class:`LiveEntryRule`, with the entry bits
   :data:`RDONLY` and :data:`CONT` it names);
+- the format of the arch's page-table dump (:class:`PtdumpFormat`, :class:`PtdumpColumn`);
 - queries a policy needs (:func:`vmemmap_boot_frame`) and :func:`preallocate_tables` for
   ``vmemcore_pgtable_cache_init``.
 
@@ -25,6 +26,7 @@ from .live_entries import ANY_CHANGE, LiveEntryRule
 from .pagetable import CONT, RDONLY
 from .populate import NUMA_NO_NODE, table_allocator, vmemmap_populate_basepages, vmemmap_populate_hugepages
 from .profiles import KernelProfile, MhpDesign
+from .ptdump import PtdumpColumn, PtdumpFormat
 from .units import GiB, KiB, MiB, PiB, TiB, format_size
 
 
@@ -57,7 +59,7 @@ def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
 
 __all__ = [
     "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile",
-    "KiB", "Level", "LiveEntryRule", "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "RDONLY", "SparseGeometry",
+    "KiB", "Level", "LiveEntryRule", "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "PtdumpColumn", "PtdumpFormat", "RDONLY", "SparseGeometry",
     "Support", "TeardownPolicy", "TiB", "Variant", "Veto", "VmemcoreError", "format_size", "hookimpl",
     "preallocate_tables", "selected", "vmemmap_boot_frame", "vmemmap_populate_basepages", "vmemmap_populate_hugepages",
     "vmemmap_teardown",

@@ -13,6 +13,7 @@ from . import jsonout, overrides, progress
 from .diagram import diagram, diagram_data, folio_title
 from .errors import BadRequest, PluginError, ScenarioError, VmemcoreError, did_you_mean
 from .geometry import describe_geometry
+from .ptdump import ptdump_data, ptdump_diff, ptdump_lines
 from .plugins import TRACE_ENV, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, get_profile, unknown_profile
 from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
@@ -179,6 +180,23 @@ def build_parser():
     draw.add_argument("--json", action="store_true", help="print both mappings as JSON instead of a drawing")
     draw.set_defaults(func=_diagram)
 
+    dump = sub.add_parser(
+        "ptdump", parents=[scenario_set], help="run a scenario, print the vmemmap's page tables as the arch's ptdump does",
+        description="Run SCENARIO and print the vmemmap region of the kernel page table in the arch's\n"
+                    "own debugfs format (kernel_page_tables: arch/x86/mm/dump_pagetables.c,\n"
+                    "arch/arm64/mm/ptdump.c, ...): runs of entries of one level with the same\n"
+                    "attributes merged, with their size (docs/ptdump.md).",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dump.add_argument("--after-step", type=_step_number, metavar="N",
+                      help="dump after steps[N] (boot: after boot; default: after the last step)")
+    dump.add_argument("--phys", action="store_true",
+                      help="show each run's physical address (a run then also ends where they stop following on)")
+    dump.add_argument("--diff", nargs=2, type=_step_number, metavar=("A", "B"),
+                      help="show what changed between the dump after steps[A] and after steps[B] (boot: after boot)")
+    dump.add_argument("--json", action="store_true", help="print JSON (the runs and lines) instead of lines")
+    dump.set_defaults(func=_ptdump)
+
     compare = sub.add_parser(
         "compare", parents=[running, setting], help="run two scenarios (or one, set two ways), print counters side by side",
         description="Run scenario A and scenario B (default: A again) and print every counter of both\n"
@@ -320,9 +338,10 @@ def _number(text):
     return value
 
 
-def _simulate(args, path=None, settings=None):
+def _simulate(args, path=None, settings=None, last_step=None, after_step=None):
     """Validate and run the scenario of ``args`` (or ``path``) with the keys its options set (or
-    ``settings``): ``(machine, step results)``."""
+    ``settings``): ``(machine, step results)``; ``last_step``: stop after that step (-1: after
+    boot); ``after_step(machine, index)``: called after boot and each step."""
     path = path or args.scenario
     if settings is None:
         settings = overrides.command_line(args.sets, args.arch, args.variant, args.kernel)
@@ -333,11 +352,16 @@ def _simulate(args, path=None, settings=None):
         raise BadRequest(f"cannot read {path}: {error.strerror}") from None
     for error in registry.errors:
         print(f"vmemcore: warning: {error}", file=sys.stderr)
+    if last_step is not None:
+        if last_step >= len(scenario.steps):
+            raise BadRequest(f"{path} has {len(scenario.steps)} steps (steps[0] to steps[{len(scenario.steps) - 1}]): "
+                             f"there is no step {last_step}")
+        scenario = attrs.evolve(scenario, steps=scenario.steps[:last_step + 1])
     if args.trace:
         os.environ[TRACE_ENV] = "1"
     with progress.steps(scenario, progress.wanted(args.quiet)) as shown:
         return run_scenario(scenario, (lambda step: (shown(step), _announce(step))) if args.trace else shown, registry,
-                            check_live_entries=getattr(args, "check_live_entries", False))
+                            check_live_entries=getattr(args, "check_live_entries", False), after_step=after_step)
 
 
 def _run(args):
@@ -454,6 +478,44 @@ def _diagram(args):
     else:
         print(diagram(machine, folio, f"#{args.index} of {hstate.nr_huge_pages}"))
     return EXIT_OK
+
+
+def _step_number(text):
+    """A step index, or ``boot`` (-1)."""
+    return -1 if text == "boot" else _number(text)
+
+
+def _ptdump(args):
+    if args.diff is not None and args.after_step is not None:
+        raise BadRequest("--after-step and --diff do not go together: --diff A B names both steps")
+    wanted = tuple(args.diff) if args.diff is not None else (args.after_step,)
+    dumps = {}
+
+    def look(machine, index):
+        if index in wanted:
+            dumps[index] = (ptdump_data if args.json else ptdump_lines)(machine, args.phys)
+
+    last = None if wanted == (None,) else max(wanted)
+    machine, _ = _simulate(args, last_step=last, after_step=look if last is not None else None)
+    if args.diff is None:
+        dump = dumps[args.after_step] if last is not None else (ptdump_data if args.json else ptdump_lines)(machine, args.phys)
+        print(jsonout.dumps({"after_step": _step_name(args.after_step), **dump}) if args.json else "\n".join(dump))
+        return EXIT_OK
+    a, b = (_step_name(index) for index in args.diff)
+    before, after = (dumps[index] for index in args.diff)
+    if args.json:
+        changed = ptdump_diff(before["lines"], after["lines"], (a, b))
+        print(jsonout.dumps({"arch": after["arch"], "format": after["format"], "a": a, "b": b,
+                             "removed": [line[1:] for line in changed[2:] if line.startswith("-")],
+                             "added": [line[1:] for line in changed[2:] if line.startswith("+")],
+                             "before": before, "after": after}))
+    else:
+        print("\n".join(ptdump_diff(before, after, (f"after {a}", f"after {b}"))))
+    return EXIT_OK
+
+
+def _step_name(index):
+    return "boot" if index == -1 else f"steps[{index}]" if index is not None else "last step"
 
 
 def _announce(step):
