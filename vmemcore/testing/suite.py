@@ -49,11 +49,14 @@ def _state(m):
 
 
 def _check(m, target, hook, when):
-    """``machine.check()``: every frame accounted for, every table and leaf owned as such."""
+    """``machine.check()``: every frame accounted for, every table and leaf owned as such; and no
+    page freed to the buddy allocator was bad (``bad_page``)."""
     try:
         m.check()
     except AssertionError as error:
         pytest.fail(f"{_where(target, hook, 'every frame is accounted for ' + when)}: {error}")
+    if m.bad_pages.reports:
+        pytest.fail(f"{_where(target, hook, 'no page freed is in a bad state ' + when)}:\n{m.bad_pages.reports[0]}")
 
 
 def _differences(before, after):
