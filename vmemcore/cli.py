@@ -138,25 +138,21 @@ def build_parser():
                           "and report the violations (docs/live-entries.md); they do not change the exit code")
     run.set_defaults(func=_run)
 
-    blocks = sub.add_parser(
-        "blocks", parents=[scenario_set], help="run a scenario, print its memory blocks",
-        description="Run SCENARIO, then print its hot-added memory blocks as /sys/devices/system/memory\n"
-                    "shows them: id, start, size, node, state, zone and the pages each hosts its\n"
-                    "memmap in (memmap_on_memory); more than 16 blocks are collapsed into runs of\n"
-                    "consecutive blocks that look the same.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    blocks = _scenario_command(
+        sub, scenario_set, "blocks", "run a scenario, print its memory blocks",
+        "Run SCENARIO, then print its hot-added memory blocks as /sys/devices/system/memory\n"
+        "shows them: id, start, size, node, state, zone and the pages each hosts its\n"
+        "memmap in (memmap_on_memory); more than 16 blocks are collapsed into runs of\n"
+        "consecutive blocks that look the same.")
     blocks.add_argument("--json", action="store_true",
                         help="print JSON: memmap_on_memory, block_size, blocks and zones")
     blocks.set_defaults(func=_blocks)
 
-    kpageflags = sub.add_parser(
-        "kpageflags", parents=[scenario_set], help="run a scenario, print the /proc/kpageflags of pfns",
-        description="Run SCENARIO, then print the flags /proc/kpageflags reports for the pfns\n"
-                    "[PFN, PFN+N), or for every pfn of a HugeTLB folio with runs of identical flags\n"
-                    "collapsed (page-types style: pfn, flags in hex, symbolic names).",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    kpageflags = _scenario_command(
+        sub, scenario_set, "kpageflags", "run a scenario, print the /proc/kpageflags of pfns",
+        "Run SCENARIO, then print the flags /proc/kpageflags reports for the pfns\n"
+        "[PFN, PFN+N), or for every pfn of a HugeTLB folio with runs of identical flags\n"
+        "collapsed (page-types style: pfn, flags in hex, symbolic names).")
     pick = kpageflags.add_mutually_exclusive_group(required=True)
     pick.add_argument("--pfn", type=_number, help="the first pfn (decimal or 0x hex)")
     pick.add_argument("--hugetlb", metavar="SIZE", help="a folio of this HugeTLB size (e.g. 2M, 1G)")
@@ -168,26 +164,22 @@ def build_parser():
     kpageflags.add_argument("--json", action="store_true", help="print JSON instead of lines")
     kpageflags.set_defaults(func=_kpageflags)
 
-    draw = sub.add_parser(
-        "diagram", parents=[scenario_set], help="run a scenario, draw a HugeTLB folio's vmemmap before and after HVO",
-        description="Run SCENARIO, pick a HugeTLB folio and draw its vmemmap mapping before and\n"
-                    "after HugeTLB Vmemmap Optimization, read from the simulated page tables. The side\n"
-                    "that is not the current state is computed in a rolled-back transaction.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    draw = _scenario_command(
+        sub, scenario_set, "diagram", "run a scenario, draw a HugeTLB folio's vmemmap before and after HVO",
+        "Run SCENARIO, pick a HugeTLB folio and draw its vmemmap mapping before and\n"
+        "after HugeTLB Vmemmap Optimization, read from the simulated page tables. The side\n"
+        "that is not the current state is computed in a rolled-back transaction.")
     draw.add_argument("--size", help="the HugeTLB size (default: the smallest size that has folios)")
     draw.add_argument("--index", type=_number, default=0, help="the folio's position by head pfn (default 0)")
     draw.add_argument("--json", action="store_true", help="print both mappings as JSON instead of a drawing")
     draw.set_defaults(func=_diagram)
 
-    dump = sub.add_parser(
-        "ptdump", parents=[scenario_set], help="run a scenario, print the vmemmap's page tables as the arch's ptdump does",
-        description="Run SCENARIO and print the vmemmap region of the kernel page table in the arch's\n"
-                    "own debugfs format (kernel_page_tables: arch/x86/mm/dump_pagetables.c,\n"
-                    "arch/arm64/mm/ptdump.c, ...): runs of entries of one level with the same\n"
-                    "attributes merged, with their size (docs/ptdump.md).",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    dump = _scenario_command(
+        sub, scenario_set, "ptdump", "run a scenario, print the vmemmap's page tables as the arch's ptdump does",
+        "Run SCENARIO and print the vmemmap region of the kernel page table in the arch's\n"
+        "own debugfs format (kernel_page_tables: arch/x86/mm/dump_pagetables.c,\n"
+        "arch/arm64/mm/ptdump.c, ...): runs of entries of one level with the same\n"
+        "attributes merged, with their size (docs/ptdump.md).")
     dump.add_argument("--after-step", type=_step_number, metavar="N",
                       help="dump after steps[N] (boot: after boot; default: after the last step)")
     dump.add_argument("--phys", action="store_true",
@@ -293,6 +285,12 @@ def build_parser():
     arches.add_argument("--json", action="store_true", help="print JSON instead of text")
     arches.set_defaults(func=_arches)
     return parser
+
+
+def _scenario_command(sub, parent, name, help, description):
+    """A command that runs a scenario, then shows something of the machine."""
+    return sub.add_parser(name, parents=[parent], help=help, description=description, epilog=EXIT_CODES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def main(argv=None):
