@@ -10,6 +10,7 @@ else (the built-in plugins import only this module). Documented in ``docs/plugin
   :data:`RDONLY` and :data:`CONT` it names);
 - dated kernel changes (:class:`Change`) a plugin declares in ``ArchInfo.changes`` and tests with
   :func:`selected` or ``profile.has(change)``;
+- the format of the arch's page-table dump (:class:`PtdumpFormat`, :class:`PtdumpColumn`);
 - queries a policy needs (:func:`vmemmap_boot_frame`) and :func:`preallocate_tables` for
   ``vmemcore_pgtable_cache_init``.
 
@@ -27,6 +28,7 @@ from .live_entries import ANY_CHANGE, LiveEntryRule
 from .pagetable import CONT, RDONLY
 from .populate import NUMA_NO_NODE, table_allocator, vmemmap_populate_basepages, vmemmap_populate_hugepages
 from .profiles import KernelProfile, MhpDesign
+from .ptdump import PtdumpColumn, PtdumpFormat
 from .timeline import Change
 from .units import GiB, KiB, MiB, PiB, TiB, format_size
 
@@ -61,7 +63,7 @@ def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
 
 __all__ = [
     "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Change", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile",
-    "KiB", "Level", "LiveEntryRule", "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "RDONLY", "SparseGeometry",
+    "KiB", "Level", "LiveEntryRule", "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "PtdumpColumn", "PtdumpFormat", "RDONLY", "SparseGeometry",
     "Support", "TeardownPolicy", "TiB", "Variant", "Veto", "VmemcoreError", "format_size", "hookimpl",
     "preallocate_tables", "selected", "vmemmap_boot_frame", "vmemmap_populate_basepages", "vmemmap_populate_hugepages",
     "vmemmap_teardown",

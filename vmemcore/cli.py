@@ -13,6 +13,7 @@ from . import jsonout, overrides, progress
 from .diagram import diagram, diagram_data, folio_title
 from .errors import BadRequest, PluginError, ScenarioError, VmemcoreError, did_you_mean
 from .geometry import describe_geometry
+from .ptdump import ptdump_data, ptdump_diff, ptdump_lines
 from .plugins import TRACE_ENV, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, SPAN, get_profile, kernel_error
 from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
@@ -137,25 +138,21 @@ def build_parser():
                           "and report the violations (docs/live-entries.md); they do not change the exit code")
     run.set_defaults(func=_run)
 
-    blocks = sub.add_parser(
-        "blocks", parents=[scenario_set], help="run a scenario, print its memory blocks",
-        description="Run SCENARIO, then print its hot-added memory blocks as /sys/devices/system/memory\n"
-                    "shows them: id, start, size, node, state, zone and the pages each hosts its\n"
-                    "memmap in (memmap_on_memory); more than 16 blocks are collapsed into runs of\n"
-                    "consecutive blocks that look the same.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    blocks = _scenario_command(
+        sub, scenario_set, "blocks", "run a scenario, print its memory blocks",
+        "Run SCENARIO, then print its hot-added memory blocks as /sys/devices/system/memory\n"
+        "shows them: id, start, size, node, state, zone and the pages each hosts its\n"
+        "memmap in (memmap_on_memory); more than 16 blocks are collapsed into runs of\n"
+        "consecutive blocks that look the same.")
     blocks.add_argument("--json", action="store_true",
                         help="print JSON: memmap_on_memory, block_size, blocks and zones")
     blocks.set_defaults(func=_blocks)
 
-    kpageflags = sub.add_parser(
-        "kpageflags", parents=[scenario_set], help="run a scenario, print the /proc/kpageflags of pfns",
-        description="Run SCENARIO, then print the flags /proc/kpageflags reports for the pfns\n"
-                    "[PFN, PFN+N), or for every pfn of a HugeTLB folio with runs of identical flags\n"
-                    "collapsed (page-types style: pfn, flags in hex, symbolic names).",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    kpageflags = _scenario_command(
+        sub, scenario_set, "kpageflags", "run a scenario, print the /proc/kpageflags of pfns",
+        "Run SCENARIO, then print the flags /proc/kpageflags reports for the pfns\n"
+        "[PFN, PFN+N), or for every pfn of a HugeTLB folio with runs of identical flags\n"
+        "collapsed (page-types style: pfn, flags in hex, symbolic names).")
     pick = kpageflags.add_mutually_exclusive_group(required=True)
     pick.add_argument("--pfn", type=_number, help="the first pfn (decimal or 0x hex)")
     pick.add_argument("--hugetlb", metavar="SIZE", help="a folio of this HugeTLB size (e.g. 2M, 1G)")
@@ -167,17 +164,30 @@ def build_parser():
     kpageflags.add_argument("--json", action="store_true", help="print JSON instead of lines")
     kpageflags.set_defaults(func=_kpageflags)
 
-    draw = sub.add_parser(
-        "diagram", parents=[scenario_set], help="run a scenario, draw a HugeTLB folio's vmemmap before and after HVO",
-        description="Run SCENARIO, pick a HugeTLB folio and draw its vmemmap mapping before and\n"
-                    "after HugeTLB Vmemmap Optimization, read from the simulated page tables. The side\n"
-                    "that is not the current state is computed in a rolled-back transaction.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    draw = _scenario_command(
+        sub, scenario_set, "diagram", "run a scenario, draw a HugeTLB folio's vmemmap before and after HVO",
+        "Run SCENARIO, pick a HugeTLB folio and draw its vmemmap mapping before and\n"
+        "after HugeTLB Vmemmap Optimization, read from the simulated page tables. The side\n"
+        "that is not the current state is computed in a rolled-back transaction.")
     draw.add_argument("--size", help="the HugeTLB size (default: the smallest size that has folios)")
     draw.add_argument("--index", type=_number, default=0, help="the folio's position by head pfn (default 0)")
     draw.add_argument("--json", action="store_true", help="print both mappings as JSON instead of a drawing")
     draw.set_defaults(func=_diagram)
+
+    dump = _scenario_command(
+        sub, scenario_set, "ptdump", "run a scenario, print the vmemmap's page tables as the arch's ptdump does",
+        "Run SCENARIO and print the vmemmap region of the kernel page table in the arch's\n"
+        "own debugfs format (kernel_page_tables: arch/x86/mm/dump_pagetables.c,\n"
+        "arch/arm64/mm/ptdump.c, ...): runs of entries of one level with the same\n"
+        "attributes merged, with their size (docs/ptdump.md).")
+    dump.add_argument("--after-step", type=_step_number, metavar="N",
+                      help="dump after steps[N] (boot: after boot; default: after the last step)")
+    dump.add_argument("--phys", action="store_true",
+                      help="show each run's physical address (a run then also ends where they stop following on)")
+    dump.add_argument("--diff", nargs=2, type=_step_number, metavar=("A", "B"),
+                      help="show what changed between the dump after steps[A] and after steps[B] (boot: after boot)")
+    dump.add_argument("--json", action="store_true", help="print JSON (the runs and lines) instead of lines")
+    dump.set_defaults(func=_ptdump)
 
     compare = sub.add_parser(
         "compare", parents=[running, setting], help="run two scenarios (or one, set two ways), print counters side by side",
@@ -292,6 +302,12 @@ def build_parser():
     return parser
 
 
+def _scenario_command(sub, parent, name, help, description):
+    """A command that runs a scenario, then shows something of the machine."""
+    return sub.add_parser(name, parents=[parent], help=help, description=description, epilog=EXIT_CODES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def main(argv=None):
     """Run the ``vmemcore`` command; returns the exit code. A failure is printed on stderr, and
     with ``--json`` also as a JSON error object on stdout."""
@@ -338,9 +354,10 @@ def _number(text):
     return value
 
 
-def _simulate(args, path=None, settings=None):
+def _simulate(args, path=None, settings=None, last_step=None, after_step=None):
     """Validate and run the scenario of ``args`` (or ``path``) with the keys its options set (or
-    ``settings``): ``(machine, step results)``."""
+    ``settings``): ``(machine, step results)``; ``last_step``: stop after that step (-1: after
+    boot); ``after_step(machine, index)``: called after boot and each step."""
     path = path or args.scenario
     if settings is None:
         settings = overrides.command_line(args.sets, args.arch, args.variant, args.kernel)
@@ -351,11 +368,16 @@ def _simulate(args, path=None, settings=None):
         raise BadRequest(f"cannot read {path}: {error.strerror}") from None
     for error in registry.errors:
         print(f"vmemcore: warning: {error}", file=sys.stderr)
+    if last_step is not None:
+        if last_step >= len(scenario.steps):
+            raise BadRequest(f"{path} has {len(scenario.steps)} steps (steps[0] to steps[{len(scenario.steps) - 1}]): "
+                             f"there is no step {last_step}")
+        scenario = attrs.evolve(scenario, steps=scenario.steps[:last_step + 1])
     if args.trace:
         os.environ[TRACE_ENV] = "1"
     with progress.steps(scenario, progress.wanted(args.quiet)) as shown:
         return run_scenario(scenario, (lambda step: (shown(step), _announce(step))) if args.trace else shown, registry,
-                            check_live_entries=getattr(args, "check_live_entries", False))
+                            check_live_entries=getattr(args, "check_live_entries", False), after_step=after_step)
 
 
 def _run(args):
@@ -478,6 +500,44 @@ def _diagram(args):
     else:
         print(diagram(machine, folio, f"#{args.index} of {hstate.nr_huge_pages}"))
     return EXIT_OK
+
+
+def _step_number(text):
+    """A step index, or ``boot`` (-1)."""
+    return -1 if text == "boot" else _number(text)
+
+
+def _ptdump(args):
+    if args.diff is not None and args.after_step is not None:
+        raise BadRequest("--after-step and --diff do not go together: --diff A B names both steps")
+    wanted = tuple(args.diff) if args.diff is not None else (args.after_step,)
+    dumps = {}
+
+    def look(machine, index):
+        if index in wanted:
+            dumps[index] = (ptdump_data if args.json else ptdump_lines)(machine, args.phys)
+
+    last = None if wanted == (None,) else max(wanted)
+    machine, _ = _simulate(args, last_step=last, after_step=look if last is not None else None)
+    if args.diff is None:
+        dump = dumps[args.after_step] if last is not None else (ptdump_data if args.json else ptdump_lines)(machine, args.phys)
+        print(jsonout.dumps({"after_step": _step_name(args.after_step), **dump}) if args.json else "\n".join(dump))
+        return EXIT_OK
+    a, b = (_step_name(index) for index in args.diff)
+    before, after = (dumps[index] for index in args.diff)
+    if args.json:
+        changed = ptdump_diff(before["lines"], after["lines"], (a, b))
+        print(jsonout.dumps({"arch": after["arch"], "format": after["format"], "a": a, "b": b,
+                             "removed": [line[1:] for line in changed[2:] if line.startswith("-")],
+                             "added": [line[1:] for line in changed[2:] if line.startswith("+")],
+                             "before": before, "after": after}))
+    else:
+        print("\n".join(ptdump_diff(before, after, (f"after {a}", f"after {b}"))))
+    return EXIT_OK
+
+
+def _step_name(index):
+    return "boot" if index == -1 else f"steps[{index}]" if index is not None else "last step"
 
 
 def _announce(step):

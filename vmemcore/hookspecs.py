@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .live_entries import LiveEntryRule
     from .machine import Machine
     from .profiles import KernelProfile
+    from .ptdump import PtdumpFormat
 
 hookspec = pluggy.HookspecMarker("vmemcore")
 
@@ -336,4 +337,22 @@ def vmemcore_arch_add_memory(machine: Machine, request: HotAddRequest) -> HotAdd
     answer and names the plugin. A change is reported to the user with the plugin's name.
 
     Policy: chained.
+    """
+
+
+@hookspec
+def vmemcore_ptdump_format(machine: Machine) -> PtdumpFormat | None:
+    """Say how the arch's kernel page-table dump prints (``kernel_page_tables`` in debugfs: x86
+    ``arch/x86/mm/dump_pagetables.c``, arm64 ``arch/arm64/mm/ptdump.c``, ...).
+
+    Called when the vmemmap's page tables are dumped (``vmemcore ptdump``), after boot or after a
+    step; the engine walks the tables and merges runs, the format only says how they print.
+
+    :param machine: the machine whose tables are dumped (its geometry names the levels).
+
+    Returns a :class:`vmemcore.arch.PtdumpFormat`: the line layout, the attribute columns, the
+    printed level names, how an empty run prints (or that it does not), the marker lines, and
+    whether physical addresses are printed and end runs.
+
+    Policy: optional; default: a generic layout (address range, size, level, RW or ro).
     """

@@ -297,7 +297,11 @@ class HugeTLB:
     def _free_folio(self, h, folio):
         """``update_and_free_hugetlb_folio``: the folio's memory goes back to the page allocator.
         The head vmemmap page, now holding plain struct pages again, needs no descriptor."""
+        bad = self.machine.bad_pages.free_folio_is_bad(folio)
         self._drop(h, folio.head)
+        if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
+            self.machine.bad_pages.leak(folio.head, 1 << folio.order)
+            return
         self.machine.physmem.release(folio.head, 1 << folio.order)
         structpages = self.machine.structpages
         vaddr = self.machine.pfn_to_page(folio.head)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .badpage import BadPages
 from .config import ConfigValidator, HotplugSpec, HugetlbSpec, MachineConfig, machine_config
 from .errors import BadRequest, PluginError, SimulatorLimit
 from .journal import Journal
@@ -40,21 +41,23 @@ class Machine:
     """
 
     def __init__(self, arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
-                 hugetlb=None, hotplug=None, observers=(), registry=None, disabled=(), check_live_entries=False):
+                 hugetlb=None, hotplug=None, observers=(), registry=None, disabled=(), check_live_entries=False,
+                 check_bad_pages=True):
         registry = registry or Registry(disabled=disabled)
         config = machine_config(arch, variant, kernel, memory, features, hugetlb, hotplug, registry=registry)
-        self._boot(config, registry, observers, check_live_entries)
+        self._boot(config, registry, observers, check_live_entries, check_bad_pages)
 
     @classmethod
     def from_config(cls, config: MachineConfig, observers=(), registry=None, disabled=(),
-                    check_live_entries=False) -> "Machine":
+                    check_live_entries=False, check_bad_pages=True) -> "Machine":
         """Boot the machine ``config`` describes; ``check_live_entries``: watch every page-table
-        write against the arch's live-entry rule (``machine.live_entries``)."""
+        write against the arch's live-entry rule (``machine.live_entries``); ``check_bad_pages``:
+        check struct pages freed to the buddy allocator (``machine.bad_pages``, vmemcore/badpage.py)."""
         machine = cls.__new__(cls)
-        machine._boot(config, registry or Registry(disabled=disabled), observers, check_live_entries)
+        machine._boot(config, registry or Registry(disabled=disabled), observers, check_live_entries, check_bad_pages)
         return machine
 
-    def _boot(self, config, registry, observers, check_live_entries=False):
+    def _boot(self, config, registry, observers, check_live_entries=False, check_bad_pages=True):
         self.config = config
         self.plugin = registry.get(config.arch)
         self.hooks = self.plugin.hooks(observers)
@@ -78,6 +81,7 @@ class Machine:
         self.sub_pmd = SubPmdTracker(self)  # PAGE_UNUSED parts of PMD leaves, for arches that track them
         self.sparse = Sparse(self)
         self.structpages = StructPages(self)
+        self.bad_pages = BadPages(self, check_bad_pages)  # bad_page reports of the free path
         self.zone_device = ZoneDevice(self)  # device pagemaps (memremap_pages)
         self.sparse_buffer = None
         self._plugin_state = {}
@@ -265,6 +269,7 @@ class Machine:
             "counters": self.stats.as_dict(),
             "plugin_state": {key: state.snapshot() for key, state in self._plugin_state.items()},
             "structpages": self.structpages.snapshot(),
+            "bad_pages": self.bad_pages.snapshot(),
             "hugetlb": self.hugetlb.snapshot(),
             "hotplug": self.hotplug.snapshot(),
             "vmemmap_refs": self.vmemmap_refs.snapshot(),
@@ -293,6 +298,7 @@ class Machine:
         # HVO maps one frame many times, and 7.1 keeps shared tail pages even when unmapped
         held = np.array(sorted(self.hugetlb.hvo.tail_pages.values()), dtype=np.int64)
         _assert_owned(self.physmem, Use.MEMMAP, leaf_frames + [(held, 1)], arrays=True)
+        self.bad_pages.check()
 
 
 def _assert_owned(physmem, use, blocks, arrays=False):

@@ -21,6 +21,7 @@ class Use(enum.Enum):
     PAGETABLE = "pagetable"
     HUGETLB = "hugetlb"
     OFFLINE = "offline"  # present (hot-added) but not online: in no allocator
+    LEAKED = "leaked"  # a bad page the free path refused (bad_page in mm/page_alloc.c): never freed
 
 
 @frozen

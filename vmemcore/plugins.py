@@ -28,6 +28,7 @@ from . import hookspecs
 from .errors import PluginError, VmemcoreError, did_you_mean
 from .geometry import ArchInfo, HugePageSize, PageTableGeometry, PhysRange, SparseGeometry, Support
 from .live_entries import ANY_CHANGE, LiveEntryRule
+from .ptdump import GENERIC, PtdumpFormat
 
 ENTRY_POINT_GROUP = "vmemcore.arch"
 AUTOLOAD_ENV = "VMEMCORE_DISABLE_PLUGIN_AUTOLOAD"
@@ -126,6 +127,7 @@ HOOK_POLICIES = {
         Policy.OPTIONAL, int, lambda kwargs: kwargs["machine"].sparse_geometry.memory_block_size, _power_of_two),
     "vmemcore_supports_memmap_on_memory": HookPolicy(Policy.ALL, Support),
     "vmemcore_arch_add_memory": HookPolicy(Policy.CHAINED, None),
+    "vmemcore_ptdump_format": HookPolicy(Policy.OPTIONAL, PtdumpFormat, lambda kwargs: GENERIC),
 }
 
 
@@ -424,6 +426,9 @@ class ArchHooks:
 
     def supports_memmap_on_memory(self, machine, vmemmap_size) -> list:
         return self.call("vmemcore_supports_memmap_on_memory", machine=machine, vmemmap_size=vmemmap_size)
+
+    def ptdump_format(self, machine) -> "PtdumpFormat":
+        return self.call("vmemcore_ptdump_format", machine=machine)
 
     def arch_add_memory(self, machine, request) -> list:
         """Each plugin in turn may change the request; returns [(plugin, request after it)]."""

@@ -18,6 +18,7 @@ COUNTER_ORDER = (
     "memmap_frames", "pagetable_frames", "free_frames", "present_pages", "hugetlb_frames", "offline_frames",
     "nr_hugepages_", "surplus_hugepages_",
     "hvo_pmd_splits", "hvo_vmemmap_pages_freed", "hvo_vmemmap_pages_allocated", "hugetlb_restore_failures",
+    "bad_page_reports", "bad_page_leaked_frames",
     "devdax_vmemmap_pages_mapped", "devdax_vmemmap_frames_used", "devdax_vmemmap_pages_saved",
     "vmemmap_offnode_entries", "altmap_not_fully_unmapped", "tlb_flush_all", "tlb_flush_kernel_range",
     "bbm_sequences", "bbm_entries", "cpu_pause_windows", "cont_spans_unfolded", "vmemmap_cont_spans",

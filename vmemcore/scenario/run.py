@@ -39,10 +39,11 @@ class RunError(VmemcoreError):
         self.step = step
 
 
-def run_scenario(scenario, progress=None, registry=None, check_live_entries=False):
+def run_scenario(scenario, progress=None, registry=None, check_live_entries=False, after_step=None):
     """Boot the scenario's machine and run its steps; returns ``(machine, [StepResult, ...])``.
 
-    ``progress(step)`` is called before each step. ``check_live_entries``: watch every page-table
+    ``progress(step)`` is called before each step; ``after_step(machine, index)`` after boot
+    (index -1) and after each step (``vmemcore ptdump --diff`` looks at the machine there). ``check_live_entries``: watch every page-table
     write against the arch's live-entry rule (``machine.live_entries``). A :class:`VmemcoreError` at boot or in a step
     is raised as :class:`RunError` naming where it happened.
     """
@@ -50,6 +51,8 @@ def run_scenario(scenario, progress=None, registry=None, check_live_entries=Fals
         machine = Machine.from_config(scenario.machine, registry=registry, check_live_entries=check_live_entries)
     except VmemcoreError as error:
         raise RunError(f"{scenario.path + ': ' if scenario.path else ''}boot", error) from error
+    if after_step is not None:
+        after_step(machine, -1)
     results = []
     for step in scenario.steps:
         if progress is not None:
@@ -66,6 +69,8 @@ def run_scenario(scenario, progress=None, registry=None, check_live_entries=Fals
         changes = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after), key=counter_key)}
         results.append(StepResult(step.index, step.op, dict(step.args), step.line,
                                   {k: d for k, d in changes.items() if d}, result or {}))
+        if after_step is not None:
+            after_step(machine, step.index)
     return machine, results
 
 

@@ -42,7 +42,9 @@ class Target:
         return f"{self.arch}-{self.variant}-{self.kernel}{flips}"
 
     def machine(self, registry, memory=None, **kwargs) -> Machine:
-        """Boot this target with ``memory`` bytes on node 0 (default: :func:`boot_memory`)."""
+        """Boot this target with ``memory`` bytes on node 0 (default: :func:`boot_memory`), with the
+        bad page checks of the free path on (vmemcore/badpage.py)."""
+        kwargs.setdefault("check_bad_pages", True)
         if memory is None:
             sparse = registry.get(self.arch).hooks().sparse_geometry(
                 registry.get(self.arch).info.variant(self.variant), get_profile(self.kernel))

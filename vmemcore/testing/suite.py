@@ -17,6 +17,7 @@ from ..errors import OutOfMemory, PluginError, Veto, VmemcoreError
 from ..hotplug import MemmapOnMemory
 from ..physmem import Use, Zone
 from ..profiles import get_profile
+from ..ptdump import ptdump_lines, vmemmap_runs
 from ..report import check_folio_flags, kpageflags_runs
 from . import remove_blocks, require
 
@@ -28,7 +29,7 @@ __all__ = [
     "test_hotplug_round_trips_in_random_orders", "test_memmap_on_memory_is_what_the_hooks_said",
     "test_fault_at_every_allocation_of_a_populate", "test_fault_at_every_allocation_of_a_hot_add",
     "test_fault_at_every_allocation_of_an_hvo_batch", "test_refusals_are_typed_and_say_why",
-    "test_the_same_machine_twice", "test_random_operation_sequences",
+    "test_the_same_machine_twice", "test_random_operation_sequences", "test_ptdump_lists_every_mapped_byte_once",
 ]
 
 
@@ -49,11 +50,14 @@ def _state(m):
 
 
 def _check(m, target, hook, when):
-    """``machine.check()``: every frame accounted for, every table and leaf owned as such."""
+    """``machine.check()``: every frame accounted for, every table and leaf owned as such; and no
+    page freed to the buddy allocator was bad (``bad_page``)."""
     try:
         m.check()
     except AssertionError as error:
         pytest.fail(f"{_where(target, hook, 'every frame is accounted for ' + when)}: {error}")
+    if m.bad_pages.reports:
+        pytest.fail(f"{_where(target, hook, 'no page freed is in a bad state ' + when)}:\n{m.bad_pages.reports[0]}")
 
 
 def _differences(before, after):
@@ -206,6 +210,33 @@ def test_section_and_subsection_round_trips(vmemcore_target, boot):
         after = _state(m)
         assert after == before, _where(t, "vmemcore_vmemmap_populate/free", "a populate/free round trip leaves nothing "
                                           f"behind ({count} pages at pfn {pfn:#x}; differs: {_differences(before, after)})")
+
+
+def test_ptdump_lists_every_mapped_byte_once(vmemcore_target, capabilities, boot):
+    """The page-table dump (``vmemcore_ptdump_format``) runs through the vmemmap region without
+    a gap or an overlap, its present runs map exactly the bytes the leaves map, and every run the
+    format prints gives a line; after HVO too, where tails are read-only."""
+    hvo = capabilities.hvo.supported
+    m = boot(hugetlb={"optimize_vmemmap": True}) if hvo else boot()
+    t = vmemcore_target
+    if hvo:
+        sizes = [h for h in m.hugetlb.hstates.values() if not m.hugetlb.is_gigantic(h.size.size)]
+        if sizes:
+            m.hugetlb.resize(sizes[0].size.size, 2)
+    rule = _where(t, "vmemcore_ptdump_format", "the dump covers the vmemmap region once")
+    fmt = m.hooks.ptdump_format(m)
+    for phys in (False, True):
+        runs = vmemmap_runs(m, phys, fmt)
+        sparse = m.sparse_geometry
+        assert runs and runs[0].start == sparse.vmemmap_base, f"{rule}: the first run starts elsewhere"
+        assert runs[-1].end == sparse.vmemmap_base + sparse.vmemmap_size, f"{rule}: the last run ends elsewhere"
+        assert all(a.end == b.start for a, b in zip(runs, runs[1:])), f"{rule}: runs leave a gap or overlap"
+        mapped = sum(v for k, v in m.counters().items() if k.startswith("vmemmap_mapped_bytes_"))
+        assert sum(r.end - r.start for r in runs if r.present) == mapped, f"{rule}: present runs map other bytes"
+        lines = ptdump_lines(m, phys, fmt)
+        printed = sum(1 for r in runs if r.present or fmt.hole is not None)
+        markers = 1 + (fmt.markers[1] is not None)
+        assert len(lines) == printed + markers, f"{rule}: {len(lines)} lines for {printed} runs"
 
 
 # -- HVO --------------------------------------------------------------------------------------------

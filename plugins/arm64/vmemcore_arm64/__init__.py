@@ -13,7 +13,8 @@ whole backing (no sub-PMD tracking), then frees the tables left empty.
 
 from vmemcore.arch import (
     RDONLY, ArchInfo, BadRequest, Change, Feature, Flush, HugePageSize, InUse, Level, LiveEntryRule, PageTableGeometry,
-    PhysRange, SparseGeometry, TeardownPolicy, Variant, hookimpl, selected, vmemmap_boot_frame, vmemmap_populate_basepages, vmemmap_populate_hugepages,
+    PhysRange, PtdumpColumn, PtdumpFormat, SparseGeometry, TeardownPolicy, Variant, hookimpl, selected, vmemmap_boot_frame,
+    vmemmap_populate_basepages, vmemmap_populate_hugepages,
     vmemmap_teardown,
 )
 
@@ -247,3 +248,39 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
                             flush_leaf=Flush.RANGE)
     vmemmap_teardown(machine, start, end, altmap, policy)
     return True
+
+
+#: ``arch/arm64/mm/ptdump.c``: ``note_page`` prints ``0x%016lx-0x%016lx   %9lu%c %s`` (the size,
+#: then the level's name) and, for a valid entry, ``dump_prot`` prints `` %s`` for each of
+#: ``pte_bits``: valid, USR, ro/RW, NX (PXN), SHD, AF, NG, CON, BLK (table bit clear), UXN, GP,
+#: the memory type. An empty entry has no prot bits: its line ends at the level name. The vmemmap
+#: is ``PAGE_KERNEL`` (``PROT_SECT_NORMAL`` for a PMD block): PXN, UXN, shareable, accessed,
+#: global (nG only with KPTI, not assumed), MT_NORMAL; HVO's tails (5.19-6.2) are read-only.
+_PTDUMP_COLUMNS = (
+    PtdumpColumn("  "),  # valid
+    PtdumpColumn("    "),  # USR
+    PtdumpColumn(" ro", " RW", "rdonly"),
+    PtdumpColumn(" NX"),
+    PtdumpColumn(" SHD"),
+    PtdumpColumn(" AF"),
+    PtdumpColumn("   "),  # NG
+    PtdumpColumn(" CON", "    ", "cont"),
+    PtdumpColumn(" BLK", "    ", "block"),
+    PtdumpColumn(" UXN"),
+    PtdumpColumn("   "),  # GP
+    PtdumpColumn(" MEM/NORMAL"),
+)
+
+
+@hookimpl
+def vmemcore_ptdump_format(machine):
+    """``pg_level[].name``: PGD, P4D, PUD, PMD, PTE, a folded level named as the one it folds into
+    (the geometry's names, upper case); markers ``vmemmap start`` and ``vmemmap end``."""
+    return PtdumpFormat(
+        line="0x{start:016x}-0x{end:016x}   {phys}{size} {level}{attrs}",
+        columns=_PTDUMP_COLUMNS,
+        level_names={level.name: level.name.upper() for level in machine.geometry.levels},
+        hole="",
+        markers=("vmemmap start", "vmemmap end"),
+        source="arch/arm64/mm/ptdump.c",
+    )

@@ -15,7 +15,7 @@ Not simulated yet: the hash MMU's vmemmap (bolted HPTEs recorded in ``vmemmap_li
 """
 
 from vmemcore.arch import (
-    ArchInfo, BadRequest, Flush, GiB, HugePageSize, InUse, Level, MiB, PageTableGeometry, SparseGeometry, Support,
+    ArchInfo, BadRequest, Flush, GiB, HugePageSize, InUse, Level, MiB, PageTableGeometry, PtdumpColumn, PtdumpFormat, SparseGeometry, Support,
     TeardownPolicy, TiB, Variant, format_size, hookimpl, vmemmap_populate_hugepages, vmemmap_teardown,
 )
 
@@ -233,3 +233,42 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     entries are none (the PGD stays); one ``radix__flush_tlb_kernel_range(start, end)`` ends it."""
     vmemmap_teardown(machine, start, end, altmap, TeardownPolicy(InUse.PFN_VALID, flush_end=Flush.RANGE))
     return True
+
+
+#: ``arch/powerpc/mm/ptdump/ptdump.c`` with ``book3s64.c``'s ``flag_array`` (radix): ``dump_addr``
+#: prints ``0x%016lx-0x%016lx `` (the last byte, not one past), the physical address (`` 0x%016lx ``,
+#: or ``[0x%016lx]`` with one page's size for a run of entries that all map one page), ``%9lu%c``,
+#: then ``  %s`` per flag: user, r, w, X, pte, valid, present, hpte, dirty, accessed,
+#: non-idempotent, tolerant (busy, combo, 4K_pfn and special print nothing when clear). No level
+#: name; empty runs print no line; a physical address that does not follow on ends a run. The
+#: vmemmap is ``PAGE_KERNEL`` (privileged, read, write, dirty, accessed), read-only ``PAGE_KERNEL_RO``
+#: (no write, no dirty).
+_PTDUMP_COLUMNS = (
+    PtdumpColumn("      "),  # user (privileged)
+    PtdumpColumn("  r"),
+    PtdumpColumn("   ", "  w", "rdonly"),
+    PtdumpColumn("     "),  # X
+    PtdumpColumn("  pte"),
+    PtdumpColumn("  valid"),
+    PtdumpColumn("  present"),
+    PtdumpColumn("      "),  # hpte
+    PtdumpColumn("       ", "  dirty", "rdonly"),
+    PtdumpColumn("  accessed"),
+    PtdumpColumn("  " + " " * 14),  # non-idempotent
+    PtdumpColumn("  " + " " * 8),  # tolerant
+)
+
+
+@hookimpl
+def vmemcore_ptdump_format(machine):
+    return PtdumpFormat(
+        line="0x{start:016x}-0x{last:016x} {phys}{size}{attrs}",
+        columns=_PTDUMP_COLUMNS,
+        hole=None,
+        markers=("vmemmap start", None),
+        phys=" 0x{pa:016x} ",
+        shared_phys="[0x{pa:016x}]",
+        always_phys=True,
+        shared_size=True,
+        source="arch/powerpc/mm/ptdump/ptdump.c, arch/powerpc/mm/ptdump/book3s64.c",
+    )

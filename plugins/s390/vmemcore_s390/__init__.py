@@ -12,6 +12,7 @@ import attrs
 
 from vmemcore.arch import (
     NUMA_NO_NODE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, LiveEntryRule, MhpDesign, MiB, PageTableGeometry,
+    PtdumpColumn, PtdumpFormat,
     SparseGeometry, Support, TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages,
     vmemmap_populate_hugepages, vmemmap_teardown,
 )
@@ -188,3 +189,23 @@ def vmemcore_arch_add_memory(machine, request):
     if machine.profile.mhp_design is MhpDesign.RFC2019 and request.memmap_on_memory:
         return attrs.evolve(request, memmap_on_memory=False)
     return None
+
+
+#: ``arch/s390/mm/dump_pagetables.c``: ``note_page`` prints ``0x%016lx-0x%016lx %9lu%c `` and
+#: ``print_prot`` the level's name, then ``I`` for an invalid run or ``RO ``/``RW `` and ``NX``/``X``.
+#: Its ``level_name`` is ASCE, PGD, PUD, PMD, PTE by the generic walk's level (pgd, p4d, pud,
+#: pmd, pte), so a region-third entry is a PUD and a segment a PMD. The vmemmap is
+#: ``PAGE_KERNEL``/``SEGMENT_KERNEL``: no-execute.
+_PTDUMP_LEVELS = {"region-first": "ASCE", "region-second": "PGD", "region-third": "PUD", "segment": "PMD", "page": "PTE"}
+
+
+@hookimpl
+def vmemcore_ptdump_format(machine):
+    return PtdumpFormat(
+        line="0x{start:016x}-0x{end:016x} {phys}{size} {level} {attrs}",
+        columns=(PtdumpColumn("RO ", "RW ", "rdonly"), PtdumpColumn("NX")),
+        level_names={level.name: _PTDUMP_LEVELS[level.hw_name] for level in machine.geometry.levels},
+        hole="I",
+        markers=("vmemmap Area", None),
+        source="arch/s390/mm/dump_pagetables.c",
+    )

@@ -6,7 +6,8 @@ leaves when the CPU has PSE and the range covers a section, with base pages othe
 """
 
 from vmemcore.arch import (
-    ANY_CHANGE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, SparseGeometry,
+    ANY_CHANGE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry,
+    PtdumpColumn, PtdumpFormat, SparseGeometry,
     TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages, vmemmap_populate_hugepages,
     vmemmap_teardown,
 )
@@ -154,3 +155,33 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     policy = TeardownPolicy(InUse.SUB_PMD, tables, flush_pte_table=Flush.ALL, flush_end=Flush.ALL)
     vmemmap_teardown(machine, start, end, altmap, policy)
     return True
+
+
+#: ``arch/x86/mm/dump_pagetables.c``: ``note_page`` prints ``0x%016lx-0x%016lx   %9lu%c `` and
+#: ``printk_prot`` one column per bit (USR, RW/ro, PWT, PCD, PSE on a leaf above the PTE, PAT,
+#: GLB, NX/x) then the level name; an empty run prints 30 blanks instead of the columns. The
+#: vmemmap's leaves are ``PAGE_KERNEL_LARGE`` (PMD), ``PAGE_KERNEL`` and, for HVO's tails,
+#: ``PAGE_KERNEL_RO``: global and no-execute, never user, PWT, PCD or PAT.
+PTDUMP_FORMAT = PtdumpFormat(
+    line="0x{start:016x}-0x{end:016x}   {phys}{size} {attrs}{level}",
+    columns=(
+        PtdumpColumn("    "),  # USR
+        PtdumpColumn("ro ", "RW ", "rdonly"),
+        PtdumpColumn("    "),  # PWT
+        PtdumpColumn("    "),  # PCD
+        PtdumpColumn("PSE ", "    ", "block"),
+        PtdumpColumn("    "),  # PAT
+        PtdumpColumn("GLB "),
+        PtdumpColumn("NX "),
+    ),
+    hole=" " * 30,
+    markers=("Vmemmap", None),
+    source="arch/x86/mm/dump_pagetables.c",
+)
+
+
+@hookimpl
+def vmemcore_ptdump_format(machine):
+    """``level_name`` is pgd, p4d, pud, pmd, pte: the geometry's names (with 4-level paging the
+    folded P4D is never named: ``real_depth()`` reports its holes at the PGD)."""
+    return PTDUMP_FORMAT

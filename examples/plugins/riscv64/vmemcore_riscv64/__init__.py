@@ -13,7 +13,8 @@ Imports only :mod:`vmemcore.arch`, like any plugin published through the ``vmemc
 """
 
 from vmemcore.arch import (
-    ArchInfo, BadRequest, Change, Feature, Flush, GiB, HugePageSize, InUse, KiB, Level, MiB, PageTableGeometry, PhysRange,
+    ArchInfo, BadRequest, Change, Feature, Flush, GiB, HugePageSize, InUse, KiB, Level, MiB, PageTableGeometry, PhysRange, PtdumpColumn,
+    PtdumpFormat,
     SparseGeometry, Support, TeardownPolicy, Variant, hookimpl, preallocate_tables, selected, vmemmap_populate_basepages,
     vmemmap_populate_hugepages, vmemmap_teardown,
 )
@@ -253,3 +254,39 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     """``vmemmap_free`` = ``remove_pgd_mapping(start, end, true, altmap)`` (see :func:`teardown_policy`)."""
     vmemmap_teardown(machine, start, end, altmap, teardown_policy(machine))
     return True
+
+
+#: ``arch/riscv/mm/ptdump.c``: ``dump_addr`` prints ``0x%016lx-0x%016lx   `` then `` 0x%016lx ``
+#: (the run's first physical address; a run does not end where they stop following on) and
+#: ``%9lu%c %s`` (size, level name); ``dump_prot`` prints `` %s`` per bit: N (Svnapot), MT, RSW,
+#: D, A, G, U, X, W, R, V. Empty runs print no line. The vmemmap is ``PAGE_KERNEL`` (read, write,
+#: accessed, dirty, global), read-only without W.
+_PTDUMP_COLUMNS = (
+    PtdumpColumn(" N", " .", "cont"),
+    PtdumpColumn("   ..  "),  # MT
+    PtdumpColumn("   ..  "),  # RSW
+    PtdumpColumn(" D"),
+    PtdumpColumn(" A"),
+    PtdumpColumn(" G"),
+    PtdumpColumn(" ."),  # U
+    PtdumpColumn(" ."),  # X
+    PtdumpColumn(" .", " W", "rdonly"),
+    PtdumpColumn(" R"),
+    PtdumpColumn(" V"),
+)
+
+
+@hookimpl
+def vmemcore_ptdump_format(machine):
+    """``pg_level[].name``: PGD, P4D, PUD, PMD, PTE, folded levels named as the PGD (the
+    geometry's names, upper case); markers ``vmemmap start`` and ``vmemmap end``."""
+    return PtdumpFormat(
+        line="0x{start:016x}-0x{end:016x}    {phys}{size} {level}{attrs}",
+        columns=_PTDUMP_COLUMNS,
+        level_names={level.name: level.name.upper() for level in machine.geometry.levels},
+        hole=None,
+        markers=("vmemmap start", "vmemmap end"),
+        always_phys=True,
+        phys_breaks=False,
+        source="arch/riscv/mm/ptdump.c",
+    )
