@@ -344,3 +344,21 @@ def test_before_615_boot_gigantic_pages_are_optimized_after_boot_with_splits():
     m = Machine("x86_64", kernel="6.12", memory=[{"size": 16 * GiB}],
                 hugetlb={"optimize_vmemmap": True, "boot": [{"size": "1G", "count": 2}]})
     assert m.counters()["hvo_pmd_splits"] == 16
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_shrinking_a_pool_at_once_equals_shrinking_it_a_page_at_a_time(nodes):
+    """The pool is shrunk with its victims picked and its memory released in batches; the
+    machine must end as freeing them one ``nr_hugepages`` write at a time leaves it."""
+    memory = [{"node": n, "start": n * 8 * GiB, "size": 8 * GiB} for n in range(nodes)]
+    batched, single = (Machine("x86_64", memory=memory) for _ in range(2))
+    for m in (batched, single):
+        m.hugetlb.resize("2M", 1000)
+    batched.hugetlb.resize("2M", 301)
+    for count in range(999, 300, -1):
+        single.hugetlb.resize("2M", count)
+    for m in (batched, single):
+        m.check()
+    assert batched.snapshot()["physmem"] == single.snapshot()["physmem"]
+    assert batched.snapshot()["hugetlb"] == single.snapshot()["hugetlb"]
+    assert batched.hugetlb.hstate("2M").nr_huge_pages == 301

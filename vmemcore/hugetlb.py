@@ -140,12 +140,6 @@ class HugeTLB:
         stack.append(folio.head)
         self._record(stack.pop)
 
-    def _pop_free(self, h, node):
-        stack = h.free_lists[node]
-        head = stack.pop()
-        self._record(lambda: stack.append(head))
-        return head
-
     def _set_nid(self, h, name, value):
         old = getattr(h, name)
         setattr(h, name, value)
@@ -248,23 +242,35 @@ class HugeTLB:
         self._record(lambda: stack.insert(index, head))
         return folio
 
-    def _pick_free(self, h):
-        """``remove_pool_hugetlb_folio``: the first free folio of the next node to free from."""
-        nodes = sorted(n for n, stack in h.free_lists.items() if stack)
-        if not nodes:
-            return None
-        after = [n for n in nodes if n >= h.next_nid_to_free]
-        node = after[0] if after else nodes[0]
-        self._set_nid(h, "next_nid_to_free", node + 1)
-        return h.folios[self._pop_free(h, node)]
+    def _pick_free(self, h, count):
+        """``remove_pool_hugetlb_folio`` up to ``count`` times: each takes the first free folio of
+        the next node to free from (round robin from ``next_nid_to_free``); journaled once."""
+        stacks = {node: stack for node, stack in h.free_lists.items() if stack}
+        saved = {node: list(stack) for node, stack in stacks.items()}, h.next_nid_to_free
+        victims, nid = [], h.next_nid_to_free
+        if len(stacks) == 1:  # one node: the top of its stack, in order
+            (node, stack), = stacks.items()
+            taken = stack[len(stack) - min(count, len(stack)):]
+            del stack[len(stack) - len(taken):]
+            victims, nid = [h.folios[head] for head in reversed(taken)], node + 1
+        while len(victims) < count and any(stacks.values()):
+            nodes = sorted(node for node, stack in stacks.items() if stack)
+            node = next((n for n in nodes if n >= nid), nodes[0])
+            victims.append(h.folios[stacks[node].pop()])
+            nid = node + 1
+        if victims:
+            h.next_nid_to_free = nid
+            self._record(lambda: self._unpick(h, *saved))
+        return victims
+
+    @staticmethod
+    def _unpick(h, stacks, nid):
+        for node, heads in stacks.items():
+            h.free_lists[node][:] = heads
+        h.next_nid_to_free = nid
 
     def _shrink(self, h, count):
-        victims = []
-        while h.nr_huge_pages - len(victims) > count:
-            folio = self._pick_free(h)
-            if folio is None:
-                break
-            victims.append(folio)
+        victims = self._pick_free(h, h.nr_huge_pages - count)
         freed = self.free_folios(h, victims)
         return self._result(h, count, freed=freed)
 
@@ -275,8 +281,7 @@ class HugeTLB:
         todo, freed = list(folios), 0
         while todo:
             done, todo, error = self.hvo.restore(todo)
-            for folio in done:
-                self._free_folio(h, folio)
+            self._free_folios(h, done)
             freed += len(done)
             if not error or done:
                 continue
@@ -287,28 +292,40 @@ class HugeTLB:
                     self._push_free(h, self.folio(folio.head))
                     self.machine.stats.add("hugetlb_restore_failures", 1)
                     continue
-                self._free_folio(h, self.folio(folio.head))
+                self._free_folios(h, [self.folio(folio.head)])
                 freed += 1
                 rest = todo[index + 1:]
                 break
             todo = rest
         return freed
 
-    def _free_folio(self, h, folio):
-        """``update_and_free_hugetlb_folio``: the folio's memory goes back to the page allocator.
-        The head vmemmap page, now holding plain struct pages again, needs no descriptor."""
-        bad = self.machine.bad_pages.free_folio_is_bad(folio)
-        self._drop(h, folio.head)
-        if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
-            self.machine.bad_pages.leak(folio.head, 1 << folio.order)
-            return
-        self.machine.physmem.release(folio.head, 1 << folio.order)
-        structpages = self.machine.structpages
-        vaddr = self.machine.pfn_to_page(folio.head)
-        frame = self.machine.pagetable.translate(vaddr) >> self.machine.geometry.page_shift
-        descriptor = structpages.contents.get(frame)
-        if descriptor is not None and structpages.reads_like_home(descriptor, vaddr):
-            structpages.describe(frame, None)
+    def _free_folios(self, h, folios):
+        """``update_and_free_hugetlb_folio`` of each folio: its memory goes back to the page
+        allocator (folios that lie side by side in one release: the free memory ends up the same
+        as freeing them one by one). The head vmemmap page, now holding plain struct pages again,
+        needs no descriptor."""
+        machine = self.machine
+        structpages = machine.structpages
+        runs = []
+        for folio in folios:
+            bad = machine.bad_pages.free_folio_is_bad(folio)
+            self._drop(h, folio.head)
+            if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
+                machine.bad_pages.leak(folio.head, 1 << folio.order)
+                continue
+            if runs and runs[-1][1] == folio.head:
+                runs[-1][1] += 1 << folio.order
+            elif runs and runs[-1][0] == folio.head + (1 << folio.order):
+                runs[-1][0] = folio.head
+            else:
+                runs.append([folio.head, folio.head + (1 << folio.order)])
+            vaddr = machine.pfn_to_page(folio.head)
+            frame = machine.pagetable.translate(vaddr) >> machine.geometry.page_shift
+            descriptor = structpages.contents.get(frame)
+            if descriptor is not None and structpages.reads_like_home(descriptor, vaddr):
+                structpages.describe(frame, None)
+        for start, end in runs:
+            machine.physmem.release(start, end - start)
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):
