@@ -12,7 +12,7 @@ import attrs
 
 from . import profiles
 from .errors import BadRequest, SimulatorLimit, Veto
-from .hvo import Hvo, optimizable_pages
+from .hvo import Hvo
 from .physmem import Use
 from .units import format_size
 
@@ -186,10 +186,24 @@ class HugeTLB:
     def add_folios(self, h, folios):
         """``prep_and_add_allocated_folios`` / ``prep_and_add_bootmem_folios``: into the pool, then
         HVO for the lot. Returns {head: reason} for folios HVO left alone."""
+        heads = [folio.head for folio in folios]
+        lengths = {node: len(stack) for node, stack in h.free_lists.items()}
+        self._record(lambda: self._unadd(h, heads, lengths))  # undoes any part of what follows
         for folio in folios:
-            self._put(h, folio)
-            self._push_free(h, folio)
+            h.folios[folio.head] = folio
+            h.free_lists.setdefault(folio.node, []).append(folio.head)
         return self.hvo.optimize([h.folios[f.head] for f in folios]) if self.optimize_vmemmap else {}
+
+    @staticmethod
+    def _unadd(h, heads, lengths):
+        """Take the fresh folios ``heads`` out of the pool; free lists back to ``lengths``."""
+        for head in heads:
+            h.folios.pop(head, None)
+        for node in list(h.free_lists):
+            if node in lengths:
+                del h.free_lists[node][lengths[node]:]
+            else:
+                del h.free_lists[node]
 
     def resize(self, size, count):
         """Write ``count`` to ``nr_hugepages`` of ``size`` (``set_max_huge_pages``)."""
@@ -224,7 +238,7 @@ class HugeTLB:
 
     def _result(self, h, requested, fresh=(), failed=None, **counts):
         failed = failed or {}
-        eligible = [f for f in fresh if optimizable_pages(self.machine, f.order)] if self.optimize_vmemmap else []
+        eligible = [f for f in fresh if self.hvo.optimizable(f.order)] if self.optimize_vmemmap else []
         reasons = {}
         if self.optimize_vmemmap and len(eligible) < len(fresh):
             reasons["not optimizable"] = len(fresh) - len(eligible)  # struct pages fill at most a page

@@ -76,6 +76,7 @@ class Hvo:
         self._home_copies = {}  # where a restored copy sits in its folio -> does it read like home?
         self.batch_runs = True  # remap runs of folios a page table at a time (False: folio by folio)
         self.optimized = set()  # heads of folios whose vmemmap HVO holds (HPG_vmemmap_optimized)
+        self._optimizable = {}  # order -> vmemmap pages HVO frees per folio
         self.preinit = []  # boot folios whose vmemmap sparse_init builds optimized (6.15+)
 
     def snapshot(self):
@@ -88,7 +89,14 @@ class Hvo:
     def should_optimize(self, folio) -> bool:
         """``vmemmap_should_optimize_folio``: HVO on, the folio not optimized yet, and something to free."""
         return (folio.head not in self.optimized and self.machine.hugetlb.optimize_vmemmap
-                and optimizable_pages(self.machine, folio.order) > 0)
+                and self.optimizable(folio.order) > 0)
+
+    def optimizable(self, order) -> int:
+        """:func:`optimizable_pages` of ``order`` on this machine (the same for every folio)."""
+        pages = self._optimizable.get(order)
+        if pages is None:
+            pages = self._optimizable[order] = optimizable_pages(self.machine, order)
+        return pages
 
     def set_optimized(self, head, value):
         """Set or clear the folio's vmemmap-optimized flag, journaled."""
@@ -98,6 +106,13 @@ class Hvo:
         journal = self.machine.journal
         if journal.active:
             journal.record(lambda: (self.optimized.discard if value else self.optimized.add)(head))
+
+    def set_optimized_many(self, heads):
+        """Set the flag of the folios ``heads`` (none of them optimized yet), journaled once."""
+        self.optimized.update(heads)
+        journal = self.machine.journal
+        if journal.active:
+            journal.record(lambda: self.optimized.difference_update(heads))
 
     # -- boot-time gigantic pages built optimized (6.15+) ------------------------------------------
     def plan_preinit(self, folios):
@@ -564,8 +579,8 @@ class Hvo:
         flags = np.full(old.shape, RDONLY, dtype=np.uint8)
         flags[:, 0] = 0
         per_page = structpages.per_page
+        self.set_optimized_many([folio.head for folio in group])
         for folio, head, old_head in zip(group, heads, old[:, 0].tolist()):
-            self.set_optimized(folio.head, True)
             structpages.describe(head, structpages.contents.get(old_head) or CopyOf(folio.head // per_page * per_page))
         self.writer.set_leaves(table, index.ravel(), new.ravel(), flags.ravel(), "vmemmap_remap_pte")
         pages.extend(old.ravel().tolist())
