@@ -110,47 +110,11 @@ def _page_reasons(page):
     return [reason] if reason else []
 
 
-def _vmemmap_frames(machine, start, end):
-    """``(vaddr, frames)`` for the vmemmap pages of ``[start, end)``: the frame behind each, a
-    leaf at a time (one walk per PTE table or block leaf); unmapped pages are skipped."""
-    pagetable, page_shift = machine.pagetable, machine.geometry.page_shift
-    page = 1 << page_shift
-    vaddr = start
-    while vaddr < end:
-        hit = pagetable.lookup(vaddr)
-        if hit is None:
-            vaddr += page
-            continue
-        table, index = hit
-        if table.level.entry_span == page:
-            stop = min(end, table.base + table.level.table_span)
-            yield vaddr, table.pfns[index:index + ((stop - vaddr) >> page_shift)].tolist()
-        else:
-            stop = min(end, table.va(index) + table.level.entry_span)
-            first = int(table.pfns[index]) + ((vaddr - table.va(index)) >> page_shift)
-            yield vaddr, range(first, first + ((stop - vaddr) >> page_shift))
-        vaddr = stop
-
-
 def materialised_pages(machine, start_pfn, end_pfn):
     """The first pfn of each vmemmap page of ``[start_pfn, end_pfn)`` whose frame holds a
     descriptor that may read otherwise than the machine's state says (not a plain copy of the
     struct pages that belong there), in order."""
-    structpages = machine.structpages
-    contents = structpages.contents
-    if not contents:
-        return []
-    page_shift, per_page = machine.geometry.page_shift, structpages.per_page
-    sparse = machine.sparse_geometry
-    firsts = []
-    for vaddr, frames in _vmemmap_frames(machine, machine.pfn_to_page(start_pfn), machine.pfn_to_page(end_pfn)):
-        for k, frame in enumerate(frames):
-            descriptor = contents.get(frame)
-            if descriptor is not None:
-                at = vaddr + (k << page_shift)
-                if not structpages.reads_like_home(descriptor, at):
-                    firsts.append(sparse.page_to_pfn(at) // per_page * per_page)
-    return firsts
+    return [first for first, _, home in machine.structpages.materialised(start_pfn, end_pfn) if not home]
 
 
 class BadPages:

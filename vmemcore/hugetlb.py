@@ -8,6 +8,8 @@ boot (``gather_bootmem_prealloc``), and the HVO switch (``vm.hugetlb_optimize_vm
 ``hugetlb_free_vmemmap`` boot parameter) which affects only folios allocated afterwards.
 """
 
+import bisect
+
 import attrs
 
 from . import profiles
@@ -320,9 +322,21 @@ class HugeTLB:
         needs no descriptor."""
         machine = self.machine
         structpages = machine.structpages
+        suspects, home_heads = set(), {}  # folios with struct pages to check; head pages to forget
+        if folios:
+            heads = sorted(folio.head for folio in folios)
+            size = 1 << folios[0].order
+            for first, frame, home in structpages.materialised(heads[0], heads[-1] + size):
+                head = heads[bisect.bisect_right(heads, first) - 1]
+                if first >= head + size:
+                    continue  # between the folios freed
+                if not home:
+                    suspects.add(head)
+                elif first == head:
+                    home_heads[head] = frame
         runs = []
         for folio in folios:
-            bad = machine.bad_pages.free_folio_is_bad(folio)
+            bad = folio.head in suspects and machine.bad_pages.free_folio_is_bad(folio)
             self._drop(h, folio.head)
             if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
                 machine.bad_pages.leak(folio.head, 1 << folio.order)
@@ -333,11 +347,8 @@ class HugeTLB:
                 runs[-1][0] = folio.head
             else:
                 runs.append([folio.head, folio.head + (1 << folio.order)])
-            vaddr = machine.pfn_to_page(folio.head)
-            frame = machine.pagetable.translate(vaddr) >> machine.geometry.page_shift
-            descriptor = structpages.contents.get(frame)
-            if descriptor is not None and structpages.reads_like_home(descriptor, vaddr):
-                structpages.describe(frame, None)
+            if folio.head in home_heads:
+                structpages.describe(home_heads[folio.head], None)
         for start, end in runs:
             machine.physmem.release(start, end - start)
 

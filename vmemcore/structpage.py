@@ -158,6 +158,31 @@ class StructPages:
             return self.equals_home(a if b is None else b, first)
         return self.equals_home(a, first) and self.equals_home(b, first)
 
+    def materialised(self, start_pfn, end_pfn) -> list:
+        """``(first_pfn, frame, at_home)`` for each vmemmap page of ``[start_pfn, end_pfn)`` (whole
+        vmemmap pages) whose frame holds a descriptor, in address order: ``first_pfn`` the first
+        pfn it describes, ``at_home`` whether the descriptor is a plain copy of the struct pages
+        that belong there. One pass over the leaves, a table at a time."""
+        if not self.contents:
+            return []
+        machine = self.machine
+        keys = np.fromiter(self.contents, dtype=np.int64, count=len(self.contents))
+        page_shift = machine.geometry.page_shift
+        out = []
+        for vaddr, level, pfns in machine.pagetable.leaf_runs(machine.pfn_to_page(start_pfn), machine.pfn_to_page(end_pfn)):
+            pages = level.entry_span >> page_shift
+            if pages > 1:  # a block leaf: the frames of its pages follow one another
+                pfns = (pfns[:, None] + np.arange(pages)).ravel()
+            hits = np.flatnonzero(np.isin(pfns, keys))
+            first = machine.sparse_geometry.page_to_pfn(vaddr)
+            for k, frame in zip(hits.tolist(), pfns[hits].tolist()):
+                pfn = first + k * self.per_page
+                if start_pfn <= pfn < end_pfn:
+                    descriptor = self.contents[frame]
+                    home = type(descriptor) is CopyOf and not descriptor.overrides and descriptor.first_pfn == pfn
+                    out.append((pfn, frame, home))
+        return out
+
     def reads_like_home(self, descriptor, vaddr) -> bool:
         """Is ``descriptor`` a plain copy of the struct pages that belong at ``vaddr``?"""
         first = self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page
