@@ -23,7 +23,10 @@ from .geometry import (
 )
 from .live_entries import ANY_CHANGE, LiveEntryRule
 from .pagetable import CONT, RDONLY
-from .populate import NUMA_NO_NODE, table_allocator, vmemmap_populate_basepages, vmemmap_populate_hugepages
+from .populate import (
+    NUMA_NO_NODE, table_allocator, vmemmap_populate_basepages, vmemmap_populate_compound_by_address,
+    vmemmap_populate_hugepages,
+)
 from .profiles import KernelProfile, MhpDesign
 from .units import GiB, KiB, MiB, PiB, TiB, format_size
 
@@ -59,6 +62,6 @@ __all__ = [
     "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile",
     "KiB", "Level", "LiveEntryRule", "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "RDONLY", "SparseGeometry",
     "Support", "TeardownPolicy", "TiB", "Variant", "Veto", "VmemcoreError", "format_size", "hookimpl",
-    "preallocate_tables", "selected", "vmemmap_boot_frame", "vmemmap_populate_basepages", "vmemmap_populate_hugepages",
+    "preallocate_tables", "selected", "vmemmap_boot_frame", "vmemmap_populate_basepages", "vmemmap_populate_compound_by_address", "vmemmap_populate_hugepages",
     "vmemmap_teardown",
 ]

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .live_entries import LiveEntryRule
     from .machine import Machine
     from .profiles import KernelProfile
+    from .zone_device import DevicePagemap
 
 hookspec = pluggy.HookspecMarker("vmemcore")
 
@@ -131,6 +132,33 @@ def vmemcore_vmemmap_free(machine: Machine, start: int, end: int, altmap: VmemAl
     Returns True when handled (None: "not mine").
 
     Policy: first true.
+    """
+
+
+@hookspec(firstresult=True)
+def vmemcore_vmemmap_populate_compound_pages(machine: Machine, start_pfn: int, start: int, end: int, node: int,
+                                             pgmap: DevicePagemap) -> bool | None:
+    """Map the deduplicated memmap of a device pagemap's section piece the arch's own way (an arch
+    that defines ``vmemmap_populate_compound_pages``, as powerpc radix does since 6.6).
+
+    Called after boot by the engine's section populate (``__populate_section_memmap``) for each
+    section piece of a ZONE_DEVICE pagemap whose vmemmap can be deduplicated
+    (``vmemmap_can_optimize``), in ascending order, instead of the generic
+    ``vmemmap_populate_compound_pages`` of ``mm/sparse-vmemmap.c``.
+
+    :param machine: the machine, after boot.
+    :param start_pfn: the first pfn of the section piece.
+    :param start: first vmemmap byte to map (``pfn_to_page(start_pfn)``).
+    :param end: one past the last byte.
+    :param node: the node the memmap should live on.
+    :param pgmap: the :class:`vmemcore.zone_device.DevicePagemap` (its ``vmemmap_nr`` pages per
+        compound page).
+
+    The plugin maps with :func:`vmemcore.arch.vmemmap_populate_compound_by_address` (or another
+    helper) and raises :class:`vmemcore.OutOfMemory` when an allocation fails.
+    Returns True when handled; None: "not mine".
+
+    Policy: first true; default (no plugin handles it): the generic populate.
     """
 
 

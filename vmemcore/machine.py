@@ -205,6 +205,10 @@ class Machine:
                 counts[table.level.name] = counts.get(table.level.name, 0) + n
         return counts
 
+    def vmemmap_mapped_bytes(self) -> int:
+        """Bytes of vmemmap the present leaves map (every leaf's span, summed)."""
+        return sum(count * self.geometry.level(name).entry_span for name, count in self.leaf_counts().items())
+
     def counters(self):
         """Kernel-named counters plus page-table pages per level and vmemmap bytes per leaf size, in
         :data:`~vmemcore.stats.COUNTER_ORDER`."""

@@ -113,6 +113,7 @@ HOOK_POLICIES = {
     "vmemcore_sparse_geometry": HookPolicy(Policy.OWNER, SparseGeometry),
     "vmemcore_vmemmap_populate": HookPolicy(Policy.FIRST_TRUE, bool),
     "vmemcore_vmemmap_free": HookPolicy(Policy.FIRST_TRUE, bool),
+    "vmemcore_vmemmap_populate_compound_pages": HookPolicy(Policy.FIRST_TRUE, bool, lambda kwargs: False),
     "vmemcore_pgtable_cache_init": HookPolicy(Policy.ALL, None, check=_only_none),
     "vmemcore_hugepage_sizes": HookPolicy(Policy.OPTIONAL, tuple, lambda kwargs: (), _hugepage_sizes_fit),
     "vmemcore_hvo_support": HookPolicy(Policy.OPTIONAL, Support, _no_hvo),
@@ -322,7 +323,7 @@ class ArchHooks:
             return self._chained(hook, rule, kwargs)
         result, answered = self._pluggy_call(getattr(self.pm.hook, hook), kwargs)
         if rule.policy is Policy.FIRST_TRUE:
-            return self._first_true(hook, result, answered)
+            return self._first_true(hook, rule, result, answered, kwargs)
         for value in result:
             self._check(hook, rule, self._blame(value, answered), value, kwargs)
         if rule.policy is Policy.ALL:
@@ -352,11 +353,13 @@ class ArchHooks:
             steps.append((plugin, value))
         return steps
 
-    def _first_true(self, hook, result, answered):
+    def _first_true(self, hook, rule, result, answered, kwargs):
         if result is True:
             return True
         if result is not None:
             raise PluginError(self._blame(result, answered), hook, f"returned {result!r}, expected True or None")
+        if rule.default is not None:  # nobody handled it: the engine's own way (False)
+            return rule.default(kwargs)
         if answered:
             names = ", ".join(repr(plugin) for plugin, _ in answered)
             raise PluginError(answered[-1][0], hook, f"returned None (return True when handled); asked: {names}")
@@ -391,6 +394,11 @@ class ArchHooks:
 
     def vmemmap_free(self, machine, start, end, altmap) -> bool:
         return self.call("vmemcore_vmemmap_free", machine=machine, start=start, end=end, altmap=altmap)
+
+    def vmemmap_populate_compound_pages(self, machine, start_pfn, start, end, node, pgmap) -> bool:
+        """True when a plugin mapped it; False: the engine's generic populate is to run."""
+        return self.call("vmemcore_vmemmap_populate_compound_pages", machine=machine, start_pfn=start_pfn,
+                         start=start, end=end, node=node, pgmap=pgmap)
 
     def pgtable_cache_init(self, machine) -> None:
         self.call("vmemcore_pgtable_cache_init", machine=machine)

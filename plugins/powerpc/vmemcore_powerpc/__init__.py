@@ -16,7 +16,8 @@ Not simulated yet: the hash MMU's vmemmap (bolted HPTEs recorded in ``vmemmap_li
 
 from vmemcore.arch import (
     ArchInfo, BadRequest, Flush, GiB, HugePageSize, InUse, Level, MiB, PageTableGeometry, SparseGeometry, Support,
-    TeardownPolicy, TiB, Variant, format_size, hookimpl, vmemmap_populate_hugepages, vmemmap_teardown,
+    TeardownPolicy, TiB, Variant, format_size, hookimpl, vmemmap_populate_compound_by_address, vmemmap_populate_hugepages,
+    vmemmap_teardown,
 )
 
 PAGE_SHIFT = {"4K": 12, "64K": 16}
@@ -232,4 +233,18 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     other to memblock or the buddy allocator; ``free_{pud,pmd,pte}_table`` free a table once all its
     entries are none (the PGD stays); one ``radix__flush_tlb_kernel_range(start, end)`` ends it."""
     vmemmap_teardown(machine, start, end, altmap, TeardownPolicy(InUse.PFN_VALID, flush_end=Flush.RANGE))
+    return True
+
+
+@hookimpl
+def vmemcore_vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap):
+    """Radix defines its own ``vmemmap_populate_compound_pages`` (``radix_pgtable.c``, f2b79c0d7968,
+    6.6): each compound page's head page and first tail page get frames, every later tail page maps
+    the first tail page's frame, found by address (so a 64K page holding the memmap of four sections
+    needs no section-by-section reuse), and a page under an existing PMD leaf is left to it. Before
+    6.6 the generic populate ran (hash never dedups)."""
+    mmu, _ = _parse(machine.variant)
+    if mmu != "radix" or not machine.profile.at_least(6, 6):
+        return None
+    vmemmap_populate_compound_by_address(machine, start_pfn, start, end, node, pgmap)
     return True
