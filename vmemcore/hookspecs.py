@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .geometry import ArchInfo, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant
     from .hotplug import HotAddRequest
     from .live_entries import LiveEntryRule
+    from .mapping import VmemmapMapping
     from .machine import Machine
     from .profiles import KernelProfile
     from .zone_device import DevicePagemap
@@ -159,6 +160,25 @@ def vmemcore_vmemmap_populate_compound_pages(machine: Machine, start_pfn: int, s
     Returns True when handled; None: "not mine".
 
     Policy: first true; default (no plugin handles it): the generic populate.
+    """
+
+
+@hookspec
+def vmemcore_vmemmap_mapping(machine: Machine) -> VmemmapMapping | None:
+    """Give the vmemmap's mapping when it is not the Linux page table (powerpc's hash MMU bolts
+    each vmemmap block into the hash page table and records it in ``vmemmap_list``).
+
+    Called once per machine during set-up, right after the page table is made and before boot;
+    ``machine.geometry``, ``machine.sparse_geometry`` and ``machine.plugin_state`` may be used.
+
+    :param machine: the machine being set up.
+
+    Returns a :class:`vmemcore.arch.VmemmapMapping` the engine reads the vmemmap through
+    (``pfn_to_page`` translation, leaves and their frames, read-only or not), which the plugin's
+    ``vmemcore_vmemmap_populate`` and ``vmemcore_vmemmap_free`` keep up to date; None: the Linux
+    page table (``machine.pagetable``).
+
+    Policy: optional; default: the Linux page table.
     """
 
 

@@ -290,7 +290,7 @@ class HugeTLB:
         self.machine.physmem.release(folio.head, 1 << folio.order)
         structpages = self.machine.structpages
         vaddr = self.machine.pfn_to_page(folio.head)
-        frame = self.machine.pagetable.translate(vaddr) >> self.machine.geometry.page_shift
+        frame = self.machine.vmemmap.translate(vaddr) >> self.machine.geometry.page_shift
         descriptor = structpages.contents.get(frame)
         if descriptor is not None and structpages.reads_like_home(descriptor, vaddr):
             structpages.describe(frame, None)

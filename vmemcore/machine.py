@@ -69,6 +69,9 @@ class Machine:
         self.stats = Counters(self.journal)
         self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
         self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
+        self._plugin_state = {}
+        # the vmemmap's mapping: the Linux page table, or the plugin's backend (powerpc hash)
+        self.vmemmap = self.hooks.vmemmap_mapping(self) or self.pagetable
         self.live_entry_rule = self.hooks.live_entry_rule(self)
         self.live_entries = None  # the LiveEntryChecker, when checking is on
         if check_live_entries:
@@ -79,7 +82,6 @@ class Machine:
         self.structpages = StructPages(self)
         self.zone_device = ZoneDevice(self)  # device pagemaps (memremap_pages)
         self.sparse_buffer = None
-        self._plugin_state = {}
         self.memory = config.memory  # the boot ranges (MemoryRange)
         page = self.geometry.page_size
         for item in self.memory:
@@ -192,8 +194,8 @@ class Machine:
         return self.sparse_geometry.pfn_to_page(pfn)
 
     def memmap_frame(self, pfn):
-        """The frame holding the struct page of ``pfn``, found through the vmemmap page tables."""
-        phys = self.pagetable.translate(self.pfn_to_page(pfn))
+        """The frame holding the struct page of ``pfn``, found through the vmemmap's mapping."""
+        phys = self.vmemmap.translate(self.pfn_to_page(pfn))
         return None if phys is None else phys >> self.geometry.page_shift
 
     def leaf_counts(self):
@@ -207,7 +209,7 @@ class Machine:
 
     def vmemmap_mapped_bytes(self) -> int:
         """Bytes of vmemmap the present leaves map (every leaf's span, summed)."""
-        return sum(count * self.geometry.level(name).entry_span for name, count in self.leaf_counts().items())
+        return sum(count * span for span, count in self.vmemmap.leaf_spans().items())
 
     def counters(self):
         """Kernel-named counters plus page-table pages per level and vmemmap bytes per leaf size, in
@@ -216,10 +218,11 @@ class Machine:
         out.update(self.zone_device.counters())
         for name, count in self.pagetable.tables.items():
             out[f"vmemmap_pagetable_pages_{name}"] = count * (self.geometry.level(name).alloc_bytes >> self.geometry.page_shift)
-        for name, count in self.leaf_counts().items():
-            span = self.geometry.level(name).entry_span
+        for span, count in sorted(self.vmemmap.leaf_spans().items(), reverse=True):
             out[f"vmemmap_leaves_{format_size(span)}"] = count
             out[f"vmemmap_mapped_bytes_{format_size(span)}"] = count * span
+        for state in self._plugin_state.values():  # e.g. powerpc's vmemmap_list entries and pages
+            out.update(getattr(state, "counters", dict)())
         out["memmap_frames"] = self.physmem.pages_owned(Use.MEMMAP)
         out["pagetable_frames"] = self.physmem.pages_owned(Use.PAGETABLE)
         out["free_frames"] = self.physmem.free_pages()
@@ -259,13 +262,11 @@ class Machine:
         memmap frame is owned as such, and nothing owned as memmap or page table is unmapped."""
         self.physmem.check()
         page_shift = self.geometry.page_shift
-        table_frames, leaf_frames = [], []
-        for table in self.pagetable.all_tables():
-            if table.pfn is not None:
-                table_frames.append((table.pfn, table.level.alloc_bytes >> page_shift))
-            leaves = np.flatnonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF))
-            if len(leaves):
-                leaf_frames.append((table.pfns[leaves], table.level.entry_span >> page_shift))
+        table_frames = [(table.pfn, table.level.alloc_bytes >> page_shift)
+                        for table in self.pagetable.all_tables() if table.pfn is not None]
+        for state in self._plugin_state.values():  # frames a plugin keeps for its mapping (vmemmap_list pages)
+            table_frames.extend(getattr(state, "pagetable_frames", list)())
+        leaf_frames = self.vmemmap.leaf_frames()
         _assert_owned(self.physmem, Use.PAGETABLE, [(p, n) for p, n in table_frames])
         self.vmemmap_refs.check(leaf_frames)
         leaf_frames = self.zone_device.check(leaf_frames)  # device memory is no frame of System RAM

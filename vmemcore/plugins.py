@@ -28,6 +28,7 @@ from . import hookspecs
 from .errors import PluginError, VmemcoreError, did_you_mean
 from .geometry import ArchInfo, HugePageSize, PageTableGeometry, PhysRange, SparseGeometry, Support
 from .live_entries import ANY_CHANGE, LiveEntryRule
+from .mapping import VmemmapMapping
 
 ENTRY_POINT_GROUP = "vmemcore.arch"
 AUTOLOAD_ENV = "VMEMCORE_DISABLE_PLUGIN_AUTOLOAD"
@@ -114,6 +115,7 @@ HOOK_POLICIES = {
     "vmemcore_vmemmap_populate": HookPolicy(Policy.FIRST_TRUE, bool),
     "vmemcore_vmemmap_free": HookPolicy(Policy.FIRST_TRUE, bool),
     "vmemcore_vmemmap_populate_compound_pages": HookPolicy(Policy.FIRST_TRUE, bool, lambda kwargs: False),
+    "vmemcore_vmemmap_mapping": HookPolicy(Policy.OPTIONAL, VmemmapMapping, lambda kwargs: None),
     "vmemcore_pgtable_cache_init": HookPolicy(Policy.ALL, None, check=_only_none),
     "vmemcore_hugepage_sizes": HookPolicy(Policy.OPTIONAL, tuple, lambda kwargs: (), _hugepage_sizes_fit),
     "vmemcore_hvo_support": HookPolicy(Policy.OPTIONAL, Support, _no_hvo),
@@ -399,6 +401,9 @@ class ArchHooks:
         """True when a plugin mapped it; False: the engine's generic populate is to run."""
         return self.call("vmemcore_vmemmap_populate_compound_pages", machine=machine, start_pfn=start_pfn,
                          start=start, end=end, node=node, pgmap=pgmap)
+
+    def vmemmap_mapping(self, machine) -> "VmemmapMapping | None":
+        return self.call("vmemcore_vmemmap_mapping", machine=machine)
 
     def pgtable_cache_init(self, machine) -> None:
         self.call("vmemcore_pgtable_cache_init", machine=machine)

@@ -31,7 +31,11 @@ class SparseBuffer:
 
     def __init__(self, machine, nr_pages, align, node):
         self.machine = machine
-        self.start = machine.physmem.alloc(nr_pages, node, Use.MEMMAP, align=align, exact_nid=True)
+        # memblock never has a node's every page free at sparse_init (the kernel image, the device
+        # tree, powerpc's hash table live there, unmodelled here): a buffer of all of them fails, as a
+        # hash-64K one (16 MiB, a PMD_SIZE, per 16 MiB section) always does in the kernel
+        whole = nr_pages >= machine.physmem.free_pages(node)
+        self.start = None if whole else machine.physmem.alloc(nr_pages, node, Use.MEMMAP, align=align, exact_nid=True)
         self.cursor = self.start
         self.end = None if self.start is None else self.start + nr_pages
 
@@ -91,6 +95,45 @@ def alloc_blocks(machine, nr_pages, count, node, altmap):
             singles.append(pfn)
     parts.append(np.array(singles, dtype=np.int64))
     return np.concatenate(parts)
+
+
+def vmemmap_alloc_block_buf(machine, nr_pages, node, altmap=None):
+    """``vmemmap_alloc_block_buf``: one naturally aligned block of ``nr_pages`` frames for memmap,
+    from ``altmap`` if given (no fallback), else the sparse buffer at boot, memblock or the buddy
+    allocator (no smaller pages: a fragmented buddy fails an order-8 block). The first pfn, or None."""
+    pfns = alloc_blocks(machine, nr_pages, 1, node, altmap)
+    return int(pfns[0]) if len(pfns) else None
+
+
+def vmemmap_alloc_blocks(machine, nr_pages, count, node):
+    """``count`` successive :func:`vmemmap_alloc_block_buf` calls without an altmap, in one batch
+    (the same blocks, in the same order): an array of first pfns, shorter when a call failed."""
+    return alloc_blocks(machine, nr_pages, count, node, None)
+
+
+def vmemmap_alloc_page(machine, node):
+    """``vmemmap_alloc_block(PAGE_SIZE, node)`` for an arch's own bookkeeping of the mapping
+    (powerpc's ``vmemmap_list`` pages), owned as page-table memory. The pfn, or None."""
+    return machine.physmem.alloc(1, node, Use.PAGETABLE, align=1)
+
+
+def vmemmap_map_leaf(machine, addr, span, pfn, node, function="__map_kernel_page"):
+    """Map one vmemmap block: the ``span``-byte leaf at ``addr`` maps the frames from ``pfn``
+    (powerpc ``radix__vmemmap_create_mapping`` → ``__map_kernel_page``); missing tables are taken
+    on ``node`` (:class:`OutOfMemory` when they cannot be had)."""
+    geometry = machine.geometry
+    depth = next((d for d, level in enumerate(geometry.levels) if level.leaf and level.entry_span == span), None)
+    if depth is None:
+        raise BadRequest(f"no page-table level maps {format_size(span)} leaves")
+    table = machine.pagetable.walk(addr, depth, table_allocator(machine, node))
+    if table is None:
+        raise BadRequest(f"vmemmap address {addr:#x} is already mapped by a leaf above {geometry.levels[depth].name}")
+    index = np.array([table.index(addr)])
+    if table.flags[index[0]] & PRESENT:
+        raise BadRequest(f"vmemmap address {addr:#x} is already mapped")
+    pfns = np.array([pfn], dtype=np.int64)
+    machine.pagetable.set_leaves(table, index, pfns, function=function)
+    vmemmap_verify(machine, pfns, node)
 
 
 def table_allocator(machine, node):
