@@ -185,3 +185,16 @@ def test_hash_refuses_hvo_dedup_and_memmap_on_memory_but_maps_device_dax():
     m.check()
     assert not m.hooks.hvo_support(m).supported
     assert not m.hooks.supports_memmap_on_memory(m, 16 << 10)[0].supported
+
+
+def test_capabilities_say_per_variant_and_profile_how_the_vmemmap_is_mapped(capsys):
+    from vmemcore.cli import main
+
+    assert main(["capabilities", "powerpc", "--kernel", "6.1", "--json"]) == 0
+    import json
+    rows = {row["variant"]: row for row in json.loads(capsys.readouterr().out)["capabilities"]}
+    assert rows["hash-64K"]["boots"]["supported"] and rows["hash-64K"]["vmemmap"] == "bolted 16M (vmemmap_list)"
+    assert rows["radix-64K"]["vmemmap"] == "page table 2M (vmemmap_list)"
+    assert "hash MMU" in rows["hash-4K"]["dax_dedup"]["reason"]
+    assert main(["capabilities", "powerpc", "--kernel", "6.12", "--variant", "radix-64K"]) == 0
+    assert "page table 2M\n" in capsys.readouterr().out + "\n"

@@ -130,6 +130,11 @@ class Machine:
             self.journal.record(lambda: self._plugin_state.pop(key))
         return self._plugin_state[key]
 
+    @property
+    def plugin_states(self) -> dict:
+        """The states plugins keep on this machine, by key (a copy)."""
+        return dict(self._plugin_state)
+
     @contextmanager
     def transaction(self):
         """All-or-nothing: a failure inside restores tables, owners, counters and altmaps."""

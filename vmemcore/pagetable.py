@@ -58,6 +58,8 @@ class PageTable(VmemmapMapping):
     """The kernel page table that maps the vmemmap (the static top table preexists); as the
     vmemmap's :class:`~vmemcore.mapping.VmemmapMapping` it answers from its leaves."""
 
+    label = "page table"
+
     def __init__(self, geometry, journal=None, va_base=0):
         self.geometry = geometry
         self.page_shift = geometry.page_shift

@@ -62,10 +62,16 @@ def vmemcore_arch_info():
         name="powerpc",
         description="powerpc64 book3s64, radix or hash MMU, 4K/64K pages (arch/powerpc/mm)",
         variants=(
-            Variant("radix-4K", {"mmu": "radix", "page": "4K"}, description="radix MMU, 4 KiB pages, 52-bit VA"),
-            Variant("radix-64K", {"mmu": "radix", "page": "64K"}, description="radix MMU, 64 KiB pages, 52-bit VA"),
-            Variant("hash-4K", {"mmu": "hash", "page": "4K"}, description="hash MMU, 4 KiB pages, 46-bit VA"),
-            Variant("hash-64K", {"mmu": "hash", "page": "64K"}, description="hash MMU, 64 KiB pages, 52-bit VA"),
+            Variant("radix-4K", {"mmu": "radix", "page": "4K"},
+                    description="radix MMU, 4 KiB pages, 52-bit VA; vmemmap in 2 MiB PMD leaves (vmemmap_list before 6.6)"),
+            Variant("radix-64K", {"mmu": "radix", "page": "64K"},
+                    description="radix MMU, 64 KiB pages, 52-bit VA; vmemmap in 2 MiB PMD leaves (vmemmap_list before 6.6)"),
+            Variant("hash-4K", {"mmu": "hash", "page": "4K"},
+                    description="hash MMU, 4 KiB pages, 46-bit VA; vmemmap bolted in 16 MiB blocks (vmemmap_list), "
+                                "no HVO or dax dedup; memmap_on_memory only in the 2019 design"),
+            Variant("hash-64K", {"mmu": "hash", "page": "64K"},
+                    description="hash MMU, 64 KiB pages, 52-bit VA; vmemmap bolted in 16 MiB blocks (vmemmap_list), "
+                                "no HVO or dax dedup; memmap_on_memory only in the 2019 design"),
         ),
         default_variant="radix-64K",
         features=(
