@@ -198,3 +198,69 @@ def test_capabilities_say_per_variant_and_profile_how_the_vmemmap_is_mapped(caps
     assert "hash MMU" in rows["hash-4K"]["dax_dedup"]["reason"]
     assert main(["capabilities", "powerpc", "--kernel", "6.12", "--variant", "radix-64K"]) == 0
     assert "page table 2M\n" in capsys.readouterr().out + "\n"
+
+
+# -- the fragmentation story: a 16 MiB block or nothing --------------------------------------------
+
+def fragmented(kernel):
+    from vmemcore.scenario.ops import OPS
+
+    m = machine("hash-64K", kernel, size=16 * GiB)
+    result = OPS["memory.fragment"].run(m, {"every": 16 * MiB})
+    # 16 GiB = 1,024 stretches of 16 MiB; the top one starts with the boot memmap block (memblock is
+    # top-down), every other one gets a pinned 64 KiB page at its start
+    assert result["pinned_pages"] == 1023
+    assert m.physmem.alloc(256, 0, Use.MEMMAP) is None  # no order-8 block left
+    assert m.physmem.pages_owned(Use.PINNED) == 1023
+    return m
+
+
+def test_a_fragmented_hash_64k_hot_add_fails_with_enomem_and_leaves_the_machine_unchanged():
+    m = fragmented("6.12")
+    before = state(m)
+    with pytest.raises(OutOfMemory, match="no 16M block for the vmemmap") as failed:
+        m.hotplug.add_memory(64 * GiB, 16 * GiB, 0, True)  # memmap_on_memory asked: refused on hash, falls back
+    assert failed.value.errno_name == "ENOMEM"
+    assert state(m) == before
+    m.check()
+
+
+def test_the_2019_design_self_hosts_the_block_and_the_same_hot_add_succeeds():
+    m = fragmented("2019")
+    result = m.hotplug.add_memory(64 * GiB, 16 * GiB, 0, False)
+    assert result.memmap_on_memory and result.self_hosted_pages == 256  # one 16 MiB block from the range
+    assert m.memmap_frame(64 * GiB // (64 << 10)) == 64 * GiB // (64 << 10)
+    m.check()
+    small = fragmented("2019")  # 256 MiB: its block describes 16 GiB, crosses the altmap, comes from RAM
+    before = state(small)
+    with pytest.raises(OutOfMemory):
+        small.hotplug.add_memory(64 * GiB, 256 * MiB, 0, False)
+    assert state(small) == before
+
+
+def test_memory_fragment_is_generic_and_a_scenario_can_expect_a_failure(tmp_path, capsys):
+    """x86_64, 4 GiB: a page pinned in every 4 MiB (MAX_PAGE_ORDER 10) leaves no order-10 block; the
+    step is the same on every arch. A step with expect_error must fail with that errno."""
+    from pathlib import Path
+
+    from vmemcore.cli import main
+    from vmemcore.scenario.ops import OPS
+
+    m = Machine("x86_64", memory=[{"size": "4G"}])
+    free = m.physmem.free_pages()
+    # 1,024 stretches of 4 MiB; the top 64 MiB hold the boot memmap (4 GiB: 64 MiB of struct pages)
+    assert OPS["memory.fragment"].run(m, {})["pinned_pages"] == 1024 - 16
+    assert m.physmem.free_pages() == free - 1008 and m.physmem.alloc(1024, 0, Use.HUGETLB) is None
+    m.check()
+    example = Path(__file__).parent.parent / "examples" / "powerpc-hash-64K-fragmented-hot-add.toml"
+    text = example.read_text()
+    assert main(["run", str(example), "--json"]) == 0
+    assert '"errno": "ENOMEM"' in capsys.readouterr().out
+    for change, code in ((('expect_error = "ENOMEM"', 'expect_error = "EBUSY"'), 1),  # another errno: a failure
+                         (('expect_error = "ENOMEM"', 'expect_error = "NOPE"'), 2),  # not an errno: invalid
+                         (('size = "16G"\nexpect_error', 'size = "256M"\nkernel_note = 1\nexpect_error'), 2),
+                         (('op = "memory.fragment"\nevery = "16M"', 'op = "memory.fragment"\nevery = "1G"'), 1)):
+        path = tmp_path / "s.toml"
+        path.write_text(text.replace(*change))
+        assert main(["run", str(path)]) == code, change  # a 1G stretch leaves 16M blocks: the add succeeds
+        capsys.readouterr()
