@@ -302,20 +302,36 @@ def test_hotplug_round_trips_in_random_orders(vmemcore_target, capabilities, boo
     require(capabilities.memory_hotplug, "no memory hotplug")
     m = boot()
     t = vmemcore_target
-    rng = random.Random(seed)
     block = m.hotplug.block_size
     start = _hot_region(m, 3 * block)
-    before = _state(m)
-    blocks = []
-    for k in rng.sample(range(3), 3):
-        blocks += _hot_add(m, start + k * block, block).blocks
-    for b in rng.sample(blocks, len(blocks)):
-        _online(m, b, rng.choice([Zone.NORMAL, Zone.MOVABLE]))
-    _check(m, t, "vmemcore_vmemmap_populate", "after hot-adds")
-    remove_blocks(m, rng.sample(blocks, len(blocks)))
-    after = _state(m)
-    assert after == before, _where(t, "vmemcore_vmemmap_populate/free", "a hotplug round trip gives back the booted machine "
-                                      f"(differs: {_differences(before, after)})")
+    before, kept_at_boot = _state(m), _kept_frames(m)
+
+    def round_trip():
+        rng = random.Random(seed)
+        blocks = []
+        for k in rng.sample(range(3), 3):
+            blocks += _hot_add(m, start + k * block, block).blocks
+        for b in rng.sample(blocks, len(blocks)):
+            _online(m, b, rng.choice([Zone.NORMAL, Zone.MOVABLE]))
+        _check(m, t, "vmemcore_vmemmap_populate", "after hot-adds")
+        remove_blocks(m, rng.sample(blocks, len(blocks)))
+        return _state(m)
+
+    after = round_trip()
+    rule = "a hotplug round trip gives back the booted machine"
+    if after != before and _kept_frames(m) - kept_at_boot:
+        # bookkeeping the kernel keeps for reuse (powerpc's vmemmap_list pages are never freed): allowed
+        # once, if a plugin state owns it and the next round trip reuses it, giving back this machine
+        differs = _differences(before, after)
+        assert set(differs.split(", ")) <= {"physmem", "plugin_state", "counters"}, _where(
+            t, "vmemcore_vmemmap_populate/free", f"{rule}, but for what a plugin keeps (differs: {differs})")
+        before, after, rule = after, round_trip(), "a second hotplug round trip gives back the machine the first left"
+    assert after == before, _where(t, "vmemcore_vmemmap_populate/free", f"{rule} (differs: {_differences(before, after)})")
+
+
+def _kept_frames(m):
+    """Frames the plugins' states keep as their mapping's bookkeeping (``pagetable_frames()``)."""
+    return {pfn for state in m.plugin_states.values() for pfn, _ in getattr(state, "pagetable_frames", list)()}
 
 
 def test_memmap_on_memory_is_what_the_hooks_said(vmemcore_target, capabilities, boot):

@@ -130,14 +130,21 @@ def vmemcore_sparse_geometry(variant, profile):
 def vmemcore_dax_vmemmap_support(machine):
     """``vmemmap_can_optimize`` is ``radix_enabled()`` and the generic rule since the 6.6 opt-in
     (``ARCH_WANT_OPTIMIZE_DAX_VMEMMAP if PPC_RADIX_MMU``); from 5.19 until the opt-in of 6.4 the
-    rule was generic on every arch (5.18/5.19 and 6.4/6.5 UNCONFIRMED). Hash never: its vmemmap
-    is bolted into the hash table, not mapped by page tables."""
+    rule was generic on every arch (5.18/5.19 and 6.4/6.5 UNCONFIRMED), but radix then still freed its
+    vmemmap through ``vmemmap_list`` only, which the simulation does not pair with the generic
+    compound populate: refused as not simulated. Hash never: its vmemmap is bolted into the hash
+    table, not mapped by page tables."""
     mmu, _ = _parse(machine.variant)
     profile = machine.profile
     if mmu == "hash":
         return Support(False, "the hash MMU keeps the vmemmap in bolted HPTEs: vmemmap_can_optimize requires radix")
-    if profile.at_least(6, 6) or (profile.at_least(5, 19) and not profile.at_least(6, 4)):
+    if profile.at_least(6, 6):
         return Support(True)
+    if profile.at_least(5, 19) and not profile.at_least(6, 4):
+        # the generic compound populate maps PTEs that init_64.c's vmemmap_free (it frees vmemmap_list
+        # blocks only) would never unmap or free; what the kernel then did is not modelled
+        return Support(False, "radix before 6.6 frees only vmemmap_list blocks (init_64.c), not the PTEs the generic "
+                              "compound populate of 5.19-6.3 maps: not simulated")
     if profile.at_least(6, 4):
         return Support(False, "powerpc selects ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (radix) only from 6.6")
     return Support(False, "compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)")
