@@ -74,18 +74,6 @@ def test_radix_4k_16g_boots_into_128_pmd_leaves(kernel):
     m.check()
 
 
-@pytest.mark.parametrize("variant", ["hash-4K", "hash-64K"])
-def test_a_hash_machine_refuses_to_boot(variant):
-    with pytest.raises(BadRequest, match="the hash MMU's bolted vmemmap is not simulated yet"):
-        machine(variant, size=4 * GiB)
-
-
-@pytest.mark.parametrize("kernel", ["2019", "5.14", "6.0", "6.1"])
-def test_radix_before_6_6_refuses_to_boot(kernel):
-    with pytest.raises(BadRequest, match=f"kernel {kernel}: radix used the hash MMU's vmemmap_list populate"):
-        machine("radix-64K", kernel, 4 * GiB)
-
-
 # --------------------------------- sub-sections and pfn_valid (radix_pgtable.c vmemmap_populated)
 
 @pytest.mark.parametrize("kernel", KERNELS)

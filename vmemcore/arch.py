@@ -19,14 +19,21 @@ differs between architectures, passes a policy.
 """
 
 from . import hookimpl
-from .depopulate import Flush, InUse, TeardownPolicy, vmemmap_boot_frame, vmemmap_teardown
+from .depopulate import (
+    Flush, InUse, TeardownPolicy, vmemmap_boot_frame, vmemmap_populated, vmemmap_teardown, vmemmap_unmap_leaf,
+)
 from .errors import BadRequest, OutOfMemory, PluginError, Veto, VmemcoreError
 from .geometry import (
     ArchInfo, Feature, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant,
 )
 from .live_entries import ANY_CHANGE, LiveEntryRule
+from .mapping import VmemmapMapping
 from .pagetable import CONT, RDONLY
-from .populate import NUMA_NO_NODE, table_allocator, vmemmap_populate_basepages, vmemmap_populate_hugepages
+from .populate import (
+    NUMA_NO_NODE, free_vmemmap_frames, table_allocator, vmemmap_alloc_block_buf, vmemmap_alloc_blocks, vmemmap_alloc_page,
+    vmemmap_map_leaf,
+    vmemmap_populate_basepages, vmemmap_populate_compound_by_address, vmemmap_populate_hugepages,
+)
 from .profiles import KernelProfile, MhpDesign
 from .ptdump import PtdumpColumn, PtdumpFormat
 from .timeline import Change
@@ -62,9 +69,12 @@ def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
 
 
 __all__ = [
-    "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Change", "Feature", "Flush", "GiB", "HugePageSize", "InUse", "KernelProfile",
-    "KiB", "Level", "LiveEntryRule", "MhpDesign", "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError", "PtdumpColumn", "PtdumpFormat", "RDONLY", "SparseGeometry",
-    "Support", "TeardownPolicy", "TiB", "Variant", "Veto", "VmemcoreError", "format_size", "hookimpl",
-    "preallocate_tables", "selected", "vmemmap_boot_frame", "vmemmap_populate_basepages", "vmemmap_populate_hugepages",
-    "vmemmap_teardown",
+    "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Change", "Feature", "Flush", "format_size", "free_vmemmap_frames",
+    "GiB", "hookimpl", "HugePageSize", "InUse", "KernelProfile", "KiB", "Level", "LiveEntryRule", "MhpDesign",
+    "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError",
+    "preallocate_tables", "PtdumpColumn", "PtdumpFormat", "RDONLY", "selected", "SparseGeometry", "Support", "TeardownPolicy", "TiB",
+    "Variant", "Veto", "VmemcoreError", "vmemmap_alloc_block_buf", "vmemmap_alloc_blocks", "vmemmap_alloc_page", "vmemmap_boot_frame",
+    "vmemmap_map_leaf", "vmemmap_populate_basepages", "vmemmap_populate_compound_by_address",
+    "vmemmap_populate_hugepages", "vmemmap_populated", "vmemmap_teardown", "vmemmap_unmap_leaf",
+    "VmemmapMapping",
 ]

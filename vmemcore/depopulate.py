@@ -17,6 +17,7 @@ import enum
 import attrs
 import numpy as np
 
+from .errors import BadRequest
 from .live_entries import unfold_contiguous
 from .pagetable import LEAF, PRESENT, table_index_range
 from .populate import free_vmemmap_frames, free_vmemmap_pages
@@ -179,3 +180,22 @@ def vmemmap_populated(machine, vaddr, size) -> bool:
             pfn += geometry.pages_per_subsection
     return False
 
+
+
+def vmemmap_unmap_leaf(machine, addr, function="remove_pagetable"):
+    """``remove_pagetable(addr, addr + span, direct=true)`` of the one leaf mapping ``addr`` (powerpc
+    ``radix__vmemmap_remove_mapping``): the leaf is cleared and its frames left to the caller, every
+    table it leaves empty is freed bottom up (the top table stays), and the range is flushed once."""
+    pt = machine.pagetable
+    hit = pt.lookup(addr)
+    if hit is None:
+        raise BadRequest(f"vmemmap address {addr:#x} is not mapped")
+    table, index = hit
+    start = table.va(index)
+    span = table.level.entry_span
+    pt.clear_leaves(table, np.array([index]), function=function)
+    while table.depth > 0 and table.empty:
+        parent = pt.walk(start, table.depth - 1)
+        free_table(machine, parent, parent.index(start))
+        table = parent
+    machine.flush_tlb_kernel_range(start, start + span)

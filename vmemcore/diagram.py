@@ -8,7 +8,6 @@ from string import ascii_uppercase
 
 from .errors import BadRequest
 from .hvo import optimizable_pages
-from .pagetable import RDONLY
 from .report import columns
 from .units import format_size
 
@@ -38,9 +37,8 @@ def vmemmap_pages(machine, folio) -> list:
     end = start + (machine.sparse_geometry.struct_page_size << folio.order)
     pages = []
     for vaddr in range(start // page * page, end, page):
-        table, i = machine.pagetable.lookup(vaddr)
-        frame = int(table.pfns[i]) + ((vaddr - table.va(i)) >> machine.geometry.page_shift)
-        pages.append((vaddr, table.level.name, bool(table.flags[i] & RDONLY), frame))
+        label, read_only, frame = machine.vmemmap.entry(vaddr)
+        pages.append((vaddr, label, read_only, frame))
     return pages
 
 

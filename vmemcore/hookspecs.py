@@ -35,9 +35,11 @@ if TYPE_CHECKING:
     from .geometry import ArchInfo, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant
     from .hotplug import HotAddRequest
     from .live_entries import LiveEntryRule
+    from .mapping import VmemmapMapping
     from .machine import Machine
     from .profiles import KernelProfile
     from .ptdump import PtdumpFormat
+    from .zone_device import DevicePagemap
 
 hookspec = pluggy.HookspecMarker("vmemcore")
 
@@ -133,6 +135,52 @@ def vmemcore_vmemmap_free(machine: Machine, start: int, end: int, altmap: VmemAl
     Returns True when handled (None: "not mine").
 
     Policy: first true.
+    """
+
+
+@hookspec(firstresult=True)
+def vmemcore_vmemmap_populate_compound_pages(machine: Machine, start_pfn: int, start: int, end: int, node: int,
+                                             pgmap: DevicePagemap) -> bool | None:
+    """Map the deduplicated memmap of a device pagemap's section piece the arch's own way (an arch
+    that defines ``vmemmap_populate_compound_pages``, as powerpc radix does since 6.6).
+
+    Called after boot by the engine's section populate (``__populate_section_memmap``) for each
+    section piece of a ZONE_DEVICE pagemap whose vmemmap can be deduplicated
+    (``vmemmap_can_optimize``), in ascending order, instead of the generic
+    ``vmemmap_populate_compound_pages`` of ``mm/sparse-vmemmap.c``.
+
+    :param machine: the machine, after boot.
+    :param start_pfn: the first pfn of the section piece.
+    :param start: first vmemmap byte to map (``pfn_to_page(start_pfn)``).
+    :param end: one past the last byte.
+    :param node: the node the memmap should live on.
+    :param pgmap: the :class:`vmemcore.zone_device.DevicePagemap` (its ``vmemmap_nr`` pages per
+        compound page).
+
+    The plugin maps with :func:`vmemcore.arch.vmemmap_populate_compound_by_address` (or another
+    helper) and raises :class:`vmemcore.OutOfMemory` when an allocation fails.
+    Returns True when handled; None: "not mine".
+
+    Policy: first true; default (no plugin handles it): the generic populate.
+    """
+
+
+@hookspec
+def vmemcore_vmemmap_mapping(machine: Machine) -> VmemmapMapping | None:
+    """Give the vmemmap's mapping when it is not the Linux page table (powerpc's hash MMU bolts
+    each vmemmap block into the hash page table and records it in ``vmemmap_list``).
+
+    Called once per machine during set-up, right after the page table is made and before boot;
+    ``machine.geometry``, ``machine.sparse_geometry`` and ``machine.plugin_state`` may be used.
+
+    :param machine: the machine being set up.
+
+    Returns a :class:`vmemcore.arch.VmemmapMapping` the engine reads the vmemmap through
+    (``pfn_to_page`` translation, leaves and their frames, read-only or not), which the plugin's
+    ``vmemcore_vmemmap_populate`` and ``vmemcore_vmemmap_free`` keep up to date; None: the Linux
+    page table (``machine.pagetable``).
+
+    Policy: optional; default: the Linux page table.
     """
 
 

@@ -73,6 +73,9 @@ class Machine:
         self.stats = Counters(self.journal)
         self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
         self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
+        self._plugin_state = {}
+        # the vmemmap's mapping: the Linux page table, or the plugin's backend (powerpc hash)
+        self.vmemmap = self.hooks.vmemmap_mapping(self) or self.pagetable
         self.live_entry_rule = self.hooks.live_entry_rule(self)
         self.live_entries = None  # the LiveEntryChecker, when checking is on
         if check_live_entries:
@@ -84,7 +87,6 @@ class Machine:
         self.bad_pages = BadPages(self, check_bad_pages)  # bad_page reports of the free path
         self.zone_device = ZoneDevice(self)  # device pagemaps (memremap_pages)
         self.sparse_buffer = None
-        self._plugin_state = {}
         self.memory = config.memory  # the boot ranges (MemoryRange)
         page = self.geometry.page_size
         for item in self.memory:
@@ -132,6 +134,11 @@ class Machine:
             self._plugin_state[key] = factory(self)
             self.journal.record(lambda: self._plugin_state.pop(key))
         return self._plugin_state[key]
+
+    @property
+    def plugin_states(self) -> dict:
+        """The states plugins keep on this machine, by key (a copy)."""
+        return dict(self._plugin_state)
 
     @contextmanager
     def transaction(self):
@@ -210,8 +217,8 @@ class Machine:
         return self.sparse_geometry.pfn_to_page(pfn)
 
     def memmap_frame(self, pfn):
-        """The frame holding the struct page of ``pfn``, found through the vmemmap page tables."""
-        phys = self.pagetable.translate(self.pfn_to_page(pfn))
+        """The frame holding the struct page of ``pfn``, found through the vmemmap's mapping."""
+        phys = self.vmemmap.translate(self.pfn_to_page(pfn))
         return None if phys is None else phys >> self.geometry.page_shift
 
     def leaf_counts(self):
@@ -223,6 +230,10 @@ class Machine:
                 counts[table.level.name] = counts.get(table.level.name, 0) + n
         return counts
 
+    def vmemmap_mapped_bytes(self) -> int:
+        """Bytes of vmemmap the present leaves map (every leaf's span, summed)."""
+        return sum(count * span for span, count in self.vmemmap.leaf_spans().items())
+
     def counters(self):
         """Kernel-named counters plus page-table pages per level, vmemmap bytes per leaf size, the
         HugeTLB pools (``nr_hugepages_2M``, when not empty) and the frames per owner, in
@@ -231,8 +242,7 @@ class Machine:
         out.update(self.zone_device.counters())
         for name, count in self.pagetable.tables.items():
             out[f"vmemmap_pagetable_pages_{name}"] = count * (self.geometry.level(name).alloc_bytes >> self.geometry.page_shift)
-        for name, count in self.leaf_counts().items():
-            span = self.geometry.level(name).entry_span
+        for span, count in sorted(self.vmemmap.leaf_spans().items(), reverse=True):
             out[f"vmemmap_leaves_{format_size(span)}"] = count
             out[f"vmemmap_mapped_bytes_{format_size(span)}"] = count * span
         for _, h in sorted(self.hugetlb.hstates.items()):  # the pools, as sysfs nr_hugepages shows them
@@ -240,6 +250,8 @@ class Machine:
                 out[f"nr_hugepages_{h.name}"] = h.nr_huge_pages
             if h.surplus_huge_pages:
                 out[f"surplus_hugepages_{h.name}"] = h.surplus_huge_pages
+        for state in self._plugin_state.values():  # e.g. powerpc's vmemmap_list entries and pages
+            out.update(getattr(state, "counters", dict)())
         out["memmap_frames"] = self.physmem.pages_owned(Use.MEMMAP)
         out["pagetable_frames"] = self.physmem.pages_owned(Use.PAGETABLE)
         out["hugetlb_frames"] = self.physmem.pages_owned(Use.HUGETLB)
@@ -285,13 +297,11 @@ class Machine:
         folios = [(np.fromiter(h.folios, np.int64, len(h.folios)), 1 << h.order) for h in self.hugetlb.hstates.values()]
         _assert_owned(self.physmem, Use.HUGETLB, folios, arrays=True)
         page_shift = self.geometry.page_shift
-        table_frames, leaf_frames = [], []
-        for table in self.pagetable.all_tables():
-            if table.pfn is not None:
-                table_frames.append((table.pfn, table.level.alloc_bytes >> page_shift))
-            leaves = np.flatnonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF))
-            if len(leaves):
-                leaf_frames.append((table.pfns[leaves], table.level.entry_span >> page_shift))
+        table_frames = [(table.pfn, table.level.alloc_bytes >> page_shift)
+                        for table in self.pagetable.all_tables() if table.pfn is not None]
+        for state in self._plugin_state.values():  # frames a plugin keeps for its mapping (vmemmap_list pages)
+            table_frames.extend(getattr(state, "pagetable_frames", list)())
+        leaf_frames = self.vmemmap.leaf_frames()
         _assert_owned(self.physmem, Use.PAGETABLE, [(p, n) for p, n in table_frames])
         self.vmemmap_refs.check(leaf_frames)
         leaf_frames = self.zone_device.check(leaf_frames)  # device memory is no frame of System RAM

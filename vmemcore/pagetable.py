@@ -9,6 +9,7 @@ at any level the geometry allows. Every change is journaled for rollback.
 import numpy as np
 
 from .errors import BadRequest, SimulatorLimit
+from .mapping import VmemmapMapping
 
 PRESENT = 1
 LEAF = 2  # the entry maps memory (a page at PTE level, a block above); else it points to a table
@@ -53,11 +54,15 @@ class Table:
         return f"<Table {self.level.name} @{self.base:#x} pfn={self.pfn} present={self.nr_present}>"
 
 
-class PageTable:
-    """The kernel page table that maps the vmemmap (the static top table preexists)."""
+class PageTable(VmemmapMapping):
+    """The kernel page table that maps the vmemmap (the static top table preexists); as the
+    vmemmap's :class:`~vmemcore.mapping.VmemmapMapping` it answers from its leaves."""
+
+    label = "page table"
 
     def __init__(self, geometry, journal=None, va_base=0):
         self.geometry = geometry
+        self.page_shift = geometry.page_shift
         self.journal = journal
         top = geometry.levels[0]
         span = top.shift + top.bits
@@ -251,6 +256,38 @@ class PageTable:
         table, i = hit
         offset = vaddr & (table.level.entry_span - 1)
         return (int(table.pfns[i]) << self.geometry.page_shift) + offset
+
+    def read_only(self, vaddr):
+        hit = self.lookup(vaddr)
+        return None if hit is None else bool(hit[0].flags[hit[1]] & RDONLY)
+
+    def entry(self, vaddr):
+        hit = self.lookup(vaddr)
+        if hit is None:
+            return None
+        table, i = hit
+        frame = int(table.pfns[i]) + ((vaddr - table.va(i)) >> self.geometry.page_shift)
+        return table.level.name, bool(table.flags[i] & RDONLY), frame
+
+    def leaf_extents(self, start, end):
+        for addr, level, pfns in self.leaf_runs(start, end):
+            yield addr, level.entry_span, pfns
+
+    def leaf_spans(self) -> dict:
+        spans = {}
+        for table in self.all_tables():
+            n = int(np.count_nonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF)))
+            if n:
+                spans[table.level.entry_span] = spans.get(table.level.entry_span, 0) + n
+        return spans
+
+    def leaf_frames(self):
+        frames = []
+        for table in self.all_tables():
+            leaves = np.flatnonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF))
+            if len(leaves):
+                frames.append((table.pfns[leaves], table.level.entry_span >> self.geometry.page_shift))
+        return frames
 
     def tables_in(self, start, end, depth=None, table=None):
         """Yield ``(table, lo, hi)`` for every table reached in ``[start, end)``, leaves-first order

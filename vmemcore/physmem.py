@@ -22,6 +22,7 @@ class Use(enum.Enum):
     HUGETLB = "hugetlb"
     OFFLINE = "offline"  # present (hot-added) but not online: in no allocator
     LEAKED = "leaked"  # a bad page the free path refused (bad_page in mm/page_alloc.c): never freed
+    PINNED = "pinned"  # unmovable pages a workload holds (memory.fragment)
 
 
 @frozen
@@ -286,6 +287,24 @@ class PhysMem:
         self.frames.set(pfn, pfn + nr_pages, owner)
         for start, end, node in self.nodes.items(pfn, pfn + nr_pages):
             self._free[node].set(start, end, None)
+
+    def pin_pattern(self, node, every, pin):
+        """Fragment ``node``'s free ZONE_NORMAL memory as a workload's unmovable allocations would:
+        pin ``pin`` pages at the start of every ``every``-aligned stretch whose first ``pin`` pages are
+        free, so that no free block of ``every`` pages (buddy blocks are naturally aligned) is left.
+        Returns the pages pinned. Cost: one change per stretch of free memory."""
+        free = self._free.get(node)
+        if free is None:
+            return 0
+        starts = []
+        for start, end, zone in free.items():
+            if zone != NORMAL:
+                continue
+            first = -(-start // every) * every
+            starts.extend(range(first, end - pin + 1, every))
+        for pfn in starts:
+            self._take(pfn, pin, Owner(Use.PINNED))
+        return len(starts) * pin
 
     def claim(self, pfn, nr_pages, owner):
         """Take specific offline frames (handed out by an altmap from memory being added)."""

@@ -29,6 +29,7 @@ from .errors import PluginError, VmemcoreError, did_you_mean
 from .geometry import ArchInfo, HugePageSize, PageTableGeometry, PhysRange, SparseGeometry, Support
 from .live_entries import ANY_CHANGE, LiveEntryRule
 from .ptdump import GENERIC, PtdumpFormat
+from .mapping import VmemmapMapping
 
 ENTRY_POINT_GROUP = "vmemcore.arch"
 AUTOLOAD_ENV = "VMEMCORE_DISABLE_PLUGIN_AUTOLOAD"
@@ -114,6 +115,8 @@ HOOK_POLICIES = {
     "vmemcore_sparse_geometry": HookPolicy(Policy.OWNER, SparseGeometry),
     "vmemcore_vmemmap_populate": HookPolicy(Policy.FIRST_TRUE, bool),
     "vmemcore_vmemmap_free": HookPolicy(Policy.FIRST_TRUE, bool),
+    "vmemcore_vmemmap_populate_compound_pages": HookPolicy(Policy.FIRST_TRUE, bool, lambda kwargs: False),
+    "vmemcore_vmemmap_mapping": HookPolicy(Policy.OPTIONAL, VmemmapMapping, lambda kwargs: None),
     "vmemcore_pgtable_cache_init": HookPolicy(Policy.ALL, None, check=_only_none),
     "vmemcore_hugepage_sizes": HookPolicy(Policy.OPTIONAL, tuple, lambda kwargs: (), _hugepage_sizes_fit),
     "vmemcore_hvo_support": HookPolicy(Policy.OPTIONAL, Support, _no_hvo),
@@ -324,7 +327,7 @@ class ArchHooks:
             return self._chained(hook, rule, kwargs)
         result, answered = self._pluggy_call(getattr(self.pm.hook, hook), kwargs)
         if rule.policy is Policy.FIRST_TRUE:
-            return self._first_true(hook, result, answered)
+            return self._first_true(hook, rule, result, answered, kwargs)
         for value in result:
             self._check(hook, rule, self._blame(value, answered), value, kwargs)
         if rule.policy is Policy.ALL:
@@ -354,11 +357,13 @@ class ArchHooks:
             steps.append((plugin, value))
         return steps
 
-    def _first_true(self, hook, result, answered):
+    def _first_true(self, hook, rule, result, answered, kwargs):
         if result is True:
             return True
         if result is not None:
             raise PluginError(self._blame(result, answered), hook, f"returned {result!r}, expected True or None")
+        if rule.default is not None:  # nobody handled it: the engine's own way (False)
+            return rule.default(kwargs)
         if answered:
             names = ", ".join(repr(plugin) for plugin, _ in answered)
             raise PluginError(answered[-1][0], hook, f"returned None (return True when handled); asked: {names}")
@@ -393,6 +398,14 @@ class ArchHooks:
 
     def vmemmap_free(self, machine, start, end, altmap) -> bool:
         return self.call("vmemcore_vmemmap_free", machine=machine, start=start, end=end, altmap=altmap)
+
+    def vmemmap_populate_compound_pages(self, machine, start_pfn, start, end, node, pgmap) -> bool:
+        """True when a plugin mapped it; False: the engine's generic populate is to run."""
+        return self.call("vmemcore_vmemmap_populate_compound_pages", machine=machine, start_pfn=start_pfn,
+                         start=start, end=end, node=node, pgmap=pgmap)
+
+    def vmemmap_mapping(self, machine) -> "VmemmapMapping | None":
+        return self.call("vmemcore_vmemmap_mapping", machine=machine)
 
     def pgtable_cache_init(self, machine) -> None:
         self.call("vmemcore_pgtable_cache_init", machine=machine)

@@ -32,7 +32,11 @@ class SparseBuffer:
 
     def __init__(self, machine, nr_pages, align, node):
         self.machine = machine
-        self.start = machine.physmem.alloc(nr_pages, node, Use.MEMMAP, align=align, exact_nid=True)
+        # memblock never has a node's every page free at sparse_init (the kernel image, the device
+        # tree, powerpc's hash table live there, unmodelled here): a buffer of all of them fails, as a
+        # hash-64K one (16 MiB, a PMD_SIZE, per 16 MiB section) always does in the kernel
+        whole = nr_pages >= machine.physmem.free_pages(node)
+        self.start = None if whole else machine.physmem.alloc(nr_pages, node, Use.MEMMAP, align=align, exact_nid=True)
         self.cursor = self.start
         self.end = None if self.start is None else self.start + nr_pages
 
@@ -92,6 +96,45 @@ def alloc_blocks(machine, nr_pages, count, node, altmap):
             singles.append(pfn)
     parts.append(np.array(singles, dtype=np.int64))
     return np.concatenate(parts)
+
+
+def vmemmap_alloc_block_buf(machine, nr_pages, node, altmap=None):
+    """``vmemmap_alloc_block_buf``: one naturally aligned block of ``nr_pages`` frames for memmap,
+    from ``altmap`` if given (no fallback), else the sparse buffer at boot, memblock or the buddy
+    allocator (no smaller pages: a fragmented buddy fails an order-8 block). The first pfn, or None."""
+    pfns = alloc_blocks(machine, nr_pages, 1, node, altmap)
+    return int(pfns[0]) if len(pfns) else None
+
+
+def vmemmap_alloc_blocks(machine, nr_pages, count, node):
+    """``count`` successive :func:`vmemmap_alloc_block_buf` calls without an altmap, in one batch
+    (the same blocks, in the same order): an array of first pfns, shorter when a call failed."""
+    return alloc_blocks(machine, nr_pages, count, node, None)
+
+
+def vmemmap_alloc_page(machine, node):
+    """``vmemmap_alloc_block(PAGE_SIZE, node)`` for an arch's own bookkeeping of the mapping
+    (powerpc's ``vmemmap_list`` pages), owned as page-table memory. The pfn, or None."""
+    return machine.physmem.alloc(1, node, Use.PAGETABLE, align=1)
+
+
+def vmemmap_map_leaf(machine, addr, span, pfn, node, function="__map_kernel_page"):
+    """Map one vmemmap block: the ``span``-byte leaf at ``addr`` maps the frames from ``pfn``
+    (powerpc ``radix__vmemmap_create_mapping`` → ``__map_kernel_page``); missing tables are taken
+    on ``node`` (:class:`OutOfMemory` when they cannot be had)."""
+    geometry = machine.geometry
+    depth = next((d for d, level in enumerate(geometry.levels) if level.leaf and level.entry_span == span), None)
+    if depth is None:
+        raise BadRequest(f"no page-table level maps {format_size(span)} leaves")
+    table = machine.pagetable.walk(addr, depth, table_allocator(machine, node))
+    if table is None:
+        raise BadRequest(f"vmemmap address {addr:#x} is already mapped by a leaf above {geometry.levels[depth].name}")
+    index = np.array([table.index(addr)])
+    if table.flags[index[0]] & PRESENT:
+        raise BadRequest(f"vmemmap address {addr:#x} is already mapped")
+    pfns = np.array([pfn], dtype=np.int64)
+    machine.pagetable.set_leaves(table, index, pfns, function=function)
+    vmemmap_verify(machine, pfns, node)
 
 
 def table_allocator(machine, node):
@@ -448,6 +491,11 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
     left alone. Raises :class:`OutOfMemory` when a frame or table cannot be had."""
     page = machine.geometry.page_size
     csize = pgmap.vmemmap_nr * machine.sparse_geometry.struct_page_size
+    if end - start < page:
+        raise BadRequest(
+            f"the memmap of a section piece ({format_size(end - start)}) is smaller than a "
+            f"{format_size(page)} page: the generic compound populate of kernel {machine.profile.name} maps "
+            "vmemmap pages past it (the crash VMEMMAP_RESERVE_NR fixed): not simulated")
     if csize < 2 * page:
         raise BadRequest(
             f"kernel {machine.profile.name} maps vmemmap pages past the range for compound pages of "
@@ -475,3 +523,94 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
         _map_reused(machine, table, index[shared], frames, node)
 
     _fill_pte_tables(machine, start, end, node, fill)
+
+
+def vmemmap_populate_compound_by_address(machine, start_pfn, start, end, node, pgmap):
+    """powerpc radix's ``vmemmap_populate_compound_pages`` (``radix_pgtable.c``, 6.6+, f2b79c0d7968),
+    which finds each compound page's shared tail page by address instead of by section: walk
+    ``[start, end)`` a page at a time (``start`` need not be page-aligned: a 64K page holds the
+    memmap of four sections), counting the kernel's ``addr_pfn`` from ``start_pfn``;
+
+    - a PMD leaf already there (``pmd_leaf``: a nearby request's 2 MiB mapping) is skipped whole;
+    - a present PTE is skipped (a compound page's head or tail page mapped by an earlier call);
+    - at a compound page's head (``addr_pfn`` a multiple of ``vmemmap_nr``) the head page and the
+      next page get frames of their own (``radix__vmemmap_populate_address``: -ENOMEM if the next
+      page lies under a PMD leaf);
+    - elsewhere ``vmemmap_compound_tail_page`` looks ``addr_pfn``'s offset into its compound page back
+      from ``addr`` plus one page, maps that page (and the one before it) if missing, and this PTE
+      maps its frame with a reference (``get_page``); a page under a PMD leaf gets a frame of its own.
+
+    ``addr_pfn`` advances by one per vmemmap page, not by the struct pages a page holds (as the
+    kernel's code does; "fix wrong addr_pfn tracking in compound vmemmap population", 2026, is in
+    no modelled release): where a call spans more than a page (4K pages) the tail page is looked for
+    in the wrong place, and pages get frames of their own or share another tail page of the same
+    compound page. Raises :class:`OutOfMemory` when a frame or table cannot be had."""
+    pt = machine.pagetable
+    geometry = machine.geometry
+    page, shift = geometry.page_size, geometry.page_shift
+    pmd_depth, pte_depth = geometry.pmd_depth, len(geometry.levels) - 1
+    pmd_span = geometry.levels[pmd_depth].entry_span
+    struct_page = machine.sparse_geometry.struct_page_size
+    alloc = table_allocator(machine, node)
+    nr = pgmap.vmemmap_nr
+
+    def under_leaf(addr):  # vmemmap_{pud,pmd}_alloc, then pmd_leaf()
+        table = pt.walk(addr, pmd_depth, alloc)
+        if table is None:
+            raise BadRequest(f"vmemmap address {addr:#x} is already mapped by a leaf above the PMD level")
+        return table.is_leaf(table.index(addr))
+
+    def pte(addr):  # vmemmap_pte_alloc + pte_offset_kernel
+        table = pt.walk(addr, pte_depth, alloc)
+        return table, table.index(addr)
+
+    def own_page(addr):  # radix__vmemmap_pte_populate without reuse: a new frame for a none PTE
+        table, i = pte(addr)
+        if not table.flags[i] & PRESENT:
+            _set_ptes(machine, table, np.array([i]), alloc_blocks(machine, 1, 1, node, None), node, "compound devmap")
+        return table, i
+
+    def populate_address(addr):  # radix__vmemmap_populate_address
+        return None if under_leaf(addr) else own_page(addr)
+
+    def tail_page(addr, offset):  # vmemmap_compound_tail_page
+        map_addr = addr - offset * struct_page + page
+        if under_leaf(map_addr):
+            return None
+        table, i = pte(map_addr)
+        if table.flags[i] & PRESENT:
+            return table, i
+        if populate_address(map_addr - page) is None:
+            return None
+        return own_page(map_addr)
+
+    addr, addr_pfn = start, start_pfn
+    while addr < end:
+        if under_leaf(addr):
+            addr_pfn += pmd_span >> shift
+            addr = min((addr // pmd_span + 1) * pmd_span, end)
+            continue
+        table, i = pte(addr)
+        if table.flags[i] & PRESENT:
+            addr_pfn, addr = addr_pfn + 1, addr + page
+            continue
+        offset = addr_pfn % nr
+        if offset == 0:
+            own_page(addr)
+            if populate_address(addr + page) is None:
+                raise OutOfMemory(f"the first tail page of the compound page at vmemmap address {addr:#x} lies under a "
+                                  "PMD leaf (radix__vmemmap_populate_address: -ENOMEM)")
+            addr_pfn, addr = addr_pfn + 2, addr + 2 * page
+            continue
+        found = tail_page(addr, offset)
+        if found is None:
+            own_page(addr)
+        else:
+            source, j = found
+            frame = int(source.pfns[j])
+            table, i = pte(addr)
+            if not table.flags[i] & PRESENT:  # the tail page may be this very page
+                if frame not in machine.structpages.contents:  # shared from now on: its contents matter
+                    machine.structpages.describe(frame, CopyOf(machine.sparse_geometry.page_to_pfn(source.va(j))))
+                _map_reused(machine, table, np.array([i]), np.array([frame], dtype=np.int64), node)
+        addr_pfn, addr = addr_pfn + 1, addr + page

@@ -104,7 +104,8 @@ class Sparse:
         machine = self.machine
         start, end = self.geometry.pfn_to_page(pfn), self.geometry.pfn_to_page(pfn + nr_pages)
         if pgmap is not None and vmemmap_can_optimize(machine, altmap, pgmap).supported:
-            vmemmap_populate_compound_pages(machine, pfn, start, end, node, pgmap)
+            if not machine.hooks.vmemmap_populate_compound_pages(machine, pfn, start, end, node, pgmap):
+                vmemmap_populate_compound_pages(machine, pfn, start, end, node, pgmap)
         else:
             machine.hooks.vmemmap_populate(machine, start, end, node, altmap)
         counted = sections * self.memmap_pages(nr_pages // sections)

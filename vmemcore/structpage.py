@@ -18,7 +18,6 @@ import attrs
 import numpy as np
 
 from .errors import VmemcoreError
-from .pagetable import RDONLY
 from .profiles import HvoTailPage
 
 PLAIN, HEAD, TAIL = "plain", "head", "tail"
@@ -101,7 +100,7 @@ class StructPages:
 
     def descriptor_at(self, vaddr):
         """What the frame mapped at vmemmap address ``vaddr`` holds, as a descriptor."""
-        frame = self.machine.pagetable.translate(vaddr) >> self.machine.geometry.page_shift
+        frame = self.machine.vmemmap.translate(vaddr) >> self.machine.geometry.page_shift
         found = self.contents.get(frame)
         if found is not None:
             return found
@@ -247,7 +246,7 @@ class StructPages:
         while pfn < end:
             first = pfn - pfn % self.per_page
             stop = min(first + self.per_page, end)
-            phys = machine.pagetable.translate(machine.pfn_to_page(first))
+            phys = machine.vmemmap.translate(machine.pfn_to_page(first))
             if phys is None:
                 pages.extend([None] * (stop - pfn))
                 pfn = stop
@@ -361,11 +360,10 @@ class StructPages:
         """Store ``page`` as the struct page of ``pfn`` through the vmemmap; a read-only mapping
         faults (:class:`ReadOnlyFault`) and nothing changes."""
         vaddr = self.machine.pfn_to_page(pfn)
-        hit = self.machine.pagetable.lookup(vaddr)
-        if hit is None:
+        read_only = self.machine.vmemmap.read_only(vaddr)
+        if read_only is None:
             raise ReadOnlyFault(f"struct page of pfn {pfn:#x} at vmemmap address {vaddr:#x} is not mapped")
-        table, index = hit
-        if table.flags[index] & RDONLY:
+        if read_only:
             raise ReadOnlyFault(f"write to the struct page of pfn {pfn:#x} hit a read-only vmemmap mapping at vmemmap address {vaddr:#x}")
-        frame = self.machine.pagetable.translate(vaddr) >> self.machine.geometry.page_shift
+        frame = self.machine.vmemmap.translate(vaddr) >> self.machine.geometry.page_shift
         self.describe(frame, self.copy_page(vaddr, {pfn % self.per_page: page}))

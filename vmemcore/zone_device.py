@@ -79,15 +79,17 @@ class Pagemap:
     pgmap: DevicePagemap
     altmap: VmemAltmap | None
     dedup: Support
-    pages_mapped: int  # vmemmap pages its memmap spans: what nr_memmap_pages counts
+    pages_mapped: int  # vmemmap pages its populate mapped (leaves it added, in pages)
     frames_used: int  # frames behind them (from RAM or from the altmap)
     pagetable_pages: int  # page-table pages its populate allocated
     struct_pages_initialized: int  # memmap_init_zone_device's work (compound_nr_pages per compound page)
+    pages_counted: int = 0  # what nr_memmap_pages counted: per section piece, its memmap rounded up to pages
 
     @property
     def pages_saved(self) -> int:
-        """Vmemmap pages the dedup spared (0 without dedup, whatever rounding the counters do)."""
-        return self.pages_mapped - self.frames_used if self.dedup.supported else 0
+        """Vmemmap pages the dedup spared: pages mapped less frames used, so mapped = used + saved
+        (0 without dedup, where every mapped page has a frame of its own)."""
+        return self.pages_mapped - self.frames_used
 
     def report(self) -> dict:
         first = self.pgmap.ranges[0]
@@ -102,6 +104,7 @@ class Pagemap:
             "vmemmap_pages_mapped": self.pages_mapped,
             "vmemmap_frames_used": self.frames_used,
             "vmemmap_pages_saved": self.pages_saved,
+            "memmap_pages_counted": self.pages_counted,
             "pagetable_pages": self.pagetable_pages,
             "struct_pages_initialized": self.struct_pages_initialized,
         }
@@ -142,9 +145,11 @@ class ZoneDevice:
             self.pagemaps[key] = pagemap
 
     def _cost(self):
-        """Memmap pages counted, memmap frames and page-table frames of System RAM."""
+        """Memmap pages counted, memmap frames and page-table frames of System RAM, and vmemmap
+        pages mapped."""
         m = self.machine
-        return m.stats[NR_MEMMAP_PAGES], m.physmem.pages_owned(Use.MEMMAP), m.physmem.pages_owned(Use.PAGETABLE)
+        return (m.stats[NR_MEMMAP_PAGES], m.physmem.pages_owned(Use.MEMMAP), m.physmem.pages_owned(Use.PAGETABLE),
+                m.vmemmap_mapped_bytes() >> m.geometry.page_shift)
 
     def add(self, pgmap: DevicePagemap) -> Pagemap:
         """``memremap_pages``: check the ranges, then for each, in order, record its pfns
@@ -168,9 +173,9 @@ class ZoneDevice:
                 self.pfns.set(pfn, pfn + nr_pages, (key, first, pgmap.vmemmap_shift))
                 m.add_memmap(pfn, nr_pages, pgmap.node, altmap, pgmap=pgmap)
                 initialized += (pfn + nr_pages - first) // pgmap.vmemmap_nr * per_compound
-            counted, ram, tables = (after - was for after, was in zip(self._cost(), before))
+            counted, ram, tables, mapped = (after - was for after, was in zip(self._cost(), before))
             device = altmap.alloc if altmap is not None else 0
-            pagemap = Pagemap(pgmap, altmap, dedup, counted, ram + device, tables, initialized)
+            pagemap = Pagemap(pgmap, altmap, dedup, mapped, ram + device, tables, initialized, counted)
             self._put(key, pagemap)
         return pagemap
 

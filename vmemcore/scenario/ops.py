@@ -77,6 +77,20 @@ def _hot_remove(machine, args):
     return {"blocks": list(ids)}
 
 
+def _fragment(machine, args):
+    """``memory.fragment``: pin pages in a pattern on a node; reports the pages pinned and the largest
+    free buddy block left."""
+    page = machine.geometry.page_size
+    every = args.get("every") or page << machine.sparse_geometry.max_page_order
+    pin = args.get("pin") or page
+    if every % page or pin % page or not 0 < pin < every or every & (every - 1):
+        raise BadRequest(f"memory.fragment: every ({format_size(every)}) must be a power of two of whole "
+                         f"{format_size(page)} pages, larger than pin ({format_size(pin)}), itself whole pages")
+    with machine.transaction():
+        pinned = machine.physmem.pin_pattern(args.get("node", 0), every // page, pin // page)
+    return {"pinned_pages": pinned, "every": every, "pin": pin}
+
+
 _RANGE = {"start": ("size", REQUIRED), "size": ("size", REQUIRED)}
 _NODE = {"node": ("node", 0)}
 _BLOCKS = {"block": ("block", None), "start": ("size", None), "size": ("size", None)}
@@ -112,6 +126,10 @@ OPS = {
            sections=True),
         Op("hotplug.remove", dict(_RANGE), _hot_remove,
            "remove_memory: offline blocks removed and their memmap freed", sections=True),
+        Op("memory.fragment", {**_NODE, "every": ("size", None), "pin": ("size", None)}, _fragment,
+           "pin pin bytes (default a page) of unmovable memory at the start of every every-aligned stretch "
+           "(default the largest buddy block) of the node's free ZONE_NORMAL memory: no free block of every "
+           "bytes is left, as a long-running workload's pinned pages leave it"),
         Op("devdax.add", {**_RANGE, **_NODE, "align": ("size", None), "altmap": ("bool", False)},
            lambda m, a: add_devdax_step(m, **a),
            "memremap_pages of device-dax memory with compound pages of align bytes; vmemmap dedup where the kernel does it"),

@@ -5,7 +5,7 @@ import contextlib
 import attrs
 from attrs import frozen
 
-from ..errors import VmemcoreError
+from ..errors import BadRequest, VmemcoreError
 from ..machine import Machine
 from ..stats import counter_key
 from .ops import OPS
@@ -58,13 +58,19 @@ def run_scenario(scenario, progress=None, registry=None, check_live_entries=Fals
         if progress is not None:
             progress(step)
         before = machine.counters()
+        where = ":".join(str(p) for p in (scenario.path, step.line) if p is not None)
+        where = f"{where + ': ' if where else ''}steps[{step.index}] ({step.op})"
         try:
             with machine.transaction(), _attributed(machine, f"steps[{step.index}] {step.op}"):
                 result = OPS[step.op].run(machine, step.args)
         except VmemcoreError as error:
-            where = ":".join(str(p) for p in (scenario.path, step.line) if p is not None)
-            raise RunError(f"{where + ': ' if where else ''}steps[{step.index}] ({step.op})", error, machine, results,
-                           step) from error
+            if step.expect_error is None or error.errno_name != step.expect_error:
+                raise RunError(where, error, machine, results, step) from error
+            result = {"error": str(error), "errno": error.errno_name}  # as expected; the machine is unchanged
+        else:
+            if step.expect_error is not None:
+                error = BadRequest(f"expected to fail with {step.expect_error} (expect_error), but it succeeded")
+                raise RunError(where, error, machine, results, step)
         after = machine.counters()
         changes = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after), key=counter_key)}
         results.append(StepResult(step.index, step.op, dict(step.args), step.line,

@@ -16,6 +16,7 @@ class Step:
     op: str
     args: MappingProxyType = attrs.field(converter=lambda d: MappingProxyType(dict(d)))
     line: int | None = None
+    expect_error: str | None = None  # the step must fail with this errno name ("ENOMEM"); the run goes on
 
 
 @frozen

@@ -1,6 +1,7 @@
 """Scenario validation: TOML text to a :class:`Scenario`, or a :class:`ScenarioError` naming the key
 path and its line. The machine's tables are checked by :class:`ConfigValidator`, the steps here."""
 
+from errno import errorcode
 import os
 import re
 import stat
@@ -98,13 +99,19 @@ class _Validator(ConfigValidator):
         if name not in OPS:
             raise self.error(f"{key}.op", f"unknown op {name!r} (ops: {', '.join(OPS)}){did_you_mean(name, OPS)}")
         op = OPS[name]
-        args = self.fields({k: v for k, v in table.items() if k != "op"}, op.keys, key, f" of {name}")
+        expect_error = None
+        if "expect_error" in table:  # any op: the step must fail with this errno (the story of a failure)
+            expect_error = self.expect(f"{key}.expect_error", table["expect_error"], str, "an errno name such as \"ENOMEM\"")
+            if expect_error not in errorcode.values():
+                raise self.error(f"{key}.expect_error", f"{expect_error!r} is not an errno name (such as \"ENOMEM\")")
+        args = self.fields({k: v for k, v in table.items() if k not in ("op", "expect_error")}, op.keys, key,
+                           f" of {name}")
         if "block" in args:
             self.block_or_range(key, args, name)
         args = {k: v for k, v in args.items() if v is not None}
         if "start" in args:
             self.range(key, args, op.sections)
-        return Step(index, name, args, self.locator.line(key))
+        return Step(index, name, args, self.locator.line(key), expect_error)
 
     def block_or_range(self, key, args, name):
         """``block``, or ``start`` and ``size``: exactly one of the two ways to name memory blocks."""

@@ -34,6 +34,7 @@ class Capabilities:
     memory_hotplug: Support = Support(False, "the machine does not boot")
     zone_device: Support = Support(False, "the machine does not boot")
     memmap_on_memory: Support = Support(False, "the machine does not boot")
+    vmemmap: str = ""  # how boot memory's vmemmap is mapped: the mapping, its leaf sizes, plugin bookkeeping
 
     def report(self) -> dict:
         def answer(support):
@@ -48,6 +49,7 @@ class Capabilities:
             "memory_hotplug": answer(self.memory_hotplug),
             "zone_device": answer(self.zone_device),
             "memmap_on_memory": answer(self.memmap_on_memory),
+            "vmemmap": self.vmemmap,
         }
 
 
@@ -69,4 +71,14 @@ def probe(machine_factory) -> Capabilities:
         memory_hotplug=m.hotplug.support,
         zone_device=hooks.zone_device_support(m),
         memmap_on_memory=m.hotplug.supports_memmap_on_memory(m.hotplug.block_size),
+        vmemmap=describe_vmemmap(m),
     )
+
+
+def describe_vmemmap(m) -> str:
+    """``page table 2M``, ``bolted 16M (vmemmap_list)``: the machine's vmemmap mapping (the Linux page
+    table or the plugin's, ``vmemcore_vmemmap_mapping``), the leaf sizes boot used, and the state a
+    plugin keeps beside it."""
+    sizes = ",".join(format_size(span) for span in sorted(m.vmemmap.leaf_spans(), reverse=True))
+    kept = ", ".join(sorted(m.plugin_states))
+    return f"{m.vmemmap.label} {sizes}".strip() + (f" ({kept})" if kept else "")

@@ -130,7 +130,8 @@ def format_capabilities(data) -> str:
             table.append((name, f"does not boot[{reasons.setdefault(row['boots']['reason'], len(reasons) + 1)}]"))
             continue
         sizes = ",".join(h["size"] + (f"x{h['contiguous']}" if h["contiguous"] > 1 else "") for h in row["hugepage_sizes"])
-        table.append((name, sizes or "-", *(show(row[k]) for k in keys)))
+        table.append((name, sizes or "-", *(show(row[k]) for k in keys), row.get("vmemmap", "")))
+    heads += ("vmemmap",)
     wide = [max(len(r[i]) for r in table if len(r) > i) for i in range(len(heads) + 2)]
     header = ("target", "HugeTLB sizes") + heads
     widths = [max(w, len(h)) for w, h in zip(wide, header)]

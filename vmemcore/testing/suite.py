@@ -128,10 +128,10 @@ def _leaves(m, start, end):
     frame) arrays (offsets, since kernel addresses do not fit an int64)."""
     base = m.sparse_geometry.vmemmap_base
     va, span, frames = [], [], []
-    for addr, level, pfns in m.pagetable.leaf_runs(start, end):
+    for addr, leaf_span, pfns in m.vmemmap.leaf_extents(start, end):
         n = len(pfns)
-        va.append((addr - base) + np.arange(n, dtype=np.int64) * level.entry_span)
-        span.append(np.full(n, level.entry_span, dtype=np.int64))
+        va.append((addr - base) + np.arange(n, dtype=np.int64) * leaf_span)
+        span.append(np.full(n, leaf_span, dtype=np.int64))
         frames.append(np.asarray(pfns, dtype=np.int64))
     if not va:
         return (np.empty(0, np.int64),) * 3
@@ -179,6 +179,8 @@ def test_boot_counters_follow_the_kernel_arithmetic(vmemcore_target, boot):
     assert counters["nr_memmap_boot_pages"] == len(sections) * per_section, _where(
         t, "vmemcore_vmemmap_populate", f"nr_memmap_boot_pages is {per_section} per present section")
     va, span, _ = _leaves(m, sparse.vmemmap_base, sparse.vmemmap_base + sparse.vmemmap_size)
+    if m.vmemmap is not m.pagetable:  # the plugin's own mapping (vmemcore_vmemmap_mapping): no vmemmap tables
+        va = va[:0]
     preallocates = m.hooks.provides("vmemcore_pgtable_cache_init")
     for depth, level in enumerate(geometry.levels[1:], 1):
         table_span = level.table_span
@@ -218,6 +220,9 @@ def test_ptdump_lists_every_mapped_byte_once(vmemcore_target, capabilities, boot
     format prints gives a line; after HVO too, where tails are read-only."""
     hvo = capabilities.hvo.supported
     m = boot(hugetlb={"optimize_vmemmap": True}) if hvo else boot()
+    if m.vmemmap is not m.pagetable:
+        pytest.skip("the vmemmap is mapped outside the kernel page table (the plugin's mapping backend: "
+                    "powerpc hash bolts it into the hash table), so a page-table dump does not show it")
     t = vmemcore_target
     if hvo:
         sizes = [h for h in m.hugetlb.hstates.values() if not m.hugetlb.is_gigantic(h.size.size)]
@@ -331,20 +336,36 @@ def test_hotplug_round_trips_in_random_orders(vmemcore_target, capabilities, boo
     require(capabilities.memory_hotplug, "no memory hotplug")
     m = boot()
     t = vmemcore_target
-    rng = random.Random(seed)
     block = m.hotplug.block_size
     start = _hot_region(m, 3 * block)
-    before = _state(m)
-    blocks = []
-    for k in rng.sample(range(3), 3):
-        blocks += _hot_add(m, start + k * block, block).blocks
-    for b in rng.sample(blocks, len(blocks)):
-        _online(m, b, rng.choice([Zone.NORMAL, Zone.MOVABLE]))
-    _check(m, t, "vmemcore_vmemmap_populate", "after hot-adds")
-    remove_blocks(m, rng.sample(blocks, len(blocks)))
-    after = _state(m)
-    assert after == before, _where(t, "vmemcore_vmemmap_populate/free", "a hotplug round trip gives back the booted machine "
-                                      f"(differs: {_differences(before, after)})")
+    before, kept_at_boot = _state(m), _kept_frames(m)
+
+    def round_trip():
+        rng = random.Random(seed)
+        blocks = []
+        for k in rng.sample(range(3), 3):
+            blocks += _hot_add(m, start + k * block, block).blocks
+        for b in rng.sample(blocks, len(blocks)):
+            _online(m, b, rng.choice([Zone.NORMAL, Zone.MOVABLE]))
+        _check(m, t, "vmemcore_vmemmap_populate", "after hot-adds")
+        remove_blocks(m, rng.sample(blocks, len(blocks)))
+        return _state(m)
+
+    after = round_trip()
+    rule = "a hotplug round trip gives back the booted machine"
+    if after != before and _kept_frames(m) - kept_at_boot:
+        # bookkeeping the kernel keeps for reuse (powerpc's vmemmap_list pages are never freed): allowed
+        # once, if a plugin state owns it and the next round trip reuses it, giving back this machine
+        differs = _differences(before, after)
+        assert set(differs.split(", ")) <= {"physmem", "plugin_state", "counters"}, _where(
+            t, "vmemcore_vmemmap_populate/free", f"{rule}, but for what a plugin keeps (differs: {differs})")
+        before, after, rule = after, round_trip(), "a second hotplug round trip gives back the machine the first left"
+    assert after == before, _where(t, "vmemcore_vmemmap_populate/free", f"{rule} (differs: {_differences(before, after)})")
+
+
+def _kept_frames(m):
+    """Frames the plugins' states keep as their mapping's bookkeeping (``pagetable_frames()``)."""
+    return {pfn for state in m.plugin_states.values() for pfn, _ in getattr(state, "pagetable_frames", list)()}
 
 
 def test_memmap_on_memory_is_what_the_hooks_said(vmemcore_target, capabilities, boot):

@@ -1,22 +1,33 @@
 """powerpc64 book3s64 for vmemcore: ``arch/powerpc/include/asm/book3s/64/{radix*.h,hash*.h,pgtable.h}``,
 ``arch/powerpc/include/asm/{sparsemem.h,pgtable.h}``, ``arch/powerpc/mm/init_64.c``,
-``arch/powerpc/mm/book3s64/{radix_pgtable.c,hugetlbpage.c}``, ``arch/powerpc/Kconfig``.
+``arch/powerpc/mm/book3s64/{radix_pgtable.c,hash_utils.c,hugetlbpage.c}``, ``arch/powerpc/Kconfig``.
 
 The MMU (radix or hash) is chosen at boot, the page size at build time. Radix maps the vmemmap in
 the Linux page table: ``radix__vmemmap_populate`` (6.6+) takes 2 MiB PMD leaves, from an altmap only
 where they fit inside it, and base pages otherwise or when a block cannot be had; ``radix__vmemmap_free``
-frees a leaf or page only when no sub-section it serves is still ``pfn_valid``. Page-table pages are
-whole pages at boot (``early_alloc_pgtable(PAGE_SIZE)``); after boot the kernel takes PTE and PMD tables
-as fragments of a page (256 B and 4 KiB with 64K pages) and PUD tables from a kmem cache, modelled as
-whole pages too, from the memmap's node.
+frees a leaf or page only when no sub-section it serves is still ``pfn_valid``; device-dax compound
+pages go through radix's own ``vmemmap_populate_compound_pages``. Page-table pages are whole pages at
+boot (``early_alloc_pgtable(PAGE_SIZE)``); after boot the kernel takes PTE and PMD tables as fragments
+of a page (256 B and 4 KiB with 64K pages) and PUD tables from a kmem cache, modelled as whole pages
+too, from the memmap's node.
 
-Not simulated yet: the hash MMU's vmemmap (bolted HPTEs recorded in ``vmemmap_list``), and radix before
-6.6, which shared that ``init_64.c`` populate with hash; such machines refuse to boot.
+Hash (every kernel), and radix before 6.6, use ``init_64.c``'s populate: blocks of
+``mmu_vmemmap_psize`` (hash: 16 MiB when the MMU has 16M pages and boot RAM is at least 1 GiB, else
+the base page; radix: 2 MiB), each recorded in ``vmemmap_list`` and mapped by a bolted HPTE (hash:
+no Linux page table at all, :class:`BoltedVmemmap` is the machine's vmemmap mapping) or a PMD leaf
+(radix); a block is freed when no sub-section it describes is ``pfn_valid``. A block comes whole or
+not at all: after boot, an order-8 (64K) or order-12 (4K) buddy block, -ENOMEM when memory is
+fragmented.
 """
 
+import numpy as np
+
 from vmemcore.arch import (
-    ArchInfo, BadRequest, Flush, GiB, HugePageSize, InUse, Level, MiB, PageTableGeometry, PtdumpColumn, PtdumpFormat, SparseGeometry, Support,
-    TeardownPolicy, TiB, Variant, format_size, hookimpl, vmemmap_populate_hugepages, vmemmap_teardown,
+    ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, PtdumpColumn, PtdumpFormat,
+    SparseGeometry,
+    Support, TeardownPolicy, TiB, Variant, VmemmapMapping, format_size, free_vmemmap_frames, hookimpl,
+    vmemmap_alloc_block_buf, vmemmap_alloc_blocks, vmemmap_alloc_page, vmemmap_map_leaf, vmemmap_populate_compound_by_address,
+    vmemmap_populate_hugepages, vmemmap_populated, vmemmap_teardown, vmemmap_unmap_leaf,
 )
 
 PAGE_SHIFT = {"4K": 12, "64K": 16}
@@ -52,12 +63,22 @@ def vmemcore_arch_info():
         name="powerpc",
         description="powerpc64 book3s64, radix or hash MMU, 4K/64K pages (arch/powerpc/mm)",
         variants=(
-            Variant("radix-4K", {"mmu": "radix", "page": "4K"}, description="radix MMU, 4 KiB pages, 52-bit VA"),
-            Variant("radix-64K", {"mmu": "radix", "page": "64K"}, description="radix MMU, 64 KiB pages, 52-bit VA"),
-            Variant("hash-4K", {"mmu": "hash", "page": "4K"}, description="hash MMU, 4 KiB pages, 46-bit VA"),
-            Variant("hash-64K", {"mmu": "hash", "page": "64K"}, description="hash MMU, 64 KiB pages, 52-bit VA"),
+            Variant("radix-4K", {"mmu": "radix", "page": "4K"},
+                    description="radix MMU, 4 KiB pages, 52-bit VA; vmemmap in 2 MiB PMD leaves (vmemmap_list before 6.6)"),
+            Variant("radix-64K", {"mmu": "radix", "page": "64K"},
+                    description="radix MMU, 64 KiB pages, 52-bit VA; vmemmap in 2 MiB PMD leaves (vmemmap_list before 6.6)"),
+            Variant("hash-4K", {"mmu": "hash", "page": "4K"},
+                    description="hash MMU, 4 KiB pages, 46-bit VA; vmemmap bolted in 16 MiB blocks (vmemmap_list), "
+                                "no HVO or dax dedup; memmap_on_memory only in the 2019 design"),
+            Variant("hash-64K", {"mmu": "hash", "page": "64K"},
+                    description="hash MMU, 64 KiB pages, 52-bit VA; vmemmap bolted in 16 MiB blocks (vmemmap_list), "
+                                "no HVO or dax dedup; memmap_on_memory only in the 2019 design"),
         ),
         default_variant="radix-64K",
+        features=(
+            Feature("mmu_16M", True, "the hash MMU offers 16 MiB pages (ibm,segment-page-sizes): the vmemmap is "
+                                     "bolted in 16 MiB blocks when boot RAM is at least 1 GiB, else in base pages"),
+        ),
     )
 
 
@@ -110,14 +131,21 @@ def vmemcore_sparse_geometry(variant, profile):
 def vmemcore_dax_vmemmap_support(machine):
     """``vmemmap_can_optimize`` is ``radix_enabled()`` and the generic rule since the 6.6 opt-in
     (``ARCH_WANT_OPTIMIZE_DAX_VMEMMAP if PPC_RADIX_MMU``); from 5.19 until the opt-in of 6.4 the
-    rule was generic on every arch (5.18/5.19 and 6.4/6.5 UNCONFIRMED). Hash never: its vmemmap
-    is bolted into the hash table, not mapped by page tables."""
+    rule was generic on every arch (5.18/5.19 and 6.4/6.5 UNCONFIRMED), but radix then still freed its
+    vmemmap through ``vmemmap_list`` only, which the simulation does not pair with the generic
+    compound populate: refused as not simulated. Hash never: its vmemmap is bolted into the hash
+    table, not mapped by page tables."""
     mmu, _ = _parse(machine.variant)
     profile = machine.profile
     if mmu == "hash":
         return Support(False, "the hash MMU keeps the vmemmap in bolted HPTEs: vmemmap_can_optimize requires radix")
-    if profile.at_least(6, 6) or (profile.at_least(5, 19) and not profile.at_least(6, 4)):
+    if profile.at_least(6, 6):
         return Support(True)
+    if profile.at_least(5, 19) and not profile.at_least(6, 4):
+        # the generic compound populate maps PTEs that init_64.c's vmemmap_free (it frees vmemmap_list
+        # blocks only) would never unmap or free; what the kernel then did is not modelled
+        return Support(False, "radix before 6.6 frees only vmemmap_list blocks (init_64.c), not the PTEs the generic "
+                              "compound populate of 5.19-6.3 maps: not simulated")
     if profile.at_least(6, 4):
         return Support(False, "powerpc selects ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (radix) only from 6.6")
     return Support(False, "compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)")
@@ -170,16 +198,211 @@ def vmemcore_supports_memmap_on_memory(machine, vmemmap_size):
 
 # ------------------------------------------------------------------------------- vmemmap populate
 
-def _check_backend(machine):
-    """Only radix's own populate (6.6+) is simulated."""
+VMEMMAP_BACKING_SIZE = 24  # struct vmemmap_backing: the list pointer, phys and virt_addr
+
+
+def _radix_own_populate(machine):
+    """``radix__vmemmap_populate`` and ``radix__vmemmap_free`` (368a0590d954, 6.6); before, radix
+    shared ``init_64.c``'s ``vmemmap_list`` populate with hash."""
     mmu, _ = _parse(machine.variant)
-    if mmu == "hash":
-        raise BadRequest("the hash MMU's bolted vmemmap is not simulated yet (__vmemmap_populate bolts each "
-                         "block into the hash page table and records it in vmemmap_list)")
-    if not machine.profile.at_least(6, 6):
-        raise BadRequest(f"kernel {machine.profile.name}: radix used the hash MMU's vmemmap_list populate of "
-                         "init_64.c until radix__vmemmap_populate came in 6.6 (368a0590d954); that backend is "
-                         "not simulated yet")
+    return mmu == "radix" and machine.profile.at_least(6, 6)
+
+
+def vmemmap_block_size(machine):
+    """``1 << mmu_psize_defs[mmu_vmemmap_psize].shift``: the block ``init_64.c`` maps at a time.
+    Hash (``htab_init_page_sizes``): 16 MiB when the MMU offers 16M pages and boot RAM is at least
+    1 GiB (``memblock_phys_mem_size() >= 0x40000000``), else the base page. Radix before 6.6
+    (``radix__early_init_mmu``): 2 MiB, which radix always offers."""
+    mmu, _ = _parse(machine.variant)
+    if mmu == "radix":
+        return 2 * MiB
+    boot_ram = sum(r.size for r in machine.config.memory)
+    if machine.features.get("mmu_16M", True) and boot_ram >= 1 * GiB:
+        return 16 * MiB
+    return machine.geometry.page_size
+
+
+class VmemmapList:
+    """``vmemmap_list`` (``arch/powerpc/mm/init_64.c``): one ``struct vmemmap_backing`` (virtual
+    address, physical address) per vmemmap block mapped, the only record of the mapping the free path
+    has on hash. Entries are handed out of whole pages (``vmemmap_list_alloc``: a page of
+    ``PAGE_SIZE / 24`` entries is taken from ``vmemmap_alloc_block`` when the last runs out), and
+    freed entries are recycled first (``num_freed``); the pages are never given back.
+
+    Kept per machine (``machine.plugin_state``), journaled; ``snapshot()`` is the entries and the
+    pages (which slot of a page an entry sits in is not compared)."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.journal = machine.journal
+        self.entries = {}  # block virtual address -> first pfn of its frames
+        self.pages = []  # the vmemmap_list pages, in the order they were taken
+        self.num_left = 0  # free entries in the newest page
+        self.num_freed = 0  # entries on the freed list
+        self.per_page = machine.geometry.page_size // VMEMMAP_BACKING_SIZE
+
+    def snapshot(self):
+        return tuple(sorted(self.entries.items())), tuple(self.pages)
+
+    def counters(self):
+        if not self.pages:
+            return {}
+        return {"vmemmap_list_entries": len(self.entries), "vmemmap_list_pages": len(self.pages)}
+
+    def pagetable_frames(self):
+        return [(pfn, 1) for pfn in self.pages]
+
+    def _save(self):
+        state = (self.num_left, self.num_freed, len(self.pages))
+
+        def undo():
+            self.num_left, self.num_freed = state[0], state[1]
+            del self.pages[state[2]:]
+
+        self.journal.record(undo)
+
+    def capacity(self):
+        """Entries ``vmemmap_list_alloc`` can hand out without taking a page."""
+        return self.num_left + self.num_freed
+
+    def add(self, addrs, pfns, node):
+        """``vmemmap_list_populate`` for each block (``addrs`` mapped by ``pfns``), in order: an entry
+        each, from the freed list, else the newest page, else a new page (:class:`OutOfMemory` when
+        none can be had: the caller's transaction gives the block back, as the kernel frees it)."""
+        self._save()
+        for addr, pfn in zip(addrs, pfns):
+            if self.num_freed:
+                self.num_freed -= 1
+            else:
+                if not self.num_left:
+                    page = vmemmap_alloc_page(self.machine, node)
+                    if page is None:
+                        raise OutOfMemory(f"no page for vmemmap_list entries (node {node}): vmemmap_list_alloc fails, "
+                                          f"the block for vmemmap address {addr:#x} is freed (-ENOMEM)")
+                    self.pages.append(page)
+                    self.num_left = self.per_page
+                self.num_left -= 1
+            self.entries[addr] = pfn
+            self.journal.record(lambda addr=addr: self.entries.pop(addr))
+
+    def remove(self, addr):
+        """``vmemmap_list_free``: unlink the entry of the block at ``addr`` onto the freed list;
+        its first pfn (None: no such entry)."""
+        pfn = self.entries.pop(addr, None)
+        if pfn is not None:
+            self._save()
+            self.num_freed += 1
+            self.journal.record(lambda: self.entries.__setitem__(addr, pfn))
+        return pfn
+
+
+def vmemmap_list(machine) -> VmemmapList:
+    return machine.plugin_state("vmemmap_list", VmemmapList)
+
+
+class BoltedVmemmap(VmemmapMapping):
+    """The hash MMU's vmemmap: no Linux page table; each block is a bolted HPTE
+    (``hash__vmemmap_create_mapping`` → ``htab_bolt_mapping(start, start + page_size, phys, PAGE_KERNEL,
+    mmu_vmemmap_psize, mmu_kernel_ssize)``), and the blocks are exactly ``vmemmap_list``'s entries, so
+    translation reads them. The hash page table itself (sized from RAM at boot) is not modelled."""
+
+    label = "bolted"
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.page_shift = machine.geometry.page_shift
+
+    def translate(self, vaddr):
+        size = vmemmap_block_size(self.machine)
+        block = vaddr - (vaddr - self.machine.sparse_geometry.vmemmap_base) % size
+        pfn = vmemmap_list(self.machine).entries.get(block)
+        return None if pfn is None else (pfn << self.page_shift) + vaddr - block
+
+    def leaf_extents(self, start, end):
+        size = vmemmap_block_size(self.machine)
+        base = start - (start - self.machine.sparse_geometry.vmemmap_base) % size
+        entries = vmemmap_list(self.machine).entries
+        for addr in sorted(a for a in entries if base <= a < end):
+            yield addr, size, np.array([entries[addr]], dtype=np.int64)
+
+    def leaf_spans(self):
+        entries = vmemmap_list(self.machine).entries
+        return {vmemmap_block_size(self.machine): len(entries)} if entries else {}
+
+    def leaf_frames(self):
+        entries = vmemmap_list(self.machine).entries
+        if not entries:
+            return []
+        pfns = np.fromiter(entries.values(), dtype=np.int64, count=len(entries))
+        return [(pfns, vmemmap_block_size(self.machine) >> self.page_shift)]
+
+
+@hookimpl
+def vmemcore_vmemmap_mapping(machine):
+    """Hash: the bolted blocks of :class:`BoltedVmemmap`; radix: the Linux page table."""
+    mmu, _ = _parse(machine.variant)
+    return BoltedVmemmap(machine) if mmu == "hash" else None
+
+
+def _list_populate(machine, start, end, node, altmap):
+    """``vmemmap_populate`` of ``init_64.c`` (hash always; radix before 6.6): from ``start`` aligned
+    down to the block size, each block not yet populated gets its frames, from the altmap when it
+    does not cross the altmap's boundary (a failed altmap block falls back to RAM), else
+    ``vmemmap_alloc_block_buf`` with no smaller fallback (-ENOMEM), then its ``vmemmap_list`` entry,
+    then its mapping: a bolted HPTE (hash) or a leaf of the block's size (radix,
+    ``radix__vmemmap_create_mapping``). "Not yet populated" is ``vmemmap_populated``: a sub-section
+    the block describes is ``pfn_valid``; here, the block has an entry, which is the same answer
+    (an entry exists exactly while a valid sub-section needs it, and a boot or hot-added section's
+    own sub-sections are not valid before its populate)."""
+    size = vmemmap_block_size(machine)
+    nr_pages = size >> machine.geometry.page_shift
+    base = machine.sparse_geometry.vmemmap_base
+    blocks = vmemmap_list(machine)
+    mmu, _ = _parse(machine.variant)
+    todo = [addr for addr in range(start - (start - base) % size, end, size) if addr not in blocks.entries]
+    while todo:
+        if altmap is not None:
+            pfn = None
+            if not _altmap_cross_boundary(machine, altmap, todo[0], size):
+                pfn = vmemmap_alloc_block_buf(machine, nr_pages, node, altmap)
+            if pfn is None:
+                pfn = vmemmap_alloc_block_buf(machine, nr_pages, node)
+            pfns = [] if pfn is None else [pfn]
+        else:  # blocks that fit the list's free entries in one batch; the block before a new page alone
+            count = min(len(todo), blocks.capacity() or 1)
+            pfns = vmemmap_alloc_blocks(machine, nr_pages, count, node).tolist()
+        addrs, todo = todo[:len(pfns)], todo[len(pfns):]
+        blocks.add(addrs, pfns, node)
+        if mmu == "radix":
+            for addr, pfn in zip(addrs, pfns):
+                vmemmap_map_leaf(machine, addr, size, pfn, node, function="radix__vmemmap_create_mapping")
+        if not pfns:
+            where = f"node {node}" + (", altmap then RAM" if altmap is not None else "")
+            raise OutOfMemory(f"no {format_size(size)} block for the vmemmap at {todo[0]:#x} ({where}): "
+                              "vmemmap_alloc_block_buf has no fallback to smaller pages (-ENOMEM)")
+
+
+def _list_free(machine, start, end, altmap):
+    """``vmemmap_free`` of ``init_64.c``: for each block of the range, skipped while
+    ``vmemmap_populated`` (a sub-section it describes is still ``pfn_valid``), else its
+    ``vmemmap_list`` entry is freed, its frames go back to the altmap that holds them, else (boot
+    frames, PageReserved) a page at a time to the buddy allocator, else as one ``free_pages``, and
+    its mapping is removed: ``htab_remove_mapping`` (hash) or ``radix__vmemmap_remove_mapping``."""
+    size = vmemmap_block_size(machine)
+    nr_pages = size >> machine.geometry.page_shift
+    base = machine.sparse_geometry.vmemmap_base
+    blocks = vmemmap_list(machine)
+    mmu, _ = _parse(machine.variant)
+    for addr in range(start - (start - base) % size, end, size):
+        if vmemmap_populated(machine, addr, size):
+            continue
+        pfn = blocks.remove(addr)
+        if pfn is None:
+            continue
+        held = altmap is not None and altmap.holds(pfn)
+        free_vmemmap_frames(machine, pfn, nr_pages, altmap if held else None)
+        if mmu == "radix":
+            vmemmap_unmap_leaf(machine, addr, function="radix__vmemmap_remove_mapping")
 
 
 def _altmap_cross_boundary(machine, altmap, addr, size):
@@ -201,8 +424,11 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     page) or it is exhausted, then from RAM. Since "Optimize vmemmap start alignment" (f5164797284d,
     6.17) ``start`` is aligned down to ``PMD_SIZE`` without an altmap (a fallback then maps base pages
     from the PMD's start) and to ``PAGE_SIZE`` with one; 6.12.0 takes ``start`` as given. The
-    6.15/6.16 rule (9cf7e13fecba: base pages for every PMD-unaligned start) belongs to no profile."""
-    _check_backend(machine)
+    6.15/6.16 rule (9cf7e13fecba: base pages for every PMD-unaligned start) belongs to no profile.
+    Hash, and radix before 6.6: ``init_64.c``'s ``vmemmap_list`` populate (:func:`_list_populate`)."""
+    if not _radix_own_populate(machine):
+        _list_populate(machine, start, end, node, altmap)
+        return True
     page = machine.geometry.page_size
     if machine.profile.at_least(6, 17):
         align = machine.geometry.pmd.entry_span if altmap is None else page
@@ -230,7 +456,11 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     sub-sections) is freed only when ``vmemmap_populated`` finds none of the sub-sections it serves
     ``pfn_valid``; radix's ``free_vmemmap_pages`` gives a frame inside the altmap back to it and any
     other to memblock or the buddy allocator; ``free_{pud,pmd,pte}_table`` free a table once all its
-    entries are none (the PGD stays); one ``radix__flush_tlb_kernel_range(start, end)`` ends it."""
+    entries are none (the PGD stays); one ``radix__flush_tlb_kernel_range(start, end)`` ends it.
+    Hash, and radix before 6.6: ``init_64.c``'s ``vmemmap_free`` (:func:`_list_free`)."""
+    if not _radix_own_populate(machine):
+        _list_free(machine, start, end, altmap)
+        return True
     vmemmap_teardown(machine, start, end, altmap, TeardownPolicy(InUse.PFN_VALID, flush_end=Flush.RANGE))
     return True
 
@@ -272,3 +502,17 @@ def vmemcore_ptdump_format(machine):
         shared_size=True,
         source="arch/powerpc/mm/ptdump/ptdump.c, arch/powerpc/mm/ptdump/book3s64.c",
     )
+
+
+@hookimpl
+def vmemcore_vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap):
+    """Radix defines its own ``vmemmap_populate_compound_pages`` (``radix_pgtable.c``, f2b79c0d7968,
+    6.6): each compound page's head page and first tail page get frames, every later tail page maps
+    the first tail page's frame, found by address (so a 64K page holding the memmap of four sections
+    needs no section-by-section reuse), and a page under an existing PMD leaf is left to it. Before
+    6.6 the generic populate ran (hash never dedups)."""
+    mmu, _ = _parse(machine.variant)
+    if mmu != "radix" or not machine.profile.at_least(6, 6):
+        return None
+    vmemmap_populate_compound_by_address(machine, start_pfn, start, end, node, pgmap)
+    return True
