@@ -242,7 +242,8 @@ class Machine:
         out.update(self.zone_device.counters())
         for name, count in self.pagetable.tables.items():
             out[f"vmemmap_pagetable_pages_{name}"] = count * (self.geometry.level(name).alloc_bytes >> self.geometry.page_shift)
-        for span, count in sorted(self.vmemmap.leaf_spans().items(), reverse=True):
+        leaves = self.vmemmap.leaf_spans()
+        for span, count in sorted(leaves.items(), reverse=True):
             out[f"vmemmap_leaves_{format_size(span)}"] = count
             out[f"vmemmap_mapped_bytes_{format_size(span)}"] = count * span
         for _, h in sorted(self.hugetlb.hstates.items()):  # the pools, as sysfs nr_hugepages shows them
@@ -263,7 +264,7 @@ class Machine:
         if self.pagetable.cont_tables:
             spans = self.pagetable.contiguous_spans()
             out["vmemmap_cont_spans"] = sum(spans.values())
-            out["vmemmap_tlb_entries"] = sum(self.leaf_counts().values()) - sum(
+            out["vmemmap_tlb_entries"] = sum(leaves.values()) - sum(
                 count * (self.geometry.level(name).contiguous - 1) for name, count in spans.items())
         return ordered(out)
 

@@ -72,6 +72,11 @@ class SharedTail:
     order: int
 
 
+def _at_home(descriptor, first_pfn) -> bool:
+    """Is ``descriptor`` a plain copy of the struct pages of the vmemmap page from ``first_pfn``?"""
+    return type(descriptor) is CopyOf and not descriptor.overrides and descriptor.first_pfn == first_pfn
+
+
 class StructPages:
     """The machine's struct page contents: descriptors of materialised frames, and the reads."""
 
@@ -177,15 +182,12 @@ class StructPages:
             for k, frame in zip(hits.tolist(), pfns[hits].tolist()):
                 pfn = first + k * self.per_page
                 if start_pfn <= pfn < end_pfn:
-                    descriptor = self.contents[frame]
-                    home = type(descriptor) is CopyOf and not descriptor.overrides and descriptor.first_pfn == pfn
-                    out.append((pfn, frame, home))
+                    out.append((pfn, frame, _at_home(self.contents[frame], pfn)))
         return out
 
     def reads_like_home(self, descriptor, vaddr) -> bool:
         """Is ``descriptor`` a plain copy of the struct pages that belong at ``vaddr``?"""
-        first = self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page
-        return descriptor == CopyOf(first)
+        return _at_home(descriptor, self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page)
 
     def forget_many(self, frames):
         """``forget`` for a sorted numpy array of frames."""
