@@ -106,7 +106,8 @@ def mutated(draw):
     return name, text
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+# derandomize: the same 200 cases on every run, so that CI cannot draw a case a local run never saw
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=mutated())
 def test_mutated_examples_exit_0_1_or_2_without_a_traceback(case, tmp_path_factory, capsys):
     name, text = case

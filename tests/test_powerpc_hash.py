@@ -264,3 +264,21 @@ def test_memory_fragment_is_generic_and_a_scenario_can_expect_a_failure(tmp_path
         path.write_text(text.replace(*change))
         assert main(["run", str(path)]) == code, change  # a 1G stretch leaves 16M blocks: the add succeeds
         capsys.readouterr()
+
+
+def test_memory_fragment_beyond_the_record_limit_is_refused_before_pinning_anything():
+    """x86_64, 8 TiB: a page in every 4 MiB would be 2,097,152 stretches (8 TiB / 4 MiB) less the
+    32,768 that the 128 GiB boot memmap fills (64 B per 4 KiB page), over SimulatorLimit.MAX_RECORDS
+    (1,048,576): refused, nothing pinned."""
+    from vmemcore.errors import SimulatorLimit
+    from vmemcore.scenario.ops import OPS
+
+    m = Machine("x86_64", memory=[{"size": "8T"}])
+    free = m.physmem.free_pages()
+    with pytest.raises(SimulatorLimit, match="memory.fragment of node 0: 2,064,384 pinned stretches, more than the 1,048,576"):
+        OPS["memory.fragment"].run(m, {})
+    assert m.physmem.free_pages() == free
+    m.check()
+    # 1 TiB: 262,144 stretches of 4 MiB less the 4,096 that hold the 16 GiB boot memmap: within the limit
+    small = Machine("x86_64", memory=[{"size": "1T"}])
+    assert OPS["memory.fragment"].run(small, {"every": 64 * MiB})["pinned_pages"] == 16384 - 256

@@ -6,11 +6,12 @@ present memory has exactly one owner; ``check()`` proves that the totals add up.
 """
 
 import enum
+import itertools
 from errno import EEXIST
 
 from attrs import frozen
 
-from .errors import BadRequest
+from .errors import BadRequest, SimulatorLimit
 from .rangemap import RangeMap
 from .units import pfn_range
 
@@ -292,19 +293,20 @@ class PhysMem:
         """Fragment ``node``'s free ZONE_NORMAL memory as a workload's unmovable allocations would:
         pin ``pin`` pages at the start of every ``every``-aligned stretch whose first ``pin`` pages are
         free, so that no free block of ``every`` pages (buddy blocks are naturally aligned) is left.
-        Returns the pages pinned. Cost: one change per stretch of free memory."""
+        Returns the pages pinned. Cost: one change per stretch of free memory; more stretches than
+        ``SimulatorLimit.MAX_RECORDS`` are refused before any is pinned."""
         free = self._free.get(node)
         if free is None:
             return 0
-        starts = []
-        for start, end, zone in free.items():
-            if zone != NORMAL:
-                continue
-            first = -(-start // every) * every
-            starts.extend(range(first, end - pin + 1, every))
-        for pfn in starts:
+        stretches = [range(-(-start // every) * every, end - pin + 1, every)
+                     for start, end, zone in free.items() if zone == NORMAL]
+        count = sum(map(len, stretches))
+        if count > SimulatorLimit.MAX_RECORDS:
+            raise SimulatorLimit(f"memory.fragment of node {node}: {count:,} pinned stretches, more than the "
+                                 f"{SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
+        for pfn in itertools.chain.from_iterable(stretches):
             self._take(pfn, pin, Owner(Use.PINNED))
-        return len(starts) * pin
+        return count * pin
 
     def claim(self, pfn, nr_pages, owner):
         """Take specific offline frames (handed out by an altmap from memory being added)."""
