@@ -70,7 +70,9 @@ def vmemcore_pagetable_geometry(variant: Variant, profile: KernelProfile) -> Pag
     :param profile: the kernel profile (``profile.has(change)``, ``profile.at_least(6, 14)``).
 
     Returns a :class:`vmemcore.PageTableGeometry`: levels from the top table down to the PTE, their
-    bits and table sizes, which levels may hold leaves.
+    bits and table sizes, the bytes a table takes from the allocator after boot and at boot
+    (``alloc_bytes``, ``boot_alloc_bytes``; less than a page makes tables share a frame as
+    fragments, freed with the last of them), which levels may hold leaves.
 
     Policy: owner.
     """

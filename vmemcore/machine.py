@@ -14,6 +14,7 @@ from .config import ConfigValidator, HotplugSpec, HugetlbSpec, MachineConfig, ma
 from .errors import BadRequest, PluginError, SimulatorLimit
 from .journal import Journal
 from .pagetable import LEAF, PRESENT, PageTable
+from .pgalloc import TableFrames
 from .physmem import PhysMem, Use
 from .populate import VmemmapRefs
 from .plugins import Registry
@@ -73,6 +74,7 @@ class Machine:
         self.stats = Counters(self.journal)
         self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
         self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
+        self.table_frames = TableFrames(self.physmem, self.geometry.page_shift, self.journal)
         self._plugin_state = {}
         # the vmemmap's mapping: the Linux page table, or the plugin's backend (powerpc hash)
         self.vmemmap = self.hooks.vmemmap_mapping(self) or self.pagetable
@@ -240,8 +242,8 @@ class Machine:
         :data:`~vmemcore.stats.COUNTER_ORDER`."""
         out = self.stats.as_dict()
         out.update(self.zone_device.counters())
-        for name, count in self.pagetable.tables.items():
-            out[f"vmemmap_pagetable_pages_{name}"] = count * (self.geometry.level(name).alloc_bytes >> self.geometry.page_shift)
+        for name in self.pagetable.tables:
+            out[f"vmemmap_pagetable_pages_{name}"] = self.table_frames.pages.get(name, 0)
         leaves = self.vmemmap.leaf_spans()
         for span, count in sorted(leaves.items(), reverse=True):
             out[f"vmemmap_leaves_{format_size(span)}"] = count
@@ -277,6 +279,7 @@ class Machine:
         return {
             "tables": tables,
             "tables_per_level": dict(self.pagetable.tables),
+            "table_frames": self.table_frames.snapshot(),
             "physmem": self.physmem.snapshot(),
             "sections": self.sparse.sections.items(),
             "counters": self.stats.as_dict(),
@@ -297,9 +300,12 @@ class Machine:
         self.physmem.check()
         folios = [(np.fromiter(h.folios, np.int64, len(h.folios)), 1 << h.order) for h in self.hugetlb.hstates.values()]
         _assert_owned(self.physmem, Use.HUGETLB, folios, arrays=True)
-        page_shift = self.geometry.page_shift
-        table_frames = [(table.pfn, table.level.alloc_bytes >> page_shift)
-                        for table in self.pagetable.all_tables() if table.pfn is not None]
+        per_frame = {}
+        for table in self.pagetable.all_tables():
+            if table.pfn is not None:
+                per_frame[table.pfn] = per_frame.get(table.pfn, 0) + 1
+        assert per_frame == self.table_frames.tables_at(), "the page tables are not those their frames hold"
+        table_frames = self.table_frames.blocks()
         for state in self._plugin_state.values():  # frames a plugin keeps for its mapping (vmemmap_list pages)
             table_frames.extend(getattr(state, "pagetable_frames", list)())
         leaf_frames = self.vmemmap.leaf_frames()
