@@ -32,6 +32,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .altmap import VmemAltmap
+    from .config import MemoryRange
     from .geometry import ArchInfo, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant
     from .hotplug import HotAddRequest
     from .live_entries import LiveEntryRule
@@ -79,7 +80,8 @@ def vmemcore_pagetable_geometry(variant: Variant, profile: KernelProfile) -> Pag
 
 
 @hookspec
-def vmemcore_sparse_geometry(variant: Variant, profile: KernelProfile) -> SparseGeometry | None:
+def vmemcore_sparse_geometry(variant: Variant, profile: KernelProfile,
+                             memory: tuple[MemoryRange, ...]) -> SparseGeometry | None:
     """Give the SPARSEMEM constants of the architecture.
 
     Called once per machine during set-up (after the page-table geometry), by scenario validation
@@ -87,6 +89,9 @@ def vmemcore_sparse_geometry(variant: Variant, profile: KernelProfile) -> Sparse
 
     :param variant: the selected variant of the arch.
     :param profile: the kernel profile.
+    :param memory: the machine's memory at boot, :class:`vmemcore.config.MemoryRange` items (node,
+        start, size), for an arch that places its vmemmap by where RAM starts (arm64's
+        ``memstart_addr``); empty where no machine is built (``vmemcore arches``, scenario validation).
 
     Returns a :class:`vmemcore.SparseGeometry` (section size, max physical address bits, memory
     block size, vmemmap base and size, pageblock order). The engine refuses memory whose struct

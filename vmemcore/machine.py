@@ -67,7 +67,7 @@ class Machine:
         self.profile = get_profile(config.kernel)
         self.features = {f.name: f.default for f in self.arch.features} | dict(config.features)
         self.geometry = self.hooks.pagetable_geometry(self.variant, self.profile)
-        self.sparse_geometry = self.hooks.sparse_geometry(self.variant, self.profile)
+        self.sparse_geometry = self.hooks.sparse_geometry(self.variant, self.profile, config.memory)
         self._check_geometry()
         self.rules = ConfigValidator(registry, self.sparse_geometry)  # the scenario's rules, for the API's arguments
         self.journal = Journal()
