@@ -239,6 +239,16 @@ class Feature:
 
 
 @frozen
+class Firmware:
+    """A size the machine's firmware describes to the kernel (powerpc's ``ibm,lmb-size``), with its
+    default; None stands for "not described" (the property or its node is absent)."""
+
+    name: str
+    default: int | None
+    description: str = ""
+
+
+@frozen
 class ArchInfo:
     """What ``vmemcore_arch_info`` returns: the arch's name, its variants and machine features, and
     the dated kernel changes (:class:`~vmemcore.timeline.Change`) its hooks follow, listed by
@@ -250,6 +260,7 @@ class ArchInfo:
     default_variant: str
     features: tuple = field(default=(), converter=tuple)
     changes: tuple = field(default=(), converter=tuple)
+    firmware: tuple = field(default=(), converter=tuple)  # Firmware values: [machine] firmware
 
     def __attrs_post_init__(self):
         if not self.variants or not all(isinstance(v, Variant) for v in self.variants):
@@ -258,6 +269,8 @@ class ArchInfo:
             raise ValueError(f"default_variant {self.default_variant!r} is not one of the variants")
         if not all(isinstance(f, Feature) for f in self.features):
             raise ValueError("features must be Feature values")
+        if not all(isinstance(f, Firmware) for f in self.firmware):
+            raise ValueError("firmware must be Firmware values")
         if not all(isinstance(c, Change) for c in self.changes):
             raise ValueError("changes must be Change values (vmemcore.arch.Change)")
         names = [c.name for c in self.changes]

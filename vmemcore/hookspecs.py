@@ -54,8 +54,8 @@ def vmemcore_arch_info() -> ArchInfo | None:
     nothing of a machine exists yet.
 
     Returns an :class:`vmemcore.ArchInfo` (name, variants, default variant, machine features, the
-    dated kernel changes its hooks follow), or None from a plugin that provides no architecture (an
-    observer).
+    dated kernel changes its hooks follow, the sizes its firmware may describe: ``machine.firmware``),
+    or None from a plugin that provides no architecture (an observer).
 
     Policy: owner.
     """

@@ -33,7 +33,7 @@ from .zone_device import ZoneDevice
 class Machine:
     """A booted machine, built from a :class:`~vmemcore.config.MachineConfig`.
 
-    ``Machine(arch, variant, kernel, memory, features, hugetlb, hotplug)`` validates its keywords
+    ``Machine(arch, variant, kernel, memory, features, hugetlb, hotplug, firmware)`` validates its keywords
     into one with :func:`~vmemcore.config.machine_config` (a bad one is a :class:`BadRequest`
     naming the setting); ``memory`` is a list of :class:`~vmemcore.config.MemoryRange` or dicts with ``node``,
     ``start`` (default: right after the previous range) and ``size``. ``Machine.from_config(config)``
@@ -43,9 +43,10 @@ class Machine:
 
     def __init__(self, arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
                  hugetlb=None, hotplug=None, observers=(), registry=None, disabled=(), check_live_entries=False,
-                 check_bad_pages=True):
+                 check_bad_pages=True, firmware=None):
         registry = registry or Registry(disabled=disabled)
-        config = machine_config(arch, variant, kernel, memory, features, hugetlb, hotplug, registry=registry)
+        config = machine_config(arch, variant, kernel, memory, features, hugetlb, hotplug, registry=registry,
+                                firmware=firmware)
         self._boot(config, registry, observers, check_live_entries, check_bad_pages)
 
     @classmethod
@@ -66,6 +67,7 @@ class Machine:
         self.variant = self.arch.variant(config.variant)
         self.profile = get_profile(config.kernel)
         self.features = {f.name: f.default for f in self.arch.features} | dict(config.features)
+        self.firmware = {f.name: f.default for f in self.arch.firmware} | dict(config.firmware)
         self.geometry = self.hooks.pagetable_geometry(self.variant, self.profile)
         self.sparse_geometry = self.hooks.sparse_geometry(self.variant, self.profile, config.memory)
         self._check_geometry()

@@ -23,7 +23,7 @@ fragmented.
 import numpy as np
 
 from vmemcore.arch import (
-    ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, PtdumpColumn, PtdumpFormat,
+    ArchInfo, BadRequest, Change, Feature, Firmware, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, PtdumpColumn, PtdumpFormat,
     SparseGeometry,
     Support, TeardownPolicy, TiB, Variant, VmemmapMapping, format_size, free_vmemmap_frames, hookimpl,
     vmemmap_alloc_block_buf, vmemmap_alloc_blocks, vmemmap_alloc_page, vmemmap_map_leaf, vmemmap_populate_compound_by_address,
@@ -45,8 +45,16 @@ VMEMMAP_SIZE = {"radix": 512 * TiB, "hash-64K": 512 * TiB, "hash-4K": 1 * TiB}  
 PAGEBLOCK_ORDER = {("radix", "4K"): 9, ("radix", "64K"): 5, ("hash", "4K"): 12, ("hash", "64K"): 8}
 MAX_PAGE_ORDER = {"4K": 12, "64K": 8}
 SECTION_SIZE_BITS = 24  # asm/sparsemem.h
+MIN_MEMORY_BLOCK_SIZE = 1 << SECTION_SIZE_BITS  # include/linux/memory.h
 # ibm,lmb-size on pseries; QEMU spapr's 256 MiB LMB is the assumed default (UNCONFIRMED from QEMU source)
 MEMORY_BLOCK_SIZE = 256 * MiB
+
+# The dated changes the hooks follow (docs/kernel-map.md#powerpc).
+BLOCK_SIZE_PROBE = Change(
+    "powerpc-memory-block-probe", "the memory block size probed from the device tree (probe_memory_block_size): "
+    "without ibm,dynamic-reconfiguration-memory, 1 GiB divided by 4 per memory node (before: "
+    "pseries_memory_block_size, the size of the memory node that follows memory@0)", "6.6", commit="4d15721177d5",
+    status="UNCONFIRMED (release: in powerpc next in August 2023, for the 6.6 merge window)")
 
 
 def _parse(variant):
@@ -79,6 +87,12 @@ def vmemcore_arch_info():
             Feature("mmu_16M", True, "the hash MMU offers 16 MiB pages (ibm,segment-page-sizes): the vmemmap is "
                                      "bolted in 16 MiB blocks when boot RAM is at least 1 GiB, else in base pages"),
         ),
+        firmware=(
+            Firmware("lmb_size", MEMORY_BLOCK_SIZE,
+                     "ibm,lmb-size of the ibm,dynamic-reconfiguration-memory node; \"none\": the firmware describes no "
+                     "hot-pluggable memory (no such node), the block size then follows the memory nodes"),
+        ),
+        changes=(BLOCK_SIZE_PROBE,),
     )
 
 
@@ -107,6 +121,32 @@ def vmemcore_pagetable_geometry(variant, profile):
     ]
     va_bits = 46 if (mmu, page) == ("hash", "4K") else 52
     return PageTableGeometry(page_shift=page_shift, va_bits=va_bits, levels=levels)
+
+
+@hookimpl
+def vmemcore_memory_block_size(machine):
+    """``memory_block_size_bytes()`` on pseries. With an ``ibm,dynamic-reconfiguration-memory`` node,
+    its ``ibm,lmb-size`` (the ``lmb_size`` firmware value). Without one, each ``[[memory]]`` range
+    standing for a ``memory@`` node: since 4d15721177d5 (6.6) ``update_memory_block_size`` starts at
+    1 GiB and, for each node's size, divides by 4 (down to 16 MiB) until the size has no bit at the
+    block size (``(mem_size & block_size) == 0``: a bit test, not a multiple test); before it,
+    ``pseries_memory_block_size`` took the size of the node at the address where ``memory@0`` ends,
+    16 MiB (``MIN_MEMORY_BLOCK_SIZE``) when there is none. ``memory_dev_init`` panics on a size that
+    is not a power of two of at least a section: refused here."""
+    block = machine.firmware["lmb_size"]
+    memory = machine.memory
+    if block is None and machine.profile.has(BLOCK_SIZE_PROBE):
+        block = 1 * GiB
+        for item in memory:
+            while block > MIN_MEMORY_BLOCK_SIZE and item.size & block:
+                block >>= 2
+    elif block is None:
+        zero = next((item.size for item in memory if item.start == 0), 0)
+        block = next((item.size for item in memory if zero and item.start == zero), MIN_MEMORY_BLOCK_SIZE)
+    if block & (block - 1) or block < MIN_MEMORY_BLOCK_SIZE:
+        raise BadRequest(f"memory block size {format_size(block)} is not a power of two of at least 16 MiB "
+                         "(memory_dev_init panics: \"Memory block size not suitable\")")
+    return block
 
 
 @hookimpl
