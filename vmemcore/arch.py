@@ -24,7 +24,7 @@ from .depopulate import (
 )
 from .errors import BadRequest, OutOfMemory, PluginError, Veto, VmemcoreError
 from .geometry import (
-    ArchInfo, Feature, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant,
+    ArchInfo, Feature, Firmware, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant,
 )
 from .live_entries import ANY_CHANGE, LiveEntryRule
 from .mapping import VmemmapMapping
@@ -69,7 +69,7 @@ def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
 
 
 __all__ = [
-    "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Change", "Feature", "Flush", "format_size", "free_vmemmap_frames",
+    "ANY_CHANGE", "ArchInfo", "BadRequest", "CONT", "Change", "Feature", "Firmware", "Flush", "format_size", "free_vmemmap_frames",
     "GiB", "hookimpl", "HugePageSize", "InUse", "KernelProfile", "KiB", "Level", "LiveEntryRule", "MhpDesign",
     "MiB", "NUMA_NO_NODE", "OutOfMemory", "PageTableGeometry", "PhysRange", "PiB", "PluginError",
     "preallocate_tables", "PtdumpColumn", "PtdumpFormat", "RDONLY", "selected", "SparseGeometry", "Support", "TeardownPolicy", "TiB",

@@ -639,7 +639,8 @@ def _variant_option(value):
 def _geometry_data(pagetable, sparse):
     """``pagetable`` (levels top down) and ``sparse`` geometry as plain data, sizes in bytes."""
     levels = [{"name": lv.name, "hw_name": lv.hw_name or None, "shift": lv.shift, "entries": lv.entries,
-               "table_bytes": lv.table_bytes, "alloc_bytes": lv.alloc_bytes, "entry_span": lv.entry_span,
+               "table_bytes": lv.table_bytes, "alloc_bytes": lv.alloc_bytes,
+               "boot_alloc_bytes": lv.boot_alloc_bytes, "entry_span": lv.entry_span,
                "leaf": lv.leaf} for lv in pagetable.levels]
     return {
         "pagetable": {"page_size": pagetable.page_size, "va_bits": pagetable.va_bits, "levels": levels},

@@ -82,17 +82,19 @@ class MachineConfig:
     features: MappingProxyType = attrs.field(factory=dict, converter=lambda d: MappingProxyType(dict(d)))
     hugetlb: HugetlbSpec | None = None
     hotplug: HotplugSpec | None = None
+    # the firmware's sizes asked for (the arch's defaults fill the rest): name -> bytes, or None
+    firmware: MappingProxyType = attrs.field(factory=dict, converter=lambda d: MappingProxyType(dict(d)))
 
 
 def machine_config(arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
-                   hugetlb=None, hotplug=None, registry=None) -> MachineConfig:
+                   hugetlb=None, hotplug=None, registry=None, firmware=None) -> MachineConfig:
     """The :class:`MachineConfig` of :class:`Machine`'s keywords (they take what the scenario
     tables take, and :class:`MemoryRange` items in ``memory``); ``registry`` finds the arch."""
     registry = registry or Registry()
     if isinstance(arch, str):
         registry.get(arch)  # an unknown arch is a PluginError, as the registry reports it
     table = {"arch": arch}
-    for key, value in (("variant", variant), ("kernel", kernel), ("features", features)):
+    for key, value in (("variant", variant), ("kernel", kernel), ("features", features), ("firmware", firmware)):
         if value is not None:
             table[key] = value
     if isinstance(memory, (list, tuple)):
@@ -121,7 +123,7 @@ def show(value) -> str:
 
 
 MAX_MEMORY_RANGES = 4096
-_MACHINE_KEYS = ("arch", "variant", "kernel", "features")
+_MACHINE_KEYS = ("arch", "variant", "kernel", "features", "firmware")
 _MEMORY_KEYS = ("node", "start", "size")
 _HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "vmemmap_remap": ("remap", None), "boot": ("boot", ())}
 _BOOT_KEYS = {"size": ("hugepage", REQUIRED), "count": ("count", REQUIRED), "node": ("node", None)}
@@ -142,12 +144,12 @@ class ConfigValidator:
 
     def config(self, doc) -> MachineConfig:
         """The config of ``doc``'s ``machine``, ``memory``, ``hugetlb`` and ``hotplug`` tables."""
-        arch, variant, kernel, features = self.machine(doc.get("machine"))
+        arch, variant, kernel, features, firmware = self.machine(doc.get("machine"))
         memory = self.memory(doc.get("memory"))
         self.nodes = sorted({m.node for m in memory})
         hugetlb = self.hugetlb(doc["hugetlb"]) if "hugetlb" in doc else None
         hotplug = self.hotplug(doc["hotplug"]) if "hotplug" in doc else None
-        return MachineConfig(arch, variant, kernel, memory, features, hugetlb, hotplug)
+        return MachineConfig(arch, variant, kernel, memory, features, hugetlb, hotplug, firmware)
 
     # -- values ---------------------------------------------------------------------------------
     def known_keys(self, table, known, where):
@@ -254,7 +256,7 @@ class ConfigValidator:
 
     # -- tables ---------------------------------------------------------------------------------
     def machine(self, table):
-        """``(arch, variant name, kernel name, features)`` of ``[machine]``; sets ``self.sparse``."""
+        """``(arch, variant name, kernel name, features, firmware)`` of ``[machine]``; sets ``self.sparse``."""
         if table is None:
             raise self.error("machine", "a [machine] table with at least arch = \"...\" is required")
         self.expect("machine", table, dict, "a table ([machine])")
@@ -285,8 +287,21 @@ class ConfigValidator:
                 raise self.error(f"machine.features.{name}", f"{arch} has no such feature (features: {', '.join(known) or 'none'})")
             self.expect(f"machine.features.{name}", value, bool, "true or false")
 
+        firmware = self.firmware(info, table.get("firmware", {}))
         self.sparse = plugin.hooks().sparse_geometry(variant, get_profile(kernel))
-        return arch, variant.name, kernel, features
+        return arch, variant.name, kernel, features, firmware
+
+    def firmware(self, info, table):
+        """``[machine] firmware``: each a size the arch's firmware describes, or "none" (absent)."""
+        self.expect("machine.firmware", table, dict, "a table such as { lmb_size = \"256M\" }")
+        known = [f.name for f in info.firmware]
+        values = {}
+        for name, value in table.items():
+            key = f"machine.firmware.{name}"
+            if name not in known:
+                raise self.error(key, f"{info.name} has no such firmware value (values: {', '.join(known) or 'none'})")
+            values[name] = None if value == "none" else self.size(key, value)
+        return values
 
     def variant(self, info, wanted):
         if wanted is not None:

@@ -160,9 +160,10 @@ def _frees_table(parent, index, first, last, policy):
 
 
 def free_table(machine, parent, index):
-    """Detach the table under ``parent[index]`` and free its frame (``free_pagetable``)."""
+    """Detach the table under ``parent[index]`` and free it (``free_pagetable``; its frame goes with
+    the last table in it)."""
     table = machine.pagetable.detach(parent, index)
-    machine.physmem.release(table.pfn, table.level.alloc_bytes >> machine.geometry.page_shift)
+    machine.table_frames.free(table.pfn)
     return table
 
 

@@ -48,12 +48,21 @@ class Level:
     shift: int = field(validator=_positive)  # log2 of the virtual span one entry maps
     bits: int = field(validator=_positive)  # index bits: the table has 1 << bits entries
     table_bytes: int = field(validator=_positive)  # bytes of one table of this level
-    alloc_bytes: int = field(validator=_power_of_two)  # bytes taken from the allocator per table
+    # bytes one table takes from the allocator after boot: a page or more gives it frames of its
+    # own; less makes it a fragment, page // alloc_bytes tables sharing a frame (vmemcore/pgalloc.py)
+    alloc_bytes: int = field(validator=_power_of_two)
     leaf: bool = False  # may an entry of this level map memory directly (a block / huge leaf)?
     hw_name: str = ""  # the architecture's own name, e.g. "segment" or "region-third" on s390
     # entries of one contiguous span: arm64's contiguous bit (CONT_PTES / CONT_PMDS), riscv's
     # Svnapot, powerpc hash-4K's runs of entries; 1: none at this level
     contiguous: int = field(default=1, validator=_power_of_two)
+    # bytes one table takes from memblock while booting (s390's vmem_pte_alloc: 2 KiB until
+    # daa8af80d283); by default as after boot
+    boot_alloc_bytes: int = field(validator=_power_of_two)
+
+    @boot_alloc_bytes.default
+    def _boot_alloc_bytes(self):
+        return self.alloc_bytes
 
     @property
     def entries(self) -> int:
@@ -96,8 +105,11 @@ class PageTableGeometry:
             raise ValueError(f"the top level covers {top.shift + top.bits} bits, less than va_bits {self.va_bits}")
         page = 1 << self.page_shift
         for level in levels[1:]:
-            if level.alloc_bytes < max(level.table_bytes, page):
-                raise ValueError(f"level {level.name}: alloc_bytes must hold a table and be at least a page")
+            for name in ("alloc_bytes", "boot_alloc_bytes"):
+                if getattr(level, name) < level.table_bytes:
+                    raise ValueError(f"level {level.name}: {name} must hold a table ({level.table_bytes} bytes)")
+                if getattr(level, name) > page and getattr(level, name) % page:
+                    raise ValueError(f"level {level.name}: {name} above a page must be whole pages")
 
     @property
     def page_size(self) -> int:
@@ -227,6 +239,16 @@ class Feature:
 
 
 @frozen
+class Firmware:
+    """A size the machine's firmware describes to the kernel (powerpc's ``ibm,lmb-size``), with its
+    default; None stands for "not described" (the property or its node is absent)."""
+
+    name: str
+    default: int | None
+    description: str = ""
+
+
+@frozen
 class ArchInfo:
     """What ``vmemcore_arch_info`` returns: the arch's name, its variants and machine features, and
     the dated kernel changes (:class:`~vmemcore.timeline.Change`) its hooks follow, listed by
@@ -238,6 +260,7 @@ class ArchInfo:
     default_variant: str
     features: tuple = field(default=(), converter=tuple)
     changes: tuple = field(default=(), converter=tuple)
+    firmware: tuple = field(default=(), converter=tuple)  # Firmware values: [machine] firmware
 
     def __attrs_post_init__(self):
         if not self.variants or not all(isinstance(v, Variant) for v in self.variants):
@@ -246,6 +269,8 @@ class ArchInfo:
             raise ValueError(f"default_variant {self.default_variant!r} is not one of the variants")
         if not all(isinstance(f, Feature) for f in self.features):
             raise ValueError("features must be Feature values")
+        if not all(isinstance(f, Firmware) for f in self.firmware):
+            raise ValueError("firmware must be Firmware values")
         if not all(isinstance(c, Change) for c in self.changes):
             raise ValueError("changes must be Change values (vmemcore.arch.Change)")
         names = [c.name for c in self.changes]
@@ -280,7 +305,9 @@ def describe_geometry(pt: PageTableGeometry, sparse: SparseGeometry) -> list:
         rows.append((
             f"  {name}",
             f"shift {level.shift}, {level.entries} entries, table {format_size(level.table_bytes)}"
-            f" (allocated {format_size(level.alloc_bytes)}), entry maps {format_size(level.entry_span)}"
+            f" (allocated {format_size(level.alloc_bytes)}"
+            + (f", {format_size(level.boot_alloc_bytes)} at boot" if level.boot_alloc_bytes != level.alloc_bytes else "")
+            + f"), entry maps {format_size(level.entry_span)}"
             + (", may hold leaves" if level.leaf else "")
             + (f", contiguous spans of {level.contiguous}" if level.contiguous > 1 else ""),
         ))

@@ -32,6 +32,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .altmap import VmemAltmap
+    from .config import MemoryRange
     from .geometry import ArchInfo, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant
     from .hotplug import HotAddRequest
     from .live_entries import LiveEntryRule
@@ -53,8 +54,8 @@ def vmemcore_arch_info() -> ArchInfo | None:
     nothing of a machine exists yet.
 
     Returns an :class:`vmemcore.ArchInfo` (name, variants, default variant, machine features, the
-    dated kernel changes its hooks follow), or None from a plugin that provides no architecture (an
-    observer).
+    dated kernel changes its hooks follow, the sizes its firmware may describe: ``machine.firmware``),
+    or None from a plugin that provides no architecture (an observer).
 
     Policy: owner.
     """
@@ -70,14 +71,17 @@ def vmemcore_pagetable_geometry(variant: Variant, profile: KernelProfile) -> Pag
     :param profile: the kernel profile (``profile.has(change)``, ``profile.at_least(6, 14)``).
 
     Returns a :class:`vmemcore.PageTableGeometry`: levels from the top table down to the PTE, their
-    bits and table sizes, which levels may hold leaves.
+    bits and table sizes, the bytes a table takes from the allocator after boot and at boot
+    (``alloc_bytes``, ``boot_alloc_bytes``; less than a page makes tables share a frame as
+    fragments, freed with the last of them), which levels may hold leaves.
 
     Policy: owner.
     """
 
 
 @hookspec
-def vmemcore_sparse_geometry(variant: Variant, profile: KernelProfile) -> SparseGeometry | None:
+def vmemcore_sparse_geometry(variant: Variant, profile: KernelProfile,
+                             memory: tuple[MemoryRange, ...]) -> SparseGeometry | None:
     """Give the SPARSEMEM constants of the architecture.
 
     Called once per machine during set-up (after the page-table geometry), by scenario validation
@@ -85,6 +89,9 @@ def vmemcore_sparse_geometry(variant: Variant, profile: KernelProfile) -> Sparse
 
     :param variant: the selected variant of the arch.
     :param profile: the kernel profile.
+    :param memory: the machine's memory at boot, :class:`vmemcore.config.MemoryRange` items (node,
+        start, size), for an arch that places its vmemmap by where RAM starts (arm64's
+        ``memstart_addr``); empty where no machine is built (``vmemcore arches``, scenario validation).
 
     Returns a :class:`vmemcore.SparseGeometry` (section size, max physical address bits, memory
     block size, vmemmap base and size, pageblock order). The engine refuses memory whose struct

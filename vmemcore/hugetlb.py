@@ -15,7 +15,7 @@ import attrs
 from . import profiles
 from .errors import BadRequest, SimulatorLimit, Veto
 from .hvo import Hvo
-from .physmem import Use
+from .physmem import Owner, Use
 from .units import format_size
 
 
@@ -374,9 +374,14 @@ class HugeTLB:
     def gather_boot_pages(self, h, folios):
         """``gather_bootmem_prealloc``: boot folios join the pool; those built optimized are marked
         so and their mirrored tail PTEs made read-only (``hugetlb_vmemmap_optimize_bootmem_folios``,
-        ``vmemmap_wrprotect_hvo``), the others optimized in one batch."""
+        ``vmemmap_wrprotect_hvo``), the others optimized in one batch. Each folio's frames are
+        managed from then on: ``adjust_managed_page_count(page, pages_per_huge_page(h))`` restores
+        the pages memblock "stole" to ``totalram_pages`` and the zone's ``managed_pages``, in every
+        kernel modelled (the early-CMA pages 6.15 exempts are not modelled)."""
         preinit = self.hvo.optimize_bootmem_folios(folios)
+        physmem = self.machine.physmem
         for folio in folios:
+            physmem.retag(folio.head, 1 << folio.order, Owner(Use.HUGETLB))
             self._put(h, folio)
             self._push_free(h, folio)
         rest = [f for f in folios if f not in preinit]

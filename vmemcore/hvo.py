@@ -201,9 +201,8 @@ class Hvo:
         """``vmemmap_split_pmd``: a PTE table mapping the same 2 MiB, installed in place of the leaf."""
         m = self.machine
         level = m.geometry.levels[table.depth + 1]
-        nr_pages = level.alloc_bytes >> m.geometry.page_shift
         node = m.physmem.node_of(int(table.pfns[i]))
-        pfn = m.physmem.alloc(nr_pages, node, Use.PAGETABLE, align=nr_pages)  # pte_alloc_one_kernel
+        pfn = m.table_frames.alloc(level, node)  # pte_alloc_one_kernel
         if pfn is None:
             return ENOMEM
         self.writer.split_leaf(table, i, pfn, "vmemmap_split_pmd")

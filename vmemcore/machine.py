@@ -14,6 +14,7 @@ from .config import ConfigValidator, HotplugSpec, HugetlbSpec, MachineConfig, ma
 from .errors import BadRequest, PluginError, SimulatorLimit
 from .journal import Journal
 from .pagetable import LEAF, PRESENT, PageTable
+from .pgalloc import TableFrames
 from .physmem import PhysMem, Use
 from .populate import VmemmapRefs
 from .plugins import Registry
@@ -32,7 +33,7 @@ from .zone_device import ZoneDevice
 class Machine:
     """A booted machine, built from a :class:`~vmemcore.config.MachineConfig`.
 
-    ``Machine(arch, variant, kernel, memory, features, hugetlb, hotplug)`` validates its keywords
+    ``Machine(arch, variant, kernel, memory, features, hugetlb, hotplug, firmware)`` validates its keywords
     into one with :func:`~vmemcore.config.machine_config` (a bad one is a :class:`BadRequest`
     naming the setting); ``memory`` is a list of :class:`~vmemcore.config.MemoryRange` or dicts with ``node``,
     ``start`` (default: right after the previous range) and ``size``. ``Machine.from_config(config)``
@@ -42,9 +43,10 @@ class Machine:
 
     def __init__(self, arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
                  hugetlb=None, hotplug=None, observers=(), registry=None, disabled=(), check_live_entries=False,
-                 check_bad_pages=True):
+                 check_bad_pages=True, firmware=None):
         registry = registry or Registry(disabled=disabled)
-        config = machine_config(arch, variant, kernel, memory, features, hugetlb, hotplug, registry=registry)
+        config = machine_config(arch, variant, kernel, memory, features, hugetlb, hotplug, registry=registry,
+                                firmware=firmware)
         self._boot(config, registry, observers, check_live_entries, check_bad_pages)
 
     @classmethod
@@ -65,14 +67,16 @@ class Machine:
         self.variant = self.arch.variant(config.variant)
         self.profile = get_profile(config.kernel)
         self.features = {f.name: f.default for f in self.arch.features} | dict(config.features)
+        self.firmware = {f.name: f.default for f in self.arch.firmware} | dict(config.firmware)
         self.geometry = self.hooks.pagetable_geometry(self.variant, self.profile)
-        self.sparse_geometry = self.hooks.sparse_geometry(self.variant, self.profile)
+        self.sparse_geometry = self.hooks.sparse_geometry(self.variant, self.profile, config.memory)
         self._check_geometry()
         self.rules = ConfigValidator(registry, self.sparse_geometry)  # the scenario's rules, for the API's arguments
         self.journal = Journal()
         self.stats = Counters(self.journal)
         self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
         self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
+        self.table_frames = TableFrames(self.physmem, self.geometry.page_shift, self.journal)
         self._plugin_state = {}
         # the vmemmap's mapping: the Linux page table, or the plugin's backend (powerpc hash)
         self.vmemmap = self.hooks.vmemmap_mapping(self) or self.pagetable
@@ -240,8 +244,8 @@ class Machine:
         :data:`~vmemcore.stats.COUNTER_ORDER`."""
         out = self.stats.as_dict()
         out.update(self.zone_device.counters())
-        for name, count in self.pagetable.tables.items():
-            out[f"vmemmap_pagetable_pages_{name}"] = count * (self.geometry.level(name).alloc_bytes >> self.geometry.page_shift)
+        for name in self.pagetable.tables:
+            out[f"vmemmap_pagetable_pages_{name}"] = self.table_frames.pages.get(name, 0)
         leaves = self.vmemmap.leaf_spans()
         for span, count in sorted(leaves.items(), reverse=True):
             out[f"vmemmap_leaves_{format_size(span)}"] = count
@@ -277,6 +281,7 @@ class Machine:
         return {
             "tables": tables,
             "tables_per_level": dict(self.pagetable.tables),
+            "table_frames": self.table_frames.snapshot(),
             "physmem": self.physmem.snapshot(),
             "sections": self.sparse.sections.items(),
             "counters": self.stats.as_dict(),
@@ -297,9 +302,12 @@ class Machine:
         self.physmem.check()
         folios = [(np.fromiter(h.folios, np.int64, len(h.folios)), 1 << h.order) for h in self.hugetlb.hstates.values()]
         _assert_owned(self.physmem, Use.HUGETLB, folios, arrays=True)
-        page_shift = self.geometry.page_shift
-        table_frames = [(table.pfn, table.level.alloc_bytes >> page_shift)
-                        for table in self.pagetable.all_tables() if table.pfn is not None]
+        per_frame = {}
+        for table in self.pagetable.all_tables():
+            if table.pfn is not None:
+                per_frame[table.pfn] = per_frame.get(table.pfn, 0) + 1
+        assert per_frame == self.table_frames.tables_at(), "the page tables are not those their frames hold"
+        table_frames = self.table_frames.blocks()
         for state in self._plugin_state.values():  # frames a plugin keeps for its mapping (vmemmap_list pages)
             table_frames.extend(getattr(state, "pagetable_frames", list)())
         leaf_frames = self.vmemmap.leaf_frames()

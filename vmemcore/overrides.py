@@ -106,13 +106,14 @@ def origin_of(overrides, key):
 
 def apply_overrides(doc, overrides, path=None):
     """Set every override in the parsed scenario ``doc``. Changing ``machine.arch`` drops the
-    file's ``machine.variant`` and ``machine.features`` (they name the old arch's), unless an
+    file's ``machine.variant``, ``machine.features`` and ``machine.firmware`` (they name the old arch's), unless an
     override sets them too. A path through something that is not a table, or past the end of an
     array, is a :class:`ScenarioError`."""
     machine = doc.get("machine")
     if isinstance(machine, dict) and any(o.key == "machine.arch" and o.value != machine.get("arch") for o in overrides):
         machine.pop("variant", None)
         machine.pop("features", None)
+        machine.pop("firmware", None)
     for item in overrides:
         _apply(doc, item, path)
 

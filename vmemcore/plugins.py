@@ -390,8 +390,8 @@ class ArchHooks:
     def pagetable_geometry(self, variant, profile) -> PageTableGeometry:
         return self.call("vmemcore_pagetable_geometry", variant=variant, profile=profile)
 
-    def sparse_geometry(self, variant, profile) -> SparseGeometry:
-        return self.call("vmemcore_sparse_geometry", variant=variant, profile=profile)
+    def sparse_geometry(self, variant, profile, memory=()) -> SparseGeometry:
+        return self.call("vmemcore_sparse_geometry", variant=variant, profile=profile, memory=tuple(memory))
 
     def vmemmap_populate(self, machine, start, end, node, altmap) -> bool:
         return self.call("vmemcore_vmemmap_populate", machine=machine, start=start, end=end, node=node, altmap=altmap)

@@ -138,11 +138,11 @@ def vmemmap_map_leaf(machine, addr, span, pfn, node, function="__map_kernel_page
 
 
 def table_allocator(machine, node):
-    """``vmemmap_alloc_block_zero(PAGE_SIZE, node)`` for page-table pages, raising on failure."""
+    """``vmemmap_alloc_block_zero(PAGE_SIZE, node)`` for page-table pages (a fragment of one where
+    the level's tables are smaller, vmemcore/pgalloc.py), raising on failure."""
 
     def alloc(level):
-        nr_pages = level.alloc_bytes >> machine.geometry.page_shift
-        pfn = machine.physmem.alloc(nr_pages, node, Use.PAGETABLE, align=nr_pages)
+        pfn = machine.table_frames.alloc(level, node)
         if pfn is None:
             raise OutOfMemory(f"no memory for a {level.name} table of the vmemmap (node {node})")
         return pfn

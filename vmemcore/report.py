@@ -180,7 +180,8 @@ def _placement(machine) -> list:
     for table in machine.pagetable.all_tables():
         present_entries = np.flatnonzero(table.flags & PRESENT)
         if table.pfn is not None and len(present_entries):
-            tables.append((table.pfn, table.va(int(present_entries[0])) - sparse.vmemmap_base, table.level.alloc_bytes))
+            tables.append((table.pfn, table.va(int(present_entries[0])) - sparse.vmemmap_base,
+                           machine.table_frames.table_bytes(table.pfn)))
         leaves = np.flatnonzero((table.flags & (PRESENT | LEAF)) == (PRESENT | LEAF))
         if not len(leaves):
             continue

@@ -79,6 +79,20 @@ def vmemmap_size(page, va_bits):
     return (linear_range >> PAGE_SHIFT[page]) * STRUCT_PAGE
 
 
+def memstart_addr(page, memory):
+    """``memstart_addr`` (``arm64_memblock_init`` in arch/arm64/mm/init.c): the start of DRAM rounded
+    down to ``ARM64_MEMSTART_ALIGN``, the larger of a section and ``1 << ARM64_MEMSTART_SHIFT``
+    (``PUD_SHIFT`` with 4K pages, ``CONT_PMD_SHIFT`` with 16K, ``PMD_SHIFT`` with 64K: 1 GiB, 1 GiB,
+    512 MiB). 0 when no memory is described."""
+    if not memory:
+        return 0
+    page_shift = PAGE_SHIFT[page]
+    pmd_shift = level_shift(page_shift, 2)
+    shift = {"4K": level_shift(page_shift, 1), "16K": pmd_shift + CONT_PMDS[page].bit_length() - 1}.get(page, pmd_shift)
+    align = 1 << max(shift, SECTION_SIZE_BITS[page])
+    return min(item.start for item in memory) // align * align
+
+
 def _variant(page, va_bits):
     levels = PGTABLE_LEVELS[(page, va_bits)]
     return Variant(
@@ -128,17 +142,20 @@ def vmemcore_pagetable_geometry(variant, profile):
 
 
 @hookimpl
-def vmemcore_sparse_geometry(variant, profile):
+def vmemcore_sparse_geometry(variant, profile, memory):
+    """``vmemmap`` (memory.h) is ``VMEMMAP_START - (memstart_addr >> PAGE_SHIFT)`` struct pages: the
+    first page of RAM has its struct page at ``VMEMMAP_START`` wherever RAM starts. The struct pages
+    of the pfns below ``memstart_addr`` (never present) would lie below ``VMEMMAP_START``."""
     page, va_bits = _parse(variant)
     page_shift = PAGE_SHIFT[page]
-    size = vmemmap_size(page, va_bits)
+    below = (memstart_addr(page, memory) >> page_shift) * STRUCT_PAGE
+    size = vmemmap_size(page, va_bits) + below
     return SparseGeometry(
         page_shift=page_shift,
         section_size_bits=SECTION_SIZE_BITS[page],
         max_physmem_bits=52 if va_bits == 52 else 48,  # CONFIG_ARM64_PA_BITS
         memory_block_size=1 << SECTION_SIZE_BITS[page],  # weak memory_block_size_bytes(): one section
-        # VMEMMAP_START = VMEMMAP_END - VMEMMAP_SIZE; the kernel's `vmemmap` is that minus
-        # memstart_addr >> PAGE_SHIFT struct pages: DRAM is taken to start at physical 0.
+        # VMEMMAP_START = VMEMMAP_END - VMEMMAP_SIZE; `vmemmap` is memstart_addr's struct pages below
         vmemmap_base=VMEMMAP_END - size,
         vmemmap_size=size,
         pageblock_order=level_shift(page_shift, 2) - page_shift,  # HUGETLB_PAGE_ORDER = PMD order
@@ -149,9 +166,10 @@ def vmemcore_sparse_geometry(variant, profile):
 @hookimpl
 def vmemcore_mappable_range(machine):
     """``arch_get_mappable_range``: hot-added memory must fit the linear map, ``[__pa(PAGE_OFFSET),
-    __pa(PAGE_END - 1)]``: half the kernel VA (``VA_BITS - 1`` bits) above ``memstart_addr`` (0 here)."""
-    _, va_bits = _parse(machine.variant)
-    return PhysRange(0, 1 << (va_bits - 1))
+    __pa(PAGE_END - 1)]``: half the kernel VA (``VA_BITS - 1`` bits) above ``memstart_addr``."""
+    page, va_bits = _parse(machine.variant)
+    start = memstart_addr(page, machine.memory)
+    return PhysRange(start, start + (1 << (va_bits - 1)))
 
 
 def _hugepage(geometry, size, contiguous=1):
@@ -243,8 +261,8 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     if boot is not None:
         raise BadRequest(f"arm64 never removes boot memory (prevent_bootmem_remove_notifier): the memmap at "
                          f"vmemmap address {boot:#x} is backed by boot frames")
-    floor = machine.sparse_geometry.vmemmap_base  # VMEMMAP_START, DRAM starting at physical 0
-    policy = TeardownPolicy(InUse.NEVER, floor=floor, ceiling=floor + machine.sparse_geometry.vmemmap_size,
+    page, va_bits = _parse(machine.variant)
+    policy = TeardownPolicy(InUse.NEVER, floor=VMEMMAP_END - vmemmap_size(page, va_bits), ceiling=VMEMMAP_END,
                             flush_leaf=Flush.RANGE)
     vmemmap_teardown(machine, start, end, altmap, policy)
     return True

@@ -23,7 +23,7 @@ fragmented.
 import numpy as np
 
 from vmemcore.arch import (
-    ArchInfo, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, PtdumpColumn, PtdumpFormat,
+    ArchInfo, BadRequest, Change, Feature, Firmware, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, PtdumpColumn, PtdumpFormat,
     SparseGeometry,
     Support, TeardownPolicy, TiB, Variant, VmemmapMapping, format_size, free_vmemmap_frames, hookimpl,
     vmemmap_alloc_block_buf, vmemmap_alloc_blocks, vmemmap_alloc_page, vmemmap_map_leaf, vmemmap_populate_compound_by_address,
@@ -45,8 +45,34 @@ VMEMMAP_SIZE = {"radix": 512 * TiB, "hash-64K": 512 * TiB, "hash-4K": 1 * TiB}  
 PAGEBLOCK_ORDER = {("radix", "4K"): 9, ("radix", "64K"): 5, ("hash", "4K"): 12, ("hash", "64K"): 8}
 MAX_PAGE_ORDER = {"4K": 12, "64K": 8}
 SECTION_SIZE_BITS = 24  # asm/sparsemem.h
+MIN_MEMORY_BLOCK_SIZE = 1 << SECTION_SIZE_BITS  # include/linux/memory.h
 # ibm,lmb-size on pseries; QEMU spapr's 256 MiB LMB is the assumed default (UNCONFIRMED from QEMU source)
 MEMORY_BLOCK_SIZE = 256 * MiB
+
+# The dated changes the hooks follow (docs/kernel-map.md#powerpc).
+BLOCK_SIZE_PROBE = Change(
+    "powerpc-memory-block-probe", "the memory block size probed from the device tree (probe_memory_block_size): "
+    "without ibm,dynamic-reconfiguration-memory, 1 GiB divided by 4 per memory node (before: "
+    "pseries_memory_block_size, the size of the memory node that follows memory@0)", "6.6", commit="4d15721177d5",
+    status="UNCONFIRMED (release: in powerpc next in August 2023, for the 6.6 merge window)")
+DAX_DEDUP = Change("powerpc-dax-dedup", "compound devmap vmemmap dedup, generic on every arch", "5.19",
+                   commit="4917f55b4ef9", status="CONFIRMED (MM pull for 5.19-rc1)")
+DAX_DEDUP_OFF = Change("powerpc-dax-dedup-off", "dedup becomes an arch opt-in (vmemmap_can_optimize) that powerpc "
+                       "does not take: the hash crash fix", "6.4", commit="87a7ae75d738",
+                       status="CONFIRMED (MM pull for 6.4-rc1)")
+RADIX_POPULATE = Change("powerpc-radix-populate", "radix__vmemmap_populate/radix__vmemmap_free (before, radix used "
+                        "init_64.c's vmemmap_list blocks)", "6.6", commit="368a0590d954", status="CONFIRMED")
+RADIX_DAX_DEDUP = Change("powerpc-radix-dax-dedup", "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP if PPC_RADIX_MMU, radix's own "
+                         "vmemmap_populate_compound_pages", "6.6", commit="f2b79c0d7968", status="CONFIRMED")
+RADIX_MHP = Change("powerpc-radix-memmap-on-memory", "ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE for radix "
+                   "(\"powerpc/book3s64/memhotplug: enable memmap on memory for radix\")", "6.6",
+                   status="CONFIRMED (MM pull for 6.6-rc1)")
+HASH4K_CONT = Change("powerpc-hash4k-cont-hugepages", "hash-4K HugeTLB pages mapped by runs of 64 PUD / 8 PMD entries "
+                     "instead of hugepd directories (\"use contiguous PMD/PUD instead of HUGEPD\")", "6.12",
+                     status="UNCONFIRMED")
+VMEMMAP_START_ALIGN = Change("powerpc-vmemmap-start-align", "radix vmemmap start aligned down to PMD_SIZE without an "
+                             "altmap, PAGE_SIZE with one", "6.17", commit="f5164797284d",
+                             status="UNCONFIRMED (release: in powerpc next, 2025-06-30)")
 
 
 def _parse(variant):
@@ -79,6 +105,13 @@ def vmemcore_arch_info():
             Feature("mmu_16M", True, "the hash MMU offers 16 MiB pages (ibm,segment-page-sizes): the vmemmap is "
                                      "bolted in 16 MiB blocks when boot RAM is at least 1 GiB, else in base pages"),
         ),
+        firmware=(
+            Firmware("lmb_size", MEMORY_BLOCK_SIZE,
+                     "ibm,lmb-size of the ibm,dynamic-reconfiguration-memory node; \"none\": the firmware describes no "
+                     "hot-pluggable memory (no such node), the block size then follows the memory nodes"),
+        ),
+        changes=(DAX_DEDUP, DAX_DEDUP_OFF, RADIX_POPULATE, RADIX_DAX_DEDUP, RADIX_MHP, BLOCK_SIZE_PROBE, HASH4K_CONT,
+                 VMEMMAP_START_ALIGN),
     )
 
 
@@ -97,7 +130,7 @@ def vmemcore_pagetable_geometry(variant, profile):
     # Hash 64K: the 2 KiB PTE table is a 4 KiB fragment (second half: hash-slot info) and the 8 KiB PMD a
     # 16 KiB fragment with THP/HugeTLB; hash-4K's 1 KiB PMD comes from a kmem cache. Whole pages here too.
     # hash-4K maps 16G and 16M HugeTLB pages with runs of 64 PUD and 8 PMD entries from 6.12
-    cont = (64, 8) if (mmu, page) == ("hash", "4K") and profile.at_least(6, 12) else (1, 1)
+    cont = (64, 8) if (mmu, page) == ("hash", "4K") and profile.has(HASH4K_CONT) else (1, 1)
     levels = [
         Level("pgd", pgd_shift, pgd_bits, 8 << pgd_bits, max(page_bytes, 8 << pgd_bits)),  # static, 64 KiB radix
         # leaves: radix 1 GiB PUD / 2 MiB PMD; hash 16 GiB / 16 MiB HugeTLB (hash-64K; hash-4K as 64 / 8 entries)
@@ -107,6 +140,32 @@ def vmemcore_pagetable_geometry(variant, profile):
     ]
     va_bits = 46 if (mmu, page) == ("hash", "4K") else 52
     return PageTableGeometry(page_shift=page_shift, va_bits=va_bits, levels=levels)
+
+
+@hookimpl
+def vmemcore_memory_block_size(machine):
+    """``memory_block_size_bytes()`` on pseries. With an ``ibm,dynamic-reconfiguration-memory`` node,
+    its ``ibm,lmb-size`` (the ``lmb_size`` firmware value). Without one, each ``[[memory]]`` range
+    standing for a ``memory@`` node: since 4d15721177d5 (6.6) ``update_memory_block_size`` starts at
+    1 GiB and, for each node's size, divides by 4 (down to 16 MiB) until the size has no bit at the
+    block size (``(mem_size & block_size) == 0``: a bit test, not a multiple test); before it,
+    ``pseries_memory_block_size`` took the size of the node at the address where ``memory@0`` ends,
+    16 MiB (``MIN_MEMORY_BLOCK_SIZE``) when there is none. ``memory_dev_init`` panics on a size that
+    is not a power of two of at least a section: refused here."""
+    block = machine.firmware["lmb_size"]
+    memory = machine.memory
+    if block is None and machine.profile.has(BLOCK_SIZE_PROBE):
+        block = 1 * GiB
+        for item in memory:
+            while block > MIN_MEMORY_BLOCK_SIZE and item.size & block:
+                block >>= 2
+    elif block is None:
+        zero = next((item.size for item in memory if item.start == 0), 0)
+        block = next((item.size for item in memory if zero and item.start == zero), MIN_MEMORY_BLOCK_SIZE)
+    if block & (block - 1) or block < MIN_MEMORY_BLOCK_SIZE:
+        raise BadRequest(f"memory block size {format_size(block)} is not a power of two of at least 16 MiB "
+                         "(memory_dev_init panics: \"Memory block size not suitable\")")
+    return block
 
 
 @hookimpl
@@ -139,14 +198,14 @@ def vmemcore_dax_vmemmap_support(machine):
     profile = machine.profile
     if mmu == "hash":
         return Support(False, "the hash MMU keeps the vmemmap in bolted HPTEs: vmemmap_can_optimize requires radix")
-    if profile.at_least(6, 6):
+    if profile.has(RADIX_DAX_DEDUP):
         return Support(True)
-    if profile.at_least(5, 19) and not profile.at_least(6, 4):
+    if profile.has(DAX_DEDUP) and not profile.has(DAX_DEDUP_OFF):
         # the generic compound populate maps PTEs that init_64.c's vmemmap_free (it frees vmemmap_list
         # blocks only) would never unmap or free; what the kernel then did is not modelled
         return Support(False, "radix before 6.6 frees only vmemmap_list blocks (init_64.c), not the PTEs the generic "
                               "compound populate of 5.19-6.3 maps: not simulated")
-    if profile.at_least(6, 4):
+    if profile.has(DAX_DEDUP_OFF):
         return Support(False, "powerpc selects ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (radix) only from 6.6")
     return Support(False, "compound devmap vmemmap dedup was merged in 5.19 (5.18/5.19 UNCONFIRMED)")
 
@@ -163,7 +222,7 @@ def vmemcore_hugepage_sizes(machine):
         return (HugePageSize(2 * MiB, "pmd"), HugePageSize(1 * GiB, "pud"))
     if page == "64K":
         return (HugePageSize(16 * MiB, "pmd"), HugePageSize(16 * GiB, "pud"))
-    if machine.profile.at_least(6, 12):
+    if machine.profile.has(HASH4K_CONT):
         return (HugePageSize(16 * MiB, "pmd", 8), HugePageSize(16 * GiB, "pud", 64))
     return (HugePageSize(16 * MiB, "pud", directory=True), HugePageSize(16 * GiB, "pgd", directory=True))
 
@@ -185,7 +244,7 @@ def vmemcore_supports_memmap_on_memory(machine, vmemmap_size):
     (``asm/pgtable.h``): false on hash; with 4K pages the memmap must fill whole PMD leaves; with 64K pages
     always true (the populate falls back to base pages, and the pageblock rule is the generic one's)."""
     mmu, page = _parse(machine.variant)
-    if not machine.profile.at_least(6, 6):
+    if not machine.profile.has(RADIX_MHP):
         return Support(False, "powerpc selects ARCH_MHP_MEMMAP_ON_MEMORY_ENABLE (radix) only from 6.6")
     if mmu == "hash":
         return Support(False, "arch_supports_memmap_on_memory is false on the hash MMU")
@@ -205,7 +264,7 @@ def _radix_own_populate(machine):
     """``radix__vmemmap_populate`` and ``radix__vmemmap_free`` (368a0590d954, 6.6); before, radix
     shared ``init_64.c``'s ``vmemmap_list`` populate with hash."""
     mmu, _ = _parse(machine.variant)
-    return mmu == "radix" and machine.profile.at_least(6, 6)
+    return mmu == "radix" and machine.profile.has(RADIX_POPULATE)
 
 
 def vmemmap_block_size(machine):
@@ -430,7 +489,7 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
         _list_populate(machine, start, end, node, altmap)
         return True
     page = machine.geometry.page_size
-    if machine.profile.at_least(6, 17):
+    if machine.profile.has(VMEMMAP_START_ALIGN):
         align = machine.geometry.pmd.entry_span if altmap is None else page
         start = start // align * align
     if altmap is None:
@@ -512,7 +571,7 @@ def vmemcore_vmemmap_populate_compound_pages(machine, start_pfn, start, end, nod
     needs no section-by-section reuse), and a page under an existing PMD leaf is left to it. Before
     6.6 the generic populate ran (hash never dedups)."""
     mmu, _ = _parse(machine.variant)
-    if mmu != "radix" or not machine.profile.at_least(6, 6):
+    if mmu != "radix" or not machine.profile.has(RADIX_DAX_DEDUP):
         return None
     vmemmap_populate_compound_by_address(machine, start_pfn, start, end, node, pgmap)
     return True

@@ -18,9 +18,7 @@ from vmemcore.arch import (
 )
 
 CRST_BYTES = 2048 * 8  # _CRST_ENTRIES; allocated as CRST_ALLOC_ORDER 2 = 16 KiB
-# A 2 KiB page table takes a whole 4 KiB page: page_table_alloc() since d08d4e7cd6bf (~6.7), boot-time
-# vmem_pte_alloc() since daa8af80d283 (6.17, stable 6.12.42); older kernels paired two tables per page.
-PTE_TABLE_ALLOC = 4096
+PTE_TABLE_BYTES = 256 * 8  # _PAGE_ENTRIES x 8 B: 2 KiB
 MAX_PHYSMEM_BITS = 46  # CONFIG_MAX_PHYSMEM_BITS default
 # The kernel places the vmemmap dynamically (startup.c setup_kernel_memory_layout()): just below the
 # lowcore, sized for the identity map, rounded down to a top-level region entry. Fixed stand-ins here:
@@ -38,6 +36,15 @@ SECTION_128M = Change("s390-section-128m", "SECTION_SIZE_BITS 28 -> 27: 128 MiB 
                       commit="e3a6970b7daf", status="CONFIRMED (s390 pull for 6.13); not backported (a feature)")
 ZONE_DEVICE = Change("s390-zone-device", "ZONE_DEVICE no longer depends on ARCH_HAS_PTE_DEVMAP (the pte_devmap "
                      "removal, Alistair Popple)", "6.17", status="UNCONFIRMED (release)")
+PTE_FULL_PAGE = Change(
+    "s390-pte-full-page", "page_table_alloc() gives every 2 KiB page table a whole 4 KiB page (before: two "
+    "tables shared a page as fragments)", "6.7", commit="d08d4e7cd6bf",
+    status="CONFIRMED (s390 pull for 6.7, s390-6.7-2); not backported")
+BOOT_PTE_FULL_PAGE = Change(
+    "s390-boot-pte-full-page", "boot-time vmem_pte_alloc() takes memblock_alloc(PAGE_SIZE, PAGE_SIZE) per page table "
+    "(before: a 2 KiB allocation, so two boot page tables shared a page)", "6.17",
+    stable=("6.12.42", "6.15.10", "6.16.1"), commit="daa8af80d283",
+    status="CONFIRMED (s390 pull for 6.17, s390-6.17-2; stable reviews of 6.12.42-rc1, 6.15.10-rc1, 6.16.1-rc1)")
 HVO_OFF = Change("s390-hvo-off", "HVO disabled: a valid entry may not be replaced by another valid one", "6.18",
                  stable=("6.6.117", "6.12.58", "6.17.8"), commit="64e2f60f355e",
                  status="CONFIRMED (stable reviews of 6.12.58-rc1 and 6.6.117-rc1; 6.17.8 from CVE-2025-68179)")
@@ -61,12 +68,21 @@ def vmemcore_arch_info():
             Feature("edat1", True, "1 MiB segment leaves (EDAT1): vmemmap mapped with segment leaves"),
             Feature("edat2", True, "2 GiB region-third leaves (EDAT2): 2 GiB HugeTLB pages"),
         ),
-        changes=(HVO_ON, MEMMAP_ON_MEMORY, SECTION_128M, ZONE_DEVICE, HVO_OFF),
+        changes=(HVO_ON, PTE_FULL_PAGE, MEMMAP_ON_MEMORY, SECTION_128M, BOOT_PTE_FULL_PAGE, ZONE_DEVICE, HVO_OFF),
     )
+
+
+def _pte_alloc_bytes(profile, change):
+    """A page table's allocation: a whole 4 KiB page with ``change``, else a 2 KiB fragment."""
+    return 4096 if profile.has(change) else PTE_TABLE_BYTES
 
 
 @hookimpl
 def vmemcore_pagetable_geometry(variant, profile):
+    """Page tables after boot come from ``page_table_alloc()`` (``vmem_pte_alloc``,
+    ``pte_alloc_one_kernel``): 2 KiB fragments, two to a 4 KiB page, until d08d4e7cd6bf (6.7);
+    at boot from ``memblock_alloc(size, size)`` of 2 KiB, two to a page again, until daa8af80d283
+    (6.17; 6.12.42, 6.15.10, 6.16.1)."""
     upper = [_crst("pgd", 42, "region-second"), _crst("pud", 31, "region-third", leaf=True)]
     if variant.name == "3-level":
         upper = [_crst("pgd", 31, "region-third", leaf=True)]
@@ -75,7 +91,8 @@ def vmemcore_pagetable_geometry(variant, profile):
         va_bits=VA_BITS[variant.name],
         levels=upper + [
             _crst("pmd", 20, "segment", leaf=True),
-            Level("pte", 12, 8, 256 * 8, PTE_TABLE_ALLOC, leaf=True, hw_name="page"),  # _PAGE_ENTRIES
+            Level("pte", 12, 8, PTE_TABLE_BYTES, _pte_alloc_bytes(profile, PTE_FULL_PAGE), leaf=True, hw_name="page",
+                  boot_alloc_bytes=_pte_alloc_bytes(profile, BOOT_PTE_FULL_PAGE)),
         ],
     )
 
