@@ -166,18 +166,19 @@ class StructPages:
         """``(first_pfn, frame, at_home)`` for each vmemmap page of ``[start_pfn, end_pfn)`` (whole
         vmemmap pages) whose frame holds a descriptor, in address order: ``first_pfn`` the first
         pfn it describes, ``at_home`` whether the descriptor is a plain copy of the struct pages
-        that belong there. One pass over the leaves, a table at a time."""
+        that belong there. One pass over the leaves, a table at a time, each looked up in the
+        descriptors' frames sorted once (so the cost is not tables x descriptors)."""
         if not self.contents:
             return []
         machine = self.machine
-        keys = np.fromiter(self.contents, dtype=np.int64, count=len(self.contents))
+        keys = np.sort(np.fromiter(self.contents, dtype=np.int64, count=len(self.contents)))  # sorted once
         page_shift = machine.geometry.page_shift
         out = []
         for vaddr, level, pfns in machine.pagetable.leaf_runs(machine.pfn_to_page(start_pfn), machine.pfn_to_page(end_pfn)):
             pages = level.entry_span >> page_shift
             if pages > 1:  # a block leaf: the frames of its pages follow one another
                 pfns = (pfns[:, None] + np.arange(pages)).ravel()
-            hits = np.flatnonzero(np.isin(pfns, keys))
+            hits = np.flatnonzero(keys[np.minimum(np.searchsorted(keys, pfns), len(keys) - 1)] == pfns)
             first = machine.sparse_geometry.page_to_pfn(vaddr)
             for k, frame in zip(hits.tolist(), pfns[hits].tolist()):
                 pfn = first + k * self.per_page
