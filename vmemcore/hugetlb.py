@@ -293,7 +293,19 @@ class HugeTLB:
     def free_folios(self, h, folios):
         """``update_and_free_pages_bulk``: restore vmemmap in bulk and free what was restored; after
         a failure retry, and when nothing could be restored go one by one: a folio whose vmemmap
-        cannot be restored stays in the pool as a surplus page (``bulk_vmemmap_restore_error``)."""
+        cannot be restored stays in the pool as a surplus page (``bulk_vmemmap_restore_error``).
+        Before 6.7 (no batching) the loop is over folios: each has its vmemmap restored and is
+        freed before the next (``update_and_free_page``, ``update_and_free_hugetlb_folio`` from
+        6.2), so its memory may hold the next one's restored vmemmap."""
+        if not self.machine.profile.hvo_batched:
+            freed = 0
+            for folio in folios:
+                if self.hvo.restore_folio(folio, 0):
+                    self._keep_surplus(h, folio)
+                else:
+                    self._free_folios(h, [folio])
+                    freed += 1
+            return freed
         todo, freed = list(folios), 0
         while todo:
             done, todo, error = self.hvo.restore(todo)
@@ -304,9 +316,7 @@ class HugeTLB:
             rest = []
             for index, folio in enumerate(todo):
                 if self.hvo.restore_folio(self.folio(folio.head), 0):
-                    self._put(h, attrs.evolve(self.folio(folio.head), surplus=True))
-                    self._push_free(h, self.folio(folio.head))
-                    self.machine.stats.add("hugetlb_restore_failures", 1)
+                    self._keep_surplus(h, folio)
                     continue
                 self._free_folios(h, [self.folio(folio.head)])
                 freed += 1
@@ -314,6 +324,12 @@ class HugeTLB:
                 break
             todo = rest
         return freed
+
+    def _keep_surplus(self, h, folio):
+        """A folio whose vmemmap could not be restored goes back to the pool as a surplus page."""
+        self._put(h, attrs.evolve(self.folio(folio.head), surplus=True))
+        self._push_free(h, self.folio(folio.head))
+        self.machine.stats.add("hugetlb_restore_failures", 1)
 
     def _free_folios(self, h, folios):
         """``update_and_free_hugetlb_folio`` of each folio: its memory goes back to the page

@@ -303,8 +303,9 @@ class Hvo:
         frames = np.sort(np.array(pages, dtype=np.int64))
         m.structpages.forget_many(frames)
         breaks = np.flatnonzero(np.diff(frames) != 1) + 1
-        for run in np.split(frames, breaks):
-            start, end = int(run[0]), int(run[-1]) + 1
+        firsts, lasts = frames[np.r_[0, breaks]].tolist(), frames[np.r_[breaks - 1, -1]].tolist()
+        for start, last in zip(firsts, lasts):
+            end = last + 1
             for s, e, owner in m.physmem.frames.items(start, end):
                 m.stats.add(NR_MEMMAP_BOOT_PAGES if owner.reserved else NR_MEMMAP_PAGES, -(e - s))
             m.physmem.release(start, end - start)

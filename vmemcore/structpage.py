@@ -166,19 +166,26 @@ class StructPages:
         """``(first_pfn, frame, at_home)`` for each vmemmap page of ``[start_pfn, end_pfn)`` (whole
         vmemmap pages) whose frame holds a descriptor, in address order: ``first_pfn`` the first
         pfn it describes, ``at_home`` whether the descriptor is a plain copy of the struct pages
-        that belong there. One pass over the leaves, a table at a time, each looked up in the
-        descriptors' frames sorted once (so the cost is not tables x descriptors)."""
+        that belong there. One pass over the leaves, a table at a time: a run of leaves looks its
+        frames up one by one, or, when it outnumbers the descriptors, in their frames sorted once
+        (so the cost is neither tables x descriptors nor calls x descriptors)."""
         if not self.contents:
             return []
         machine = self.machine
-        keys = np.sort(np.fromiter(self.contents, dtype=np.int64, count=len(self.contents)))  # sorted once
+        contents = self.contents
+        keys = None  # the descriptors' frames, sorted when a run of leaves outnumbers them
         page_shift = machine.geometry.page_shift
         out = []
         for vaddr, level, pfns in machine.pagetable.leaf_runs(machine.pfn_to_page(start_pfn), machine.pfn_to_page(end_pfn)):
             pages = level.entry_span >> page_shift
             if pages > 1:  # a block leaf: the frames of its pages follow one another
                 pfns = (pfns[:, None] + np.arange(pages)).ravel()
-            hits = np.flatnonzero(keys[np.minimum(np.searchsorted(keys, pfns), len(keys) - 1)] == pfns)
+            if len(pfns) < len(contents):
+                hits = np.array([k for k, frame in enumerate(pfns.tolist()) if frame in contents], dtype=np.int64)
+            else:
+                if keys is None:
+                    keys = np.sort(np.fromiter(contents, dtype=np.int64, count=len(contents)))
+                hits = np.flatnonzero(keys[np.minimum(np.searchsorted(keys, pfns), len(keys) - 1)] == pfns)
             first = machine.sparse_geometry.page_to_pfn(vaddr)
             for k, frame in zip(hits.tolist(), pfns[hits].tolist()):
                 pfn = first + k * self.per_page
