@@ -130,10 +130,6 @@ class HugeTLB:
         h.folios[folio.head] = folio
         self._record(lambda: h.folios.__setitem__(folio.head, old) if old else h.folios.pop(folio.head))
 
-    def _drop(self, h, head):
-        old = h.folios.pop(head)
-        self._record(lambda: h.folios.__setitem__(head, old))
-
     def _push_free(self, h, folio):
         stack = h.free_lists.get(folio.node)
         if stack is None:
@@ -332,10 +328,10 @@ class HugeTLB:
         self.machine.stats.add("hugetlb_restore_failures", 1)
 
     def _free_folios(self, h, folios):
-        """``update_and_free_hugetlb_folio`` of each folio: its memory goes back to the page
-        allocator (folios that lie side by side in one release: the free memory ends up the same
-        as freeing them one by one). The head vmemmap page, now holding plain struct pages again,
-        needs no descriptor."""
+        """``update_and_free_hugetlb_folio`` of each folio: it leaves the pool and its memory goes
+        back to the page allocator, a folio at a time in the list's order (the pool changes and
+        the descriptors to forget are journaled once for all). The head vmemmap page, now
+        holding plain struct pages again, needs no descriptor."""
         machine = self.machine
         structpages = machine.structpages
         suspects, home_heads = set(), {}  # folios with struct pages to check; head pages to forget
@@ -350,23 +346,21 @@ class HugeTLB:
                     suspects.add(head)
                 elif first == head:
                     home_heads[head] = frame
-        runs = []
+        dropped = {}  # head -> folio, as they leave the pool
+        self._record(lambda: h.folios.update(dropped))  # undoes any part of what follows
+        freed, forget = [], []
         for folio in folios:
             bad = folio.head in suspects and machine.bad_pages.free_folio_is_bad(folio)
-            self._drop(h, folio.head)
+            dropped[folio.head] = h.folios.pop(folio.head)
             if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
                 machine.bad_pages.leak(folio.head, 1 << folio.order)
                 continue
-            if runs and runs[-1][1] == folio.head:
-                runs[-1][1] += 1 << folio.order
-            elif runs and runs[-1][0] == folio.head + (1 << folio.order):
-                runs[-1][0] = folio.head
-            else:
-                runs.append([folio.head, folio.head + (1 << folio.order)])
+            freed.append(folio)
             if folio.head in home_heads:
-                structpages.describe(home_heads[folio.head], None)
-        for start, end in runs:
-            machine.physmem.release(start, end - start)
+                forget.append(home_heads[folio.head])
+        structpages.describe_many(forget, [None] * len(forget))
+        for folio in freed:  # one release per folio, in the list's order, as the kernel frees them
+            machine.physmem.release(folio.head, 1 << folio.order)
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):
