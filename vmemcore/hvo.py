@@ -86,10 +86,13 @@ class Hvo:
     def is_optimized(self, head) -> bool:
         return head in self.optimized
 
-    def should_optimize(self, folio) -> bool:
-        """``vmemmap_should_optimize_folio``: HVO on, the folio not optimized yet, and something to free."""
-        return (folio.head not in self.optimized and self.machine.hugetlb.optimize_vmemmap
-                and self.optimizable(folio.order) > 0)
+    def should_optimize(self, folios) -> list:
+        """The folios ``vmemmap_should_optimize_folio`` passes: HVO on, the folio not optimized
+        yet, and something to free."""
+        if not self.machine.hugetlb.optimize_vmemmap:
+            return []
+        optimized, pages = self.optimized, {order: self.optimizable(order) for order in {f.order for f in folios}}
+        return [f for f in folios if pages[f.order] > 0 and f.head not in optimized]
 
     def optimizable(self, order) -> int:
         """:func:`optimizable_pages` of ``order`` on this machine (the same for every folio)."""
@@ -434,7 +437,7 @@ class Hvo:
         Returns {head: error} for the folios left unoptimized."""
         m = self.machine
         failed = {}
-        todo = [f for f in folios if self.should_optimize(f)]
+        todo = self.should_optimize(folios)
         if not m.profile.hvo_batched:
             for folio in todo:
                 pages = []
@@ -473,20 +476,19 @@ class Hvo:
         stop at the first failure. Returns (folios with a full vmemmap, the rest, error)."""
         m = self.machine
         batched = m.profile.hvo_batched
-        optimized = self.is_optimized
+        optimized = self.optimized
         done, restored, error = [], 0, None
         runs = self._runs(folios) if batched else [(list(folios), False)]
         for r, (run, groupable) in enumerate(runs):
+            flags = [f.head in optimized for f in run]
             k = 0
             while k < len(run):
-                if not optimized(run[k].head):
+                if not flags[k]:
                     done.append(run[k])
                     k += 1
                     continue
-                if groupable:
-                    n = 1
-                    while k + n < len(run) and optimized(run[k + n].head):
-                        n += 1
+                if groupable:  # the optimized folios from here on
+                    n = next((j for j in range(k, len(run)) if not flags[j]), len(run)) - k
                     count, error = self._restore_group(run[k:k + n])
                 else:
                     error = self.restore_folio(run[k], REMAP_NO_TLB_FLUSH if batched else 0)

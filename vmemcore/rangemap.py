@@ -200,9 +200,7 @@ class RangeMap:
             mins.append(0)
         elif b2 >= len(starts):
             b2, i2 = len(starts) - 1, len(starts[-1])
-        new_s = [s for s, _, _ in extents]
-        new_e = [e for _, e, _ in extents]
-        new_v = [v for _, _, v in extents]
+        new_s, new_e, new_v = zip(*extents) if extents else ((), (), ())
         if b1 == b2 and len(starts[b1]) - (i2 - i1) + len(extents) <= 2 * BLOCK:
             starts[b1][i1:i2] = new_s
             ends[b1][i1:i2] = new_e
@@ -213,9 +211,9 @@ class RangeMap:
                 del starts[b1], ends[b1], values[b1], mins[b1]
             return
         # the window spans blocks or overfills one: rebuild the blocks it touches
-        all_s = starts[b1][:i1] + new_s + starts[b2][i2:]
-        all_e = ends[b1][:i1] + new_e + ends[b2][i2:]
-        all_v = values[b1][:i1] + new_v + values[b2][i2:]
+        all_s = starts[b1][:i1] + list(new_s) + starts[b2][i2:]
+        all_e = ends[b1][:i1] + list(new_e) + ends[b2][i2:]
+        all_v = values[b1][:i1] + list(new_v) + values[b2][i2:]
         cuts = range(0, len(all_s), BLOCK)
         starts[b1:b2 + 1] = [all_s[k:k + BLOCK] for k in cuts]
         ends[b1:b2 + 1] = [all_e[k:k + BLOCK] for k in cuts]
