@@ -164,18 +164,20 @@ class RangeMap:
         first, last = self._window(start, end)
         window = self._slice(first, last)
         totals = self.totals
-        new, old = [], []
-        for s, e, v in window:
+        new, old, right = [], [], []
+        for s, e, v in window:  # each ends at or after start and starts at or before end
             if s < start:
-                new.append((s, min(e, start), v))
-            lo, hi = max(s, start), min(e, end)
+                new.append((s, start, v))
+            if e > end:
+                right.append((end, e, v))
+            lo, hi = s if s > start else start, e if e < end else end
             if lo < hi:
                 totals[v] -= hi - lo
                 old.append((lo, hi, v))
         for s, e, v in segments:
             totals[v] = totals.get(v, 0) + e - s
         new.extend(segments)
-        new.extend((max(s, end), e, v) for s, e, v in window if e > end)
+        new.extend(right)
         for _, _, v in old:
             if not totals.get(v, 1):
                 del totals[v]
