@@ -130,10 +130,6 @@ class HugeTLB:
         h.folios[folio.head] = folio
         self._record(lambda: h.folios.__setitem__(folio.head, old) if old else h.folios.pop(folio.head))
 
-    def _drop(self, h, head):
-        old = h.folios.pop(head)
-        self._record(lambda: h.folios.__setitem__(head, old))
-
     def _push_free(self, h, folio):
         stack = h.free_lists.get(folio.node)
         if stack is None:
@@ -293,7 +289,19 @@ class HugeTLB:
     def free_folios(self, h, folios):
         """``update_and_free_pages_bulk``: restore vmemmap in bulk and free what was restored; after
         a failure retry, and when nothing could be restored go one by one: a folio whose vmemmap
-        cannot be restored stays in the pool as a surplus page (``bulk_vmemmap_restore_error``)."""
+        cannot be restored stays in the pool as a surplus page (``bulk_vmemmap_restore_error``).
+        Before 6.7 (no batching) the loop is over folios: each has its vmemmap restored and is
+        freed before the next (``update_and_free_page``, ``update_and_free_hugetlb_folio`` from
+        6.2), so its memory may hold the next one's restored vmemmap."""
+        if not self.machine.profile.hvo_batched:
+            freed = 0
+            for folio in folios:
+                if self.hvo.restore_folio(folio, 0):
+                    self._keep_surplus(h, folio)
+                else:
+                    self._free_folios(h, [folio])
+                    freed += 1
+            return freed
         todo, freed = list(folios), 0
         while todo:
             done, todo, error = self.hvo.restore(todo)
@@ -304,9 +312,7 @@ class HugeTLB:
             rest = []
             for index, folio in enumerate(todo):
                 if self.hvo.restore_folio(self.folio(folio.head), 0):
-                    self._put(h, attrs.evolve(self.folio(folio.head), surplus=True))
-                    self._push_free(h, self.folio(folio.head))
-                    self.machine.stats.add("hugetlb_restore_failures", 1)
+                    self._keep_surplus(h, folio)
                     continue
                 self._free_folios(h, [self.folio(folio.head)])
                 freed += 1
@@ -315,11 +321,17 @@ class HugeTLB:
             todo = rest
         return freed
 
+    def _keep_surplus(self, h, folio):
+        """A folio whose vmemmap could not be restored goes back to the pool as a surplus page."""
+        self._put(h, attrs.evolve(self.folio(folio.head), surplus=True))
+        self._push_free(h, self.folio(folio.head))
+        self.machine.stats.add("hugetlb_restore_failures", 1)
+
     def _free_folios(self, h, folios):
-        """``update_and_free_hugetlb_folio`` of each folio: its memory goes back to the page
-        allocator (folios that lie side by side in one release: the free memory ends up the same
-        as freeing them one by one). The head vmemmap page, now holding plain struct pages again,
-        needs no descriptor."""
+        """``update_and_free_hugetlb_folio`` of each folio: it leaves the pool and its memory goes
+        back to the page allocator, a folio at a time in the list's order (the pool changes and
+        the descriptors to forget are journaled once for all). The head vmemmap page, now
+        holding plain struct pages again, needs no descriptor."""
         machine = self.machine
         structpages = machine.structpages
         suspects, home_heads = set(), {}  # folios with struct pages to check; head pages to forget
@@ -334,23 +346,21 @@ class HugeTLB:
                     suspects.add(head)
                 elif first == head:
                     home_heads[head] = frame
-        runs = []
+        dropped = {}  # head -> folio, as they leave the pool
+        self._record(lambda: h.folios.update(dropped))  # undoes any part of what follows
+        freed, forget = [], []
         for folio in folios:
             bad = folio.head in suspects and machine.bad_pages.free_folio_is_bad(folio)
-            self._drop(h, folio.head)
+            dropped[folio.head] = h.folios.pop(folio.head)
             if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
                 machine.bad_pages.leak(folio.head, 1 << folio.order)
                 continue
-            if runs and runs[-1][1] == folio.head:
-                runs[-1][1] += 1 << folio.order
-            elif runs and runs[-1][0] == folio.head + (1 << folio.order):
-                runs[-1][0] = folio.head
-            else:
-                runs.append([folio.head, folio.head + (1 << folio.order)])
+            freed.append(folio)
             if folio.head in home_heads:
-                structpages.describe(home_heads[folio.head], None)
-        for start, end in runs:
-            machine.physmem.release(start, end - start)
+                forget.append(home_heads[folio.head])
+        structpages.describe_many(forget, [None] * len(forget))
+        for folio in freed:  # one release per folio, in the list's order, as the kernel frees them
+            machine.physmem.release(folio.head, 1 << folio.order)
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):

@@ -86,10 +86,13 @@ class Hvo:
     def is_optimized(self, head) -> bool:
         return head in self.optimized
 
-    def should_optimize(self, folio) -> bool:
-        """``vmemmap_should_optimize_folio``: HVO on, the folio not optimized yet, and something to free."""
-        return (folio.head not in self.optimized and self.machine.hugetlb.optimize_vmemmap
-                and self.optimizable(folio.order) > 0)
+    def should_optimize(self, folios) -> list:
+        """The folios ``vmemmap_should_optimize_folio`` passes: HVO on, the folio not optimized
+        yet, and something to free."""
+        if not self.machine.hugetlb.optimize_vmemmap:
+            return []
+        optimized, pages = self.optimized, {order: self.optimizable(order) for order in {f.order for f in folios}}
+        return [f for f in folios if pages[f.order] > 0 and f.head not in optimized]
 
     def optimizable(self, order) -> int:
         """:func:`optimizable_pages` of ``order`` on this machine (the same for every folio)."""
@@ -107,12 +110,13 @@ class Hvo:
         if journal.active:
             journal.record(lambda: (self.optimized.discard if value else self.optimized.add)(head))
 
-    def set_optimized_many(self, heads):
-        """Set the flag of the folios ``heads`` (none of them optimized yet), journaled once."""
-        self.optimized.update(heads)
+    def set_optimized_many(self, heads, value=True):
+        """Set (or clear) the flag of the folios ``heads`` (none of them in that state yet),
+        journaled once."""
+        (self.optimized.update if value else self.optimized.difference_update)(heads)
         journal = self.machine.journal
         if journal.active:
-            journal.record(lambda: self.optimized.difference_update(heads))
+            journal.record(lambda: (self.optimized.difference_update if value else self.optimized.update)(heads))
 
     # -- boot-time gigantic pages built optimized (6.15+) ------------------------------------------
     def plan_preinit(self, folios):
@@ -272,9 +276,17 @@ class Hvo:
         that address need no descriptor of their own."""
         m = self.machine
         structpages = m.structpages
-        source = structpages.contents[source_frame]
         target = m.sparse_geometry.page_to_pfn(vaddr) // structpages.per_page * structpages.per_page
-        folio = m.hugetlb.folio_of(target)
+        copy = self._restored_copy(structpages.contents[source_frame], target, m.hugetlb.folio_of(target))
+        if copy is not None:
+            structpages.describe_many(frames, [copy] * len(frames))
+
+    def _restored_copy(self, source, target, folio):
+        """What a copy of a page holding ``source``, reset (``reset_struct_pages``) and mapped as
+        the vmemmap page of the pfns from ``target`` (in ``folio``, or None), holds: its
+        descriptor, or None when it reads exactly like the struct pages the kernel keeps there."""
+        m = self.machine
+        structpages = m.structpages
         key = None
         if folio is not None and not getattr(source, "overrides", ()):
             # the outcome depends only on where source and target sit in the folio
@@ -288,10 +300,9 @@ class Hvo:
             same = structpages.equals_home(copy, target)
             if key is not None:
                 self._home_copies[key] = same
-        if not same:
-            copy = copy or structpages.reset_struct_pages(source, m.profile.nr_reset_struct_page)
-            for frame in frames:
-                structpages.describe(frame, copy)
+        if same:
+            return None
+        return copy or structpages.reset_struct_pages(source, m.profile.nr_reset_struct_page)
 
     # -- free and allocate vmemmap pages --------------------------------------------------------
     def free_page_list(self, pages):
@@ -302,8 +313,9 @@ class Hvo:
         frames = np.sort(np.array(pages, dtype=np.int64))
         m.structpages.forget_many(frames)
         breaks = np.flatnonzero(np.diff(frames) != 1) + 1
-        for run in np.split(frames, breaks):
-            start, end = int(run[0]), int(run[-1]) + 1
+        firsts, lasts = frames[np.r_[0, breaks]].tolist(), frames[np.r_[breaks - 1, -1]].tolist()
+        for start, last in zip(firsts, lasts):
+            end = last + 1
             for s, e, owner in m.physmem.frames.items(start, end):
                 m.stats.add(NR_MEMMAP_BOOT_PAGES if owner.reserved else NR_MEMMAP_PAGES, -(e - s))
             m.physmem.release(start, end - start)
@@ -424,7 +436,7 @@ class Hvo:
         Returns {head: error} for the folios left unoptimized."""
         m = self.machine
         failed = {}
-        todo = [f for f in folios if self.should_optimize(f)]
+        todo = self.should_optimize(folios)
         if not m.profile.hvo_batched:
             for folio in todo:
                 pages = []
@@ -463,20 +475,19 @@ class Hvo:
         stop at the first failure. Returns (folios with a full vmemmap, the rest, error)."""
         m = self.machine
         batched = m.profile.hvo_batched
-        optimized = self.is_optimized
+        optimized = self.optimized
         done, restored, error = [], 0, None
         runs = self._runs(folios) if batched else [(list(folios), False)]
         for r, (run, groupable) in enumerate(runs):
+            flags = [f.head in optimized for f in run]
             k = 0
             while k < len(run):
-                if not optimized(run[k].head):
+                if not flags[k]:
                     done.append(run[k])
                     k += 1
                     continue
-                if groupable:
-                    n = 1
-                    while k + n < len(run) and optimized(run[k + n].head):
-                        n += 1
+                if groupable:  # the optimized folios from here on
+                    n = next((j for j in range(k, len(run)) if not flags[j]), len(run)) - k
                     count, error = self._restore_group(run[k:k + n])
                 else:
                     error = self.restore_folio(run[k], REMAP_NO_TLB_FLUSH if batched else 0)
@@ -530,24 +541,25 @@ class Hvo:
         m = self.machine
         if not folios or not self.batch_runs or m.profile.hvo_reserve_pages != 1 or self._any_self_hosted():
             return [(list(folios), False)]
-        pte = m.geometry.levels[-1]
+        span = m.geometry.levels[-1].table_span
         size = m.sparse_geometry.struct_page_size
-        runs, i = [], 0
-        while i < len(folios):
-            folio = folios[i]
-            vmemmap, offset = size << folio.order, folio.head * size
-            table = offset // pte.table_span
-            if vmemmap < self.page or table != (offset + vmemmap - 1) // pte.table_span:
-                runs.append(([folio], False))
-                i += 1
+        n = len(folios)
+        heads, orders, nodes = (np.fromiter((getattr(f, name) for f in folios), dtype=np.int64, count=n)
+                                for name in ("head", "order", "node"))
+        offsets, vmemmap = heads * size, size << orders
+        table = offsets // span
+        alone = (vmemmap < self.page) | (table != (offsets + vmemmap - 1) // span)  # vmemmap over tables
+        # a run ends where the next folio differs in order, node or PTE table, and around a lone one
+        cut = np.ones(n, dtype=bool)
+        cut[1:] = alone[1:] | alone[:-1] | (orders[1:] != orders[:-1]) | (nodes[1:] != nodes[:-1]) | (table[1:] != table[:-1])
+        starts = np.flatnonzero(cut).tolist()
+        runs = []
+        for i, j in zip(starts, starts[1:] + [n]):
+            if alone[i]:
+                runs.append((folios[i:j], False))
                 continue
-            j = i + 1
-            while (j < len(folios) and folios[j].order == folio.order and folios[j].node == folio.node
-                   and folios[j].head * size // pte.table_span == table):
-                j += 1
-            split = m.pagetable.walk(m.pfn_to_page(folio.head), len(m.geometry.levels) - 1) is not None
+            split = m.pagetable.walk(m.pfn_to_page(folios[i].head), len(m.geometry.levels) - 1) is not None
             runs.append((folios[i:j], split))
-            i = j
         return runs
 
     def _entries(self, group):
@@ -578,9 +590,10 @@ class Hvo:
         flags = np.full(old.shape, RDONLY, dtype=np.uint8)
         flags[:, 0] = 0
         per_page = structpages.per_page
+        contents = structpages.contents
         self.set_optimized_many([folio.head for folio in group])
-        for folio, head, old_head in zip(group, heads, old[:, 0].tolist()):
-            structpages.describe(head, structpages.contents.get(old_head) or CopyOf(folio.head // per_page * per_page))
+        structpages.describe_many(heads, [contents.get(old_head) or CopyOf(folio.head // per_page * per_page)
+                                          for folio, old_head in zip(group, old[:, 0].tolist())])
         self.writer.set_leaves(table, index.ravel(), new.ravel(), flags.ravel(), "vmemmap_remap_pte")
         pages.extend(old.ravel().tolist())
         m.stats.add(NR_MEMMAP_PAGES, len(heads))
@@ -607,9 +620,15 @@ class Hvo:
             if np.any(table.pfns[tails] != source[:, None]):
                 raise AssertionError("restore found a tail PTE not mapping its folio's reuse page")
             fresh = np.array(frames[:count * per_folio], dtype=np.int64).reshape(count, per_folio)[:, ::-1]
-            for folio, source_frame, row in zip(group, source.tolist(), fresh):
-                self._fill_copies(row.tolist(), source_frame, m.pfn_to_page(folio.head) + self.page)
-                self.set_optimized(folio.head, False)
+            # each folio's tail pages get copies of its reuse page: descriptors for all at once
+            structpages, copied, copies = m.structpages, [], []
+            for folio, source_frame, row in zip(group, source.tolist(), fresh.tolist()):
+                copy = self._restored_copy(structpages.contents[source_frame], folio.head + structpages.per_page, folio)
+                if copy is not None:
+                    copied.extend(row)
+                    copies.extend([copy] * len(row))
+            structpages.describe_many(copied, copies)
+            self.set_optimized_many([folio.head for folio in group], False)
             self.writer.set_leaves(table, tails.ravel(), fresh.ravel(), 0, "vmemmap_restore_pte")
             m.stats.add(NR_MEMMAP_PAGES, count * per_folio)
             m.stats.add("hvo_vmemmap_pages_allocated", count * per_folio)

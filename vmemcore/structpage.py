@@ -97,6 +97,25 @@ class StructPages:
         if self.journal.active:
             self.journal.record(lambda: self._put(frame, old))
 
+    def describe_many(self, frames, descriptors):
+        """``describe`` each of ``frames`` (distinct) as the descriptor at the same place in
+        ``descriptors`` (None: back to plain), journaled once."""
+        if not frames:
+            return
+        contents = self.contents
+        old = [contents.get(frame) for frame in frames]
+        self._put_many(frames, descriptors)
+        if self.journal.active:
+            self.journal.record(lambda: self._put_many(frames, old))
+
+    def _put_many(self, frames, descriptors):
+        contents = self.contents
+        for frame, descriptor in zip(frames, descriptors):
+            if descriptor is None:
+                contents.pop(frame, None)
+            else:
+                contents[frame] = descriptor
+
     def _put(self, frame, descriptor):
         if descriptor is None:
             self.contents.pop(frame, None)
@@ -166,18 +185,27 @@ class StructPages:
         """``(first_pfn, frame, at_home)`` for each vmemmap page of ``[start_pfn, end_pfn)`` (whole
         vmemmap pages) whose frame holds a descriptor, in address order: ``first_pfn`` the first
         pfn it describes, ``at_home`` whether the descriptor is a plain copy of the struct pages
-        that belong there. One pass over the leaves, a table at a time."""
+        that belong there. One pass over the leaves, a table at a time, looking their frames up
+        one by one, or, when the range's vmemmap pages outnumber the descriptors, in the
+        descriptors' frames sorted once (so the cost is neither tables x descriptors nor
+        calls x descriptors)."""
         if not self.contents:
             return []
         machine = self.machine
-        keys = np.fromiter(self.contents, dtype=np.int64, count=len(self.contents))
+        contents = self.contents
+        keys = None  # the descriptors' frames, sorted once when the range's pages outnumber them
+        if (end_pfn - start_pfn) // self.per_page >= len(contents):
+            keys = np.sort(np.fromiter(contents, dtype=np.int64, count=len(contents)))
         page_shift = machine.geometry.page_shift
         out = []
         for vaddr, level, pfns in machine.pagetable.leaf_runs(machine.pfn_to_page(start_pfn), machine.pfn_to_page(end_pfn)):
             pages = level.entry_span >> page_shift
             if pages > 1:  # a block leaf: the frames of its pages follow one another
                 pfns = (pfns[:, None] + np.arange(pages)).ravel()
-            hits = np.flatnonzero(np.isin(pfns, keys))
+            if keys is None:
+                hits = np.array([k for k, frame in enumerate(pfns.tolist()) if frame in contents], dtype=np.int64)
+            else:
+                hits = np.flatnonzero(keys[np.minimum(np.searchsorted(keys, pfns), len(keys) - 1)] == pfns)
             first = machine.sparse_geometry.page_to_pfn(vaddr)
             for k, frame in zip(hits.tolist(), pfns[hits].tolist()):
                 pfn = first + k * self.per_page
@@ -198,8 +226,7 @@ class StructPages:
         else:
             keys = np.fromiter(self.contents.keys(), dtype=np.int64, count=len(self.contents))
             found = keys[np.isin(keys, frames)].tolist()
-        for frame in found:
-            self.describe(frame, None)
+        self.describe_many(found, [None] * len(found))
 
     def forget(self, frame, nr_pages=1):
         """Frames given back to the allocator: their contents no longer matter."""
