@@ -5,7 +5,7 @@ import pytest
 
 from vmemcore.errors import BadRequest, Veto
 from vmemcore.machine import Machine
-from vmemcore.physmem import Owner, Use
+from vmemcore.physmem import NORMAL, Owner, Use
 from vmemcore.structpage import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE, ReadOnlyFault, StructPage
 from vmemcore.units import GiB, TiB
 
@@ -256,9 +256,10 @@ def test_fault_at_every_allocation_batched_equals_folio_by_folio(kernel, shrink)
 
 def test_one_tib_of_2m_pages_frees_3670016_pages_and_splits_8192_pmds():
     m = Machine("x86_64", memory=[{"size": 1 * TiB + 64 * GiB}])
-    # unoptimized padding so the pool's vmemmap starts on a 2 MiB leaf (the pool covers 128 MiB blocks)
-    top = max(e for s, e, owner in m.physmem.frames.items() if owner.use is Use.FREE) // 512 * 512
-    m.hugetlb.resize("2M", top % 32768 // 512)
+    # unoptimized padding: the order-9 blocks memblock_free_all left at the top of boot memory go
+    # first (the order-9 list's head), so that the pool then grows from pfn 0 through the order-10
+    # blocks: 524,288 pages cover [0, 1 TiB), 8,192 whole 2 MiB vmemmap leaves of 64 pages each
+    m.hugetlb.resize("2M", len(m.physmem.buddy.free_list(0, NORMAL, 9)))
     m.hugetlb.set_optimize_vmemmap(True)
     frames = m.counters()["memmap_frames"]
     result = m.hugetlb.resize("2M", m.hugetlb.hstate("2M").nr_huge_pages + 524_288)

@@ -17,6 +17,7 @@ from .pagetable import LEAF, PRESENT, PageTable
 from .physmem import PhysMem, Use
 from .populate import VmemmapRefs
 from .plugins import Registry
+from . import profiles
 from .profiles import get_profile
 from .sparse import Sparse
 from .structpage import StructPages
@@ -71,7 +72,8 @@ class Machine:
         self.rules = ConfigValidator(registry, self.sparse_geometry)  # the scenario's rules, for the API's arguments
         self.journal = Journal()
         self.stats = Counters(self.journal)
-        self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
+        self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal,
+                               self.sparse_geometry.max_page_order, self.profile.has(profiles.FREE_CORE_TO_TAIL))
         self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
         self._plugin_state = {}
         # the vmemmap's mapping: the Linux page table, or the plugin's backend (powerpc hash)
@@ -278,6 +280,7 @@ class Machine:
             "tables": tables,
             "tables_per_level": dict(self.pagetable.tables),
             "physmem": self.physmem.snapshot(),
+            "free_blocks": self.physmem.buddy.blocks(),  # not the lists' order: a round trip may change it
             "sections": self.sparse.sections.items(),
             "counters": self.stats.as_dict(),
             "plugin_state": {key: state.snapshot() for key, state in self._plugin_state.items()},
