@@ -287,7 +287,8 @@ class HugeTLB:
 
     def _shrink(self, h, count):
         victims = self._pick_free(h, h.nr_huge_pages - count)
-        freed = self.free_folios(h, victims)
+        # set_max_huge_pages list_add()s each folio removed to its page_list: the list to free is reversed
+        freed = self.free_folios(h, victims[::-1])
         return self._result(h, count, freed=freed)
 
     def free_folios(self, h, folios):
@@ -317,8 +318,8 @@ class HugeTLB:
 
     def _free_folios(self, h, folios):
         """``update_and_free_hugetlb_folio`` of each folio: its memory goes back to the page
-        allocator (folios that lie side by side in one release: the free memory ends up the same
-        as freeing them one by one). The head vmemmap page, now holding plain struct pages again,
+        allocator one folio at a time in the list's order, so the free lists' heads hold the
+        folios freed last (``__free_one_page``). The head vmemmap page, now holding plain struct pages again,
         needs no descriptor."""
         machine = self.machine
         structpages = machine.structpages
@@ -334,23 +335,15 @@ class HugeTLB:
                     suspects.add(head)
                 elif first == head:
                     home_heads[head] = frame
-        runs = []
         for folio in folios:
             bad = folio.head in suspects and machine.bad_pages.free_folio_is_bad(folio)
             self._drop(h, folio.head)
             if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
                 machine.bad_pages.leak(folio.head, 1 << folio.order)
                 continue
-            if runs and runs[-1][1] == folio.head:
-                runs[-1][1] += 1 << folio.order
-            elif runs and runs[-1][0] == folio.head + (1 << folio.order):
-                runs[-1][0] = folio.head
-            else:
-                runs.append([folio.head, folio.head + (1 << folio.order)])
+            machine.physmem.release(folio.head, 1 << folio.order)  # one by one, in the list's order
             if folio.head in home_heads:
                 structpages.describe(home_heads[folio.head], None)
-        for start, end in runs:
-            machine.physmem.release(start, end - start)
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):
