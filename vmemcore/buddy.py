@@ -11,15 +11,14 @@ Scale: a list is a sequence of *runs*, each a contiguous pfn range of equally si
 next to each other on the list in ascending or descending address order, so a terabyte freed in
 one go is one run. Each run has a sort key ``(K, j)``: new runs at the head take a ``K`` below any
 other, at the tail one above; the pieces of a run split apart keep ``K`` and take ``j`` from their
-first block's place in the run, so the list order is the key order. ``index`` maps every free pfn
-to ``(node, zone, order, key)`` of its block's run, which finds a buddy and its run in O(log n).
+first block's place in the run, so the list order is the key order. The runs' first pfns, kept
+sorted, find the run holding any free pfn (a buddy) in O(log n).
 """
 
 import heapq
+from bisect import bisect_left, bisect_right, insort
 
 import numpy as np
-
-from .rangemap import RangeMap
 
 
 class FreeLists:
@@ -28,7 +27,8 @@ class FreeLists:
     def __init__(self, max_order, journal=None):
         self.max_order = max_order  # MAX_PAGE_ORDER: the largest block
         self.journal = journal
-        self.index = RangeMap(journal)  # free pfn -> (node, zone, order, key) of its run
+        self._starts = []  # the first pfn of every run, sorted
+        self._where = {}  # first pfn of a run -> (its list, its key)
         self._runs = {}  # (node, zone, order) -> {key: (lo, hi, ascending, ordinal of the first block)}
         self._heaps = {}  # (node, zone, order) -> heap of keys; keys no longer in _runs are skipped
         self._low = 0  # the last K given to a run at a list's head (decreasing)
@@ -45,12 +45,25 @@ class FreeLists:
 
     def _assign(self, lst, key, run):
         runs = self._runs.setdefault(lst, {})
+        old = runs.pop(key, None)
+        if old is not None:
+            del self._starts[bisect_left(self._starts, old[0])]
+            del self._where[old[0]]
         if run is None:
-            runs.pop(key, None)
             return
-        if key not in runs:
+        if old is None:
             heapq.heappush(self._heaps.setdefault(lst, []), key)
         runs[key] = run
+        insort(self._starts, run[0])
+        self._where[run[0]] = (lst, key)
+
+    def _locate(self, pfn):
+        """``(list, key)`` of the run holding free ``pfn``, or None."""
+        i = bisect_right(self._starts, pfn) - 1
+        if i < 0:
+            return None
+        lst, key = self._where[self._starts[i]]
+        return (lst, key) if pfn < self._runs[lst][key][1] else None
 
     def _head(self, lst):
         """The key of the run at the head of ``lst``, or None when the list is empty."""
@@ -64,11 +77,9 @@ class FreeLists:
     def _cut(self, lst, key, lo, hi):
         """Take the blocks of ``[lo, hi)`` out of the run ``key``: what is left before them in the
         list keeps the key, what follows them takes ``(K, ordinal)``."""
-        node, zone, order = lst
         start, end, ascending, first = self._runs[lst][key]
-        size = 1 << order
+        size = 1 << lst[2]
         self._set_run(lst, key, None)
-        self.index.set(lo, hi, None)
         before, after = ((start, lo), (hi, end)) if ascending else ((hi, end), (start, lo))
         taken = (hi - lo) // size
         if before[0] < before[1]:
@@ -77,12 +88,10 @@ class FreeLists:
             ordinal = first + (before[1] - before[0]) // size + taken
             later = (key[0], ordinal)
             self._set_run(lst, later, (after[0], after[1], ascending, ordinal))
-            self.index.set(after[0], after[1], (node, zone, order, later))
 
     def _add(self, lst, lo, hi, ascending, tail):
         """Put the blocks of ``[lo, hi)`` (listed ascending or not) at the head or tail of ``lst``."""
-        node, zone, order = lst
-        size = 1 << order
+        size = 1 << lst[2]
         if not tail and hi - lo == size:  # one block at the head: extend the head run if it continues it
             key = self._head(lst)
             if key is not None:
@@ -98,7 +107,6 @@ class FreeLists:
                     self._set_run(lst, key, None)
                     new = (key[0], first - 1)
                     self._set_run(lst, new, (lo, hi, ascending, first - 1))
-                    self.index.set(lo, hi, (node, zone, order, new))
                     return
         if tail:
             self._high += 1
@@ -107,11 +115,11 @@ class FreeLists:
             self._low -= 1
             key = (self._low, 0)
         self._set_run(lst, key, (lo, hi, ascending, 0))
-        self.index.set(lo, hi, (node, zone, order, key))
 
-    def _is_free_block(self, pfn, node, zone, order):
-        value = self.index.get(pfn)
-        return value is not None and value[:3] == (node, zone, order)
+    def _free_block(self, pfn, lst):
+        """The key of the run of list ``lst`` that holds the free block at ``pfn``, or None."""
+        found = self._locate(pfn)
+        return found[1] if found is not None and found[0] == lst else None
 
     # -- freeing --------------------------------------------------------------------------------
     def free_one(self, pfn, order, node, zone, to_tail=False):
@@ -120,15 +128,15 @@ class FreeLists:
         finds the buddy of the next order up free."""
         while order < self.max_order:
             buddy = pfn ^ (1 << order)
-            if not self._is_free_block(buddy, node, zone, order):
+            key = self._free_block(buddy, (node, zone, order))
+            if key is None:
                 break
-            key = self.index.get(buddy)[3]
             self._cut((node, zone, order), key, buddy, buddy + (1 << order))
             pfn &= ~(1 << order)
             order += 1
         if not to_tail and order < self.max_order - 1:
             higher = pfn & ~(1 << order)  # buddy_pfn & pfn: the block of the next order up
-            to_tail = self._is_free_block(higher ^ (1 << (order + 1)), node, zone, order + 1)
+            to_tail = self._free_block(higher ^ (1 << (order + 1)), (node, zone, order + 1)) is not None
         self._add((node, zone, order), pfn, pfn + (1 << order), True, to_tail)
 
     def free_range(self, start, end, node, zone, to_tail=False):
@@ -167,12 +175,10 @@ class FreeLists:
         size = 1 << lst[2]
         if ascending:
             lo, hi = start, start + count * size
-            self.index.set(lo, hi, None)
             pfns = np.arange(lo, hi, size, dtype=np.int64)
             rest = (hi, end)
         else:
             lo, hi = end - count * size, end
-            self.index.set(lo, hi, None)
             pfns = np.arange(hi - size, lo - 1, -size, dtype=np.int64)
             rest = (start, lo)
         self._set_run(lst, key, (rest[0], rest[1], ascending, first + count) if rest[0] < rest[1] else None)
@@ -219,15 +225,21 @@ class FreeLists:
         """Take every free page of ``[start, end)`` off the lists (isolated for offlining, pinned,
         or ``alloc_contig_range``); the parts of blocks that stick out go back at the heads."""
         while True:
-            found = self.index.items(start, end)
-            if not found:
+            i = max(bisect_right(self._starts, start) - 1, 0)
+            found = None
+            for first in self._starts[i:i + 2]:  # the run holding start, or the next one
+                lst, key = self._where[first]
+                if first < end and self._runs[lst][key][1] > start:
+                    found = lst, key
+                    break
+            if found is None:
                 return
-            s, e, (node, zone, order, key) = found[0]
-            lst = (node, zone, order)
+            lst, key = found
+            node, zone, order = lst
             run_lo, run_hi, _, _ = self._runs[lst][key]
             size = 1 << order
-            lo = max(run_lo, s & -size)
-            hi = min(run_hi, e + size - 1 & -size)
+            lo = max(run_lo, start & -size)
+            hi = min(run_hi, end + size - 1 & -size)
             self._cut(lst, key, lo, hi)
             if lo < start:
                 self.free_range(lo, start, node, zone)
@@ -248,8 +260,10 @@ class FreeLists:
         sorted ranges, whatever their order on the lists (a round trip may reorder the lists, as in
         the kernel, yet leave the same blocks free)."""
         out = {}
-        for start, end, (node, zone, order, _) in self.index.items():
-            ranges = out.setdefault((node, zone, order), [])
+        for start in self._starts:
+            lst, key = self._where[start]
+            end = self._runs[lst][key][1]
+            ranges = out.setdefault(lst, [])
             if ranges and ranges[-1][1] == start:
                 ranges[-1] = (ranges[-1][0], end)
             else:
@@ -258,8 +272,8 @@ class FreeLists:
 
     def order_of(self, pfn):
         """The order of the free block holding ``pfn``, or None when it is not free."""
-        value = self.index.get(pfn)
-        return None if value is None else value[2]
+        found = self._locate(pfn)
+        return None if found is None else found[0][2]
 
     def free_list(self, node, zone, order):
         """The first pfns of the blocks on one list, head first (for tests and reports: costs the
@@ -271,13 +285,15 @@ class FreeLists:
         return out
 
     def check(self, free_pages):
-        """Assert that the lists hold exactly ``free_pages`` pages, each run labelled in the index."""
-        total = 0
-        for (node, zone, order), runs in self._runs.items():
-            for key, (lo, hi, _, _) in runs.items():
-                assert lo % (1 << order) == 0 and (hi - lo) % (1 << order) == 0, f"run [{lo:#x}, {hi:#x}) misaligned"
-                assert self.index.items(lo, hi) == [(lo, hi, (node, zone, order, key))], \
-                    f"run [{lo:#x}, {hi:#x}) of order {order} not indexed as such"
-                total += hi - lo
-        assert total == free_pages == sum(self.index.totals.values()), \
-            f"free lists hold {total} pages, index {sum(self.index.totals.values())}, free frames {free_pages}"
+        """Assert that the lists hold exactly ``free_pages`` pages in disjoint, aligned runs, each
+        found by its first pfn."""
+        total, end = 0, -1
+        for start in self._starts:
+            lst, key = self._where[start]
+            lo, hi, _, _ = self._runs[lst][key]
+            size = 1 << lst[2]
+            assert lo == start and lo % size == 0 and (hi - lo) % size == 0 and lo >= end, \
+                f"run [{lo:#x}, {hi:#x}) of order {lst[2]} misaligned or overlapping"
+            total, end = total + hi - lo, hi
+        assert len(self._starts) == sum(len(runs) for runs in self._runs.values()), "runs missing from the index"
+        assert total == free_pages, f"free lists hold {total} pages, free frames {free_pages}"
