@@ -54,7 +54,13 @@ def test_an_offline_with_unmovable_pages_and_removing_online_memory_are_ebusy():
     m = machine()
     [a] = m.hotplug.add_memory(G64, 128 * MiB).blocks
     m.hotplug.online(a)
-    m.hotplug.add_memory(G64 + 128 * MiB, 128 * MiB)  # its memmap comes from the top of block a
+    # since 5.10 a hot-added block's memmap comes from boot memory, ahead of onlined blocks on the free
+    # lists: use it up first. Boot memory [0, 0x3efffe) holds 0x3efc00 / 512 + 1 = 8063 order-9
+    # blocks (the order-10 run from pfn 0 and the order-9 block left at its top); a's memmap took
+    # one, so 8062 2 MiB HugeTLB pages take the rest, and the next block's memmap comes from the
+    # lowest block of a, now the lists' head
+    m.hugetlb.resize("2M", 8062)
+    m.hotplug.add_memory(G64 + 128 * MiB, 128 * MiB)  # its memmap comes from block a
     with pytest.raises(BadRequest) as info:
         m.hotplug.offline(a)
     assert info.value.errno_name == "EBUSY"

@@ -39,12 +39,15 @@ def test_alloc_pages_equals_successive_allocs(seed):
     bulk.check()
 
 
-def test_buddy_blocks_are_naturally_aligned_and_top_down():
+def test_buddy_blocks_are_naturally_aligned_and_split_from_the_list_head():
     p = PhysMem(12, 1 << 30)
     p.add_range(0, 0, 4096)
     p.end_boot()
-    assert p.alloc(3, 0, Use.PAGETABLE) == 4092  # order 2 block
-    assert p.alloc(512, 0, Use.HUGETLB) == 3072  # the highest 512-aligned block that is free
+    # memblock_free_all (5.10+) puts the four order-10 blocks at the tail, lowest first: the head is
+    # pfn 0. An order-2 request splits it (expand keeps the lower half, the upper halves 512, 256,
+    # ..., 4 go to the order 9..2 lists), so it gets pfn 0
+    assert p.alloc(3, 0, Use.PAGETABLE) == 0  # order 2 block
+    assert p.alloc(512, 0, Use.HUGETLB) == 512  # the order-9 list's head: the upper half expand left
     assert p.free_pages() == 4096 - 4 - 512
     p.check()
 

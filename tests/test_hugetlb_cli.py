@@ -243,10 +243,13 @@ def test_kpageflags_folio_check_2M(tmp_path, capsys):
     code, out, _ = cli(tmp_path, capsys, text(), "kpageflags", "--hugetlb", "2M", "--index", "1", "--check")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "HugeTLB 2M folio #1 of 4 at pfn 0x3ef800-0x3ef9ff (512 pfns), node 0, vmemmap optimized"
-    assert lines[2].split() == ["0x3ef800", "0x0000000000028000", "compound_head,huge"]
-    assert lines[3].split() == ["0x3ef801-0x3ef9ff", "(511", "pfns)", "0x0000000000030000", "compound_tail,huge"]
-    assert lines[4].startswith("check passed: head pfn 0x3ef800 has compound_head,huge; the 511 other pfns")
+    # the pool's four pages: the order-9 list's head 0x3efc00 (left at the top of boot memory by
+    # memblock_free_all), pfn 0 split from the first order-10 block, its upper half 0x200 (expand
+    # left it on the order-9 list), then 0x400; by pfn, #1 is 0x200
+    assert lines[0] == "HugeTLB 2M folio #1 of 4 at pfn 0x200-0x3ff (512 pfns), node 0, vmemmap optimized"
+    assert lines[2].split() == ["0x200", "0x0000000000028000", "compound_head,huge"]
+    assert lines[3].split() == ["0x201-0x3ff", "(511", "pfns)", "0x0000000000030000", "compound_tail,huge"]
+    assert lines[4].startswith("check passed: head pfn 0x200 has compound_head,huge; the 511 other pfns")
 
 
 def test_kpageflags_folio_json_7_1(capsys):
@@ -269,13 +272,15 @@ def test_kpageflags_check_1G_boot_page(capsys):
 
 
 def test_kpageflags_pfns(tmp_path, capsys):
-    code, out, _ = cli(tmp_path, capsys, text(), "kpageflags", "--pfn", str(0x3ef600 - 1), "--count", "3")
+    # the first of the pool's pages is the order-9 block 0x3efc00 at the top of boot memory (see
+    # test_kpageflags_folio_check_2M); the page below it is free
+    code, out, _ = cli(tmp_path, capsys, text(), "kpageflags", "--pfn", str(0x3efc00 - 1), "--count", "3")
     assert code == 0
     assert [line.split() for line in out.splitlines()] == [
         ["pfn", "flags", "symbolic-flags"],
-        ["0x3ef5ff", "0x0000000000000000", "none"],
-        ["0x3ef600", "0x0000000000028000", "compound_head,huge"],
-        ["0x3ef601", "0x0000000000030000", "compound_tail,huge"],
+        ["0x3efbff", "0x0000000000000000", "none"],
+        ["0x3efc00", "0x0000000000028000", "compound_head,huge"],
+        ["0x3efc01", "0x0000000000030000", "compound_tail,huge"],
     ]
     # fs/proc/page.c: /proc/kpageflags ends at get_max_dump_pfn(), max_pfn rounded up to a section:
     # 16 GiB is 0x400000 pfns, already whole 128 MiB sections; a read there returns nothing
@@ -292,7 +297,7 @@ def test_kpageflags_check_failure_exits_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(StructPages, "kpageflags_range", lambda self, start, count: [HEAD_PAGE_FLAGS] * count)  # all heads
     code, out, _ = cli(tmp_path, capsys, text(), "kpageflags", "--hugetlb", "2M", "--check")
     assert code == 1
-    assert ("check failed: tail pfn 0x3ef601 has flags 0x28000 (compound_head,huge): "
+    assert ("check failed: tail pfn 0x1 has flags 0x28000 (compound_head,huge): "  # folio #0: pfn 0
             "compound_tail and huge without compound_head expected") in out
 
 
@@ -394,7 +399,8 @@ def test_diagram_1G_collapses_runs(capsys):
     after = rows(section(out, "after optimization:"))
     assert [r[:3] for r in after] == [("0", "pte", "RW"), ("1-4095", "pte", "RO")]
     assert after[0][3] == after[1][3] and after[0][3].endswith("[A]")
-    assert before[-1][0].endswith("-4095") and all(re.fullmatch(r"0x[0-9a-f]+(-0x[0-9a-f]+)?", r[3]) for r in before)
+    # the restored pages map highest first within each block (see test_cli_json's diagram test): one row each
+    assert before[-1][0] == "4095" and all(re.fullmatch(r"0x[0-9a-f]+(-0x[0-9a-f]+)?", r[3]) for r in before)
     assert "  4,096 vmemmap pages, 4,096 distinct frames" in out and "  4,096 vmemmap pages, 1 distinct frame" in out
     assert "  frames freed by the optimization: 4,095 (4,095 no longer mapped, 0 newly allocated)" in out
 

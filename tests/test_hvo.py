@@ -5,7 +5,7 @@ import pytest
 
 from vmemcore.errors import BadRequest, Veto
 from vmemcore.machine import Machine
-from vmemcore.physmem import Owner, Use
+from vmemcore.physmem import NORMAL, Owner, Use
 from vmemcore.structpage import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE, ReadOnlyFault, StructPage
 from vmemcore.units import GiB, TiB
 
@@ -257,9 +257,10 @@ def test_fault_at_every_allocation_batched_equals_folio_by_folio(kernel, shrink)
 
 def test_one_tib_of_2m_pages_frees_3670016_pages_and_splits_8192_pmds():
     m = Machine("x86_64", memory=[{"size": 1 * TiB + 64 * GiB}])
-    # unoptimized padding so the pool's vmemmap starts on a 2 MiB leaf (the pool covers 128 MiB blocks)
-    top = max(e for s, e, owner in m.physmem.frames.items() if owner.use is Use.FREE) // 512 * 512
-    m.hugetlb.resize("2M", top % 32768 // 512)
+    # unoptimized padding: the order-9 blocks memblock_free_all left at the top of boot memory go
+    # first (the order-9 list's head), so that the pool then grows from pfn 0 through the order-10
+    # blocks: 524,288 pages cover [0, 1 TiB), 8,192 whole 2 MiB vmemmap leaves of 64 pages each
+    m.hugetlb.resize("2M", len(m.physmem.buddy.free_list(0, NORMAL, 9)))
     m.hugetlb.set_optimize_vmemmap(True)
     frames = m.counters()["memmap_frames"]
     result = m.hugetlb.resize("2M", m.hugetlb.hstate("2M").nr_huge_pages + 524_288)
@@ -375,13 +376,18 @@ def _pre_67_pool(kernel, folios):
 def test_before_67_shrinking_at_once_equals_shrinking_a_folio_at_a_time(kernel):
     """Before 6.7 ``update_and_free_pages_bulk`` restores and frees each folio before the next, so
     one write of ``nr_hugepages`` must leave the machine as one write per folio does (the frames
-    a freed folio gives back may hold the next one's restored vmemmap)."""
+    a freed folio gives back may hold the next one's restored vmemmap) -- except which restored
+    vmemmap page maps where: ``set_max_huge_pages`` adds each folio it takes to the front of its
+    list, so one write frees the 60 in the reverse of the order 60 writes do, and the same frames
+    reach the restores in another order."""
     at_once, one_by_one = _pre_67_pool(kernel, 80), _pre_67_pool(kernel, 80)
     optimized = at_once.counters()["memmap_frames"]
     result = at_once.hugetlb.resize("2M", 20)
     for count in range(79, 19, -1):
         one_by_one.hugetlb.resize("2M", count)
-    assert at_once.snapshot() == one_by_one.snapshot()
+    snapshots = at_once.snapshot(), one_by_one.snapshot()
+    assert snapshots[0].pop("tables") != snapshots[1].pop("tables")
+    assert snapshots[0] == snapshots[1] and at_once.counters() == one_by_one.counters()
     at_once.check()
     # every freed folio got back the vmemmap HVO took: 64 struct pages of 64 bytes fill a 4 KiB
     # page, so 512 pfns need 8 pages, of which 5.14 keeps 2 and later kernels 1
@@ -398,7 +404,8 @@ def test_before_67_a_failed_restore_keeps_that_folio_as_surplus_and_frees_the_re
     pages = 6 if kernel == "5.14" else 7
     for nth in range(1, 10 * pages + 1):
         m = _pre_67_pool(kernel, 30)
-        victims = [f.head for f in m.hugetlb._pick_free(m.hugetlb.hstate("2M"), 10)]
+        # set_max_huge_pages adds each folio it takes to the front of its list: restored last first
+        victims = [f.head for f in m.hugetlb._pick_free(m.hugetlb.hstate("2M"), 10)][::-1]
         m = _pre_67_pool(kernel, 30)  # the same pool, untouched
         m.physmem.faults.arm(nth=nth)
         result = m.hugetlb.resize("2M", 20)

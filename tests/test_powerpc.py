@@ -9,7 +9,7 @@ import pytest
 import vmemcore_powerpc
 from vmemcore import GiB, KiB, MiB, TiB
 from vmemcore.altmap import VmemAltmap
-from vmemcore.errors import BadRequest, OutOfMemory, Veto
+from vmemcore.errors import OutOfMemory, Veto
 from vmemcore.machine import Machine
 from vmemcore.plugins import ArchHooks
 from vmemcore.profiles import get_profile

@@ -283,7 +283,8 @@ class HugeTLB:
 
     def _shrink(self, h, count):
         victims = self._pick_free(h, h.nr_huge_pages - count)
-        freed = self.free_folios(h, victims)
+        # set_max_huge_pages list_add()s each folio removed to its page_list: the list to free is reversed
+        freed = self.free_folios(h, victims[::-1])
         return self._result(h, count, freed=freed)
 
     def free_folios(self, h, folios):
@@ -329,9 +330,10 @@ class HugeTLB:
 
     def _free_folios(self, h, folios):
         """``update_and_free_hugetlb_folio`` of each folio: it leaves the pool and its memory goes
-        back to the page allocator, a folio at a time in the list's order (the pool changes and
-        the descriptors to forget are journaled once for all). The head vmemmap page, now
-        holding plain struct pages again, needs no descriptor."""
+        back to the page allocator a folio at a time in the list's order, so the free lists' heads
+        hold the folios freed last (``__free_one_page``); the pool changes and the descriptors to
+        forget are journaled once for all. The head vmemmap page, now holding plain struct pages
+        again, needs no descriptor."""
         machine = self.machine
         structpages = machine.structpages
         suspects, home_heads = set(), {}  # folios with struct pages to check; head pages to forget

@@ -18,6 +18,7 @@ from .pgalloc import TableFrames
 from .physmem import PhysMem, Use
 from .populate import VmemmapRefs
 from .plugins import Registry
+from . import profiles
 from .profiles import get_profile
 from .sparse import Sparse
 from .structpage import StructPages
@@ -74,7 +75,8 @@ class Machine:
         self.rules = ConfigValidator(registry, self.sparse_geometry)  # the scenario's rules, for the API's arguments
         self.journal = Journal()
         self.stats = Counters(self.journal)
-        self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal)
+        self.physmem = PhysMem(self.geometry.page_shift, self.sparse_geometry.max_pfn, self.journal,
+                               self.sparse_geometry.max_page_order, self.profile.has(profiles.FREE_CORE_TO_TAIL))
         self.pagetable = PageTable(self.geometry, self.journal, va_base=self.sparse_geometry.vmemmap_base)
         self.table_frames = TableFrames(self.physmem, self.geometry.page_shift, self.journal)
         self._plugin_state = {}
@@ -283,6 +285,7 @@ class Machine:
             "tables_per_level": dict(self.pagetable.tables),
             "table_frames": self.table_frames.snapshot(),
             "physmem": self.physmem.snapshot(),
+            "free_blocks": self.physmem.buddy.blocks(),  # not the lists' order: a round trip may change it
             "sections": self.sparse.sections.items(),
             "counters": self.stats.as_dict(),
             "plugin_state": {key: state.snapshot() for key, state in self._plugin_state.items()},

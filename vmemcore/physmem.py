@@ -1,16 +1,20 @@
 """Simulated physical memory: nodes, the boot (memblock) and buddy allocators, frame owners.
 
-Mirrors ``mm/memblock.c`` (top-down boot allocation, ``exact_nid``) and ``mm/page_alloc.c`` (order
-allocations with the zonelist's node fallback), at the level of frames and owners. Every frame of
-present memory has exactly one owner; ``check()`` proves that the totals add up.
+Mirrors ``mm/memblock.c`` (top-down boot allocation, ``exact_nid``, ``memblock_free_all``) and
+``mm/page_alloc.c`` (order allocations from the free lists of :mod:`vmemcore.buddy` with the
+zonelist's node fallback, ``alloc_contig_pages`` for blocks above ``MAX_PAGE_ORDER``), at the level
+of frames and owners. Every frame of present memory has exactly one owner; ``check()`` proves that
+the totals add up.
 """
 
 import enum
 import itertools
 from errno import EEXIST
 
+import numpy as np
 from attrs import frozen
 
+from .buddy import FreeLists
 from .errors import BadRequest, SimulatorLimit
 from .rangemap import RangeMap
 from .units import pfn_range
@@ -109,10 +113,12 @@ class FaultInjector:
 class PhysMem:
     """Present memory by node, who owns each frame, and the allocators that hand frames out."""
 
-    def __init__(self, page_shift, max_pfn, journal=None):
+    def __init__(self, page_shift, max_pfn, journal=None, max_order=10, free_core_to_tail=True):
         self.page_shift = page_shift
         self.max_pfn = max_pfn
         self.journal = journal
+        self.buddy = FreeLists(max_order, journal)  # the buddy allocator's free lists, filled at end_boot
+        self.free_core_to_tail = free_core_to_tail  # 5.10+: __free_pages_core frees with FPI_TO_TAIL
         self.nodes = RangeMap(journal)  # pfn -> node id of present memory
         self.frames = RangeMap(journal)  # pfn -> Owner
         self.zones = RangeMap(journal)  # pfn -> zone of online memory (NORMAL or MOVABLE)
@@ -166,16 +172,18 @@ class PhysMem:
                     self.journal.record(lambda node=node, free=free: self._free.__setitem__(node, free))
 
     def online(self, start_pfn, end_pfn, zone):
-        """``online_pages``: offline frames go to the buddy allocator, in ``zone``."""
+        """``online_pages``: offline frames go to the buddy allocator, in ``zone``, through
+        ``generic_online_page`` → ``__free_pages_core`` (at the lists' tails since 5.10)."""
         self._expect(start_pfn, end_pfn, OFFLINE, "onlined")
         self.zones.set(start_pfn, end_pfn, zone)
-        self.release(start_pfn, end_pfn - start_pfn)
+        self.release(start_pfn, end_pfn - start_pfn, to_tail=self.free_core_to_tail)
 
     def offline(self, start_pfn, end_pfn):
         """``offline_pages`` after isolation: free frames leave the buddy allocator."""
         self._expect(start_pfn, end_pfn, FREE, "offlined")
         for start, end, node in self.nodes.items(start_pfn, end_pfn):
             self._free[node].set(start, end, None)
+        self.buddy.take(start_pfn, end_pfn)
         self.frames.set(start_pfn, end_pfn, OFFLINE)
         self.zones.set(start_pfn, end_pfn, None)
 
@@ -213,53 +221,78 @@ class PhysMem:
         """Allocate ``nr_pages`` frames for ``purpose``; the first pfn, or None when it fails.
 
         While booting this is memblock (top-down, aligned to ``align`` pages, other nodes tried
-        unless ``exact_nid``), later the buddy allocator (a naturally aligned block of the order
-        that holds ``nr_pages``, the node's zonelist fallback to other nodes). Only ``movable``
-        allocations may come from ZONE_MOVABLE, and they try it first.
+        unless ``exact_nid``), later the buddy allocator (a block of the order that holds
+        ``nr_pages`` from the free lists, the node's zonelist fallback to other nodes; above
+        ``MAX_PAGE_ORDER``, ``alloc_contig_pages``). Only ``movable`` allocations may come from
+        ZONE_MOVABLE, and they try it first.
         """
         allocator = "memblock" if self.booting else "buddy"
         if self.faults.should_fail(allocator, nr_pages, node, purpose):
             return None
-        if self.booting:
-            size, align = nr_pages, align or 1
-        else:
+        if not self.booting:
             order = max(nr_pages - 1, 0).bit_length()
-            size = align = 1 << order
+            pfns = self._alloc_buddy(1, order, node, exact_nid, movable)
+            if not len(pfns):
+                return None
+            self._take(int(pfns[0]), 1 << order, Owner(purpose))
+            return int(pfns[0])
         for candidate in self._node_order(node, exact_nid):
-            pfn = self._find_top_down(candidate, size, align, movable)
+            pfn = self._find_top_down(candidate, nr_pages, align or 1, movable)
             if pfn is not None:
-                self._take(pfn, size, Owner(purpose, reserved=self.booting))
+                self._take(pfn, nr_pages, Owner(purpose, reserved=True))
                 return pfn
         return None
 
     def alloc_pages(self, count, node, purpose, order=0, exact_nid=False, movable=False):
         """``count`` successive buddy allocations of ``2**order`` pages, stopping at the first
-        failure: the same blocks, in the same order, as ``count`` calls of ``alloc``, carved a free
-        extent at a time. Returns the list of first pfns granted."""
+        failure: the same blocks, in the same order, as ``count`` calls of ``alloc``, taken off
+        the free lists a run at a time. Returns the list of first pfns granted."""
         size = 1 << order
         before = self.faults.attempts, self.faults.failed
         granted = self.faults.successes_before_failure(count, "buddy", size, node, purpose)
-        pfns = []
-        owner = Owner(purpose)
-        for candidate in self._node_order(node, exact_nid):
-            free = self._free.get(candidate)
-            extents = (e for zone in self._zone_order(movable) for e in free.items_reversed(zone))
-            for start, end, _ in extents:
-                if len(pfns) == granted:
-                    break
-                top = (end - size) // size * size
-                if top < start:
-                    continue
-                take = min(granted - len(pfns), (top - start) // size + 1)
-                low = top - (take - 1) * size
-                self._take(low, top + size - low, owner)
-                pfns.extend(range(top, low - 1, -size))
-            if len(pfns) == granted:
-                break
+        pfns = self._alloc_buddy(granted, order, node, exact_nid, movable)
         if len(pfns) < granted:  # memory ran out before any injected failure: that attempt ends it
             self.faults.attempts = before[0] + len(pfns) + 1
             self.faults.failed = before[1]
-        return pfns
+        owner = Owner(purpose)
+        ordered = np.sort(pfns)
+        for run in np.split(ordered, np.flatnonzero(np.diff(ordered) != size) + 1):
+            if len(run):
+                self._take(int(run[0]), len(run) * size, owner)
+        return pfns.tolist()
+
+    def _alloc_buddy(self, count, order, node, exact_nid, movable):
+        """Up to ``count`` blocks of ``order`` off the free lists, zonelist order (each node's
+        zones, then the next node): an array of first pfns."""
+        if order > self.buddy.max_order:
+            return self._alloc_contig(count, order, node, exact_nid, movable)
+        parts, left = [], count
+        for candidate in self._node_order(node, exact_nid):
+            for zone in self._zone_order(movable):
+                if left:
+                    got = self.buddy.alloc_many(left, order, candidate, zone)
+                    parts.append(got)
+                    left -= len(got)
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def _alloc_contig(self, count, order, node, exact_nid, movable):
+        """``alloc_contig_pages``: each block the lowest naturally aligned range of the zone whose
+        every page is free (``pfn_range_valid_contig``; nothing here could be migrated away), taken
+        off the lists (``alloc_contig_range``)."""
+        size, pfns = 1 << order, []
+        for candidate in self._node_order(node, exact_nid):
+            free = self._free.get(candidate)
+            for zone in self._zone_order(movable):
+                for start, end, value in free.items():
+                    if len(pfns) == count:
+                        break
+                    first = -(-start // size) * size
+                    if value != zone or first + size > end:
+                        continue
+                    take = min(count - len(pfns), (end - first) // size)
+                    self.buddy.take(first, first + take * size)
+                    pfns.extend(range(first, first + take * size, size))
+        return np.array(pfns, dtype=np.int64)
 
     def _node_order(self, node, exact_nid):
         """The node, then (unless ``exact_nid``) the others: with the default distance table every
@@ -278,13 +311,14 @@ class PhysMem:
         if free is None:
             return None
         for zone in self._zone_order(movable):
-            for start, end, value in free.items_reversed():
+            for start, end, _ in free.items_reversed(zone):
                 pfn = (end - size) // align * align
-                if value == zone and pfn >= start:
+                if pfn >= start:
                     return pfn
         return None
 
     def _take(self, pfn, nr_pages, owner):
+        """Frames leave the free map (the free lists, if any, let them go already)."""
         self.frames.set(pfn, pfn + nr_pages, owner)
         for start, end, node in self.nodes.items(pfn, pfn + nr_pages):
             self._free[node].set(start, end, None)
@@ -305,6 +339,7 @@ class PhysMem:
             raise SimulatorLimit(f"memory.fragment of node {node}: {count:,} pinned stretches, more than the "
                                  f"{SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
         for pfn in itertools.chain.from_iterable(stretches):
+            self.buddy.take(pfn, pfn + pin)
             self._take(pfn, pin, Owner(Use.PINNED))
         return count * pin
 
@@ -317,20 +352,31 @@ class PhysMem:
         """Frames an altmap gets back: offline again."""
         self.frames.set(pfn, pfn + nr_pages, OFFLINE)
 
-    def release(self, pfn, nr_pages):
-        """Give frames back: they become free (``free_pages``, ``free_reserved_page``, memblock free)."""
+    def release(self, pfn, nr_pages, to_tail=False):
+        """Give frames back: they become free (``free_pages``, ``free_reserved_page``, memblock free).
+        After boot they go to the free lists as the largest aligned blocks, lowest first, each
+        merged with its buddies (``__free_one_page``), at the tail with ``to_tail`` (``FPI_TO_TAIL``)."""
         self.frames.set(pfn, pfn + nr_pages, FREE)
         for start, end, node in self.nodes.items(pfn, pfn + nr_pages):
             for s, e, zone in self.zones.items(start, end):
                 self._free[node].set(s, e, zone)
+                if not self.booting:
+                    self.buddy.free_range(s, e, node, zone, to_tail)
 
     def retag(self, pfn, nr_pages, owner):
         """Change the owner of frames already allocated (memory handed from one user to another)."""
         self.frames.set(pfn, pfn + nr_pages, owner)
 
     def end_boot(self):
-        """``memblock_free_all()``: what memblock still holds free goes to the buddy allocator."""
+        """``memblock_free_all()``: what memblock still holds free goes to the buddy allocator,
+        range by range from the lowest address (``free_low_memory_core_early``), each cut into the
+        largest aligned blocks (``__free_pages_memory``) and freed by ``__free_pages_core``: at
+        the lists' tails since 5.10 (``FPI_TO_TAIL``), so that the lowest block is handed out
+        first; before, at the heads, so that the highest is."""
         self.booting = False
+        for node, free in self._free.items():
+            for start, end, zone in free.items():
+                self.buddy.free_range(start, end, node, zone, self.free_core_to_tail)
 
     def snapshot(self):
         return (self.frames.items(), self.nodes.items(), self.zones.items(),
@@ -346,6 +392,8 @@ class PhysMem:
         assert owned == present, f"{owned} frames owned but {present} present"
         free = sum(n for owner, n in self.frames.totals.items() if owner.use is Use.FREE)
         assert free == self.free_pages(), f"owner map says {free} free frames, free lists {self.free_pages()}"
+        if not self.booting:
+            self.buddy.check(free)
         for start, end, node in self.nodes.items():
             for s, e, value in self.frames.items(start, end):
                 in_free = self._free[node].covered(s, e)

@@ -85,6 +85,12 @@ class KernelProfile:
 
 # -- the engine's dated changes (docs/kernel-map.md#behaviour-timeline) ---------------------------
 
+FREE_CORE_TO_TAIL = Change(
+    "free-core-to-tail", "memory given to the buddy allocator at boot (memblock_free_all) and when onlined goes "
+    "to the tail of the free lists (__free_pages_core frees with FPI_TO_TAIL), and undoing isolation moves pages "
+    "to the tail: older memory is handed out first (the series \"mm: place pages to the freelist tail when "
+    "onlining and undoing isolation\")", "5.10", commit="7fef431be9c9",
+    status="CONFIRMED (in v5.10-rc1)")
 HVO_MERGED = Change(
     "hvo", "HVO merged (x86_64 only): 2 vmemmap pages kept per HugeTLB page; memmap_on_memory refused while "
     "HVO is on", "5.14", commit="f41f2ed43ca5", status="CONFIRMED (in Linus's master during the 5.14 merge window)")
@@ -126,7 +132,7 @@ HVO_SHARED_TAIL = Change(
 
 #: Every dated change of the engine, oldest first.
 ENGINE_CHANGES = (
-    HVO_MERGED, HVO_ONE_PAGE, HVO_SYSCTL, HVO_MHP_COMPATIBLE, HVO_NEW_HEAD, VMEMMAP_RESERVE_NR, MHP_FALLBACK,
+    FREE_CORE_TO_TAIL, HVO_MERGED, HVO_ONE_PAGE, HVO_SYSCTL, HVO_MHP_COMPATIBLE, HVO_NEW_HEAD, VMEMMAP_RESERVE_NR, MHP_FALLBACK,
     HVO_BATCHED, MHP_PER_BLOCK, HVO_RESET_4, BOOT_MEMMAP_COUNTER, HVO_SHARED_TAIL,
 )
 
