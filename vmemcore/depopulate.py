@@ -20,7 +20,7 @@ import numpy as np
 from .errors import BadRequest
 from .live_entries import unfold_contiguous
 from .pagetable import LEAF, PRESENT, table_index_range
-from .populate import free_vmemmap_frames, free_vmemmap_pages
+from .populate import free_vmemmap_pages
 
 
 class InUse(enum.Enum):
@@ -61,9 +61,17 @@ class TeardownPolicy:
 
 
 def vmemmap_teardown(machine, start, end, altmap, policy: TeardownPolicy):
-    """Unmap ``[start, end)`` of the vmemmap and free what is no longer used, as ``policy`` says."""
+    """Unmap ``[start, end)`` of the vmemmap and free what is no longer used, as ``policy`` says.
+    The kernel's ``vmemmap_free`` frees one section's memmap at most (``section_deactivate``); a
+    range of several stands for one call per section (:meth:`vmemcore.sparse.Sparse.batches`),
+    so the closing flush is one per section."""
     _teardown(machine, machine.pagetable.top, start, end, altmap, policy)
-    _flush(machine, policy.flush_end, start, end)
+    if policy.flush_end is not Flush.NONE:
+        step = machine.sparse_geometry.section_memmap_bytes
+        base = machine.sparse_geometry.vmemmap_base
+        for first in range(start, end, step):
+            cut = min(end, base + ((first - base) // step + 1) * step)
+            _flush(machine, policy.flush_end, first, cut)
 
 
 def vmemmap_boot_frame(machine, start, end):
@@ -130,14 +138,9 @@ def _free_leaves(machine, table, leaves, start, end, altmap, policy):
             _flush(machine, policy.flush_leaf, table.va(i), table.va(i) + machine.geometry.page_size)
     if altmap is not None:
         held = altmap.holds_many(pfns)
-        for pfn in pfns[held].tolist():
-            free_vmemmap_frames(machine, pfn, nr_pages, altmap)
+        free_vmemmap_pages(machine, pfns[held], nr_pages, altmap)
         pfns = pfns[~held]
-    if nr_pages == 1:
-        free_vmemmap_pages(machine, pfns)
-    else:
-        for pfn in pfns.tolist():
-            free_vmemmap_frames(machine, pfn, nr_pages)
+    free_vmemmap_pages(machine, pfns, nr_pages)
 
 
 def _still_used(machine, table, index, first, last, in_use):

@@ -180,25 +180,30 @@ class Machine:
             self.sparse.depopulate(pfn, nr_pages, altmap)
 
     def add_memmap(self, pfn, nr_pages, node=0, altmap=None, pgmap=None):
-        """``sparse_add_section`` for each section piece of the range (as ``__add_pages`` splits it);
+        """``sparse_add_section`` for each section piece of the range (as ``__add_pages`` splits it),
+        a run of whole sections at once where that maps the same (:meth:`Sparse.batches`);
         ``pgmap``: the device pagemap the range belongs to, if any."""
         self._check_pages(pfn, nr_pages, node)
         with self.transaction():
-            for start, count in self._section_pieces(pfn, nr_pages):
+            for start, count in self._section_pieces(pfn, nr_pages, self.sparse.batches(pgmap)):
                 self.sparse.add(node, start, count, altmap, pgmap)
 
     def remove_memmap(self, pfn, nr_pages, altmap=None):
-        """``sparse_remove_section`` for each section piece of the range (as ``__remove_pages``)."""
+        """``sparse_remove_section`` for each section piece of the range (as ``__remove_pages``), a
+        run of whole sections at once where that frees the same (:meth:`Sparse.batches`)."""
         self._check_pages(pfn, nr_pages)
         with self.transaction():
-            for start, count in self._section_pieces(pfn, nr_pages):
+            for start, count in self._section_pieces(pfn, nr_pages, self.sparse.batches()):
                 self.sparse.remove(start, count, altmap)
 
-    def _section_pieces(self, pfn, nr_pages):
+    def _section_pieces(self, pfn, nr_pages, whole_runs=False):
+        """The range cut at section boundaries; ``whole_runs``: consecutive whole sections as one piece."""
         pps = self.sparse_geometry.pages_per_section
         end = pfn + nr_pages
         while pfn < end:
             cut = min(end, (pfn // pps + 1) * pps)
+            if whole_runs and pfn % pps == 0 and cut - pfn == pps:
+                cut = end // pps * pps
             yield pfn, cut - pfn
             pfn = cut
 

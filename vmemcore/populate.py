@@ -347,15 +347,26 @@ def free_vmemmap_frames(machine, pfn, nr_pages, altmap=None):
         machine.physmem.release(pfn, nr_pages)
 
 
-def free_vmemmap_pages(machine, pfns):
-    """:func:`free_vmemmap_frames` of one base page per entry of ``pfns`` (the present PTEs of a
-    page table; never altmap frames), batched: each entry drops a reference, and the frames whose
-    last reference goes are given back a contiguous run at a time."""
+def free_vmemmap_pages(machine, pfns, nr_pages=1, altmap=None):
+    """:func:`free_vmemmap_frames` of the ``nr_pages`` frames of each entry of ``pfns`` (the present
+    leaves of a page table), batched: each entry drops a reference, and the frames whose last
+    reference goes are given back a contiguous run at a time (to ``altmap``, which must hold them
+    all, if given), as the one-by-one frees would leave them."""
     frames = machine.vmemmap_refs.put_many(pfns)
-    machine.structpages.forget_many(frames)
-    for run in np.split(frames, np.flatnonzero(np.diff(frames) != 1) + 1):
-        if len(run):
-            machine.physmem.release(int(run[0]), len(run))
+    if nr_pages == 1:
+        machine.structpages.forget_many(frames)
+    for run in np.split(frames, np.flatnonzero(np.diff(frames) != nr_pages) + 1):
+        if not len(run):
+            continue
+        first, count = int(run[0]), len(run) * nr_pages
+        if nr_pages > 1:
+            machine.structpages.forget(first, count)
+        if altmap is None:
+            machine.physmem.release(first, count)
+            continue
+        altmap.release(count)
+        if not altmap.device:
+            machine.physmem.unclaim(first, count)
 
 
 class VmemmapRefs:
