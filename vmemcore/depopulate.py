@@ -66,12 +66,9 @@ def vmemmap_teardown(machine, start, end, altmap, policy: TeardownPolicy):
     range of several stands for one call per section (:meth:`vmemcore.sparse.Sparse.batches`),
     so the closing flush is one per section."""
     _teardown(machine, machine.pagetable.top, start, end, altmap, policy)
-    if policy.flush_end is not Flush.NONE:
-        step = machine.sparse_geometry.section_memmap_bytes
-        base = machine.sparse_geometry.vmemmap_base
-        for first in range(start, end, step):
-            cut = min(end, base + ((first - base) // step + 1) * step)
-            _flush(machine, policy.flush_end, first, cut)
+    step, base = machine.sparse_geometry.section_memmap_bytes, machine.sparse_geometry.vmemmap_base
+    sections = (end - 1 - base) // step - (start - base) // step + 1
+    _flush(machine, policy.flush_end, start, end, times=sections)
 
 
 def vmemmap_boot_frame(machine, start, end):
@@ -86,11 +83,11 @@ def vmemmap_boot_frame(machine, start, end):
     return None
 
 
-def _flush(machine, flush, start, end):
+def _flush(machine, flush, start, end, times=1):
     if flush is Flush.ALL:
-        machine.flush_tlb_all()
+        machine.flush_tlb_all(times)
     elif flush is Flush.RANGE:
-        machine.flush_tlb_kernel_range(start, end)
+        machine.flush_tlb_kernel_range(start, end, times)
 
 
 def _teardown(machine, table, start, end, altmap, policy):

@@ -207,13 +207,16 @@ class Machine:
             yield pfn, cut - pfn
             pfn = cut
 
-    def flush_tlb_all(self):
-        self.stats.add("tlb_flush_all", 1)
+    def flush_tlb_all(self, times=1):
+        """``flush_tlb_all``, counted ``times`` times (a batch standing for as many kernel calls)."""
+        self.stats.add("tlb_flush_all", times)
         if self.live_entries is not None:
             self.live_entries.flush()
 
-    def flush_tlb_kernel_range(self, start, end):
-        self.stats.add("tlb_flush_kernel_range", 1)
+    def flush_tlb_kernel_range(self, start, end, times=1):
+        """``flush_tlb_kernel_range(start, end)``; ``times`` > 1: as many flushes of consecutive
+        pieces that cover ``[start, end)``."""
+        self.stats.add("tlb_flush_kernel_range", times)
         if self.live_entries is not None:
             self.live_entries.flush(start, end)
 

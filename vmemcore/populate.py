@@ -352,6 +352,8 @@ def free_vmemmap_pages(machine, pfns, nr_pages=1, altmap=None):
     leaves of a page table), batched: each entry drops a reference, and the frames whose last
     reference goes are given back a contiguous run at a time (to ``altmap``, which must hold them
     all, if given), as the one-by-one frees would leave them."""
+    if not len(pfns):
+        return
     frames = machine.vmemmap_refs.put_many(pfns)
     if nr_pages == 1:
         machine.structpages.forget_many(frames)
