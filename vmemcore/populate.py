@@ -517,7 +517,8 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
     if reuse_compound_section(machine, start_pfn, pgmap):
         reuse = compound_section_tail_page(machine, start)
     per = min(end - start, csize) // page  # vmemmap pages per step of the kernel's loop
-    tails = {}  # compound page (steps from start) -> frame of its first tail vmemmap page
+    sparse = machine.sparse_geometry
+    carried = []  # (compound page, frame of its first tail page) of the last one a table began
 
     def fill(table, lo, hi):
         index = np.arange(lo, hi)
@@ -528,12 +529,19 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
         compound, pos = np.divmod((table.va(lo) - start) // page + index - lo, per)
         own = index[(pos < 2) & empty]
         _set_ptes(machine, table, own, alloc_blocks(machine, 1, len(own), node, None), node, "compound devmap")
-        for i in own[pos[own - lo] == 1].tolist():  # the first tail pages: shared, so described
-            machine.structpages.describe(int(table.pfns[i]), CopyOf(machine.sparse_geometry.page_to_pfn(table.va(i))))
-        tails.update(zip(compound[pos == 1].tolist(), table.pfns[index[pos == 1]].tolist()))
+        described = own[pos[own - lo] == 1]  # the first tail pages: shared, so described
+        firsts = (table.va(0) - sparse.vmemmap_base + described * page) // sparse.struct_page_size
+        machine.structpages.describe_frames(table.pfns[described].tolist(), [CopyOf(p) for p in firsts.tolist()])
+        # each shared PTE maps its compound page's first tail frame: in this table, or carried
+        # over from the table where a compound page larger than a table began (ascending order)
+        heads = compound[pos == 1]
+        frames = table.pfns[index[pos == 1]]
+        if carried:
+            heads, frames = np.concatenate(([carried[0][0]], heads)), np.concatenate(([carried[0][1]], frames))
+        if len(heads):
+            carried[:] = [(int(heads[-1]), int(frames[-1]))]
         shared = (pos >= 2) & empty
-        frames = np.array([tails[c] for c in compound[shared].tolist()], dtype=np.int64)
-        _map_reused(machine, table, index[shared], frames, node)
+        _map_reused(machine, table, index[shared], frames[np.searchsorted(heads, compound[shared])], node)
 
     _fill_pte_tables(machine, start, end, node, fill)
 

@@ -103,6 +103,21 @@ class StructPages:
         else:
             self.contents[frame] = descriptor
 
+    def describe_frames(self, frames, descriptors):
+        """:meth:`describe` of each of the distinct ``frames`` (a list) with its descriptor (a list
+        as long, or None for all), with one journal record for the lot."""
+        if not frames:
+            return
+        contents = self.contents
+        old = [(frame, contents.get(frame)) for frame in frames]
+        if descriptors is None:
+            for frame in frames:
+                contents.pop(frame, None)
+        else:
+            contents.update(zip(frames, descriptors))
+        if self.journal.active:
+            self.journal.record(lambda: [self._put(frame, descriptor) for frame, descriptor in old])
+
     def descriptor_at(self, vaddr):
         """What the frame mapped at vmemmap address ``vaddr`` holds, as a descriptor."""
         frame = self.machine.vmemmap.translate(vaddr) >> self.machine.geometry.page_shift
@@ -198,8 +213,7 @@ class StructPages:
         else:
             keys = np.fromiter(self.contents.keys(), dtype=np.int64, count=len(self.contents))
             found = keys[np.isin(keys, frames)].tolist()
-        for frame in found:
-            self.describe(frame, None)
+        self.describe_frames(found, None)
 
     def forget(self, frame, nr_pages=1):
         """Frames given back to the allocator: their contents no longer matter."""
