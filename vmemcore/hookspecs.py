@@ -34,11 +34,10 @@ if TYPE_CHECKING:
     from .altmap import VmemAltmap
     from .geometry import ArchInfo, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant
     from .hotplug import HotAddRequest
-    from .live_entries import LiveEntryRule
-    from .mapping import VmemmapMapping
+    from .archtypes import LiveEntryRule, PtdumpFormat
     from .machine import Machine
+    from .mapping import VmemmapMapping
     from .profiles import KernelProfile
-    from .ptdump import PtdumpFormat
     from .zone_device import DevicePagemap
 
 hookspec = pluggy.HookspecMarker("vmemcore")

@@ -16,6 +16,7 @@ PMD entries one by one.
 import numpy as np
 
 from . import profiles
+from .archtypes import NUMA_NO_NODE
 from .errors import BadRequest, OutOfMemory
 from .geometry import Support
 from .pagetable import CONT, PRESENT, table_index_range
@@ -24,7 +25,6 @@ from .structpage import CopyOf
 from .units import format_size
 
 MEMMAP = Owner(Use.MEMMAP)
-NUMA_NO_NODE = -1  # allocations from any node, lowest id first; nothing to verify
 
 
 class SparseBuffer:
@@ -272,7 +272,7 @@ def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, sub_pm
     pages; with an altmap that is :class:`OutOfMemory` (no fallback) unless ``altmap_fallback``.
 
     The arch's policy: ``sub_pmd`` tracks leaves a range uses only in part (x86/s390
-    ``vmemmap_use_new_sub_pmd``/``vmemmap_use_sub_pmd``, for :class:`~vmemcore.depopulate.InUse`
+    ``vmemmap_use_new_sub_pmd``/``vmemmap_use_sub_pmd``, for :class:`~vmemcore.archtypes.InUse`
     ``SUB_PMD``); ``leaf_allowed(machine, addr, span, altmap)`` says whether the empty PMD at
     ``addr`` may get a block (powerpc: only aligned blocks inside the altmap), else it gets base
     pages; ``altmap_page_allowed`` is passed to :func:`vmemmap_populate_basepages`.
