@@ -21,9 +21,9 @@ def test_memmap_share_of_x86_64_16G():
     assert d["memmap"]["total"] == d["memmap"]["boot"] == {"bytes": 256 * MiB, "percent_of_ram": 1.5625}
     assert d["memmap"]["runtime"] == d["memmap"]["self_hosted"] == {"bytes": 0, "percent_of_ram": 0.0}
     assert d["pagetables"] == {"pages": 2, "bytes": 2 * PAGE, "percent_of_ram": 100 * 2 * PAGE / (16 * GiB)}
-    # nothing but the memmap and its tables is allocated: that is all that is used
+    # nothing but the memmap, its tables and the 32 MiB kernel image is allocated: that is all that is used
     assert d["memory"] == {"present": 16 * GiB, "online": 16 * GiB, "offline": 0,
-                           "used": 256 * MiB + 2 * PAGE, "free": 16 * GiB - 256 * MiB - 2 * PAGE}
+                           "used": 256 * MiB + 2 * PAGE + 32 * MiB, "free": 16 * GiB - 256 * MiB - 2 * PAGE - 32 * MiB}
     assert d["nodes"] == [{"node": 0, "memmap": {"on_node": 256 * MiB, "off_node": 0, "on_device": 0},
                            "pagetables": {"on_node": 2 * PAGE, "off_node": 0}}]
 
@@ -60,16 +60,18 @@ def test_hvo_net_saving(kernel, kept, tail_pages):
     # table (vmemmap_split_pmd): one 4 KiB page each. 7.1 adds one shared tail page per node and order.
     on, off = hvo_machines(kernel)
     splits = pmd_leaves_of(on)
-    assert splits == 9  # 1 GiB of pool, not section-aligned: 9 sections' worth of struct pages
+    # the pool's pages: the lone order-9 free block below the boot memmap (section 125), 8 below the
+    # 32 MiB kernel image at 16 MiB and 503 from 48 MiB up to 1,054 MiB (sections 0-8): 10 sections
+    assert splits == 10
     net = 512 * (8 - kept) * PAGE - splits * PAGE - tail_pages * PAGE
     hvo = derived(on)["hvo"]
-    assert hvo == {"optimized_folios": {"2M": 512}, "vmemmap_bytes_freed": 512 * 7 * PAGE, "split_pmds": 9,
-                   "pte_tables_added": 9, "pte_table_bytes_added": 9 * PAGE, "shared_tail_bytes": tail_pages * PAGE,
+    assert hvo == {"optimized_folios": {"2M": 512}, "vmemmap_bytes_freed": 512 * 7 * PAGE, "split_pmds": 10,
+                   "pte_tables_added": 10, "pte_table_bytes_added": 10 * PAGE, "shared_tail_bytes": tail_pages * PAGE,
                    "net_saved_bytes": net}
     # the same figure as the frames two twins hold, HVO off minus HVO on
     c_on, c_off = on.counters(), off.counters()
     held = (c_off["memmap_frames"] + c_off["pagetable_frames"]) - (c_on["memmap_frames"] + c_on["pagetable_frames"])
-    assert held * PAGE == net == (3_584 - 9 - tail_pages) * PAGE
+    assert held * PAGE == net == (3_584 - 10 - tail_pages) * PAGE
 
 
 def test_hvo_net_saving_with_the_v17_base_page_vmemmap():
@@ -90,7 +92,7 @@ def test_hvo_costs_once_the_pool_is_gone():
     on.hugetlb.resize("2M", 0)
     hvo = derived(on)["hvo"]
     assert (hvo["optimized_folios"], hvo["vmemmap_bytes_freed"]) == ({}, 0)
-    assert hvo["net_saved_bytes"] == -9 * PAGE
+    assert hvo["net_saved_bytes"] == -10 * PAGE  # the 10 split PMDs of test_hvo_net_saving
 
 
 HOT_ADD = """\
@@ -187,9 +189,10 @@ def test_the_text_report_shows_the_derived_figures():
     machine, steps = run_scenario(parse_scenario((EXAMPLES / "x86_64-hvo-2M.toml").read_text()))
     text = format_report(report(machine, steps))
     assert "memmap    256M = 1.5625% of RAM: boot 240M (1.4648%), runtime 16M (0.0977%), self-hosted 0 (0%)" in text
-    assert "HVO       net saving -36K: 0 of vmemmap freed (no folios optimized), less 36K of PTE tables (9; 9 split PMDs)" in text
-    assert "node 0    for its memory: memmap 256M on node, 0 off node; page tables 44K on node, 0 off node" in text
-    assert "tables    11 pages (44K) of vmemmap page tables = 0.0003% of RAM" in text  # PUD, PMD and 9 split PTE tables
+    # 10 split PMDs, as test_hvo_net_saving derives
+    assert "HVO       net saving -40K: 0 of vmemmap freed (no folios optimized), less 40K of PTE tables (10; 10 split PMDs)" in text
+    assert "node 0    for its memory: memmap 256M on node, 0 off node; page tables 48K on node, 0 off node" in text
+    assert "tables    12 pages (48K) of vmemmap page tables = 0.0003% of RAM" in text  # PUD, PMD and 10 split PTE tables
 
 
 def test_placement_by_table_equals_placement_entry_by_entry(monkeypatch):

@@ -132,10 +132,11 @@ def test_offline_fails_when_another_blocks_memmap_lives_in_it():
     m.hotplug.online(a)
     # since 5.10 a hot-added block's memmap comes from boot memory, ahead of onlined blocks on the free
     # lists: use it up first. Boot memory [0, 0x3efffe) holds 0x3efc00 / 512 + 1 = 8063 order-9
-    # blocks (the order-10 run from pfn 0 and the order-9 block left at its top); a's memmap took
-    # one, so 8062 2 MiB HugeTLB pages take the rest, and the next block's memmap comes from the
-    # lowest block of a, now the lists' head
-    m.hugetlb.resize("2M", 8062)
+    # blocks (the order-10 runs from pfn 0 and the order-9 block left at its top), less the 16 the
+    # 32 MiB kernel image at 16 MiB (pfns [0x1000, 0x3000)) takes: 8047; a's memmap took one, so
+    # 8046 2 MiB HugeTLB pages take the rest, and the next block's memmap comes from the lowest
+    # block of a, now the lists' head
+    m.hugetlb.resize("2M", 8046)
     [b] = m.hotplug.add_memory(G64 + 128 * MiB, 128 * MiB).blocks
     assert m.memmap_frame((G64 + 128 * MiB) // 4096) == G64 // 4096
     before = state(m)

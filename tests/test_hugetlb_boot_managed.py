@@ -19,8 +19,8 @@ def test_boot_gigantic_pages_are_managed_once_in_the_pool(kernel):
     present, managed = m.hotplug.zone_pages()[(0, "normal")]
     c = m.counters()
     assert c["hugetlb_frames"] == 2 * GIGANTIC
-    # what stays reserved is the boot memmap and the boot page tables, nothing else
-    assert managed == present - c["nr_memmap_boot_pages"] - c["pagetable_frames"]
+    # what stays reserved is the boot memmap, the boot page tables and the kernel image, nothing else
+    assert managed == present - c["nr_memmap_boot_pages"] - c["pagetable_frames"] - c["kernel_image_frames"]
     # 16 GiB: 4 Mi pages, 64 B of struct page each = 65,536 memmap pages
     assert c["nr_memmap_boot_pages"] == 16 * GiB // PAGE * 64 // PAGE
     # the same machine without the pages manages as many pages: the folios count as managed

@@ -230,11 +230,12 @@ def test_what_if_contiguous_vmemmap_costs_hvo_a_span_bbm():
         touched |= {(table.base, (i + k) // 128) for k in range(8)}
     d = _delta(m, before)
     # 32 MiB is order 11, MAX_PAGE_ORDER with 16K pages: the pool takes the order-11 blocks that
-    # memblock_free_all put on the list lowest first, from pfn 0: 64 x 8 = 512 PTEs from the start
-    # of the vmemmap, 4 whole spans of 128
-    assert len(touched) == 4 and d["cont_spans_unfolded"] == len(touched & cont_before) == 4
-    assert (d["bbm_sequences"], d["bbm_entries"]) == (4, 4 * 128)
-    assert d["vmemmap_tlb_entries"] == 4 * 127 and d["vmemmap_cont_spans"] == -4
+    # memblock_free_all put on the list lowest first, from the end of the 32 MiB kernel image at the
+    # start of RAM: [32 MiB, 2080 MiB), 64 x 8 = 512 PTEs from the vmemmap's 256th; a span of 128
+    # PTEs describes 512 MiB, so they touch 5 spans (0-4)
+    assert len(touched) == 5 and d["cont_spans_unfolded"] == len(touched & cont_before) == 5
+    assert (d["bbm_sequences"], d["bbm_entries"]) == (5, 5 * 128)
+    assert d["vmemmap_tlb_entries"] == 5 * 127 and d["vmemmap_cont_spans"] == -5
     assert _by_function(m) == {"vmemmap_remap_pte": 64 * 7}  # the unfold itself breaks no rule
     m.check()
 

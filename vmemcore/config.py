@@ -22,9 +22,10 @@ from .archtypes import RemapStrategy
 from .physmem import Zone
 from .plugins import Registry
 from .profiles import DEFAULT_PROFILE, get_profile, kernel_error
-from .units import format_size, human_size, parse_size
+from .units import MiB, format_size, human_size, parse_size
 
 REQUIRED = object()  # marks a key without a default
+DEFAULT_KERNEL_IMAGE = 32 * MiB  # [machine] kernel_image: _text to _end of a typical distribution kernel
 
 
 @frozen
@@ -84,17 +85,32 @@ class MachineConfig:
     hotplug: HotplugSpec | None = None
     # the firmware's sizes asked for (the arch's defaults fill the rest): name -> bytes, or None
     firmware: MappingProxyType = attrs.field(factory=dict, converter=lambda d: MappingProxyType(dict(d)))
+    kernel_image: int = DEFAULT_KERNEL_IMAGE  # bytes memblock reserves for the kernel image (0: none)
+
+
+def place_kernel_image(nr_pages, memory, page_size, kernel_start=None):
+    """Where the kernel image of ``nr_pages`` pages lies, ``(first pfn, node)``, or None when no
+    ``memory`` range holds it: at ``kernel_start`` (the arch's load address without KASLR, e.g.
+    x86_64's ``CONFIG_PHYSICAL_START``; None: the start of RAM), or, in the lowest range that
+    holds it above that address, at the range's start (x86's decompressor runs a kernel loaded
+    higher where it was loaded, never below ``LOAD_PHYSICAL_ADDR``)."""
+    for item in sorted(memory, key=lambda m: m.start):
+        start = max(item.start, kernel_start or 0) // page_size
+        if start + nr_pages <= (item.start + item.size) // page_size:
+            return start, item.node
+    return None
 
 
 def machine_config(arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
-                   hugetlb=None, hotplug=None, registry=None, firmware=None) -> MachineConfig:
+                   hugetlb=None, hotplug=None, registry=None, firmware=None, kernel_image=None) -> MachineConfig:
     """The :class:`MachineConfig` of :class:`Machine`'s keywords (they take what the scenario
     tables take, and :class:`MemoryRange` items in ``memory``); ``registry`` finds the arch."""
     registry = registry or Registry()
     if isinstance(arch, str):
         registry.get(arch)  # an unknown arch is a PluginError, as the registry reports it
     table = {"arch": arch}
-    for key, value in (("variant", variant), ("kernel", kernel), ("features", features), ("firmware", firmware)):
+    for key, value in (("variant", variant), ("kernel", kernel), ("features", features), ("firmware", firmware),
+                       ("kernel_image", kernel_image)):
         if value is not None:
             table[key] = value
     if isinstance(memory, (list, tuple)):
@@ -123,7 +139,7 @@ def show(value) -> str:
 
 
 MAX_MEMORY_RANGES = 4096
-_MACHINE_KEYS = ("arch", "variant", "kernel", "features", "firmware")
+_MACHINE_KEYS = ("arch", "variant", "kernel", "features", "firmware", "kernel_image")
 _MEMORY_KEYS = ("node", "start", "size")
 _HUGETLB_KEYS = {"optimize_vmemmap": ("bool", False), "vmemmap_remap": ("remap", None), "boot": ("boot", ())}
 _BOOT_KEYS = {"size": ("hugepage", REQUIRED), "count": ("count", REQUIRED), "node": ("node", None)}
@@ -144,12 +160,13 @@ class ConfigValidator:
 
     def config(self, doc) -> MachineConfig:
         """The config of ``doc``'s ``machine``, ``memory``, ``hugetlb`` and ``hotplug`` tables."""
-        arch, variant, kernel, features, firmware = self.machine(doc.get("machine"))
+        arch, variant, kernel, features, firmware, kernel_image = self.machine(doc.get("machine"))
         memory = self.memory(doc.get("memory"))
+        self.kernel_image(kernel_image, memory, self.registry.get(arch).info.kernel_start)
         self.nodes = sorted({m.node for m in memory})
         hugetlb = self.hugetlb(doc["hugetlb"]) if "hugetlb" in doc else None
         hotplug = self.hotplug(doc["hotplug"]) if "hotplug" in doc else None
-        return MachineConfig(arch, variant, kernel, memory, features, hugetlb, hotplug, firmware)
+        return MachineConfig(arch, variant, kernel, memory, features, hugetlb, hotplug, firmware, kernel_image)
 
     # -- values ---------------------------------------------------------------------------------
     def known_keys(self, table, known, where):
@@ -256,7 +273,8 @@ class ConfigValidator:
 
     # -- tables ---------------------------------------------------------------------------------
     def machine(self, table):
-        """``(arch, variant name, kernel name, features, firmware)`` of ``[machine]``; sets ``self.sparse``."""
+        """``(arch, variant name, kernel name, features, firmware, kernel image bytes)`` of
+        ``[machine]``; sets ``self.sparse``."""
         if table is None:
             raise self.error("machine", "a [machine] table with at least arch = \"...\" is required")
         self.expect("machine", table, dict, "a table ([machine])")
@@ -288,8 +306,16 @@ class ConfigValidator:
             self.expect(f"machine.features.{name}", value, bool, "true or false")
 
         firmware = self.firmware(info, table.get("firmware", {}))
+        kernel_image = self.size("machine.kernel_image", table.get("kernel_image", DEFAULT_KERNEL_IMAGE))
         self.sparse = plugin.hooks().sparse_geometry(variant, get_profile(kernel))
-        return arch, variant.name, kernel, features, firmware
+        return arch, variant.name, kernel, features, firmware, kernel_image
+
+    def kernel_image(self, size, memory, kernel_start):
+        """``[machine] kernel_image`` must fit in one ``[[memory]]`` range where the arch loads it."""
+        page = self.sparse.page_size
+        if size and place_kernel_image(-(-size // page), memory, page, kernel_start) is None:
+            where = f"at or above {human_size(kernel_start)}, where this arch loads it" if kernel_start else "anywhere"
+            raise self.error("machine.kernel_image", f"a kernel image of {human_size(size)} fits in no [[memory]] range {where}")
 
     def firmware(self, info, table):
         """``[machine] firmware``: each a size the arch's firmware describes, or "none" (absent)."""

@@ -261,6 +261,8 @@ class ArchInfo:
     features: tuple = field(default=(), converter=tuple)
     changes: tuple = field(default=(), converter=tuple)
     firmware: tuple = field(default=(), converter=tuple)  # Firmware values: [machine] firmware
+    # where the kernel image runs without KASLR (x86_64 CONFIG_PHYSICAL_START); None: the start of RAM
+    kernel_start: int | None = field(default=None, validator=attrs.validators.optional(attrs.validators.ge(0)))
 
     def __attrs_post_init__(self):
         if not self.variants or not all(isinstance(v, Variant) for v in self.variants):

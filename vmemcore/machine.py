@@ -10,12 +10,12 @@ from contextlib import contextmanager
 import numpy as np
 
 from .badpage import BadPages
-from .config import ConfigValidator, HotplugSpec, HugetlbSpec, MachineConfig, machine_config
+from .config import ConfigValidator, HotplugSpec, HugetlbSpec, MachineConfig, machine_config, place_kernel_image
 from .errors import BadRequest, PluginError, SimulatorLimit
 from .journal import Journal
 from .pagetable import LEAF, PRESENT, PageTable
 from .pgalloc import TableFrames
-from .physmem import PhysMem, Use
+from .physmem import KERNEL_IMAGE, PhysMem, Use
 from .populate import VmemmapRefs
 from .plugins import Registry
 from . import profiles
@@ -34,7 +34,7 @@ from .zone_device import ZoneDevice
 class Machine:
     """A booted machine, built from a :class:`~vmemcore.config.MachineConfig`.
 
-    ``Machine(arch, variant, kernel, memory, features, hugetlb, hotplug, firmware)`` validates its keywords
+    ``Machine(arch, variant, kernel, memory, features, hugetlb, hotplug, firmware, kernel_image)`` validates its keywords
     into one with :func:`~vmemcore.config.machine_config` (a bad one is a :class:`BadRequest`
     naming the setting); ``memory`` is a list of :class:`~vmemcore.config.MemoryRange` or dicts with ``node``,
     ``start`` (default: right after the previous range) and ``size``. ``Machine.from_config(config)``
@@ -44,10 +44,10 @@ class Machine:
 
     def __init__(self, arch="x86_64", variant=None, kernel=None, memory=({"size": "16G"},), features=None,
                  hugetlb=None, hotplug=None, observers=(), registry=None, disabled=(), check_live_entries=False,
-                 check_bad_pages=True, firmware=None):
+                 check_bad_pages=True, firmware=None, kernel_image=None):
         registry = registry or Registry(disabled=disabled)
         config = machine_config(arch, variant, kernel, memory, features, hugetlb, hotplug, registry=registry,
-                                firmware=firmware)
+                                firmware=firmware, kernel_image=kernel_image)
         self._boot(config, registry, observers, check_live_entries, check_bad_pages)
 
     @classmethod
@@ -98,6 +98,7 @@ class Machine:
         for item in self.memory:
             self.sparse.check_vmemmap(item.start // page, (item.start + item.size) // page)
             self.physmem.add_range(item.node, item.start // page, (item.start + item.size) // page)
+        self.kernel_image = self._reserve_kernel_image()
         hugetlb = config.hugetlb or HugetlbSpec()
         self.hugetlb = HugeTLB(self, optimize_vmemmap=hugetlb.optimize_vmemmap, remap=hugetlb.vmemmap_remap)
         gigantic = [(entry, self.hugetlb.reserve_boot_pages(entry.size, entry.count, entry.node))
@@ -116,6 +117,19 @@ class Machine:
                 self.hugetlb.resize(entry.size, self.hugetlb.hstate(entry.size).nr_huge_pages + entry.count)
         if self.live_entries is not None:
             self.live_entries.operation = "runtime"
+
+    def _reserve_kernel_image(self):
+        """The first memblock reservation of ``setup_arch``: the kernel image, ``_text`` to ``_end``
+        (x86 ``early_reserve_memory``, arm64 ``arm64_memblock_init``), ``[machine] kernel_image``
+        bytes rounded up to whole pages, where the arch loads it (``ArchInfo.kernel_start``).
+        Returns its ``(first pfn, end pfn)``, or None without one."""
+        page = self.geometry.page_size
+        nr_pages = -(-self.config.kernel_image // page)
+        if not nr_pages:
+            return None
+        pfn, _ = place_kernel_image(nr_pages, self.memory, page, self.arch.kernel_start)
+        self.physmem.reserve(pfn, pfn + nr_pages, KERNEL_IMAGE)
+        return pfn, pfn + nr_pages
 
     def __repr__(self):
         size = format_size(self.physmem.present_pages() << self.geometry.page_shift)
@@ -271,6 +285,7 @@ class Machine:
         out["pagetable_frames"] = self.physmem.pages_owned(Use.PAGETABLE)
         out["hugetlb_frames"] = self.physmem.pages_owned(Use.HUGETLB)
         out["offline_frames"] = self.physmem.pages_owned(Use.OFFLINE)
+        out["kernel_image_frames"] = self.physmem.pages_owned(Use.KERNEL_IMAGE)
         out["free_frames"] = self.physmem.free_pages()
         out["present_pages"] = self.physmem.present_pages()
         if self.live_entries is not None:

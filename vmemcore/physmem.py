@@ -30,6 +30,7 @@ class Use(enum.Enum):
     OFFLINE = "offline"  # present (hot-added) but not online: in no allocator
     LEAKED = "leaked"  # a bad page the free path refused (bad_page in mm/page_alloc.c): never freed
     PINNED = "pinned"  # unmovable pages a workload holds (memory.fragment)
+    KERNEL_IMAGE = "kernel image"  # _text to _end, memblock_reserve'd in setup_arch: never freed
 
 
 @frozen
@@ -46,6 +47,7 @@ class Owner:
 
 FREE = Owner(Use.FREE)
 OFFLINE = Owner(Use.OFFLINE)
+KERNEL_IMAGE = Owner(Use.KERNEL_IMAGE, reserved=True)
 
 
 class Zone(enum.StrEnum):
@@ -143,6 +145,15 @@ class PhysMem:
         self.frames.set(start_pfn, end_pfn, FREE)
         self.zones.set(start_pfn, end_pfn, NORMAL)
         self._free_map(node).set(start_pfn, end_pfn, NORMAL)
+
+    def reserve(self, start_pfn, end_pfn, owner):
+        """``memblock_reserve`` of free boot memory for ``owner`` (the kernel image): the frames
+        leave memblock's free ranges, so ``memblock_free_all`` never hands them to the buddy
+        allocator and they are never managed."""
+        if not self.booting:
+            raise BadRequest(f"{self._pfns(start_pfn, end_pfn)} cannot be reserved in memblock after boot")
+        self._expect(start_pfn, end_pfn, FREE, "reserved")
+        self._take(start_pfn, end_pfn - start_pfn, owner)
 
     def _free_map(self, node):
         if node not in self._free:

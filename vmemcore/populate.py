@@ -28,15 +28,19 @@ MEMMAP = Owner(Use.MEMMAP)
 
 
 class SparseBuffer:
-    """One node's boot memmap buffer (``sparse_buffer_init``): handed out in order, gaps freed."""
+    """One node's boot memmap buffer (``sparse_buffer_init``): handed out in order, gaps freed.
+
+    ``memmap_alloc(size, section_map_size(), ..., exact_nid=true)``, i.e. memblock_alloc_exact_nid_raw,
+    fails when no free memblock range of the node holds ``nr_pages`` aligned to ``align``; the
+    buffer is then absent and every ``vmemmap_alloc_block_buf`` falls back to
+    ``vmemmap_alloc_block`` (memblock, any node). Where ``section_map_size()`` is a whole section's
+    memory (arm64 64K pages: 512 MiB of PMD per 512 MiB section; powerpc hash-64K: 16 MiB per
+    16 MiB section) the buffer is as large as the node, so any reservation on it (the kernel image)
+    makes it fail."""
 
     def __init__(self, machine, nr_pages, align, node):
         self.machine = machine
-        # memblock never has a node's every page free at sparse_init (the kernel image, the device
-        # tree, powerpc's hash table live there, unmodelled here): a buffer of all of them fails, as a
-        # hash-64K one (16 MiB, a PMD_SIZE, per 16 MiB section) always does in the kernel
-        whole = nr_pages >= machine.physmem.free_pages(node)
-        self.start = None if whole else machine.physmem.alloc(nr_pages, node, Use.MEMMAP, align=align, exact_nid=True)
+        self.start = machine.physmem.alloc(nr_pages, node, Use.MEMMAP, align=align, exact_nid=True)
         self.cursor = self.start
         self.end = None if self.start is None else self.start + nr_pages
 

@@ -19,6 +19,7 @@ COUNTER_ORDER = (
     NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES,
     "vmemmap_pagetable_pages_", "vmemmap_leaves_", "vmemmap_mapped_bytes_", "vmemmap_list_entries", "vmemmap_list_pages",
     "memmap_frames", "pagetable_frames", "free_frames", "present_pages", "hugetlb_frames", "offline_frames",
+    "kernel_image_frames",
     "nr_hugepages_", "surplus_hugepages_",
     "hvo_pmd_splits", "hvo_vmemmap_pages_freed", "hvo_vmemmap_pages_allocated", "hugetlb_restore_failures",
     "bad_page_reports", "bad_page_leaked_frames",

@@ -48,6 +48,10 @@ def vmemcore_arch_info():
             Feature("hypervisor", False, "running under a hypervisor (X86_FEATURE_HYPERVISOR): memory block size"),
         ),
         changes=(HVO, DAX_DEDUP, HVO_PREINIT),
+        # CONFIG_PHYSICAL_START (default 0x1000000): without KASLR the decompressor runs the kernel at
+        # LOAD_PHYSICAL_ADDR (arch/x86/boot/compressed/head_64.S), where setup_arch's
+        # early_reserve_memory() reserves it in memblock
+        kernel_start=16 * MiB,
     )
 
 
