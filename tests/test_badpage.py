@@ -98,3 +98,13 @@ def test_every_example_frees_no_bad_page(path):
     assert machine.bad_pages.enabled
     assert machine.bad_pages.reports == [], str(machine.bad_pages.reports[0])
     machine.check()
+
+
+def test_freed_folios_are_scanned_in_clusters_not_across_the_memory_between():
+    """Three adjacent 2 MiB folios, then two 200 folios away (more than CLUSTER_GAP = 64): two
+    scans, so a pool with a folio at each end of memory is not scanned across all of it."""
+    from vmemcore.hugetlb import CLUSTER_GAP, _clusters
+
+    heads = [0, 512, 1024, 200 * 512, 201 * 512]
+    assert list(_clusters(heads, 512)) == [(0, 3), (3, 5)]
+    assert list(_clusters([0, CLUSTER_GAP * 512], 512)) == [(0, 2)]  # a gap of exactly 64 folios: one scan

@@ -7,7 +7,8 @@ import pytest
 from vmemcore import Machine
 from vmemcore.errors import BadRequest, ScenarioError, Veto
 from vmemcore.hvo import optimizable_pages
-from vmemcore.live_entries import ANY_CHANGE, BrokenContiguousSpan, RemapStrategy
+from vmemcore.arch import ANY_CHANGE
+from vmemcore.live_entries import BrokenContiguousSpan, RemapStrategy
 from vmemcore.pagetable import CONT, RDONLY
 from vmemcore.units import GiB, MiB, parse_size
 

@@ -12,7 +12,8 @@ from vmemcore.arch import PtdumpColumn, PtdumpFormat
 from vmemcore.cli import main
 from vmemcore.errors import PluginError
 from vmemcore.plugins import Registry
-from vmemcore.ptdump import GENERIC, format_size, ptdump_data, ptdump_lines
+from vmemcore.archtypes import GENERIC
+from vmemcore.ptdump import format_size, ptdump_data, ptdump_lines
 
 ROOT = Path(__file__).parent.parent
 GOLDEN = Path(__file__).parent / "data" / "ptdump"

@@ -11,8 +11,18 @@ from .units import GiB, KiB, MiB, PiB, TiB, format_size, parse_size
 
 hookimpl = pluggy.HookimplMarker("vmemcore")
 
-from .config import MachineConfig, MemoryRange  # noqa: E402  (plugins import the names above first)
-from .machine import Machine  # noqa: E402
+#: Loaded on first use (they bring numpy), so that discovering plugins and the command line's help
+#: load none: ``vmemcore.Machine`` and ``from vmemcore import Machine`` work as ever.
+_ENGINE = {"Machine": "machine", "MachineConfig": "config", "MemoryRange": "config"}
+
+
+def __getattr__(name):
+    if name not in _ENGINE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_ENGINE[name]}"), name)
+
 
 __all__ = [
     "ArchInfo", "BadRequest", "Machine", "MachineConfig", "MemoryRange", "Feature", "Firmware", "GiB", "HugePageSize", "Support", "KernelProfile", "KiB", "Level", "MiB", "OutOfMemory",

@@ -18,26 +18,37 @@ A plugin never walks page tables itself: it answers narrow questions and, where 
 differs between architectures, passes a policy.
 """
 
+import importlib
+
 from . import hookimpl
-from .depopulate import (
-    Flush, InUse, TeardownPolicy, vmemmap_boot_frame, vmemmap_populated, vmemmap_teardown, vmemmap_unmap_leaf,
+from .archtypes import (
+    ANY_CHANGE, CONT, NUMA_NO_NODE, RDONLY, Flush, InUse, LiveEntryRule, PtdumpColumn, PtdumpFormat, TeardownPolicy,
 )
 from .errors import BadRequest, OutOfMemory, PluginError, Veto, VmemcoreError
 from .geometry import (
     ArchInfo, Feature, Firmware, HugePageSize, Level, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant,
 )
-from .live_entries import ANY_CHANGE, LiveEntryRule
 from .mapping import VmemmapMapping
-from .pagetable import CONT, RDONLY
-from .populate import (
-    NUMA_NO_NODE, free_vmemmap_frames, table_allocator, vmemmap_alloc_block_buf, vmemmap_alloc_blocks, vmemmap_alloc_page,
-    vmemmap_map_leaf,
-    vmemmap_populate_basepages, vmemmap_populate_compound_by_address, vmemmap_populate_hugepages,
-)
 from .profiles import KernelProfile, MhpDesign
-from .ptdump import PtdumpColumn, PtdumpFormat
 from .timeline import Change
 from .units import GiB, KiB, MiB, PiB, TiB, format_size
+
+#: The helpers that write page tables (numpy arrays), by the module that holds them: loaded on first
+#: use, so that discovering plugins loads no numpy; a plugin imports them inside its hooks.
+_HELPERS = {
+    "vmemmap_boot_frame": "depopulate", "vmemmap_populated": "depopulate", "vmemmap_teardown": "depopulate",
+    "vmemmap_unmap_leaf": "depopulate", "free_vmemmap_frames": "populate",
+    "vmemmap_alloc_block_buf": "populate", "vmemmap_alloc_blocks": "populate", "vmemmap_alloc_page": "populate",
+    "vmemmap_map_leaf": "populate", "vmemmap_populate_basepages": "populate",
+    "vmemmap_populate_compound_by_address": "populate", "vmemmap_populate_hugepages": "populate",
+}
+
+
+def __getattr__(name):
+    """A helper of :data:`_HELPERS`, from its module (imported on first use)."""
+    if name not in _HELPERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"vmemcore.{_HELPERS[name]}"), name)
 
 
 def selected(profile, since=None, until=None, *, before="", after="", caveat="") -> Support:
@@ -62,6 +73,8 @@ def preallocate_tables(machine, start, end, level, node=NUMA_NO_NODE):
         raise BadRequest(f"the top table ({level}) always exists")
     parent_span = geometry.levels[depth - 1].entry_span
     before = machine.pagetable.tables[level]
+    from .populate import table_allocator  # numpy: loaded when a plugin first calls this
+
     alloc = table_allocator(machine, node)
     for addr in range(start // parent_span * parent_span, end, parent_span):
         machine.pagetable.walk(addr, depth, alloc)

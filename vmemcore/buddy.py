@@ -13,12 +13,14 @@ one go is one run. Each run has a sort key ``(K, j)``: new runs at the head take
 other, at the tail one above; the pieces of a run split apart keep ``K`` and take ``j`` from their
 first block's place in the run, so the list order is the key order. The runs' first pfns, kept
 sorted, find the run holding any free pfn (a buddy) in O(log n).
+
+numpy is imported inside the functions that use it: ``vmemcore --help`` loads this module (through
+the scenario validator) and must not load numpy.
 """
 
 import heapq
 from bisect import bisect_left, bisect_right, insort
 
-import numpy as np
 
 
 class FreeLists:
@@ -171,6 +173,8 @@ class FreeLists:
     def _take_head(self, lst, key, count):
         """Take the first ``count`` blocks of run ``key`` (the head of ``lst``): their first pfns
         in list order."""
+        import numpy as np
+
         start, end, ascending, first = self._runs[lst][key]
         size = 1 << lst[2]
         if ascending:
@@ -202,6 +206,8 @@ class FreeLists:
         above ``order``, the lists in between are empty, so allocating one such block's 2**(k-order)
         pieces one by one takes them lowest first (``expand`` keeps the lower half) and leaves the
         lists as they were: whole blocks go in one step. Returns an array of first pfns."""
+        import numpy as np
+
         parts, left = [], count
         while left:
             k, key = self._smallest(order, node, zone)

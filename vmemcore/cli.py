@@ -10,16 +10,15 @@ from importlib.metadata import version
 import attrs
 
 from . import jsonout, overrides, progress
-from .diagram import diagram, diagram_data, folio_title
 from .errors import BadRequest, PluginError, ScenarioError, VmemcoreError, did_you_mean
 from .geometry import describe_geometry
-from .ptdump import ptdump_data, ptdump_diff, ptdump_lines
 from .plugins import TRACE_ENV, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, SPAN, get_profile, kernel_error
-from .report import (check_folio_flags, format_blocks, format_kpageflags, format_report, hotplug_report,
-                     kpageflags_lines, kpageflags_report, kpageflags_runs, report)
 from .scenario import OPS, REQUIRED, RunError, load_scenario, read_scenario, run_scenario
-from .sweep import DEFAULT_COUNTERS
+from .stats import SWEEP_COUNTERS
+
+# The commands that simulate import the engine's numpy modules (report, diagram, ptdump) inside
+# their functions: ``vmemcore --help`` and ``vmemcore arches`` load no numpy.
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLUGIN = 0, 1, 2, 3
 
@@ -224,7 +223,7 @@ def build_parser():
     sweep.add_argument("--set", action="append", required=True, metavar="KEY=V1,V2,...", dest="sets",
                        help="a swept key and its values, split at commas outside quotes and braces (repeatable; "
                             "keys and values as in run --set)")
-    sweep.add_argument("--y", metavar="COUNTER[,COUNTER]", help=f"the counters of the table and the plot (default {','.join(DEFAULT_COUNTERS)})")
+    sweep.add_argument("--y", metavar="COUNTER[,COUNTER]", help=f"the counters of the table and the plot (default {','.join(SWEEP_COUNTERS)})")
     sweep.add_argument("--bytes", action="store_true",
                        help="counters counted in pages (names with pages or frames) in bytes: x each point's page size")
     sweep.add_argument("--x", metavar="KEY", help="--plot: the key on the x axis (default: the first swept key of sizes or integers)")
@@ -381,6 +380,8 @@ def _simulate(args, path=None, settings=None, last_step=None, after_step=None):
 
 
 def _run(args):
+    from .report import format_report, report
+
     data = report(*_simulate(args))
     print(jsonout.dumps(data) if args.json else format_report(data))
     return EXIT_OK
@@ -388,6 +389,7 @@ def _run(args):
 
 def _compare(args):
     from .compare import compare_reports, format_compare
+    from .report import report
 
     if args.other is None and not (args.sets_a or args.sets_b):
         raise BadRequest("compare needs a second scenario B, or --a/--b keys that make the two sides differ")
@@ -403,7 +405,7 @@ def _sweep(args):
     from . import plot, sweep
 
     axes = sweep.axes_of(args.sets)
-    counters = args.y.split(",") if args.y else list(DEFAULT_COUNTERS)
+    counters = args.y.split(",") if args.y else list(SWEEP_COUNTERS)
     if args.plot:
         plot.check_format(args.plot)
         x, group = plot.plot_axes(axes, args.x, args.group.split(",") if args.group else None)
@@ -428,6 +430,8 @@ def _sweep(args):
 
 
 def _blocks(args):
+    from .report import format_blocks, hotplug_report
+
     machine, _ = _simulate(args)
     data = hotplug_report(machine)
     print(jsonout.dumps(data) if args.json else format_blocks(data, machine.geometry.page_size))
@@ -452,6 +456,9 @@ def _folio(machine, size, index):
 
 
 def _kpageflags(args):
+    from .diagram import folio_title
+    from .report import check_folio_flags, format_kpageflags, kpageflags_lines, kpageflags_report, kpageflags_runs
+
     if args.hugetlb is None and (args.check or args.index):
         raise BadRequest("--check and --index go with --hugetlb SIZE")
     if args.count != 1 and (args.hugetlb is not None or args.count == 0):
@@ -493,6 +500,8 @@ def _kpageflags(args):
 
 
 def _diagram(args):
+    from .diagram import diagram, diagram_data
+
     machine, _ = _simulate(args)
     hstate, folio = _folio(machine, args.size, args.index)
     if args.json:
@@ -508,6 +517,8 @@ def _step_number(text):
 
 
 def _ptdump(args):
+    from .ptdump import ptdump_data, ptdump_diff, ptdump_lines
+
     if args.diff is not None and args.after_step is not None:
         raise BadRequest("--after-step and --diff do not go together: --diff A B names both steps")
     wanted = tuple(args.diff) if args.diff is not None else (args.after_step,)

@@ -18,7 +18,7 @@ from attrs import frozen
 from .errors import BadRequest, PluginError, did_you_mean
 from .geometry import SUBSECTION_SHIFT
 from .hotplug import MemmapOnMemory
-from .live_entries import RemapStrategy
+from .archtypes import RemapStrategy
 from .physmem import Zone
 from .plugins import Registry
 from .profiles import DEFAULT_PROFILE, get_profile, kernel_error

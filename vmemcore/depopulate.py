@@ -12,58 +12,24 @@ Frames go back where they came from: to the altmap when it holds them (``vmem_al
 else to memblock (boot frames, ``free_reserved_page``) or the buddy allocator.
 """
 
-import enum
-
-import attrs
 import numpy as np
 
+from .archtypes import Flush, InUse, TeardownPolicy
 from .errors import BadRequest
 from .live_entries import unfold_contiguous
 from .pagetable import LEAF, PRESENT, table_index_range
-from .populate import free_vmemmap_frames, free_vmemmap_pages
-
-
-class InUse(enum.Enum):
-    """How a leaf the range covers only in part is judged still used (then it is kept)."""
-
-    NEVER = "freed whole (arm64 free_hotplug_page_range)"
-    SUB_PMD = "sub-PMD PAGE_UNUSED marks (x86/s390 vmemmap_pmd_is_unused)"
-    PFN_VALID = "a served sub-section is still pfn_valid (powerpc vmemmap_populated)"
-
-
-class Flush(enum.Enum):
-    """A TLB flush the walk issues (counted as ``tlb_flush_all`` / ``tlb_flush_kernel_range``)."""
-
-    NONE = "none"
-    ALL = "flush_tlb_all"
-    RANGE = "flush_tlb_kernel_range"
-
-
-@attrs.frozen
-class TeardownPolicy:
-    """The arch's answers to the teardown walk's questions.
-
-    ``in_use``: how a partly covered leaf is judged (:class:`InUse`). ``free_tables``: the level
-    names whose tables are freed once empty (None: every level below the top). ``floor`` and
-    ``ceiling``: freed tables' spans must lie inside ``[floor, ceiling)`` (arm64's
-    ``pgtable_range_aligned`` with ``VMEMMAP_START``/``VMEMMAP_END``); None: no bound.
-    ``flush_leaf``: a flush after each leaf cleared (arm64); ``flush_pte_table``: after each PTE
-    table (x86 ``remove_pte_table``); ``flush_end``: one flush of the whole range at the end.
-    """
-
-    in_use: InUse = InUse.NEVER
-    free_tables: frozenset | None = attrs.field(default=None, converter=lambda v: None if v is None else frozenset(v))
-    floor: int | None = None
-    ceiling: int | None = None
-    flush_leaf: Flush = Flush.NONE
-    flush_pte_table: Flush = Flush.NONE
-    flush_end: Flush = Flush.NONE
+from .populate import free_vmemmap_pages
 
 
 def vmemmap_teardown(machine, start, end, altmap, policy: TeardownPolicy):
-    """Unmap ``[start, end)`` of the vmemmap and free what is no longer used, as ``policy`` says."""
+    """Unmap ``[start, end)`` of the vmemmap and free what is no longer used, as ``policy`` says.
+    The kernel's ``vmemmap_free`` frees one section's memmap at most (``section_deactivate``); a
+    range of several stands for one call per section (:meth:`vmemcore.sparse.Sparse.batches`),
+    so the closing flush is one per section."""
     _teardown(machine, machine.pagetable.top, start, end, altmap, policy)
-    _flush(machine, policy.flush_end, start, end)
+    step, base = machine.sparse_geometry.section_memmap_bytes, machine.sparse_geometry.vmemmap_base
+    sections = (end - 1 - base) // step - (start - base) // step + 1
+    _flush(machine, policy.flush_end, start, end, times=sections)
 
 
 def vmemmap_boot_frame(machine, start, end):
@@ -78,11 +44,11 @@ def vmemmap_boot_frame(machine, start, end):
     return None
 
 
-def _flush(machine, flush, start, end):
+def _flush(machine, flush, start, end, times=1):
     if flush is Flush.ALL:
-        machine.flush_tlb_all()
+        machine.flush_tlb_all(times)
     elif flush is Flush.RANGE:
-        machine.flush_tlb_kernel_range(start, end)
+        machine.flush_tlb_kernel_range(start, end, times)
 
 
 def _teardown(machine, table, start, end, altmap, policy):
@@ -130,14 +96,9 @@ def _free_leaves(machine, table, leaves, start, end, altmap, policy):
             _flush(machine, policy.flush_leaf, table.va(i), table.va(i) + machine.geometry.page_size)
     if altmap is not None:
         held = altmap.holds_many(pfns)
-        for pfn in pfns[held].tolist():
-            free_vmemmap_frames(machine, pfn, nr_pages, altmap)
+        free_vmemmap_pages(machine, pfns[held], nr_pages, altmap)
         pfns = pfns[~held]
-    if nr_pages == 1:
-        free_vmemmap_pages(machine, pfns)
-    else:
-        for pfn in pfns.tolist():
-            free_vmemmap_frames(machine, pfn, nr_pages)
+    free_vmemmap_pages(machine, pfns, nr_pages)
 
 
 def _still_used(machine, table, index, first, last, in_use):

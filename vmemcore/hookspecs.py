@@ -35,11 +35,10 @@ if TYPE_CHECKING:
     from .config import MemoryRange
     from .geometry import ArchInfo, PageTableGeometry, PhysRange, SparseGeometry, Support, Variant
     from .hotplug import HotAddRequest
-    from .live_entries import LiveEntryRule
-    from .mapping import VmemmapMapping
+    from .archtypes import LiveEntryRule, PtdumpFormat
     from .machine import Machine
+    from .mapping import VmemmapMapping
     from .profiles import KernelProfile
-    from .ptdump import PtdumpFormat
     from .zone_device import DevicePagemap
 
 hookspec = pluggy.HookspecMarker("vmemcore")
@@ -108,9 +107,11 @@ def vmemcore_vmemmap_populate(machine: Machine, start: int, end: int, node: int,
     """Map the struct pages in the virtual range ``[start, end)`` (the arch's ``vmemmap_populate``).
 
     Called by the engine's section populate (``__populate_section_memmap``) at boot and after it,
-    with a range that is a whole number of sub-sections' memmap: one sub-section range for a
-    hot-add, and at boot one call per run of consecutive present sections of one node, which on
-    every built-in architecture maps exactly what one call per section would.
+    with a range that is a whole number of sub-sections' memmap: at boot one call per run of
+    consecutive present sections of one node, which on every built-in architecture maps exactly
+    what one call per section would; after boot a section piece, or a run of whole sections when
+    each section's memmap fills whole PMD leaves (``vmemcore.sparse.Sparse.batches``), standing
+    for the kernel's one call per section.
 
     :param machine: the machine (boot or after boot).
     :param start: first vmemmap byte to map.
@@ -132,7 +133,10 @@ def vmemcore_vmemmap_free(machine: Machine, start: int, end: int, altmap: VmemAl
 
     Called after boot when a section's or sub-section's memmap is depopulated (hot-remove, a
     device pagemap's removal, a boot section's removal), after the engine cleared the range's
-    sub-section bits (as ``section_deactivate`` does), so ``pfn_valid`` is already false for it.
+    sub-section bits (as ``section_deactivate`` does), so ``pfn_valid`` is already false for it;
+    a run of whole hot-added sections whose memmap fills whole PMD leaves is one call
+    (``vmemcore.sparse.Sparse.batches``), standing for the kernel's one call per section (so
+    :func:`vmemcore.arch.vmemmap_teardown` ends it with a flush per section).
 
     :param machine: the machine, after boot.
     :param start: first vmemmap byte to unmap.
@@ -155,7 +159,8 @@ def vmemcore_vmemmap_populate_compound_pages(machine: Machine, start_pfn: int, s
 
     Called after boot by the engine's section populate (``__populate_section_memmap``) for each
     section piece of a ZONE_DEVICE pagemap whose vmemmap can be deduplicated
-    (``vmemmap_can_optimize``), in ascending order, instead of the generic
+    (``vmemmap_can_optimize``), in ascending order (a run of whole sections at once when
+    ``vmemcore.sparse.Sparse.batches``), instead of the generic
     ``vmemmap_populate_compound_pages`` of ``mm/sparse-vmemmap.c``.
 
     :param machine: the machine, after boot.

@@ -340,14 +340,15 @@ class HugeTLB:
         if folios:
             heads = sorted(folio.head for folio in folios)
             size = 1 << folios[0].order
-            for first, frame, home in structpages.materialised(heads[0], heads[-1] + size):
-                head = heads[bisect.bisect_right(heads, first) - 1]
-                if first >= head + size:
-                    continue  # between the folios freed
-                if not home:
-                    suspects.add(head)
-                elif first == head:
-                    home_heads[head] = frame
+            for lo, hi in _clusters(heads, size):
+                for first, frame, home in structpages.materialised(heads[lo], heads[hi - 1] + size):
+                    head = heads[bisect.bisect_right(heads, first, lo, hi) - 1]
+                    if first >= head + size:
+                        continue  # between the folios freed
+                    if not home:
+                        suspects.add(head)
+                    elif first == head:
+                        home_heads[head] = frame
         dropped = {}  # head -> folio, as they leave the pool
         self._record(lambda: h.folios.update(dropped))  # undoes any part of what follows
         freed, forget = [], []
@@ -399,3 +400,18 @@ class HugeTLB:
         rest = [f for f in folios if f not in preinit]
         return self.hvo.optimize(rest) if self.optimize_vmemmap else {}
 
+
+
+CLUSTER_GAP = 64  # folios: a wider gap between freed folios is not scanned for their struct pages
+
+
+def _clusters(heads, size):
+    """``(lo, hi)`` index ranges of the sorted ``heads`` whose folios lie within ``CLUSTER_GAP``
+    folios of each other: the stretches of memory worth one scan of the vmemmap (a pool spread over
+    all of memory is scanned where its folios are, not across the memory between them)."""
+    lo = 0
+    for i in range(1, len(heads)):
+        if heads[i] - heads[i - 1] > CLUSTER_GAP * size:
+            yield lo, i
+            lo = i
+    yield lo, len(heads)

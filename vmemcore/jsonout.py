@@ -4,7 +4,6 @@ with the error and the report of the run up to the failed step (docs/scenarios.m
 import json
 
 from .errors import PluginError, Veto
-from .report import report
 from .scenario import RunError
 
 #: The version of the JSON layout: raised when a key is renamed or removed or changes meaning
@@ -40,6 +39,11 @@ def error_data(error, path=None) -> dict:
             "hook": cause.hook if isinstance(cause, PluginError) else None,
             "reasons": [list(r) for r in cause.reasons] if isinstance(cause, Veto) else [],
         },
-        "report": report(error.machine, error.results) if getattr(error, "machine", None) is not None else None,
+        "report": _report(error.machine, error.results) if getattr(error, "machine", None) is not None else None,
     }
 
+
+def _report(machine, results):
+    from .report import report  # numpy: loaded when there is a machine to report on
+
+    return report(machine, results)

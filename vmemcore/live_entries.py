@@ -18,43 +18,15 @@ may move to a page whose contents are identical). See docs/live-entries.md.
 """
 
 import contextlib
-from enum import StrEnum
 
 import attrs
 import numpy as np
 
+from .archtypes import ALL_FLAGS, LiveEntryRule, RemapStrategy
 from .errors import VmemcoreError
 from .pagetable import CONT, LEAF, PRESENT, RDONLY
 
-ALL_FLAGS = 0xFF
 WRITE = "a page-table write"  # the function of a write that names none
-
-
-@attrs.frozen
-class LiveEntryRule:
-    """What may change in a live (valid) entry in place, without break-before-make."""
-
-    output: bool = True  # the output address may change (and a block may become a table)
-    flags: int = ALL_FLAGS  # flag bits that may change (pagetable.RDONLY, pagetable.CONT)
-    contiguous: bool = True  # an entry with the contiguous bit may change at all
-    bbml2: bool = False  # the CPU may offer FEAT_BBM level 2 (arm64)
-    reason: str = "a live entry may be rewritten in place"
-
-    @property
-    def strict(self) -> bool:
-        """Does anything need break-before-make under this rule?"""
-        return not (self.output and self.flags == ALL_FLAGS and self.contiguous)
-
-
-ANY_CHANGE = LiveEntryRule()
-
-
-class RemapStrategy(StrEnum):
-    """How HVO writes live vmemmap entries (a what-if unless ``plain``)."""
-
-    PLAIN = "plain"  # in place, as the kernel does
-    BBM_PAUSED = "bbm-paused"  # break-before-make of each run of entries, the other CPUs paused
-    BBML2 = "bbml2"  # in place, relying on FEAT_BBM level 2 and identical page contents
 
 
 @attrs.frozen

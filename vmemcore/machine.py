@@ -186,35 +186,43 @@ class Machine:
             self.sparse.depopulate(pfn, nr_pages, altmap)
 
     def add_memmap(self, pfn, nr_pages, node=0, altmap=None, pgmap=None):
-        """``sparse_add_section`` for each section piece of the range (as ``__add_pages`` splits it);
+        """``sparse_add_section`` for each section piece of the range (as ``__add_pages`` splits it),
+        a run of whole sections at once where that maps the same (:meth:`Sparse.batches`);
         ``pgmap``: the device pagemap the range belongs to, if any."""
         self._check_pages(pfn, nr_pages, node)
         with self.transaction():
-            for start, count in self._section_pieces(pfn, nr_pages):
+            for start, count in self._section_pieces(pfn, nr_pages, self.sparse.batches(pgmap)):
                 self.sparse.add(node, start, count, altmap, pgmap)
 
     def remove_memmap(self, pfn, nr_pages, altmap=None):
-        """``sparse_remove_section`` for each section piece of the range (as ``__remove_pages``)."""
+        """``sparse_remove_section`` for each section piece of the range (as ``__remove_pages``), a
+        run of whole sections at once where that frees the same (:meth:`Sparse.batches`)."""
         self._check_pages(pfn, nr_pages)
         with self.transaction():
-            for start, count in self._section_pieces(pfn, nr_pages):
+            for start, count in self._section_pieces(pfn, nr_pages, self.sparse.batches()):
                 self.sparse.remove(start, count, altmap)
 
-    def _section_pieces(self, pfn, nr_pages):
+    def _section_pieces(self, pfn, nr_pages, whole_runs=False):
+        """The range cut at section boundaries; ``whole_runs``: consecutive whole sections as one piece."""
         pps = self.sparse_geometry.pages_per_section
         end = pfn + nr_pages
         while pfn < end:
             cut = min(end, (pfn // pps + 1) * pps)
+            if whole_runs and pfn % pps == 0 and cut - pfn == pps:
+                cut = end // pps * pps
             yield pfn, cut - pfn
             pfn = cut
 
-    def flush_tlb_all(self):
-        self.stats.add("tlb_flush_all", 1)
+    def flush_tlb_all(self, times=1):
+        """``flush_tlb_all``, counted ``times`` times (a batch standing for as many kernel calls)."""
+        self.stats.add("tlb_flush_all", times)
         if self.live_entries is not None:
             self.live_entries.flush()
 
-    def flush_tlb_kernel_range(self, start, end):
-        self.stats.add("tlb_flush_kernel_range", 1)
+    def flush_tlb_kernel_range(self, start, end, times=1):
+        """``flush_tlb_kernel_range(start, end)``; ``times`` > 1: as many flushes of consecutive
+        pieces that cover ``[start, end)``."""
+        self.stats.add("tlb_flush_kernel_range", times)
         if self.live_entries is not None:
             self.live_entries.flush(start, end)
 

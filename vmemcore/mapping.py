@@ -10,9 +10,6 @@ vmemmap only through this interface (``machine.vmemmap``): struct pages, ``memma
 counters and ``machine.check()`` work the same on both.
 """
 
-import numpy as np
-
-
 class VmemmapMapping:
     """What the engine asks of the vmemmap's mapping. A plugin's backend subclasses it and answers
     :meth:`translate`, :meth:`leaf_extents` and :meth:`leaf_spans`; the others follow."""
@@ -49,17 +46,3 @@ class VmemmapMapping:
         return self.label, bool(self.read_only(vaddr)), phys >> self.page_shift
 
     page_shift = 0
-
-
-def leaf_runs_of(pfns_by_addr, span):
-    """``(vaddr, span, pfns)`` runs of ``span``-byte leaves from a sorted ``[(vaddr, pfn)]``: runs
-    of consecutive addresses in one array each."""
-    if not pfns_by_addr:
-        return
-    addrs = np.array([a for a, _ in pfns_by_addr], dtype=object)
-    pfns = np.array([p for _, p in pfns_by_addr], dtype=np.int64)
-    first = 0
-    for k in range(1, len(pfns_by_addr) + 1):
-        if k == len(pfns_by_addr) or addrs[k] - addrs[k - 1] != span:
-            yield int(addrs[first]), span, pfns[first:k]
-            first = k

@@ -9,12 +9,8 @@ at any level the geometry allows. Every change is journaled for rollback.
 import numpy as np
 
 from .errors import BadRequest, SimulatorLimit
+from .archtypes import CONT, LEAF, PRESENT, RDONLY  # noqa: F401  (the entry bits, for the engine's modules)
 from .mapping import VmemmapMapping
-
-PRESENT = 1
-LEAF = 2  # the entry maps memory (a page at PTE level, a block above); else it points to a table
-RDONLY = 4
-CONT = 8  # arm64 contiguous hint
 
 NO_PFN = -1
 

@@ -5,13 +5,15 @@ Mirrors ``mm/memblock.c`` (top-down boot allocation, ``exact_nid``, ``memblock_f
 zonelist's node fallback, ``alloc_contig_pages`` for blocks above ``MAX_PAGE_ORDER``), at the level
 of frames and owners. Every frame of present memory has exactly one owner; ``check()`` proves that
 the totals add up.
+
+numpy is imported inside the functions that use it: ``vmemcore --help`` loads this module (through
+the scenario validator) and must not load numpy.
 """
 
 import enum
 import itertools
 from errno import EEXIST
 
-import numpy as np
 from attrs import frozen
 
 from .buddy import FreeLists
@@ -247,6 +249,8 @@ class PhysMem:
         """``count`` successive buddy allocations of ``2**order`` pages, stopping at the first
         failure: the same blocks, in the same order, as ``count`` calls of ``alloc``, taken off
         the free lists a run at a time. Returns the list of first pfns granted."""
+        import numpy as np
+
         size = 1 << order
         before = self.faults.attempts, self.faults.failed
         granted = self.faults.successes_before_failure(count, "buddy", size, node, purpose)
@@ -264,6 +268,8 @@ class PhysMem:
     def _alloc_buddy(self, count, order, node, exact_nid, movable):
         """Up to ``count`` blocks of ``order`` off the free lists, zonelist order (each node's
         zones, then the next node): an array of first pfns."""
+        import numpy as np
+
         if order > self.buddy.max_order:
             return self._alloc_contig(count, order, node, exact_nid, movable)
         parts, left = [], count
@@ -279,6 +285,8 @@ class PhysMem:
         """``alloc_contig_pages``: each block the lowest naturally aligned range of the zone whose
         every page is free (``pfn_range_valid_contig``; nothing here could be migrated away), taken
         off the lists (``alloc_contig_range``)."""
+        import numpy as np
+
         size, pfns = 1 << order, []
         for candidate in self._node_order(node, exact_nid):
             free = self._free.get(candidate)

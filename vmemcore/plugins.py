@@ -27,8 +27,7 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError, VmemcoreError, did_you_mean
 from .geometry import ArchInfo, HugePageSize, PageTableGeometry, PhysRange, SparseGeometry, Support
-from .live_entries import ANY_CHANGE, LiveEntryRule
-from .ptdump import GENERIC, PtdumpFormat
+from .archtypes import ANY_CHANGE, GENERIC, LiveEntryRule, PtdumpFormat
 from .mapping import VmemmapMapping
 
 ENTRY_POINT_GROUP = "vmemcore.arch"

@@ -16,6 +16,7 @@ PMD entries one by one.
 import numpy as np
 
 from . import profiles
+from .archtypes import NUMA_NO_NODE
 from .errors import BadRequest, OutOfMemory
 from .geometry import Support
 from .pagetable import CONT, PRESENT, table_index_range
@@ -24,7 +25,6 @@ from .structpage import CopyOf
 from .units import format_size
 
 MEMMAP = Owner(Use.MEMMAP)
-NUMA_NO_NODE = -1  # allocations from any node, lowest id first; nothing to verify
 
 
 class SparseBuffer:
@@ -272,7 +272,7 @@ def vmemmap_populate_hugepages(machine, start, end, node, altmap=None, *, sub_pm
     pages; with an altmap that is :class:`OutOfMemory` (no fallback) unless ``altmap_fallback``.
 
     The arch's policy: ``sub_pmd`` tracks leaves a range uses only in part (x86/s390
-    ``vmemmap_use_new_sub_pmd``/``vmemmap_use_sub_pmd``, for :class:`~vmemcore.depopulate.InUse`
+    ``vmemmap_use_new_sub_pmd``/``vmemmap_use_sub_pmd``, for :class:`~vmemcore.archtypes.InUse`
     ``SUB_PMD``); ``leaf_allowed(machine, addr, span, altmap)`` says whether the empty PMD at
     ``addr`` may get a block (powerpc: only aligned blocks inside the altmap), else it gets base
     pages; ``altmap_page_allowed`` is passed to :func:`vmemmap_populate_basepages`.
@@ -347,15 +347,28 @@ def free_vmemmap_frames(machine, pfn, nr_pages, altmap=None):
         machine.physmem.release(pfn, nr_pages)
 
 
-def free_vmemmap_pages(machine, pfns):
-    """:func:`free_vmemmap_frames` of one base page per entry of ``pfns`` (the present PTEs of a
-    page table; never altmap frames), batched: each entry drops a reference, and the frames whose
-    last reference goes are given back a contiguous run at a time."""
+def free_vmemmap_pages(machine, pfns, nr_pages=1, altmap=None):
+    """:func:`free_vmemmap_frames` of the ``nr_pages`` frames of each entry of ``pfns`` (the present
+    leaves of a page table), batched: each entry drops a reference, and the frames whose last
+    reference goes are given back a contiguous run at a time (to ``altmap``, which must hold them
+    all, if given), as the one-by-one frees would leave them."""
+    if not len(pfns):
+        return
     frames = machine.vmemmap_refs.put_many(pfns)
-    machine.structpages.forget_many(frames)
-    for run in np.split(frames, np.flatnonzero(np.diff(frames) != 1) + 1):
-        if len(run):
-            machine.physmem.release(int(run[0]), len(run))
+    if nr_pages == 1:
+        machine.structpages.forget_many(frames)
+    for run in np.split(frames, np.flatnonzero(np.diff(frames) != nr_pages) + 1):
+        if not len(run):
+            continue
+        first, count = int(run[0]), len(run) * nr_pages
+        if nr_pages > 1:
+            machine.structpages.forget(first, count)
+        if altmap is None:
+            machine.physmem.release(first, count)
+            continue
+        altmap.release(count)
+        if not altmap.device:
+            machine.physmem.unclaim(first, count)
 
 
 class VmemmapRefs:
@@ -504,7 +517,8 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
     if reuse_compound_section(machine, start_pfn, pgmap):
         reuse = compound_section_tail_page(machine, start)
     per = min(end - start, csize) // page  # vmemmap pages per step of the kernel's loop
-    tails = {}  # compound page (steps from start) -> frame of its first tail vmemmap page
+    sparse = machine.sparse_geometry
+    carried = []  # (compound page, frame of its first tail page) of the last one a table began
 
     def fill(table, lo, hi):
         index = np.arange(lo, hi)
@@ -515,12 +529,19 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
         compound, pos = np.divmod((table.va(lo) - start) // page + index - lo, per)
         own = index[(pos < 2) & empty]
         _set_ptes(machine, table, own, alloc_blocks(machine, 1, len(own), node, None), node, "compound devmap")
-        for i in own[pos[own - lo] == 1].tolist():  # the first tail pages: shared, so described
-            machine.structpages.describe(int(table.pfns[i]), CopyOf(machine.sparse_geometry.page_to_pfn(table.va(i))))
-        tails.update(zip(compound[pos == 1].tolist(), table.pfns[index[pos == 1]].tolist()))
+        described = own[pos[own - lo] == 1]  # the first tail pages: shared, so described
+        firsts = (table.va(0) - sparse.vmemmap_base + described * page) // sparse.struct_page_size
+        machine.structpages.describe_many(table.pfns[described].tolist(), [CopyOf(p) for p in firsts.tolist()])
+        # each shared PTE maps its compound page's first tail frame: in this table, or carried
+        # over from the table where a compound page larger than a table began (ascending order)
+        heads = compound[pos == 1]
+        frames = table.pfns[index[pos == 1]]
+        if carried:
+            heads, frames = np.concatenate(([carried[0][0]], heads)), np.concatenate(([carried[0][1]], frames))
+        if len(heads):
+            carried[:] = [(int(heads[-1]), int(frames[-1]))]
         shared = (pos >= 2) & empty
-        frames = np.array([tails[c] for c in compound[shared].tolist()], dtype=np.int64)
-        _map_reused(machine, table, index[shared], frames, node)
+        _map_reused(machine, table, index[shared], frames[np.searchsorted(heads, compound[shared])], node)
 
     _fill_pte_tables(machine, start, end, node, fill)
 

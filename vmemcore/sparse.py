@@ -111,12 +111,14 @@ class Sparse:
         counted = sections * self.memmap_pages(nr_pages // sections)
         machine.stats.add(NR_MEMMAP_BOOT_PAGES if machine.physmem.booting else NR_MEMMAP_PAGES, counted)
 
-    def depopulate(self, pfn, nr_pages, altmap=None):
-        """``depopulate_section_memmap``: the arch's ``vmemmap_free`` of the range, counted."""
+    def depopulate(self, pfn, nr_pages, altmap=None, sections=1):
+        """``depopulate_section_memmap``: the arch's ``vmemmap_free`` of the range, counted;
+        ``sections`` > 1: a run of that many whole sections (each counted as the kernel counts one
+        call)."""
         machine = self.machine
         start, end = self.geometry.pfn_to_page(pfn), self.geometry.pfn_to_page(pfn + nr_pages)
         machine.hooks.vmemmap_free(machine, start, end, altmap)
-        machine.stats.add(NR_MEMMAP_PAGES, -self.memmap_pages(nr_pages))
+        machine.stats.add(NR_MEMMAP_PAGES, -sections * self.memmap_pages(nr_pages // sections))
 
     # -- boot -----------------------------------------------------------------------------------
     def init(self):
@@ -151,17 +153,33 @@ class Sparse:
                 machine.sparse_buffer = None
 
     # -- runtime section lifecycle --------------------------------------------------------------
+    def batches(self, pgmap=None) -> bool:
+        """Does one arch call for a run of whole sections map or free what one call per section
+        does? ``__add_pages`` and ``__remove_pages`` (``mm/memory_hotplug.c``) call
+        ``sparse_add_section`` / ``sparse_remove_section`` a section at a time, each with its own
+        ``vmemmap_populate`` or ``vmemmap_free``; here a run of whole sections is one call (as boot's
+        runs are) when each section's memmap fills whole PMD leaves: no two sections share a leaf,
+        a PTE table or a ``PAGE_UNUSED`` mark, so no call sees another's work but through the tables
+        above, which the walk visits in the same ascending order. With a deduplicated device
+        pagemap, its compound pages must also lie inside a section (no ``reuse_compound_section``)."""
+        if self.geometry.section_memmap_bytes % self.machine.geometry.pmd.entry_span:
+            return False
+        return pgmap is None or pgmap.vmemmap_nr <= self.geometry.pages_per_section
+
     def add(self, node, pfn, nr_pages, altmap=None, pgmap=None):
-        """``sparse_add_section`` of a range inside one section (``section_activate``); ``pgmap``:
-        the device pagemap (:class:`vmemcore.zone_device.DevicePagemap`) the range belongs to."""
+        """``sparse_add_section`` of a range inside one section (``section_activate``), or of each
+        section of a run of whole sections (when :meth:`batches`: one populate); ``pgmap``: the
+        device pagemap (:class:`vmemcore.zone_device.DevicePagemap`) the range belongs to."""
         self.check_span(pfn, nr_pages)
         nr = self.section_nr(pfn)
-        if self.section_nr(pfn + nr_pages - 1) != nr:
-            raise BadRequest(f"{self._pfns(pfn, nr_pages)} cross a section boundary")
+        end_nr = self.section_nr(pfn + nr_pages - 1) + 1
+        if end_nr - nr > 1:
+            self._add_sections(node, nr, end_nr, altmap, pgmap)
+            return
         state = self.sections.get(nr)
         bits = self.subsection_bits(pfn, nr_pages)
         if state is not None and state.subsections & bits:
-            raise BadRequest(f"sub-sections of {self._pfns(pfn, nr_pages)} already have a memmap (-EEXIST)", errno=-EEXIST)
+            raise self._exists(pfn, nr_pages)
         if state is not None and state.node != node:
             raise BadRequest(f"section {nr} belongs to node {state.node}, not node {node}")
         early = state is not None and state.early
@@ -169,13 +187,39 @@ class Sparse:
             self.populate(pfn, nr_pages, node, altmap, pgmap=pgmap)
         self.sections.set(nr, nr + 1, SectionState(node, early, (state.subsections if state else 0) | bits))
 
+    def _add_sections(self, node, first, last, altmap, pgmap):
+        """Sections ``first..last-1``, none present, each as ``section_activate`` would add it; the
+        first one present fails as its own ``sparse_add_section`` would, before anything changed."""
+        present = self.sections.items(first, last)
+        if present:
+            raise self._exists(self.section_pfn(present[0][0]), self.geometry.pages_per_section)
+        pfn, count = self.section_pfn(first), last - first
+        self.populate(pfn, count * self.geometry.pages_per_section, node, altmap, sections=count, pgmap=pgmap)
+        self.sections.set(first, last, SectionState(node, False, self.full_map))
+
+    def _exists(self, pfn, nr_pages):
+        return BadRequest(f"sub-sections of {self._pfns(pfn, nr_pages)} already have a memmap (-EEXIST)", errno=-EEXIST)
+
     def remove(self, pfn, nr_pages, altmap=None):
-        """``sparse_remove_section`` of a range inside one section (``section_deactivate``)."""
+        """``sparse_remove_section`` of a range inside one section (``section_deactivate``), or of
+        each section of a run of whole sections: one ``vmemmap_free`` when every one is a hot-added
+        section with its whole memmap (else a section at a time)."""
         self.check_span(pfn, nr_pages)
         nr = self.section_nr(pfn)
+        end_nr = self.section_nr(pfn + nr_pages - 1) + 1
+        pps = self.geometry.pages_per_section
+        if end_nr - nr > 1:
+            runs = self.sections.items(nr, end_nr)
+            if sum(e - s for s, e, state in runs if not state.early and state.subsections == self.full_map) == end_nr - nr:
+                self.sections.set(nr, end_nr, None)  # clear_subsection_map, for every section first
+                self.depopulate(pfn, nr_pages, altmap, sections=end_nr - nr)
+            else:
+                for section in range(nr, end_nr):
+                    self.remove(self.section_pfn(section), pps, altmap)
+            return
         state = self.sections.get(nr)
         bits = self.subsection_bits(pfn, nr_pages)
-        if self.section_nr(pfn + nr_pages - 1) != nr or state is None or state.subsections & bits != bits:
+        if state is None or state.subsections & bits != bits:
             raise BadRequest(f"{self._pfns(pfn, nr_pages)} have no memmap to remove (section already deactivated)")
         left = state.subsections ^ bits
         # clear_subsection_map comes first: vmemmap_free sees the range as no longer pfn_valid

@@ -8,6 +8,9 @@ from .units import parse_size
 NR_MEMMAP_PAGES = "nr_memmap_pages"
 NR_MEMMAP_BOOT_PAGES = "nr_memmap_boot_pages"
 
+#: the counters ``vmemcore sweep`` shows when ``--y`` names none
+SWEEP_COUNTERS = ("memmap_frames", "pagetable_frames")
+
 
 #: The order of the counters in reports: the kernel's two, then the vmemmap page tables top down,
 #: its leaves and the bytes they map largest first, frame owners, HVO, device-dax, the rest. A name

@@ -26,7 +26,6 @@ from .plugins import Registry
 from .report import columns, counter_unit, report
 from .scenario import parse_scenario, run_scenario
 
-DEFAULT_COUNTERS = ("memmap_frames", "pagetable_frames")
 
 
 @frozen

@@ -7,7 +7,6 @@ from ..config import REQUIRED
 from ..errors import BadRequest
 from ..physmem import Zone
 from ..units import byte_range, format_size
-from ..zone_device import add_devdax_step, remove_devdax_step
 
 
 @frozen
@@ -91,6 +90,14 @@ def _fragment(machine, args):
     return {"pinned_pages": pinned, "every": every, "pin": pin}
 
 
+def _devdax(machine, args, step):
+    """``devdax.add`` / ``devdax.remove``: the step of :mod:`vmemcore.zone_device` (loaded here, not
+    with the table of steps, which the command line's help reads)."""
+    from .. import zone_device
+
+    return getattr(zone_device, step)(machine, **args)
+
+
 _RANGE = {"start": ("size", REQUIRED), "size": ("size", REQUIRED)}
 _NODE = {"node": ("node", 0)}
 _BLOCKS = {"block": ("block", None), "start": ("size", None), "size": ("size", None)}
@@ -131,9 +138,9 @@ OPS = {
            "(default the largest buddy block) of the node's free ZONE_NORMAL memory: no free block of every "
            "bytes is left, as a long-running workload's pinned pages leave it"),
         Op("devdax.add", {**_RANGE, **_NODE, "align": ("size", None), "altmap": ("bool", False)},
-           lambda m, a: add_devdax_step(m, **a),
+           lambda m, a: _devdax(m, a, "add_devdax_step"),
            "memremap_pages of device-dax memory with compound pages of align bytes; vmemmap dedup where the kernel does it"),
-        Op("devdax.remove", dict(_RANGE), lambda m, a: remove_devdax_step(m, **a),
+        Op("devdax.remove", dict(_RANGE), lambda m, a: _devdax(m, a, "remove_devdax_step"),
            "memunmap_pages of the device pagemap that starts at start (size must match)"),
     )
 }

@@ -6,7 +6,6 @@ import attrs
 from attrs import frozen
 
 from ..errors import BadRequest, VmemcoreError
-from ..machine import Machine
 from ..stats import counter_key
 from .ops import OPS
 
@@ -48,6 +47,8 @@ def run_scenario(scenario, progress=None, registry=None, check_live_entries=Fals
     is raised as :class:`RunError` naming where it happened.
     """
     try:
+        from ..machine import Machine  # numpy: loaded when a scenario runs, not with the help
+
         machine = Machine.from_config(scenario.machine, registry=registry, check_live_entries=check_live_entries)
     except VmemcoreError as error:
         raise RunError(f"{scenario.path + ': ' if scenario.path else ''}boot", error) from error

@@ -12,10 +12,9 @@ whole backing (no sub-PMD tracking), then frees the tables left empty.
 """
 
 from vmemcore.arch import (
-    RDONLY, ArchInfo, BadRequest, Change, Feature, Flush, HugePageSize, InUse, Level, LiveEntryRule, PageTableGeometry,
-    PhysRange, PtdumpColumn, PtdumpFormat, SparseGeometry, TeardownPolicy, Variant, hookimpl, selected, vmemmap_boot_frame,
-    vmemmap_populate_basepages, vmemmap_populate_hugepages,
-    vmemmap_teardown,
+    RDONLY, ArchInfo, BadRequest, Change, Feature, Flush, HugePageSize, InUse, Level, LiveEntryRule,
+    PageTableGeometry, PhysRange, PtdumpColumn, PtdumpFormat, SparseGeometry, TeardownPolicy, Variant,
+    hookimpl, selected,
 )
 
 PAGE_SHIFT = {"4K": 12, "16K": 14, "64K": 16}
@@ -241,6 +240,7 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     section's memmap takes base pages.
     The what-if feature ``vmemmap_cont_pte`` writes base pages with contiguous PTEs where a whole
     span fits (docs/live-entries.md)."""
+    from vmemcore.arch import vmemmap_populate_basepages, vmemmap_populate_hugepages  # numpy: loaded on first use
     page, _ = _parse(machine.variant)
     partial = end - start < machine.sparse_geometry.section_memmap_bytes
     if page != "4K" or (partial and machine.profile.has(SUBSECTION_BASEPAGES)):
@@ -257,6 +257,7 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     then ``free_empty_tables(start, end, VMEMMAP_START, VMEMMAP_END)``: a table goes when empty and
     ``pgtable_range_aligned`` puts it inside the vmemmap; the top (``swapper_pg_dir``) stays. Boot
     memory is never removed (``prevent_bootmem_remove_notifier``), so its memmap never gets here."""
+    from vmemcore.arch import vmemmap_boot_frame, vmemmap_teardown  # numpy: loaded on first use
     boot = vmemmap_boot_frame(machine, start, end)
     if boot is not None:
         raise BadRequest(f"arm64 never removes boot memory (prevent_bootmem_remove_notifier): the memmap at "

@@ -20,14 +20,10 @@ not at all: after boot, an order-8 (64K) or order-12 (4K) buddy block, -ENOMEM w
 fragmented.
 """
 
-import numpy as np
-
 from vmemcore.arch import (
-    ArchInfo, BadRequest, Change, Feature, Firmware, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry, PtdumpColumn, PtdumpFormat,
-    SparseGeometry,
-    Support, TeardownPolicy, TiB, Variant, VmemmapMapping, format_size, free_vmemmap_frames, hookimpl,
-    vmemmap_alloc_block_buf, vmemmap_alloc_blocks, vmemmap_alloc_page, vmemmap_map_leaf, vmemmap_populate_compound_by_address,
-    vmemmap_populate_hugepages, vmemmap_populated, vmemmap_teardown, vmemmap_unmap_leaf,
+    ArchInfo, BadRequest, Change, Feature, Firmware, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry,
+    PtdumpColumn, PtdumpFormat, SparseGeometry, Support, TeardownPolicy, TiB, Variant, VmemmapMapping,
+    format_size, hookimpl,
 )
 
 PAGE_SHIFT = {"4K": 12, "64K": 16}
@@ -328,6 +324,8 @@ class VmemmapList:
         """``vmemmap_list_populate`` for each block (``addrs`` mapped by ``pfns``), in order: an entry
         each, from the freed list, else the newest page, else a new page (:class:`OutOfMemory` when
         none can be had: the caller's transaction gives the block back, as the kernel frees it)."""
+        from vmemcore.arch import vmemmap_alloc_page  # numpy: loaded on first use
+
         self._save()
         for addr, pfn in zip(addrs, pfns):
             if self.num_freed:
@@ -378,6 +376,8 @@ class BoltedVmemmap(VmemmapMapping):
         return None if pfn is None else (pfn << self.page_shift) + vaddr - block
 
     def leaf_extents(self, start, end):
+        import numpy as np  # loaded when the hash mapping is first read
+
         size = vmemmap_block_size(self.machine)
         base = start - (start - self.machine.sparse_geometry.vmemmap_base) % size
         entries = vmemmap_list(self.machine).entries
@@ -389,6 +389,8 @@ class BoltedVmemmap(VmemmapMapping):
         return {vmemmap_block_size(self.machine): len(entries)} if entries else {}
 
     def leaf_frames(self):
+        import numpy as np  # loaded when the hash mapping is first read
+
         entries = vmemmap_list(self.machine).entries
         if not entries:
             return []
@@ -413,6 +415,8 @@ def _list_populate(machine, start, end, node, altmap):
     the block describes is ``pfn_valid``; here, the block has an entry, which is the same answer
     (an entry exists exactly while a valid sub-section needs it, and a boot or hot-added section's
     own sub-sections are not valid before its populate)."""
+    from vmemcore.arch import vmemmap_alloc_block_buf, vmemmap_alloc_blocks, vmemmap_map_leaf  # numpy: loaded on first use
+
     size = vmemmap_block_size(machine)
     nr_pages = size >> machine.geometry.page_shift
     base = machine.sparse_geometry.vmemmap_base
@@ -447,6 +451,8 @@ def _list_free(machine, start, end, altmap):
     ``vmemmap_list`` entry is freed, its frames go back to the altmap that holds them, else (boot
     frames, PageReserved) a page at a time to the buddy allocator, else as one ``free_pages``, and
     its mapping is removed: ``htab_remove_mapping`` (hash) or ``radix__vmemmap_remove_mapping``."""
+    from vmemcore.arch import free_vmemmap_frames, vmemmap_populated, vmemmap_unmap_leaf  # numpy: loaded on first use
+
     size = vmemmap_block_size(machine)
     nr_pages = size >> machine.geometry.page_shift
     base = machine.sparse_geometry.vmemmap_base
@@ -485,6 +491,8 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     from the PMD's start) and to ``PAGE_SIZE`` with one; 6.12.0 takes ``start`` as given. The
     6.15/6.16 rule (9cf7e13fecba: base pages for every PMD-unaligned start) belongs to no profile.
     Hash, and radix before 6.6: ``init_64.c``'s ``vmemmap_list`` populate (:func:`_list_populate`)."""
+    from vmemcore.arch import vmemmap_populate_hugepages  # numpy: loaded on first use
+
     if not _radix_own_populate(machine):
         _list_populate(machine, start, end, node, altmap)
         return True
@@ -517,6 +525,8 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     other to memblock or the buddy allocator; ``free_{pud,pmd,pte}_table`` free a table once all its
     entries are none (the PGD stays); one ``radix__flush_tlb_kernel_range(start, end)`` ends it.
     Hash, and radix before 6.6: ``init_64.c``'s ``vmemmap_free`` (:func:`_list_free`)."""
+    from vmemcore.arch import vmemmap_teardown  # numpy: loaded on first use
+
     if not _radix_own_populate(machine):
         _list_free(machine, start, end, altmap)
         return True
@@ -570,6 +580,8 @@ def vmemcore_vmemmap_populate_compound_pages(machine, start_pfn, start, end, nod
     the first tail page's frame, found by address (so a 64K page holding the memmap of four sections
     needs no section-by-section reuse), and a page under an existing PMD leaf is left to it. Before
     6.6 the generic populate ran (hash never dedups)."""
+    from vmemcore.arch import vmemmap_populate_compound_by_address  # numpy: loaded on first use
+
     mmu, _ = _parse(machine.variant)
     if mmu != "radix" or not machine.profile.has(RADIX_DAX_DEDUP):
         return None

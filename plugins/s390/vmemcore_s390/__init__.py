@@ -14,10 +14,9 @@ KASAN or KMSAN.
 import attrs
 
 from vmemcore.arch import (
-    NUMA_NO_NODE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, LiveEntryRule, MhpDesign, MiB, PageTableGeometry,
-    PtdumpColumn, PtdumpFormat,
-    PhysRange, SparseGeometry, Support, TeardownPolicy, Variant, hookimpl, selected, vmemmap_populate_basepages,
-    vmemmap_populate_hugepages, vmemmap_teardown,
+    NUMA_NO_NODE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, LiveEntryRule, MhpDesign,
+    MiB, PageTableGeometry, PhysRange, PtdumpColumn, PtdumpFormat, SparseGeometry, Support, TeardownPolicy, Variant,
+    hookimpl, selected,
 )
 
 CRST_BYTES = 2048 * 8  # _CRST_ENTRIES; allocated as CRST_ALLOC_ORDER 2 = 16 KiB
@@ -309,6 +308,7 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     it (``vmemmap_use_new_sub_pmd``), and falls back to a page table of 4 KiB pages from the same
     altmap when the frame cannot be had; without EDAT1 every segment gets a page table. On failure
     the kernel undoes the range with ``remove_pagetable``; here the engine's journal does."""
+    from vmemcore.arch import vmemmap_populate_basepages, vmemmap_populate_hugepages  # numpy: loaded on first use
     if machine.features["edat1"]:
         vmemmap_populate_hugepages(machine, start, end, NUMA_NO_NODE, altmap, sub_pmd=True, altmap_fallback=True)
     else:
@@ -322,6 +322,7 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     freed when the range covers it or ``vmemmap_unuse_sub_pmd`` finds all of it unused, frames go to
     the altmap they came from (``vmem_free_pages``), every page, segment and region table is freed
     once empty (``try_free_*_table``; the top stays), and one ``flush_tlb_kernel_range`` ends it."""
+    from vmemcore.arch import vmemmap_teardown  # numpy: loaded on first use
     vmemmap_teardown(machine, start, end, altmap, TeardownPolicy(InUse.SUB_PMD, flush_end=Flush.RANGE))
     return True
 

@@ -6,10 +6,9 @@ leaves when the CPU has PSE and the range covers a section, with base pages othe
 """
 
 from vmemcore.arch import (
-    ANY_CHANGE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory, PageTableGeometry,
-    PtdumpColumn, PtdumpFormat, SparseGeometry,
-    TeardownPolicy, TiB, Variant, hookimpl, selected, vmemmap_populate_basepages, vmemmap_populate_hugepages,
-    vmemmap_teardown,
+    ANY_CHANGE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, MiB, OutOfMemory,
+    PageTableGeometry, PtdumpColumn, PtdumpFormat, SparseGeometry, TeardownPolicy, TiB, Variant, hookimpl,
+    selected,
 )
 
 # paging -> (virtual address bits, physical address bits, __VMEMMAP_BASE_L4/_L5, vmemmap size)
@@ -131,6 +130,7 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     """``vmemmap_populate``: base pages (never from the altmap) for less than a section's memmap,
     or while the v17-era HVO is on (its walk cannot split PMD leaves); PMD leaves with PSE; without
     PSE an altmap cannot be used (-ENOMEM)."""
+    from vmemcore.arch import vmemmap_populate_basepages, vmemmap_populate_hugepages  # numpy: loaded on first use
     hvo_wants_basepages = (
         machine.profile.hvo_needs_basepage_vmemmap and machine.hugetlb.optimize_vmemmap and altmap is None
     )
@@ -151,6 +151,7 @@ def vmemcore_vmemmap_free(machine, start, end, altmap):
     PMD leaves freed when the range covers them or ``vmemmap_pmd_is_unused``, a flush after each PTE
     table (``remove_pte_table``), and PTE and PMD tables freed once empty, PUD tables only under
     5-level paging (``free_pud_table``), P4D tables never."""
+    from vmemcore.arch import vmemmap_teardown  # numpy: loaded on first use
     tables = {"pte", "pmd"} | ({"pud"} if machine.variant.name == "5-level" else set())
     policy = TeardownPolicy(InUse.SUB_PMD, tables, flush_pte_table=Flush.ALL, flush_end=Flush.ALL)
     vmemmap_teardown(machine, start, end, altmap, policy)

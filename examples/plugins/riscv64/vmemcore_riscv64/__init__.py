@@ -13,10 +13,9 @@ Imports only :mod:`vmemcore.arch`, like any plugin published through the ``vmemc
 """
 
 from vmemcore.arch import (
-    ArchInfo, BadRequest, Change, Feature, Flush, GiB, HugePageSize, InUse, KiB, Level, MiB, PageTableGeometry, PhysRange, PtdumpColumn,
-    PtdumpFormat,
-    SparseGeometry, Support, TeardownPolicy, Variant, hookimpl, preallocate_tables, selected, vmemmap_populate_basepages,
-    vmemmap_populate_hugepages, vmemmap_teardown,
+    ArchInfo, BadRequest, Change, Feature, Flush, GiB, HugePageSize, InUse, KiB, Level, MiB, PageTableGeometry,
+    PhysRange, PtdumpColumn, PtdumpFormat, SparseGeometry, Support, TeardownPolicy, Variant, hookimpl,
+    preallocate_tables, selected,
 )
 
 PAGE_SHIFT = 12
@@ -229,6 +228,7 @@ def vmemcore_vmemmap_populate(machine, start, end, node, altmap):
     mappings for vmemmap" (Alexandre Ghiti, 6.8) made it ``vmemmap_populate_hugepages`` (with
     ``vmemmap_set_pmd`` = ``pmd_set_huge``); the altmap is passed on since e3ecf2fdc8f3 (6.11), before
     which no altmap could reach it (no hotplug, no ZONE_DEVICE)."""
+    from vmemcore.arch import vmemmap_populate_basepages, vmemmap_populate_hugepages  # numpy: loaded on first use
     if machine.profile.has(VMEMMAP_PMD):
         vmemmap_populate_hugepages(machine, start, end, node, altmap)
     else:
@@ -252,6 +252,7 @@ def teardown_policy(machine):
 @hookimpl
 def vmemcore_vmemmap_free(machine, start, end, altmap):
     """``vmemmap_free`` = ``remove_pgd_mapping(start, end, true, altmap)`` (see :func:`teardown_policy`)."""
+    from vmemcore.arch import vmemmap_teardown  # numpy: loaded on first use
     vmemmap_teardown(machine, start, end, altmap, teardown_policy(machine))
     return True
 
