@@ -148,7 +148,8 @@ def kernel_memory_layout(variant, profile, memory, section_bits):
 
     ``ident_map_size`` is the end of the highest memory (``detect_max_physmem_end``), at most
     ``2**MAX_PHYSMEM_BITS`` (``setup_ident_map_size``); the vmalloc area is ``VMALLOC_DEFAULT_SIZE``
-    (510 GiB) or an eighth of that, rounded up to a segment, if larger (``setup_vmalloc_size``). The
+    (510 GiB) or an eighth of ``ident_map_size`` rounded up to a segment, if larger
+    (``setup_vmalloc_size``). The
     variant stands for the kernel's choice of 3 levels (limit 4 TiB) or 4 (8 PiB). Then, by kernel:
 
     * before 9a39abb7c9aa (5.16; 5.15.5): modules and vmalloc at the top of the address space, the
