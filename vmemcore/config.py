@@ -153,6 +153,7 @@ class ConfigValidator:
     def __init__(self, registry, sparse=None):
         self.registry = registry
         self.sparse = sparse  # the arch's SparseGeometry, once [machine] is read
+        self.geometry_of = lambda memory: self.sparse  # the SparseGeometry of a machine with that memory
         self.nodes = ()  # the nodes of [[memory]], once read
 
     def error(self, key, message):
@@ -307,7 +308,8 @@ class ConfigValidator:
 
         firmware = self.firmware(info, table.get("firmware", {}))
         kernel_image = self.size("machine.kernel_image", table.get("kernel_image", DEFAULT_KERNEL_IMAGE))
-        self.sparse = plugin.hooks().sparse_geometry(variant, get_profile(kernel))
+        self.geometry_of = lambda memory: plugin.hooks().sparse_geometry(variant, get_profile(kernel), memory)
+        self.sparse = self.geometry_of(())
         return arch, variant.name, kernel, features, firmware, kernel_image
 
     def kernel_image(self, size, memory, kernel_start):
@@ -375,13 +377,6 @@ class ConfigValidator:
                     f"range [{human_size(start)}, {human_size(start + size)}) ends past the {sparse.max_physmem_bits}-bit "
                     f"physical limit ({format_size(limit)}) of this arch and variant",
                 )
-            if (start + size) // page > sparse.vmemmap_max_pfn:
-                raise self.error(
-                    f"{key}.size",
-                    f"range [{human_size(start)}, {human_size(start + size)}) has struct pages outside the "
-                    f"{format_size(sparse.vmemmap_size)} vmemmap of this arch and variant, which describes the "
-                    f"first {format_size(sparse.vmemmap_max_pfn * page)} of physical address space",
-                )
             where = f"{key}.start" if "start" in table else key
             shift = sparse.section_size_bits
             for j, other in enumerate(out):
@@ -400,6 +395,16 @@ class ConfigValidator:
                     )
             out.append(MemoryRange(node, start, size))
             cursor = start + size
+        # the vmemmap's place and size may follow the machine's memory (s390 setup_kernel_memory_layout())
+        sparse = self.geometry_of(tuple(out))
+        for i, item in enumerate(out):
+            if (item.start + item.size) // page > sparse.vmemmap_max_pfn:
+                raise self.error(
+                    f"memory[{i}].size",
+                    f"range [{human_size(item.start)}, {human_size(item.start + item.size)}) has struct pages outside "
+                    f"the {format_size(sparse.vmemmap_size)} vmemmap of this arch and variant, which describes the "
+                    f"first {format_size(sparse.vmemmap_max_pfn * page)} of physical address space",
+                )
         return tuple(out)
 
     def hugetlb(self, table):

@@ -89,8 +89,10 @@ def vmemcore_sparse_geometry(variant: Variant, profile: KernelProfile,
     :param variant: the selected variant of the arch.
     :param profile: the kernel profile.
     :param memory: the machine's memory at boot, :class:`vmemcore.config.MemoryRange` items (node,
-        start, size), for an arch that places its vmemmap by where RAM starts (arm64's
-        ``memstart_addr``); empty where no machine is built (``vmemcore arches``, scenario validation).
+        start, size), for an arch that places its vmemmap by where RAM starts or ends (arm64's
+        ``memstart_addr``, s390's ``setup_kernel_memory_layout``); empty where no machine is built
+        (``vmemcore arches``, the checks of ``[machine]``); the checks of ``[[memory]]`` ask again
+        with the ranges read.
 
     Returns a :class:`vmemcore.SparseGeometry` (section size, max physical address bits, memory
     block size, vmemmap base and size, pageblock order). The engine refuses memory whose struct

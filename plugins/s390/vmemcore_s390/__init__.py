@@ -5,25 +5,32 @@ The kernel ASCE has 3 levels (region-third top, 4 TiB) or 4 levels (region-secon
 Region and segment ("CRST") tables are 2048 x 8 B = 16 KiB; page tables are 256 x 8 B = 2 KiB. The
 vmemmap is mapped with 1 MiB segment leaves when EDAT1 is present, even where a range uses only
 part of one (tracked as x86 does), with 4 KiB pages otherwise; its allocations ignore the node.
-Region-third entries may hold 2 GiB leaves with EDAT2.
+Region-third entries may hold 2 GiB leaves with EDAT2. The vmemmap starts where
+``setup_kernel_memory_layout()`` puts it for the machine's memory (:func:`kernel_memory_layout`), with
+the kernel's defaults for what the model lacks: KASLR off, the default vmalloc size, no ``mem=``, no
+KASAN or KMSAN.
 """
 
 import attrs
 
 from vmemcore.arch import (
     NUMA_NO_NODE, ArchInfo, Change, Feature, Flush, GiB, HugePageSize, InUse, Level, LiveEntryRule, MhpDesign,
-    MiB, PageTableGeometry, PtdumpColumn, PtdumpFormat, SparseGeometry, Support, TeardownPolicy, TiB, Variant,
+    MiB, PageTableGeometry, PhysRange, PtdumpColumn, PtdumpFormat, SparseGeometry, Support, TeardownPolicy, Variant,
     hookimpl, selected,
 )
 
 CRST_BYTES = 2048 * 8  # _CRST_ENTRIES; allocated as CRST_ALLOC_ORDER 2 = 16 KiB
 PTE_TABLE_BYTES = 256 * 8  # _PAGE_ENTRIES x 8 B: 2 KiB
 MAX_PHYSMEM_BITS = 46  # CONFIG_MAX_PHYSMEM_BITS default
-# The kernel places the vmemmap dynamically (startup.c setup_kernel_memory_layout()): just below the
-# lowcore, sized for the identity map, rounded down to a top-level region entry. Fixed stand-ins here:
-# a region-entry aligned range holding the memmap of 2**MAX_PHYSMEM_BITS bytes (2**34 pages x 64 B).
-VMEMMAP_SIZE = 1 * TiB
-VMEMMAP_BASE = {"3-level": 2 * TiB, "4-level": 1 << 52}  # inside 4 TiB / 8 PiB, 2 GiB / 4 TiB aligned
+STRUCT_PAGE = 64
+REGION3_SIZE, REGION2_SIZE, REGION1_SIZE = 1 << 31, 1 << 42, 1 << 53  # _REGION{3,2,1}_SIZE: 2 GiB, 4 TiB, 8 PiB
+SEGMENT_SIZE = 1 << 20  # _SEGMENT_SIZE
+MODULES_LEN = 1 << 31  # asm/pgtable.h
+VMALLOC_DEFAULT_SIZE = (512 << 30) - MODULES_LEN  # asm/pgtable.h
+MAX_DCSS_ADDR = 512 << 30  # asm/extmem.h: the highest address a DCSS segment may have (6.10+)
+KASLR_LEN = 1 << 31  # asm/page.h (6.10+)
+KERNEL_IMAGE_BASE = 0x3FFE0000000  # CONFIG_KERNEL_IMAGE_BASE default (without KASAN): 4 TiB - 512 MiB
+KERNEL_IMAGE_SIZE = 512 << 20  # __NO_KASLR_END_KERNEL = KERNEL_IMAGE_BASE + KERNEL_IMAGE_SIZE = 4 TiB
 VA_BITS = {"3-level": 42, "4-level": 53}
 
 # The dated changes the hooks follow (docs/kernel-map.md#s390).
@@ -47,6 +54,16 @@ BOOT_PTE_FULL_PAGE = Change(
 HVO_OFF = Change("s390-hvo-off", "HVO disabled: a valid entry may not be replaced by another valid one", "6.18",
                  stable=("6.6.117", "6.12.58", "6.17.8"), commit="64e2f60f355e",
                  status="CONFIRMED (stable reviews of 6.12.58-rc1 and 6.6.117-rc1; 6.17.8 from CVE-2025-68179)")
+LAYOUT_TOP_DOWN = Change(
+    "s390-layout-top-down", "setup_kernel_memory_layout() puts the vmemmap as high as the space below the vmalloc "
+    "area allows (rounded down to a top-level region entry, at most 2**MAX_PHYSMEM_BITS) instead of right above the "
+    "identity map", "5.16", stable=("5.15.5",), commit="9a39abb7c9aa",
+    status="CONFIRMED (s390 pull for 5.16-rc2, s390-5.16-3; 5.15.5-rc1 stable review)")
+LAYOUT_FIXED_KERNEL = Change(
+    "s390-layout-fixed-kernel", "the kernel image at CONFIG_KERNEL_IMAGE_BASE without KASLR, modules and vmalloc "
+    "below it, the vmemmap below the vmalloc area (no longer capped at 2**MAX_PHYSMEM_BITS); 4 levels only with "
+    "KASLR or KASAN", "6.10", commit="54f2ecc3188f",
+    status="CONFIRMED (s390 pull for the 6.10 merge window, s390-6.10-1, Alexander Gordeev's layout series)")
 
 
 def _crst(name, shift, hw_name, leaf=False):
@@ -67,7 +84,8 @@ def vmemcore_arch_info():
             Feature("edat1", True, "1 MiB segment leaves (EDAT1): vmemmap mapped with segment leaves"),
             Feature("edat2", True, "2 GiB region-third leaves (EDAT2): 2 GiB HugeTLB pages"),
         ),
-        changes=(HVO_ON, PTE_FULL_PAGE, MEMMAP_ON_MEMORY, SECTION_128M, BOOT_PTE_FULL_PAGE, ZONE_DEVICE, HVO_OFF),
+        changes=(LAYOUT_TOP_DOWN, HVO_ON, PTE_FULL_PAGE, MEMMAP_ON_MEMORY, LAYOUT_FIXED_KERNEL, SECTION_128M,
+                 BOOT_PTE_FULL_PAGE, ZONE_DEVICE, HVO_OFF),
     )
 
 
@@ -96,20 +114,139 @@ def vmemcore_pagetable_geometry(variant, profile):
     )
 
 
-@hookimpl
-def vmemcore_sparse_geometry(variant, profile):
+def _round_down(value, align):
+    return value // align * align
+
+
+def _round_up(value, align):
+    return -(-value // align) * align
+
+
+@attrs.frozen
+class VmemmapLayout:
+    """Where ``setup_kernel_memory_layout()`` (``arch/s390/boot/startup.c``) puts the vmemmap:
+    ``start`` (the ``vmemmap`` pointer) and ``limit``, the bottom of the area above it (the vmalloc
+    area; the absolute lowcore since 6.10), which bounds the struct pages of hot-added memory."""
+
+    start: int
+    limit: int
+
+
+def _memory_end(memory):
+    """The end of the highest memory (``detect_max_physmem_end``), 0 without memory."""
+    return max((item.start + item.size for item in memory), default=0)
+
+
+def _section_align_up(pages, section_bits):
+    return _round_up(pages, 1 << (section_bits - 12))
+
+
+def kernel_memory_layout(variant, profile, memory, section_bits):
+    """The vmemmap placement of ``setup_kernel_memory_layout()`` for a machine of ``memory``, with the
+    kernel's defaults for what the model lacks: no KASLR, no ``mem=``/``vmalloc=``, no KASAN/KMSAN,
+    not a kdump kernel and not a protected-virtualization host (no ultravisor limit).
+
+    ``ident_map_size`` is the end of the highest memory (``detect_max_physmem_end``), at most
+    ``2**MAX_PHYSMEM_BITS`` (``setup_ident_map_size``); the vmalloc area is ``VMALLOC_DEFAULT_SIZE``
+    (510 GiB) or an eighth of ``ident_map_size`` rounded up to a segment, if larger
+    (``setup_vmalloc_size``). The
+    variant stands for the kernel's choice of 3 levels (limit 4 TiB) or 4 (8 PiB). Then, by kernel:
+
+    * before 9a39abb7c9aa (5.16; 5.15.5): modules and vmalloc at the top of the address space, the
+      vmemmap right above the identity map, at ``ident_map_size`` rounded up to a top-level region
+      entry (2 GiB with 3 levels, 4 TiB with 4), unless the space left below vmalloc is smaller;
+    * since then: the vmemmap as high as the space below vmalloc allows when it is split between the
+      identity map and its memmap (``VMALLOC_START / (PAGE_SIZE + sizeof(struct page))`` pages),
+      rounded down to a top-level region entry and at most ``2**MAX_PHYSMEM_BITS``;
+    * since 54f2ecc3188f (6.10): the kernel image at ``CONFIG_KERNEL_IMAGE_BASE`` (4 TiB - 512 MiB),
+      or at the top of the address space when the estimated size of the layout (``get_vmem_size``)
+      does not fit below it, modules and vmalloc (at most half of what is left) below the image, the
+      vmemmap split as before below the vmalloc area, rounded down to a 2 GiB region-third entry, no
+      longer capped.
+
+    Left out: the few pages of the real-memory copy and absolute lowcore areas (they sit between
+    modules and vmalloc before 6.10 and below vmalloc since), which move the vmemmap only when the
+    unrounded split lands within those pages of a region boundary; and the image size (the image is
+    taken as the ``KERNEL_IMAGE_SIZE`` its Kconfig base leaves below 4 TiB)."""
+    ident = min(_memory_end(memory), 1 << MAX_PHYSMEM_BITS)
+    vmalloc = max(_round_up(ident // 8, SEGMENT_SIZE), VMALLOC_DEFAULT_SIZE)
+    four_levels = variant.name == "4-level"
+    asce_limit = REGION1_SIZE if four_levels else REGION2_SIZE
+    split = 4096 + STRUCT_PAGE  # PAGE_SIZE + sizeof(struct page): one page of identity map and its struct page
+    if profile.has(LAYOUT_FIXED_KERNEL):
+        memmap = _section_align_up(ident // 4096, section_bits) * STRUCT_PAGE
+        vsize = (_round_up((1 << 31) + max(ident, MAX_DCSS_ADDR), REGION3_SIZE)  # SZ_2G +
+                 + _round_up(memmap, REGION3_SIZE) + MODULES_LEN + KASLR_LEN + vmalloc)
+        nokaslr_end = KERNEL_IMAGE_BASE + KERNEL_IMAGE_SIZE
+        kernel_start = KERNEL_IMAGE_BASE
+        if asce_limit < nokaslr_end or min(vsize, asce_limit) > nokaslr_end:
+            kernel_start = asce_limit - KERNEL_IMAGE_SIZE
+        vmalloc_end = _round_down(kernel_start, SEGMENT_SIZE) - MODULES_LEN
+        vmalloc = min(vmalloc, _round_down(vmalloc_end // 2, SEGMENT_SIZE))
+        top = vmalloc_end - vmalloc
+        pages = _section_align_up(top // split, section_bits)
+        return VmemmapLayout(_round_down(top - pages * STRUCT_PAGE, REGION3_SIZE), top)
+    rte_size = REGION2_SIZE if four_levels else REGION3_SIZE
+    vmalloc_end = asce_limit - MODULES_LEN
+    if profile.has(LAYOUT_TOP_DOWN):
+        top = vmalloc_end - min(vmalloc, _round_down(vmalloc_end // 2, REGION3_SIZE))
+        pages = _section_align_up(top // split, section_bits)
+        start = min(_round_down(top - pages * STRUCT_PAGE, rte_size), 1 << MAX_PHYSMEM_BITS)
+        return VmemmapLayout(start, top)
+    memmap = _section_align_up(ident // 4096, section_bits) * STRUCT_PAGE
+    above_ident = _round_up(ident, rte_size)
+    if above_ident + memmap > vmalloc_end or vmalloc > vmalloc_end - above_ident - memmap:
+        vmalloc = min(vmalloc, vmalloc_end // 2)
+    top = vmalloc_end - vmalloc
+    pages = _section_align_up(top // split, section_bits)
+    return VmemmapLayout(min(_round_up(top - pages * STRUCT_PAGE, rte_size), above_ident), top)
+
+
+def _section_bits(profile):
     # asm/sparsemem.h: 28 (256 MiB), 27 (128 MiB) since e3a6970b7daf (6.13)
-    section_bits = 27 if profile.has(SECTION_128M) else 28
+    return 27 if profile.has(SECTION_128M) else 28
+
+
+@hookimpl
+def vmemcore_sparse_geometry(variant, profile, memory):
+    """The vmemmap starts where :func:`kernel_memory_layout` puts it and spans the space the layout
+    leaves up to the area above it (the struct pages of every address the identity map may reach,
+    :func:`vmemcore_mappable_range`), at most the memmap of ``2**MAX_PHYSMEM_BITS`` bytes.
+
+    Boot memory above the identity map's limit (``vmemmap_start``: about 3.5 TiB with 3 levels) is
+    left unused by the kernel (``ident_map_size`` capped, ``physmem_set_usable_limit``); the model
+    cannot drop memory it was given, so it keeps that memory and lets the region grow to hold its
+    struct pages, as far as the address space allows."""
+    section_bits = _section_bits(profile)
+    layout = kernel_memory_layout(variant, profile, memory, section_bits)
+    boot_memmap = _section_align_up(_memory_end(memory) // 4096, section_bits) * STRUCT_PAGE
     return SparseGeometry(
         page_shift=12,
         section_size_bits=section_bits,
         max_physmem_bits=MAX_PHYSMEM_BITS,
         memory_block_size=1 << section_bits,  # max(section, sclp.rzm): rzm taken as <= one section
-        vmemmap_base=VMEMMAP_BASE[variant.name],
-        vmemmap_size=VMEMMAP_SIZE,
+        vmemmap_base=layout.start,
+        vmemmap_size=min(max(layout.limit - layout.start, boot_memmap), (1 << MAX_PHYSMEM_BITS) // 4096 * STRUCT_PAGE),
         pageblock_order=8,  # HPAGE_SHIFT 20: 1 MiB
         max_page_order=10,
     )
+
+
+@hookimpl
+def vmemcore_mappable_range(machine):
+    """``arch_get_mappable_range()``: the struct pages of what is added must fit below the area above
+    the vmemmap, and since 9a39abb7c9aa (5.16; 5.15.5) the identity map ends below the vmemmap
+    (``VMEM_MAX_PHYS``, the ``vmemmap`` pointer; ``max_mappable``, at most ``vmemmap_start``, since
+    6.10). The kernel counts standby memory in ``ident_map_size``, which the model does not have: so
+    before 5.16 (where ``VMEM_MAX_PHYS`` is ``ident_map_size`` rounded up to a region entry) and for
+    the 6.10+ bound ``max(ident_map_size, MAX_DCSS_ADDR)``, hot-added memory is taken as standby
+    memory the layout already counted. Boot memory the model keeps above the identity limit (see
+    :func:`vmemcore_sparse_geometry`) stays inside the range."""
+    sparse = machine.sparse_geometry
+    holds = sparse.vmemmap_size // sparse.struct_page_size * sparse.page_size
+    if machine.profile.has(LAYOUT_TOP_DOWN):
+        return PhysRange(0, max(min(sparse.vmemmap_base, holds), _memory_end(machine.memory)))
+    return PhysRange(0, holds)
 
 
 @hookimpl
