@@ -152,3 +152,22 @@ def test_a_failed_operation_restores_the_free_lists():
     assert m.snapshot() == before
     assert m.physmem.buddy.lists() == lists  # the journal restores the lists' order too
     m.check()
+
+
+def test_release_many_frees_in_the_order_given_as_one_release_per_block_does():
+    """HugeTLB frees a pool's folios with ``release_many``: the frame and free maps are updated a
+    run at a time, the free lists block by block in the order given. The lists' order shows in
+    what later allocations get, so both machines must hand out the same pages in the same order."""
+    machines = [Machine("x86_64", memory=[{"size": 4 * GiB}]) for _ in range(2)]
+    for m in machines:
+        got = m.physmem.alloc_pages(6, 0, Use.PINNED, order=9)
+        # an order with adjacent and separate blocks, not sorted: merging must not reorder the lists
+        blocks = [(got[i], 512) for i in (3, 0, 1, 5, 2)]
+    machines[0].physmem.release_many(blocks)
+    for block in blocks:
+        machines[1].physmem.release(*block)
+    assert machines[0].snapshot() == machines[1].snapshot()
+    after = [m.physmem.alloc_pages(len(blocks), 0, Use.PINNED, order=9) for m in machines]
+    assert after[0] == after[1] and sorted(after[0]) == sorted(pfn for pfn, _ in blocks)
+    for m in machines:
+        m.check()

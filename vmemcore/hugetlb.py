@@ -362,8 +362,8 @@ class HugeTLB:
             if folio.head in home_heads:
                 forget.append(home_heads[folio.head])
         structpages.describe_many(forget, [None] * len(forget))
-        for folio in freed:  # one release per folio, in the list's order, as the kernel frees them
-            machine.physmem.release(folio.head, 1 << folio.order)
+        # one release per folio, in the list's order, as the kernel frees them
+        machine.physmem.release_many([(folio.head, 1 << folio.order) for folio in freed])
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):

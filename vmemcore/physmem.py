@@ -375,12 +375,29 @@ class PhysMem:
         """Give frames back: they become free (``free_pages``, ``free_reserved_page``, memblock free).
         After boot they go to the free lists as the largest aligned blocks, lowest first, each
         merged with its buddies (``__free_one_page``), at the tail with ``to_tail`` (``FPI_TO_TAIL``)."""
-        self.frames.set(pfn, pfn + nr_pages, FREE)
-        for start, end, node in self.nodes.items(pfn, pfn + nr_pages):
-            for s, e, zone in self.zones.items(start, end):
-                self._free[node].set(s, e, zone)
-                if not self.booting:
-                    self.buddy.free_range(s, e, node, zone, to_tail)
+        self.release_many([(pfn, nr_pages)], to_tail)
+
+    def release_many(self, blocks, to_tail=False):
+        """:meth:`release` of each ``(pfn, nr_pages)`` of ``blocks`` in turn. The free lists take
+        them one by one in the order given, as the kernel frees them; the frame and free-memory maps,
+        whose end state does not depend on that order, are updated a run of adjacent blocks at a time."""
+        runs = []
+        for pfn, nr_pages in sorted(blocks):
+            if runs and runs[-1][1] == pfn:
+                runs[-1][1] = pfn + nr_pages
+            else:
+                runs.append([pfn, pfn + nr_pages])
+        for start, end in runs:
+            self.frames.set(start, end, FREE)
+            for s, e, node in self.nodes.items(start, end):
+                for zs, ze, zone in self.zones.items(s, e):
+                    self._free[node].set(zs, ze, zone)
+        if self.booting:
+            return
+        for pfn, nr_pages in blocks:
+            for s, e, node in self.nodes.items(pfn, pfn + nr_pages):
+                for zs, ze, zone in self.zones.items(s, e):
+                    self.buddy.free_range(zs, ze, node, zone, to_tail)
 
     def retag(self, pfn, nr_pages, owner):
         """Change the owner of frames already allocated (memory handed from one user to another)."""
