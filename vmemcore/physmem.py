@@ -271,9 +271,11 @@ class PhysMem:
             self.faults.failed = before[1]
         owner = Owner(purpose)
         ordered = np.sort(pfns)
-        for run in np.split(ordered, np.flatnonzero(np.diff(ordered) != size) + 1):
-            if len(run):
-                self._take(int(run[0]), len(run) * size, owner)
+        breaks = np.flatnonzero(np.diff(ordered) != size) + 1  # where a run of adjacent blocks starts
+        firsts = ordered[np.concatenate(([0], breaks))] if len(ordered) else ordered
+        lasts = ordered[np.concatenate((breaks - 1, [len(ordered) - 1]))] if len(ordered) else ordered
+        for first, last in zip(firsts.tolist(), lasts.tolist()):
+            self._take(first, last + size - first, owner)
         return pfns.tolist()
 
     def _alloc_buddy(self, count, order, node, exact_nid, movable):
@@ -394,10 +396,24 @@ class PhysMem:
                     self._free[node].set(zs, ze, zone)
         if self.booting:
             return
+        ranges = {}  # (node, zone) -> its ranges in the order given: lists of other zones never meet
+        lo = hi = 0  # the stretch of one node and zone that the last block lay in
         for pfn, nr_pages in blocks:
-            for s, e, node in self.nodes.items(pfn, pfn + nr_pages):
-                for zs, ze, zone in self.zones.items(s, e):
-                    self.buddy.free_range(zs, ze, node, zone, to_tail)
+            if not lo <= pfn < pfn + nr_pages <= hi:
+                node, zone = self.nodes.extent(pfn), self.zones.extent(pfn)
+                lo = hi = 0
+                if node is not None and zone is not None:
+                    lo, hi = max(node[0], zone[0]), min(node[1], zone[1])
+                    where = ranges.setdefault((node[2], zone[2]), [])
+                if pfn + nr_pages > hi:  # across nodes or zones (or holes): piece by piece
+                    for s, e, n in self.nodes.items(pfn, pfn + nr_pages):
+                        for zs, ze, z in self.zones.items(s, e):
+                            ranges.setdefault((n, z), []).append((zs, ze))
+                    lo = hi = 0
+                    continue
+            where.append((pfn, pfn + nr_pages))
+        for (node, zone), parts in ranges.items():
+            self.buddy.free_ranges(parts, node, zone, to_tail)
 
     def retag(self, pfn, nr_pages, owner):
         """Change the owner of frames already allocated (memory handed from one user to another)."""
