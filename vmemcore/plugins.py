@@ -19,7 +19,6 @@ import importlib
 import inspect
 import os
 import sys
-from importlib.metadata import entry_points
 
 import attrs
 import pluggy
@@ -162,6 +161,8 @@ class Registry:
         self.errors = []
         candidates = []
         if autoload:
+            from importlib.metadata import entry_points  # slow to import: only when plugins are looked for
+
             for ep in entry_points(group=ENTRY_POINT_GROUP):
                 candidates.append((ep.name, ep.load))
         modules = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
