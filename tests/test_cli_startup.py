@@ -15,6 +15,8 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
+print("modules:", *(m for m in ("importlib.metadata", "vmemcore.scenario", "vmemcore.config", "tomllib") if m in sys.modules),
+      file=sys.stderr)
 print("numpy loaded" if "numpy" in sys.modules else "no numpy", file=sys.stderr)
 """
 
@@ -22,6 +24,13 @@ print("numpy loaded" if "numpy" in sys.modules else "no numpy", file=sys.stderr)
 def _loads_numpy(*args):
     child = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=True)
     return child.stdout, child.stderr.strip().splitlines()[-1]
+
+
+def _slow_modules(*args):
+    """Which of importlib.metadata, the scenario layer (and the engine it brings) and tomllib
+    ``vmemcore ARGS`` imported."""
+    child = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=True)
+    return set(child.stderr.strip().splitlines()[-2].split()[1:])
 
 
 @pytest.mark.parametrize("args", [("--help",), ("arches",), ("arches", "arm64"), ("run", "--help")])
@@ -40,3 +49,19 @@ def test_arches_still_lists_every_builtin_plugin():
 def test_a_run_loads_numpy_when_it_simulates():
     _, verdict = _loads_numpy("run", str(Path(__file__).parent.parent / "examples" / "x86_64-16G.toml"))
     assert verdict == "numpy loaded"
+
+
+def test_help_and_arches_load_neither_metadata_nor_the_scenario_layer():
+    # --help only formats the top-level parser: the installed version is read for --version
+    # alone, and run's ops table (vmemcore.scenario) when run's help is shown
+    assert _slow_modules("--help") == set()
+    # entry points are read from sys.path's plain directories without importlib.metadata
+    assert _slow_modules("arches") == set()
+    assert _slow_modules("run", "--help") == {"vmemcore.scenario", "vmemcore.config", "tomllib"}
+
+
+def test_version_is_still_the_installed_one():
+    from importlib.metadata import version
+
+    child = subprocess.run([sys.executable, "-c", CHILD, "--version"], capture_output=True, text=True, check=True)
+    assert child.stdout == f"vmemcore {version('vmemcore')}\n"

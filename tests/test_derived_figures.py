@@ -208,3 +208,23 @@ def test_placement_by_table_equals_placement_entry_by_entry(monkeypatch):
     monkeypatch.setattr(module, "_one_node", lambda extents, start, end: None)
     assert module._placement(machine) == by_table
     assert [n["node"] for n in by_table] == [0, 1]
+
+
+def test_base_page_memmap_placement_summed_a_pte_table_at_a_time_as_leaf_by_leaf(monkeypatch):
+    # arm64 64K-48, 3 GiB on node 0 and 4 GiB on node 1 at 8 GiB or at 512 GiB: no sparse buffer
+    # (section_map_size() is a whole 512 MiB section), so memmap pages come from memblock top down,
+    # each node's from its own memory. Each section's memmap is 512 KiB = 8 PTEs of 64 KiB: node 0
+    # has 6 sections (48 pages = 3 MiB), node 1 has 8 (64 pages = 4 MiB), all on their own node.
+    # A PTE table maps 8,192 x 64 KiB of vmemmap, the struct pages of 512 GiB: at 8 GiB both nodes
+    # share one (counted leaf by leaf), at 512 GiB each node has its own (one sum each). No frame is
+    # mapped twice; the leaf-by-leaf path everywhere (taken when a frame repeats) gives the same figures
+    from vmemcore import report as report_module
+
+    machines = [Machine("arm64", "64K-48", memory=[{"size": 3 * GiB}, {"node": 1, "start": start, "size": 4 * GiB}])
+                for start in (8 * GiB, 512 * GiB)]
+    figures = [derived(machine)["nodes"] for machine in machines]
+    for nodes in figures:
+        assert [(n["node"], n["memmap"]) for n in nodes] == [
+            (0, {"on_node": 3 * MiB, "off_node": 0, "on_device": 0}), (1, {"on_node": 4 * MiB, "off_node": 0, "on_device": 0})]
+    monkeypatch.setattr(report_module, "_repeats", lambda frames: True)
+    assert [derived(machine)["nodes"] for machine in machines] == figures

@@ -254,14 +254,14 @@ def test_the_simulators_own_memory_error_exits_1(monkeypatch, capsys):
     def exhausted(*args, **keywords):
         raise MemoryError
 
-    monkeypatch.setattr("vmemcore.cli.run_scenario", exhausted)
+    monkeypatch.setattr("vmemcore.scenario.run_scenario", exhausted)
     assert main(["run", str(EXAMPLES / "x86_64-16G.toml")]) == 1
     assert capsys.readouterr().err == "vmemcore: error: the simulator itself ran out of memory; the operation was rolled back\n"
 
 
 def test_an_unexpected_exception_is_still_a_bug(monkeypatch):
     """No catch-all: anything the CLI does not convert on purpose reaches the caller."""
-    monkeypatch.setattr("vmemcore.cli.run_scenario", lambda *args, **keywords: 1 / 0)
+    monkeypatch.setattr("vmemcore.scenario.run_scenario", lambda *args, **keywords: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["run", str(EXAMPLES / "x86_64-16G.toml")])
 

@@ -5,20 +5,20 @@ output goes through :mod:`vmemcore.jsonout`."""
 import argparse
 import os
 import sys
-from importlib.metadata import version
 
 import attrs
 
-from . import jsonout, overrides, progress
+from . import jsonout, progress
 from .errors import BadRequest, PluginError, ScenarioError, VmemcoreError, did_you_mean
 from .geometry import describe_geometry
 from .plugins import TRACE_ENV, Registry
 from .profiles import DEFAULT_PROFILE, PROFILES, SPAN, get_profile, kernel_error
-from .scenario import OPS, REQUIRED, RunError, load_scenario, read_scenario, run_scenario
 from .stats import SWEEP_COUNTERS
 
 # The commands that simulate import the engine's numpy modules (report, diagram, ptdump) inside
-# their functions: ``vmemcore --help`` and ``vmemcore arches`` load no numpy.
+# their functions: ``vmemcore --help`` and ``vmemcore arches`` load no numpy. The scenario layer
+# (vmemcore.scenario, .overrides and the engine they bring: config, physmem, hotplug, tomllib) and
+# importlib.metadata are imported where they are used too, so that neither command loads them.
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLUGIN = 0, 1, 2, 3
 
@@ -35,8 +35,18 @@ exit codes:
 
 def _op_keys(op):
     """``start, size, node=0``; optional keys without a default in brackets: ``[block]``."""
+    from .scenario import REQUIRED
+
     return ", ".join(key if default is REQUIRED else f"[{key}]" if default is None else f"{key}={default}"
                      for key, (_, default) in op.keys.items())
+
+
+def _run_epilog():
+    """The epilog of ``vmemcore run --help``: the scenario format and the table of ops."""
+    from .scenario import OPS
+
+    return RUN_EPILOG + "".join(f"  {op.name:<{max(map(len, OPS))}}  {_op_keys(op)}: {op.help}\n"
+                                for op in OPS.values()) + "\n" + EXIT_CODES
 
 
 RUN_EPILOG = f"""\
@@ -66,7 +76,7 @@ scenario format (TOML; full reference in docs/scenarios.md):
   size = "2M"
 
 ops (hotplug.online and .offline take block = ID, or start and size):
-""" + "".join(f"  {op.name:<{max(map(len, OPS))}}  {_op_keys(op)}: {op.help}\n" for op in OPS.values()) + "\n" + EXIT_CODES
+"""
 
 
 class _UsageError(SystemExit):
@@ -78,12 +88,28 @@ class _UsageError(SystemExit):
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors keep their message (:class:`_UsageError`)."""
+    """An argument parser whose usage errors keep their message (:class:`_UsageError`), and whose
+    epilog may be a function, called when the help is shown (``run``'s lists the ops)."""
+
+    def format_help(self):
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
 
     def error(self, message):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise _UsageError(f"{self.prog}: {message}")
+
+
+class _Version(argparse.Action):
+    """``--version``: argparse's version action, the installed version read only when asked."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import version
+
+        print(f"{parser.prog} {version('vmemcore')}")
+        parser.exit()
 
 
 def _plugin_option(value):
@@ -105,7 +131,7 @@ def build_parser():
         description="Simulate the Linux kernel's sparse-vmemmap machinery on several architectures.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('vmemcore')}")
+    parser.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS, help="show program's version number and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     running = argparse.ArgumentParser(add_help=False, parents=[common])
@@ -129,7 +155,7 @@ def build_parser():
         "run", parents=[scenario_set], help="validate and simulate a scenario file, print the counters",
         description="Validate SCENARIO (nothing runs if it has an error), boot its machine, run its\n"
                     "steps and print the kernel-named counters and what each step changed.",
-        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_run_epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     run.add_argument("--check-live-entries", action="store_true",
@@ -334,6 +360,8 @@ def main(argv=None):
 
 def _exit_code(error):
     """2 for bad input, 3 for a plugin's failure, 1 for a failed simulation."""
+    from .scenario import RunError
+
     cause = error.cause if isinstance(error, RunError) else error
     if isinstance(cause, PluginError):
         return EXIT_PLUGIN
@@ -357,6 +385,9 @@ def _simulate(args, path=None, settings=None, last_step=None, after_step=None):
     """Validate and run the scenario of ``args`` (or ``path``) with the keys its options set (or
     ``settings``): ``(machine, step results)``; ``last_step``: stop after that step (-1: after
     boot); ``after_step(machine, index)``: called after boot and each step."""
+    from . import overrides
+    from .scenario import load_scenario, run_scenario
+
     path = path or args.scenario
     if settings is None:
         settings = overrides.command_line(args.sets, args.arch, args.variant, args.kernel)
@@ -388,6 +419,7 @@ def _run(args):
 
 
 def _compare(args):
+    from . import overrides
     from .compare import compare_reports, format_compare
     from .report import report
 
@@ -403,6 +435,7 @@ def _compare(args):
 
 def _sweep(args):
     from . import plot, sweep
+    from .scenario import read_scenario
 
     axes = sweep.axes_of(args.sets)
     counters = args.y.split(",") if args.y else list(SWEEP_COUNTERS)

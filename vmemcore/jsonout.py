@@ -4,7 +4,6 @@ with the error and the report of the run up to the failed step (docs/scenarios.m
 import json
 
 from .errors import PluginError, Veto
-from .scenario import RunError
 
 #: The version of the JSON layout: raised when a key is renamed or removed or changes meaning
 #: (new keys keep it).
@@ -22,6 +21,8 @@ def error_data(error, path=None) -> dict:
     known (else null), the scenario ``path``, key path, line, failed step, plugin, hook and veto
     reasons; ``report`` is the run up to the failed step, null when nothing was simulated or boot
     failed."""
+    from .scenario import RunError  # the scenario layer: loaded when there is an error to describe
+
     cause = error.cause if isinstance(error, RunError) else error
     step = getattr(error, "step", None)
     return {

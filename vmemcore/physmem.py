@@ -239,22 +239,57 @@ class PhysMem:
         ``MAX_PAGE_ORDER``, ``alloc_contig_pages``). Only ``movable`` allocations may come from
         ZONE_MOVABLE, and they try it first.
         """
-        allocator = "memblock" if self.booting else "buddy"
-        if self.faults.should_fail(allocator, nr_pages, node, purpose):
+        if self.booting:
+            pfns = self.memblock_alloc(1, nr_pages, node, purpose, align or 1, exact_nid, movable)
+            return int(pfns[0]) if len(pfns) else None
+        if self.faults.should_fail("buddy", nr_pages, node, purpose):
             return None
-        if not self.booting:
-            order = max(nr_pages - 1, 0).bit_length()
-            pfns = self._alloc_buddy(1, order, node, exact_nid, movable)
-            if not len(pfns):
-                return None
-            self._take(int(pfns[0]), 1 << order, Owner(purpose))
-            return int(pfns[0])
+        order = max(nr_pages - 1, 0).bit_length()
+        pfns = self._alloc_buddy(1, order, node, exact_nid, movable)
+        if not len(pfns):
+            return None
+        self._take(int(pfns[0]), 1 << order, Owner(purpose))
+        return int(pfns[0])
+
+    def memblock_alloc(self, count, nr_pages, node, purpose, align=1, exact_nid=False, movable=False):
+        """``count`` successive boot allocations of ``nr_pages`` frames aligned to ``align`` pages,
+        stopping at the first failure: an array of first pfns, in the order the calls get them.
+
+        Each call is ``memblock_alloc_range_nid`` → ``memblock_find_in_range_node`` top down
+        (``__memblock_find_range_top_down``, mm/memblock.c): the highest aligned block of the highest
+        free range of the node that holds one, then (unless ``exact_nid``) of the other nodes.
+        What a call leaves free above its block is less than ``align`` pages and holds no aligned
+        block, so successive calls walk down each free range in steps of ``nr_pages`` rounded up to
+        ``align``, and the next range only when the block no longer fits: a range's blocks are
+        taken at once, with the same frames, owners and fault-injection attempts as one call each."""
+        import numpy as np
+
+        before = self.faults.attempts, self.faults.failed
+        granted = self.faults.successes_before_failure(count, "memblock", nr_pages, node, purpose)
+        owner = Owner(purpose, reserved=True)
+        step = -(-nr_pages // align) * align
+        parts, left = [], granted
         for candidate in self._node_order(node, exact_nid):
-            pfn = self._find_top_down(candidate, nr_pages, align or 1, movable)
-            if pfn is not None:
-                self._take(pfn, nr_pages, Owner(purpose, reserved=True))
-                return pfn
-        return None
+            for zone in self._zone_order(movable):
+                for start, end, _ in self._free[candidate].items_reversed(zone) if left else ():
+                    top = (end - nr_pages) // align * align
+                    if top < start:
+                        continue
+                    n = min(left, (top - start) // step + 1)
+                    pfns = top - np.arange(n, dtype=np.int64) * step
+                    if step == nr_pages:  # the blocks follow on: one run
+                        self._take(int(pfns[-1]), n * nr_pages, owner)
+                    else:
+                        for pfn in pfns.tolist():
+                            self._take(pfn, nr_pages, owner)
+                    parts.append(pfns)
+                    left -= n
+                    if not left:
+                        break
+        if left:  # memory ran out before any injected failure: that attempt ends it
+            self.faults.attempts = before[0] + granted - left + 1
+            self.faults.failed = before[1]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def alloc_pages(self, count, node, purpose, order=0, exact_nid=False, movable=False):
         """``count`` successive buddy allocations of ``2**order`` pages, stopping at the first
@@ -326,17 +361,6 @@ class PhysMem:
     @staticmethod
     def _zone_order(movable):
         return (MOVABLE, NORMAL) if movable else (NORMAL,)
-
-    def _find_top_down(self, node, size, align, movable=False):
-        free = self._free.get(node)
-        if free is None:
-            return None
-        for zone in self._zone_order(movable):
-            for start, end, _ in free.items_reversed(zone):
-                pfn = (end - size) // align * align
-                if pfn >= start:
-                    return pfn
-        return None
 
     def _take(self, pfn, nr_pages, owner):
         """Frames leave the free map (the free lists, if any, let them go already)."""

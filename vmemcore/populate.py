@@ -62,18 +62,14 @@ class SparseBuffer:
         self.start = None
 
 
-def vmemmap_alloc_block(machine, nr_pages, node):
-    """A naturally aligned block of frames for memmap on (or near) ``node``; None on failure."""
-    return machine.physmem.alloc(nr_pages, node, Use.MEMMAP, align=nr_pages)
-
-
 def alloc_blocks(machine, nr_pages, count, node, altmap):
     """``count`` successive ``vmemmap_alloc_block_buf`` calls of ``nr_pages`` pages each.
 
     Returns the pfns of the blocks granted, in order (fewer than ``count`` when the next call
     failed). With an altmap there is no fallback; otherwise the sparse buffer (at boot), then
-    ``vmemmap_alloc_block`` one block at a time (after boot in one buddy sweep that hands out the
-    same blocks, in the same order).
+    ``vmemmap_alloc_block``: a naturally aligned block on (or near) ``node``, from memblock at boot
+    and the buddy allocator after, all the calls in one batch that hands out the same blocks, in
+    the same order.
     """
     if altmap is not None:
         granted, first = altmap.alloc_blocks(nr_pages, count)
@@ -89,16 +85,11 @@ def alloc_blocks(machine, nr_pages, count, node, altmap):
         if granted:
             parts.append(first + np.arange(granted, dtype=np.int64) * nr_pages)
             count -= granted
-    if not machine.physmem.booting:
-        singles = machine.physmem.alloc_pages(count, node, Use.MEMMAP, order=(nr_pages - 1).bit_length())
+    if machine.physmem.booting:
+        parts.append(machine.physmem.memblock_alloc(count, nr_pages, node, Use.MEMMAP, align=nr_pages))
     else:
-        singles = []
-        for _ in range(count):
-            pfn = vmemmap_alloc_block(machine, nr_pages, node)
-            if pfn is None:
-                break
-            singles.append(pfn)
-    parts.append(np.array(singles, dtype=np.int64))
+        singles = machine.physmem.alloc_pages(count, node, Use.MEMMAP, order=(nr_pages - 1).bit_length())
+        parts.append(np.array(singles, dtype=np.int64))
     return np.concatenate(parts)
 
 

@@ -176,7 +176,23 @@ def _placement(machine) -> list:
     def described(offsets):  # the node of the section whose struct pages sit at these vmemmap offsets
         return section_node(offsets // sparse.struct_page_size >> sparse.pfn_section_shift)
 
-    frames, counts, offsets, tables, whole = [], [], [], [], []
+    def one_sum(table, leaves, span):
+        """``(owner, home, bytes)`` of all the leaves of ``table`` when one node is on each side."""
+        lo, hi = int(table.pfns[leaves].min()), int(table.pfns[leaves].max()) + span
+        first = table.va(int(leaves[0])) - sparse.vmemmap_base
+        last = table.va(int(leaves[-1])) + table.level.entry_span - 1 - sparse.vmemmap_base
+        owner = _one_node(machine.sparse.sections, first // sparse.struct_page_size >> sparse.pfn_section_shift,
+                          (last // sparse.struct_page_size >> sparse.pfn_section_shift) + 1)
+        home = _one_node(machine.physmem.nodes, lo, hi)
+        return (owner, home, len(leaves) * span << page_shift) if owner is not None and home is not None else None
+
+    frames, counts, offsets, tables, whole, ptes = [], [], [], [], [], []
+
+    def leaf_by_leaf(table, leaves, span):
+        frames.append(table.pfns[leaves])
+        counts.append(np.full(len(leaves), span))
+        offsets.append((table.base - sparse.vmemmap_base) + (leaves.astype(np.int64) << table.level.shift))
+
     for table in machine.pagetable.all_tables():
         present_entries = np.flatnonzero(table.flags & PRESENT)
         if table.pfn is not None and len(present_entries):
@@ -186,25 +202,29 @@ def _placement(machine) -> list:
         if not len(leaves):
             continue
         span = table.level.entry_span >> page_shift
-        if table.level is not pte:  # a leaf of its own frames: the table is one sum if one node is on each side
-            lo, hi = int(table.pfns[leaves].min()), int(table.pfns[leaves].max()) + span
-            first = table.va(int(leaves[0])) - sparse.vmemmap_base
-            last = table.va(int(leaves[-1])) + table.level.entry_span - 1 - sparse.vmemmap_base
-            owner = _one_node(machine.sparse.sections, first // sparse.struct_page_size >> sparse.pfn_section_shift,
-                              (last // sparse.struct_page_size >> sparse.pfn_section_shift) + 1)
-            home = _one_node(machine.physmem.nodes, lo, hi)
-            if owner is not None and home is not None:
-                whole.append((owner, home, len(leaves) * span << page_shift))
-                continue
-        frames.append(table.pfns[leaves])
-        counts.append(np.full(len(leaves), span))
-        offsets.append((table.base - sparse.vmemmap_base) + (leaves.astype(np.int64) << table.level.shift))
+        if table.level is pte:  # after the walk, when whether a frame is mapped twice is known
+            ptes.append((table, leaves))
+            continue
+        summed = one_sum(table, leaves, span)  # a leaf of its own frames: the table is one sum if it can be
+        if summed:
+            whole.append(summed)
+        else:
+            leaf_by_leaf(table, leaves, span)
+    # a frame several PTEs map (HVO, device-dax dedup) counts once: with none, each PTE table is
+    # one sum where it can be, as above; with some, every PTE counts alone, the repeats dropped below
+    repeated = bool(ptes) and _repeats(np.concatenate([table.pfns[leaves] for table, leaves in ptes]))
+    for table, leaves in ptes:
+        summed = None if repeated else one_sum(table, leaves, 1)
+        if summed:
+            whole.append(summed)
+        else:
+            leaf_by_leaf(table, leaves, 1)
     out = {}
 
     def add(owners, homes, nbytes, key, places):
         """Sum ``nbytes`` per owner node and place: on the owner's node, off it, on no node (device)."""
         place = np.where(homes < 0, 2, np.where(homes == owners, 0, 1))
-        for owner in np.unique(owners).tolist():
+        for owner in (np.flatnonzero(np.bincount(owners + 1)) - 1).tolist():  # np.unique, without sorting: nodes or -1
             entry = out.setdefault(owner, {"memmap": {"on_node": 0, "off_node": 0, "on_device": 0},
                                            "pagetables": {"on_node": 0, "off_node": 0}})
             mine = owners == owner
@@ -214,19 +234,38 @@ def _placement(machine) -> list:
     if frames:
         frames, counts, offsets = np.concatenate(frames), np.concatenate(counts), np.concatenate(offsets)
         shared = counts == pte.entry_span >> page_shift  # only PTEs map a frame more than once
-        _, first = np.unique(frames[shared], return_index=True)
+        first = np.unique(frames[shared], return_index=True)[1] if repeated else np.arange(int(shared.sum()))
         keep = np.concatenate([np.flatnonzero(~shared), np.flatnonzero(shared)[first]])
         frames, counts = frames[keep], counts[keep]
-        add(described(offsets[keep]), frame_node(frames), counts << page_shift, "memmap", ("on_node", "off_node", "on_device"))
-    if whole:
-        owners, homes, nbytes = (np.array(column, dtype=np.int64) for column in zip(*whole))
-        add(owners, homes, nbytes, "memmap", ("on_node", "off_node", "on_device"))
+        columns = [described(offsets[keep]), frame_node(frames), counts << page_shift]
+    else:
+        columns = [np.empty(0, dtype=np.int64)] * 3
+    if whole:  # the leaves summed a table at a time, then the others one by one (as arrays)
+        columns = [np.concatenate([np.array(column, dtype=np.int64), rest]) for column, rest in zip(zip(*whole), columns)]
+    if len(columns[0]):
+        add(*columns, "memmap", ("on_node", "off_node", "on_device"))
     if tables:
         pfns = np.array([pfn for pfn, _, _ in tables], dtype=np.int64)
         homes = frame_node(pfns)
         owners = described(np.array([offset for _, offset, _ in tables], dtype=np.int64))
         add(owners, homes, np.array([nbytes for _, _, nbytes in tables], dtype=np.int64), "pagetables", ("on_node", "off_node"))
     return [{"node": node} | out[node] for node in sorted(out)]
+
+
+def _repeats(frames) -> bool:
+    """Does a frame occur twice in the array ``frames``? Cut into runs of frames going up or down
+    by one (no repeat inside a run), a repeat needs two runs whose frame ranges overlap: a check
+    that costs the runs, not a sort of every frame, when the memmap is mapped run by run."""
+    if len(frames) < 2:
+        return False
+    step = np.diff(frames)
+    broken = np.abs(step) != 1  # broken[i]: frame i + 1 starts a run
+    broken[1:] |= step[1:] != step[:-1]
+    starts = np.concatenate([[0], np.flatnonzero(broken) + 1])
+    ends = np.append(starts[1:], len(frames)) - 1
+    lo, hi = np.minimum(frames[starts], frames[ends]), np.maximum(frames[starts], frames[ends])
+    order = np.argsort(lo, kind="stable")
+    return bool((lo[order][1:] <= np.maximum.accumulate(hi[order])[:-1]).any())
 
 
 def _one_node(extents, start, end):
