@@ -269,12 +269,49 @@ class PhysMem:
         if len(pfns) < granted:  # memory ran out before any injected failure: that attempt ends it
             self.faults.attempts = before[0] + len(pfns) + 1
             self.faults.failed = before[1]
-        owner = Owner(purpose)
-        ordered = np.sort(pfns)
-        for run in np.split(ordered, np.flatnonzero(np.diff(ordered) != size) + 1):
-            if len(run):
-                self._take(int(run[0]), len(run) * size, owner)
+        self._take_runs(pfns, size, [Owner(purpose)], np.zeros(len(pfns), dtype=np.int64))
         return pfns.tolist()
+
+    def alloc_sequence(self, requests, node):
+        """Successive single-page buddy allocations (``alloc(1, node, purpose)`` each) for the
+        ``(purpose, count)`` pairs of ``requests`` in turn, stopping at the first failure: the same
+        pages, in the same order, as those calls (or :meth:`alloc_pages` calls), taken off the free
+        lists in one sweep. Fault injection sees each attempt with its purpose. Returns the array
+        of pfns granted."""
+        import numpy as np
+
+        before, wanted = (self.faults.attempts, self.faults.failed), []
+        for purpose, count in requests:
+            granted = self.faults.successes_before_failure(count, "buddy", 1, node, purpose)
+            wanted.append(granted)
+            if granted < count:
+                break
+        pfns = self._alloc_buddy(sum(wanted), 0, node, False, False)
+        if len(pfns) < sum(wanted):  # memory ran out first: that attempt ends the sequence
+            self.faults.attempts = before[0] + len(pfns) + 1
+            self.faults.failed = before[1]
+        owners = [Owner(purpose) for purpose, _ in requests[:len(wanted)]]
+        self._take_runs(pfns, 1, owners, np.repeat(np.arange(len(wanted)), wanted)[:len(pfns)])
+        return pfns
+
+    def _take_runs(self, pfns, size, owners, which):
+        """:meth:`_take` of the blocks of ``size`` pages at ``pfns``, block i for ``owners[which[i]]``,
+        a run of adjacent blocks of one owner at a time (the free map a run of adjacent blocks)."""
+        import numpy as np
+
+        if not len(pfns):
+            return
+        order = np.argsort(pfns, kind="stable")
+        ordered, which = pfns[order], which[order]
+        apart = np.diff(ordered) != size
+        for cuts, owned in ((apart | (np.diff(which) != 0), True), (apart, False)):
+            bounds = np.concatenate(([0], np.flatnonzero(cuts) + 1, [len(ordered)])).tolist()
+            for lo, hi in zip(bounds, bounds[1:]):
+                pfn, nr_pages = int(ordered[lo]), (hi - lo) * size
+                if owned:
+                    self.frames.set(pfn, pfn + nr_pages, owners[int(which[lo])])
+                else:
+                    self._leave_free_map(pfn, nr_pages)
 
     def _alloc_buddy(self, count, order, node, exact_nid, movable):
         """Up to ``count`` blocks of ``order`` off the free lists, zonelist order (each node's
@@ -339,6 +376,9 @@ class PhysMem:
     def _take(self, pfn, nr_pages, owner):
         """Frames leave the free map (the free lists, if any, let them go already)."""
         self.frames.set(pfn, pfn + nr_pages, owner)
+        self._leave_free_map(pfn, nr_pages)
+
+    def _leave_free_map(self, pfn, nr_pages):
         for start, end, node in self.nodes.items(pfn, pfn + nr_pages):
             self._free[node].set(start, end, None)
 
