@@ -4,6 +4,8 @@ exactly as the kernel's one call per section (``__add_pages`` / ``__remove_pages
 counters (TLB flushes included), sections, altmaps, struct pages, device pagemaps. The reference is
 the same engine with batching off, so every piece is a single section piece."""
 
+import contextlib
+
 import pytest
 
 from vmemcore import hookimpl, populate
@@ -231,3 +233,28 @@ def test_fault_injection_at_every_allocation_of_a_compound_populate_drawn_ahead(
         add(m)
     assert _state(drawn) == _state(walked)
     drawn.check()
+
+
+def _freeing_as_it_goes(machine):
+    """The machine with each free of a teardown reaching the allocator when the walk makes it."""
+    machine.physmem.releases_gathered = contextlib.nullcontext
+    return machine
+
+
+@pytest.mark.parametrize("arch,variant,kernel", DEVDAX_MACHINES)
+def test_teardown_frees_gathered_equal_frees_one_by_one(arch, variant, kernel):
+    """A teardown's frees done at its end, in order, leave the free lists (their order included)
+    and the frame maps as freeing each when the walk reaches it: device-dax and hot-added memory."""
+    machines = [Machine(arch, variant, kernel, memory=[{"size": 4 * GiB}]) for _ in range(2)]
+    _freeing_as_it_goes(machines[1])
+    for m in machines:
+        add_devdax_step(m, 64 * GiB + 64 * MiB, 1 * GiB + 64 * MiB, "2M")
+        add_devdax_step(m, 72 * GiB, 256 * MiB)  # base pages: a frame per vmemmap page
+        m.hotplug.add_memory(80 * GiB, 2 * m.hotplug.block_size)
+    assert _state(machines[0]) == _state(machines[1])
+    for m in machines:
+        remove_devdax_step(m, 72 * GiB, 256 * MiB)
+        remove_devdax_step(m, 64 * GiB + 64 * MiB)
+        m.hotplug.remove_memory(80 * GiB, 2 * m.hotplug.block_size)
+    assert _state(machines[0]) == _state(machines[1])
+    machines[0].check()

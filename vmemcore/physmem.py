@@ -12,6 +12,7 @@ the scenario validator) and must not load numpy.
 
 import enum
 import itertools
+from contextlib import contextmanager
 from errno import EEXIST
 
 from attrs import frozen
@@ -129,6 +130,7 @@ class PhysMem:
         self._free = {}  # node -> RangeMap of free pfns (value: their zone)
         self.booting = True  # memblock until boot ends, buddy afterwards
         self.faults = FaultInjector()
+        self._gathered = None  # frees waiting for the end of releases_gathered(), in order
 
     def _pfns(self, start_pfn, end_pfn):
         """``[start_pfn, end_pfn)`` for a message, labelled, with its physical addresses."""
@@ -420,9 +422,33 @@ class PhysMem:
     def release_many(self, blocks, to_tail=False):
         """:meth:`release` of each ``(pfn, nr_pages)`` of ``blocks`` in turn. The free lists take
         them one by one in the order given, as the kernel frees them; the frame and free-memory maps,
-        whose end state does not depend on that order, are updated a run of adjacent blocks at a time."""
+        whose end state does not depend on that order, are updated a run of adjacent blocks at a time
+        (inside :meth:`releases_gathered`, runs of the whole block's frees)."""
+        blocks = [(pfn, nr_pages, to_tail) for pfn, nr_pages in blocks]
+        if self._gathered is not None:
+            self._gathered.extend(blocks)
+        else:
+            self._release(blocks)
+
+    @contextmanager
+    def releases_gathered(self):
+        """Frees inside the ``with`` block are gathered and done at its end, in the order made:
+        for a block that frees and allocates nothing else meanwhile (a vmemmap teardown), so the
+        free lists end as the frees one by one leave them, and the frame maps take a run of
+        adjacent frees (a section's frames and its PTE table) as one change."""
+        if self._gathered is not None:
+            yield
+            return
+        self._gathered = []
+        try:
+            yield
+        finally:
+            blocks, self._gathered = self._gathered, None
+            self._release(blocks)
+
+    def _release(self, blocks):
         runs = []
-        for pfn, nr_pages in sorted(blocks):
+        for pfn, nr_pages, _ in sorted(blocks):
             if runs and runs[-1][1] == pfn:
                 runs[-1][1] = pfn + nr_pages
             else:
@@ -434,7 +460,7 @@ class PhysMem:
                     self._free[node].set(zs, ze, zone)
         if self.booting:
             return
-        for pfn, nr_pages in blocks:
+        for pfn, nr_pages, to_tail in blocks:
             for s, e, node in self.nodes.items(pfn, pfn + nr_pages):
                 for zs, ze, zone in self.zones.items(s, e):
                     self.buddy.free_range(zs, ze, node, zone, to_tail)
