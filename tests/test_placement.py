@@ -31,10 +31,10 @@ def test_expand_returns_upper_halves_and_merges_on_free():
     assert lists.alloc(0, 0, NORMAL) == 2
     assert lists.free_list(0, NORMAL, 0) == [3]
     # freeing pfn 2 merges with its free buddy 3 (order 1 at 2); 0 and 1 are still allocated
-    lists.free_one(2, 0, 0, NORMAL)
+    lists.free_range(2, 3, 0, NORMAL)
     assert lists.order_of(2) == 1 and lists.free_list(0, NORMAL, 0) == []
-    lists.free_one(1, 0, 0, NORMAL)
-    lists.free_one(0, 0, 0, NORMAL)
+    lists.free_range(1, 2, 0, NORMAL)
+    lists.free_range(0, 1, 0, NORMAL)
     # 0 merges with 1, then with 2 (order 1), 4, ... up to the whole order-10 block again
     assert lists.free_list(0, NORMAL, 10) == [0]
     lists.check(1024)
@@ -46,8 +46,8 @@ def test_freed_blocks_go_to_the_head_and_are_reused_first():
     # the four order-10 blocks are on the list lowest first
     got = [lists.alloc(10, 0, NORMAL) for _ in range(4)]
     assert got == [0, 1024, 2048, 3072]
-    lists.free_one(2048, 10, 0, NORMAL)
-    lists.free_one(1024, 10, 0, NORMAL)
+    lists.free_range(2048, 3072, 0, NORMAL)
+    lists.free_range(1024, 2048, 0, NORMAL)
     # freed at the head: the last one freed is handed out first
     assert [lists.alloc(10, 0, NORMAL) for _ in range(2)] == [1024, 2048]
 
@@ -57,13 +57,13 @@ def test_buddy_merge_likely_puts_a_block_at_the_tail():
     lists.free_range(0, 2048, 0, NORMAL, to_tail=True)
     # two order-10 blocks, each split into four order-8 blocks lowest first
     assert [lists.alloc(8, 0, NORMAL) for _ in range(8)] == list(range(0, 2048, 256))
-    lists.free_one(1536, 8, 0, NORMAL)  # buddy 1792 in use; the order-9 block 1024 in use: head
-    lists.free_one(512, 8, 0, NORMAL)  # buddy 768 in use; the order-9 block 0 in use: head
+    lists.free_range(1536, 1792, 0, NORMAL)  # buddy 1792 in use; the order-9 block 1024 in use: head
+    lists.free_range(512, 768, 0, NORMAL)  # buddy 768 in use; the order-9 block 0 in use: head
     assert lists.free_list(0, NORMAL, 8) == [512, 1536]
-    lists.free_one(768, 8, 0, NORMAL)  # merges with 512: the order-9 block 512
+    lists.free_range(768, 1024, 0, NORMAL)  # merges with 512: the order-9 block 512
     # 256's buddy 0 is in use, but buddy_merge_likely finds the buddy of the order-9 block holding
     # them (0 ^ 512 = 512) free at order 9: 256 goes to the tail, behind 1536
-    lists.free_one(256, 8, 0, NORMAL)
+    lists.free_range(256, 512, 0, NORMAL)
     assert lists.free_list(0, NORMAL, 8) == [1536, 256]
     lists.check(2048 - 4 * 256)
 

@@ -11,60 +11,70 @@ Scale: a list is a sequence of *runs*, each a contiguous pfn range of equally si
 next to each other on the list in ascending or descending address order, so a terabyte freed in
 one go is one run. Each run has a sort key ``(K, j)``: new runs at the head take a ``K`` below any
 other, at the tail one above; the pieces of a run split apart keep ``K`` and take ``j`` from their
-first block's place in the run, so the list order is the key order. The runs' first pfns, kept
-sorted, find the run holding any free pfn (a buddy) in O(log n).
+first block's place in the run, so the list order is the key order. The runs' first pfns, kept in
+a sorted list of blocks (``sortedcontainers``), find the run holding any free pfn (a buddy) in
+O(log n) however many runs there are. A bit mask per zone of the orders whose list has a block
+finds the smallest order to allocate from in one step.
 
-numpy is imported inside the functions that use it: ``vmemcore --help`` loads this module (through
-the scenario validator) and must not load numpy.
+numpy and sortedcontainers are imported inside the functions that use them: ``vmemcore --help``
+loads this module (through the scenario validator) and must stay fast.
 """
 
 import heapq
-from bisect import bisect_left, bisect_right, insort
 
+SHORT = 1024  # allocations of at most this many blocks are listed in Python, longer ones with numpy
 
 
 class FreeLists:
     """The free lists of every node and zone; changes are journaled (``journal``)."""
 
     def __init__(self, max_order, journal=None):
+        from sortedcontainers import SortedList
+
         self.max_order = max_order  # MAX_PAGE_ORDER: the largest block
         self.journal = journal
-        self._starts = []  # the first pfn of every run, sorted
+        self._starts = SortedList()  # the first pfn of every run
         self._where = {}  # first pfn of a run -> (its list, its key)
         self._runs = {}  # (node, zone, order) -> {key: (lo, hi, ascending, ordinal of the first block)}
         self._heaps = {}  # (node, zone, order) -> heap of keys; keys no longer in _runs are skipped
+        self._orders = {}  # (node, zone) -> bit mask of the orders whose list has a block
         self._low = 0  # the last K given to a run at a list's head (decreasing)
         self._high = 0  # the last K given to a run at a list's tail (increasing)
 
     # -- runs -----------------------------------------------------------------------------------
     def _set_run(self, lst, key, run):
         """``run`` under ``key`` in list ``lst`` (None: remove it), journaled."""
-        runs = self._runs.setdefault(lst, {})
-        old = runs.get(key)
-        self._assign(lst, key, run)
-        if self.journal is not None and self.journal.active:
-            self.journal.record(lambda: self._assign(lst, key, old))
+        old = self._assign(lst, key, run)
+        journal = self.journal
+        if journal is not None and journal.active:
+            journal.record(lambda: self._assign(lst, key, old))
 
     def _assign(self, lst, key, run):
-        runs = self._runs.setdefault(lst, {})
+        """Put ``run`` under ``key`` (None: remove it); returns the run it replaces."""
+        runs = self._runs.get(lst)
+        if runs is None:
+            runs = self._runs[lst] = {}
         old = runs.pop(key, None)
         if old is not None:
-            del self._starts[bisect_left(self._starts, old[0])]
+            self._starts.remove(old[0])
             del self._where[old[0]]
-        if run is None:
-            return
-        if old is None:
-            heapq.heappush(self._heaps.setdefault(lst, []), key)
-        runs[key] = run
-        insort(self._starts, run[0])
-        self._where[run[0]] = (lst, key)
+        if run is not None:
+            if old is None:
+                heapq.heappush(self._heaps.setdefault(lst, []), key)
+            runs[key] = run
+            self._starts.add(run[0])
+            self._where[run[0]] = (lst, key)
+        zone, bit = lst[:2], 1 << lst[2]
+        self._orders[zone] = self._orders.get(zone, 0) | bit if runs else self._orders.get(zone, 0) & ~bit
+        return old
 
     def _locate(self, pfn):
         """``(list, key)`` of the run holding free ``pfn``, or None."""
-        i = bisect_right(self._starts, pfn) - 1
+        starts = self._starts
+        i = starts.bisect_right(pfn) - 1
         if i < 0:
             return None
-        lst, key = self._where[self._starts[i]]
+        lst, key = self._where[starts[i]]
         return (lst, key) if pfn < self._runs[lst][key][1] else None
 
     def _head(self, lst):
@@ -91,32 +101,36 @@ class FreeLists:
             later = (key[0], ordinal)
             self._set_run(lst, later, (after[0], after[1], ascending, ordinal))
 
-    def _add(self, lst, lo, hi, ascending, tail):
-        """Put the blocks of ``[lo, hi)`` (listed ascending or not) at the head or tail of ``lst``."""
+    def _push(self, lst, entries, tail):
+        """Put ``entries``, ``(lo, hi, ascending)`` stretches of blocks listed in list order, at the
+        head or the tail of ``lst`` as that order's runs: adjacent stretches that continue one
+        another become one run, and at the head the last one joins the head run if it continues it."""
         size = 1 << lst[2]
-        if not tail and hi - lo == size:  # one block at the head: extend the head run if it continues it
-            key = self._head(lst)
-            if key is not None:
-                start, end, asc, first = self._runs[lst][key]
-                single = end - start == size
-                if hi == start and (asc or single):
-                    ascending, lo, hi = True, lo, end
-                elif lo == end and (not asc or single):
-                    ascending, lo, hi = False, start, hi
-                else:
-                    key = None
-                if key is not None:
-                    self._set_run(lst, key, None)
-                    new = (key[0], first - 1)
-                    self._set_run(lst, new, (lo, hi, ascending, first - 1))
-                    return
+        runs = []
+        for lo, hi, ascending in entries:
+            if runs:
+                joined = _join(runs[-1], (lo, hi, ascending), size)
+                if joined is not None:
+                    runs[-1] = joined
+                    continue
+            runs.append((lo, hi, ascending))
         if tail:
-            self._high += 1
-            key = (self._high, 0)
-        else:
+            for lo, hi, ascending in runs:
+                self._high += 1
+                self._set_run(lst, (self._high, 0), (lo, hi, ascending, 0))
+            return
+        key = self._head(lst)
+        if key is not None and runs:
+            start, end, ascending, first = self._runs[lst][key]
+            joined = _join(runs[-1], (start, end, ascending), size)
+            if joined is not None:  # the head run grows at its front: it keeps K, its ordinals go down
+                lo, hi, _ = runs.pop()
+                ordinal = first - (hi - lo) // size
+                self._set_run(lst, key, None)
+                self._set_run(lst, (key[0], ordinal), (*joined, ordinal))
+        for lo, hi, ascending in reversed(runs):
             self._low -= 1
-            key = (self._low, 0)
-        self._set_run(lst, key, (lo, hi, ascending, 0))
+            self._set_run(lst, (self._low, 0), (lo, hi, ascending, 0))
 
     def _free_block(self, pfn, lst):
         """The key of the run of list ``lst`` that holds the free block at ``pfn``, or None."""
@@ -124,91 +138,119 @@ class FreeLists:
         return found[1] if found is not None and found[0] == lst else None
 
     # -- freeing --------------------------------------------------------------------------------
-    def free_one(self, pfn, order, node, zone, to_tail=False):
-        """``__free_one_page``: merge with free buddies up to ``MAX_PAGE_ORDER``, then the head of
-        the list, or the tail for ``FPI_TO_TAIL`` (``to_tail``) or when ``buddy_merge_likely``
-        finds the buddy of the next order up free."""
-        while order < self.max_order:
-            buddy = pfn ^ (1 << order)
-            key = self._free_block(buddy, (node, zone, order))
-            if key is None:
-                break
-            self._cut((node, zone, order), key, buddy, buddy + (1 << order))
-            pfn &= ~(1 << order)
-            order += 1
-        if not to_tail and order < self.max_order - 1:
-            higher = pfn & ~(1 << order)  # buddy_pfn & pfn: the block of the next order up
-            to_tail = self._free_block(higher ^ (1 << (order + 1)), (node, zone, order + 1)) is not None
-        self._add((node, zone, order), pfn, pfn + (1 << order), True, to_tail)
-
     def free_range(self, start, end, node, zone, to_tail=False):
-        """Free ``[start, end)`` as the largest naturally aligned blocks, lowest first, as
-        ``__free_pages_memory`` and ``online_pages_range`` cut memory for ``__free_pages_core``.
-        The ``MAX_PAGE_ORDER`` blocks cannot merge further, so a stretch of them is added as one run."""
+        """:meth:`free_ranges` of the one range ``[start, end)``."""
+        self.free_ranges([(start, end)], node, zone, to_tail)
+
+    def free_ranges(self, ranges, node, zone, to_tail=False):
+        """Free each ``[start, end)`` of ``ranges`` in turn, cut into the largest naturally aligned
+        blocks, lowest first, as ``__free_pages_memory`` and ``online_pages_range`` cut memory for
+        ``__free_pages_core`` (a list of folios is freed one by one the same way). Each block is
+        ``__free_one_page``'d: merged with free buddies up to ``MAX_PAGE_ORDER``, then put at the
+        head of its list, or at the tail for ``FPI_TO_TAIL`` (``to_tail``) or when
+        ``buddy_merge_likely`` finds the buddy of the next order up free.
+
+        The blocks merge one by one in the order given, but the lists take the survivors at the
+        end, a run at a time: those put at the head in the reverse order of their freeing, before
+        every block listed before, those put at the tail in order, after them, as freeing them one
+        at a time would list them; a block merged away within the call never touches the lists.
+        The ``MAX_PAGE_ORDER`` blocks of a range cannot merge, so a stretch of them is one entry."""
         top = self.max_order
-        pfn = start
-        while pfn < end:
-            order = min(top, (pfn & -pfn).bit_length() - 1 if pfn else top)
-            while pfn + (1 << order) > end:
-                order -= 1
-            if order == top:
-                count = (end - pfn) >> top
-                last = pfn + (count << top)
-                # one by one at the head lists them highest first; at the tail lowest first
-                self._add((node, zone, top), pfn, last, to_tail, to_tail)
-                pfn = last
-            else:
-                self.free_one(pfn, order, node, zone, to_tail)
-                pfn += 1 << order
+        added = []  # (order, lo, hi, ascending, tail) in the order freed; None once merged away
+        pending = {}  # first pfn of a block of `added` below MAX_PAGE_ORDER -> its index there
+        for start, end in ranges:
+            pfn = start
+            while pfn < end:
+                order = min(top, (pfn & -pfn).bit_length() - 1 if pfn else top)
+                while pfn + (1 << order) > end:
+                    order -= 1
+                if order == top:
+                    last = pfn + ((end - pfn) >> top << top)
+                    # freed one by one at the head they list highest first; at the tail lowest first
+                    added.append((top, pfn, last, to_tail, to_tail))
+                    pfn = last
+                    continue
+                block, pfn = pfn, pfn + (1 << order)
+                while order < top:
+                    buddy = block ^ (1 << order)
+                    if not self._take_free(buddy, order, node, zone, added, pending):
+                        break
+                    block &= ~(1 << order)
+                    order += 1
+                tail = to_tail
+                if not tail and order < top - 1:  # buddy_merge_likely: buddy_pfn & pfn, its buddy one order up
+                    higher = (block & ~(1 << order)) ^ (1 << (order + 1))
+                    tail = self._is_free(higher, order + 1, node, zone, added, pending)
+                if order < top:
+                    pending[block] = len(added)
+                added.append((order, block, block + (1 << order), True, tail))
+        listed = {}
+        for entry in added:
+            if entry is not None:
+                order, lo, hi, ascending, tail = entry
+                listed.setdefault((order, tail), []).append((lo, hi, ascending))
+        for (order, tail), entries in listed.items():
+            self._push((node, zone, order), entries if tail else entries[::-1], tail)
+
+    def _is_free(self, pfn, order, node, zone, added, pending):
+        """Is the block of ``order`` at ``pfn`` free: freed earlier in this call, or on its list?"""
+        index = pending.get(pfn)
+        if index is not None:
+            return added[index][0] == order
+        return self._free_block(pfn, (node, zone, order)) is not None
+
+    def _take_free(self, pfn, order, node, zone, added, pending):
+        """Take the free block of ``order`` at ``pfn`` (a buddy to merge with) off the lists, or out
+        of the blocks freed earlier in this call. False when there is none."""
+        index = pending.get(pfn)
+        if index is not None:
+            if added[index][0] != order:
+                return False
+            added[index] = None
+            del pending[pfn]
+            return True
+        key = self._free_block(pfn, (node, zone, order))
+        if key is None:
+            return False
+        self._cut((node, zone, order), key, pfn, pfn + (1 << order))
+        return True
 
     # -- allocation -----------------------------------------------------------------------------
     def _smallest(self, order, node, zone):
         """The lowest order from ``order`` up whose list has a block, and its head run's key."""
-        for k in range(order, self.max_order + 1):
-            key = self._head((node, zone, k))
-            if key is not None:
-                return k, key
-        return None, None
+        mask = self._orders.get((node, zone), 0) >> order
+        if not mask:
+            return None, None
+        k = order + (mask & -mask).bit_length() - 1
+        return k, self._head((node, zone, k))
 
     def _take_head(self, lst, key, count):
-        """Take the first ``count`` blocks of run ``key`` (the head of ``lst``): their first pfns
-        in list order."""
-        import numpy as np
-
+        """Take the first ``count`` blocks of run ``key`` (the head of ``lst``): ``(first, step)``,
+        the blocks being ``first + i * step`` in list order."""
         start, end, ascending, first = self._runs[lst][key]
-        size = 1 << lst[2]
+        size = count << lst[2]
         if ascending:
-            lo, hi = start, start + count * size
-            pfns = np.arange(lo, hi, size, dtype=np.int64)
-            rest = (hi, end)
+            taken, rest = (start, 1 << lst[2]), (start + size, end)
         else:
-            lo, hi = end - count * size, end
-            pfns = np.arange(hi - size, lo - 1, -size, dtype=np.int64)
-            rest = (start, lo)
+            taken, rest = (end - (1 << lst[2]), -(1 << lst[2])), (start, end - size)
         self._set_run(lst, key, (rest[0], rest[1], ascending, first + count) if rest[0] < rest[1] else None)
-        return pfns
+        return taken
 
     def alloc(self, order, node, zone):
-        """``__rmqueue_smallest``: the head block of the smallest order that has one, split by
-        ``expand`` (the upper halves to the heads of the lower lists). Its pfn, or None."""
-        k, key = self._smallest(order, node, zone)
-        if k is None:
-            return None
-        pfn = int(self._take_head((node, zone, k), key, 1)[0])
-        while k > order:  # expand()
-            k -= 1
-            self._add((node, zone, k), pfn + (1 << k), pfn + (2 << k), True, False)
-        return pfn
+        """One block of ``order`` (:meth:`alloc_many`): its first pfn, or None."""
+        pfns = self.alloc_many(1, order, node, zone)
+        return int(pfns[0]) if len(pfns) else None
 
     def alloc_many(self, count, order, node, zone):
-        """Up to ``count`` successive :meth:`alloc` calls of ``order`` in one zone: the same blocks
-        in the same order, a run at a time. When the smallest list that has a block is of order k
-        above ``order``, the lists in between are empty, so allocating one such block's 2**(k-order)
-        pieces one by one takes them lowest first (``expand`` keeps the lower half) and leaves the
-        lists as they were: whole blocks go in one step. Returns an array of first pfns."""
-        import numpy as np
-
-        parts, left = [], count
+        """Up to ``count`` successive ``__rmqueue_smallest`` calls of ``order`` in one zone: each the
+        head block of the smallest order that has one, split by ``expand`` (the upper halves to the
+        heads of the lower lists). The same blocks in the same order, a run at a time: when the
+        smallest list that has a block is of order k above ``order``, the lists in between are
+        empty, so allocating that block's 2**(k-order) pieces one by one takes them lowest first
+        and leaves the lists as they were (whole blocks go in one step), and allocating only the
+        first n of them leaves the rest's largest aligned blocks, one on each list in between.
+        Returns an array of first pfns."""
+        parts, left = [], count  # (first block, step between blocks, blocks, pieces per block)
         while left:
             k, key = self._smallest(order, node, zone)
             if k is None:
@@ -217,23 +259,29 @@ class FreeLists:
             start, end, _, _ = self._runs[lst][key]
             per = 1 << (k - order)
             whole = min(left // per, (end - start) >> k)
-            if not whole:
-                parts.append(np.array([self.alloc(order, node, zone)], dtype=np.int64))
-                left -= 1
+            if whole:
+                first, step = self._take_head(lst, key, whole)
+                parts.append((first, step, whole, per))
+                left -= whole * per
                 continue
-            blocks = self._take_head(lst, key, whole)
-            pieces = np.arange(per, dtype=np.int64) << order
-            parts.append((blocks[:, None] + pieces[None, :]).ravel())
-            left -= whole * per
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+            block, _ = self._take_head(lst, key, 1)
+            parts.append((block, 1 << order, left, 1))
+            pfn = block + (left << order)
+            while pfn < block + (1 << k):  # what is left of the block, as expand() leaves it
+                j = (pfn & -pfn).bit_length() - 1
+                self._push((node, zone, j), [(pfn, pfn + (1 << j), True)], False)
+                pfn += 1 << j
+            left = 0
+        return _pfns(parts, order)
 
     def take(self, start, end):
         """Take every free page of ``[start, end)`` off the lists (isolated for offlining, pinned,
         or ``alloc_contig_range``); the parts of blocks that stick out go back at the heads."""
         while True:
-            i = max(bisect_right(self._starts, start) - 1, 0)
+            starts = self._starts
+            i = max(starts.bisect_right(start) - 1, 0)
             found = None
-            for first in self._starts[i:i + 2]:  # the run holding start, or the next one
+            for first in starts.islice(i, i + 2):  # the run holding start, or the next one
                 lst, key = self._where[first]
                 if first < end and self._runs[lst][key][1] > start:
                     found = lst, key
@@ -251,7 +299,6 @@ class FreeLists:
                 self.free_range(lo, start, node, zone)
             if end < hi:
                 self.free_range(end, hi, node, zone)
-
     # -- queries --------------------------------------------------------------------------------
     def lists(self):
         """``{(node, zone, order): [(lo, hi, ascending), ...]}`` in list order (empty lists left out)."""
@@ -303,3 +350,38 @@ class FreeLists:
             total, end = total + hi - lo, hi
         assert len(self._starts) == sum(len(runs) for runs in self._runs.values()), "runs missing from the index"
         assert total == free_pages, f"free lists hold {total} pages, free frames {free_pages}"
+
+
+def _join(before, after, size):
+    """One stretch ``(lo, hi, ascending)`` for two stretches of blocks of ``size`` listed one
+    after the other, or None when the second does not continue the first."""
+    lo1, hi1, asc1 = before
+    lo2, hi2, asc2 = after
+    single1, single2 = hi1 - lo1 == size, hi2 - lo2 == size
+    if hi1 == lo2 and (asc1 or single1) and (asc2 or single2):
+        return lo1, hi2, True
+    if lo1 == hi2 and not (asc1 and not single1) and not (asc2 and not single2):
+        return lo2, hi1, False
+    return None
+
+
+def _pfns(parts, order):
+    """The first pfns of the pieces of ``order`` that ``parts`` describe, ``(first block, step
+    between blocks, blocks, pieces per block)`` each, in order: an array (built in Python when it
+    is short, where numpy's per-call cost would dominate)."""
+    import numpy as np
+
+    piece = 1 << order
+    if sum(blocks * per for _, _, blocks, per in parts) <= SHORT:
+        out = []
+        for first, step, blocks, per in parts:
+            if per == 1:
+                out.extend(range(first, first + blocks * step, step))
+            else:
+                for block in range(first, first + blocks * step, step):
+                    out.extend(range(block, block + per * piece, piece))
+        return np.array(out, dtype=np.int64)
+    arrays = [(first + np.arange(blocks, dtype=np.int64)[:, None] * step
+               + np.arange(0, per * piece, piece, dtype=np.int64)[None, :]).ravel()
+              for first, step, blocks, per in parts]
+    return np.concatenate(arrays)

@@ -460,10 +460,29 @@ class PhysMem:
                     self._free[node].set(zs, ze, zone)
         if self.booting:
             return
-        for pfn, nr_pages, to_tail in blocks:
-            for s, e, node in self.nodes.items(pfn, pfn + nr_pages):
-                for zs, ze, zone in self.zones.items(s, e):
-                    self.buddy.free_range(zs, ze, node, zone, to_tail)
+        for to_tail, same in itertools.groupby(blocks, key=lambda block: block[2]):
+            self._free_to_lists([block[:2] for block in same], to_tail)
+
+    def _free_to_lists(self, blocks, to_tail):
+        """The buddy frees of :meth:`_release`: each ``(pfn, nr_pages)`` of ``blocks`` in turn."""
+        ranges = {}  # (node, zone) -> its ranges in the order given: lists of other zones never meet
+        lo = hi = 0  # the stretch of one node and zone that the last block lay in
+        for pfn, nr_pages in blocks:
+            if not lo <= pfn < pfn + nr_pages <= hi:
+                node, zone = self.nodes.extent(pfn), self.zones.extent(pfn)
+                lo = hi = 0
+                if node is not None and zone is not None:
+                    lo, hi = max(node[0], zone[0]), min(node[1], zone[1])
+                    where = ranges.setdefault((node[2], zone[2]), [])
+                if pfn + nr_pages > hi:  # across nodes or zones (or holes): piece by piece
+                    for s, e, n in self.nodes.items(pfn, pfn + nr_pages):
+                        for zs, ze, z in self.zones.items(s, e):
+                            ranges.setdefault((n, z), []).append((zs, ze))
+                    lo = hi = 0
+                    continue
+            where.append((pfn, pfn + nr_pages))
+        for (node, zone), parts in ranges.items():
+            self.buddy.free_ranges(parts, node, zone, to_tail)
 
     def retag(self, pfn, nr_pages, owner):
         """Change the owner of frames already allocated (memory handed from one user to another)."""

@@ -216,8 +216,8 @@ def _placement(machine) -> list:
         shared = counts == pte.entry_span >> page_shift  # only PTEs map a frame more than once
         _, first = np.unique(frames[shared], return_index=True)
         keep = np.concatenate([np.flatnonzero(~shared), np.flatnonzero(shared)[first]])
-        frames, counts, owners = frames[keep], counts[keep], described(offsets[keep])
-        whole.extend(zip(owners.tolist(), frame_node(frames).tolist(), (counts << page_shift).tolist()))
+        frames, counts = frames[keep], counts[keep]
+        add(described(offsets[keep]), frame_node(frames), counts << page_shift, "memmap", ("on_node", "off_node", "on_device"))
     if whole:
         owners, homes, nbytes = (np.array(column, dtype=np.int64) for column in zip(*whole))
         add(owners, homes, nbytes, "memmap", ("on_node", "off_node", "on_device"))
