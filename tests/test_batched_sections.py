@@ -4,11 +4,14 @@ exactly as the kernel's one call per section (``__add_pages`` / ``__remove_pages
 counters (TLB flushes included), sections, altmaps, struct pages, device pagemaps. The reference is
 the same engine with batching off, so every piece is a single section piece."""
 
+import contextlib
+
 import pytest
 
-from vmemcore import hookimpl
+from vmemcore import hookimpl, populate
 from vmemcore.errors import VmemcoreError
 from vmemcore.machine import Machine
+from vmemcore.physmem import Use
 from vmemcore.units import GiB, MiB
 from vmemcore.zone_device import add_devdax_step, remove_devdax_step
 
@@ -144,10 +147,15 @@ def test_a_1g_compound_devdax_is_populated_a_section_at_a_time():
     assert not m.sparse.batches(pgmap) and m.sparse.batches()
 
 
-def _fault_every_index(build, operation):
+def _state(machine):
+    """The machine's snapshot and the order of its free lists (which later allocations follow)."""
+    return machine.snapshot(), machine.physmem.buddy.lists()
+
+
+def _fault_every_index(build, operation, reference=_unbatched):
     """Fail each allocation the operation makes, one at a time, on a batched machine and on the
-    one-section-at-a-time reference: both fail alike (nothing half-applied, the machine unchanged)
-    or both succeed alike. Returns how many allocations a clean run makes."""
+    reference (by default one section at a time): both fail alike (nothing half-applied, the machine
+    unchanged, free lists included) or both succeed alike. Returns how many allocations a clean run makes."""
     clean = build()
     clean.physmem.faults.arm()
     operation(clean)
@@ -155,14 +163,14 @@ def _fault_every_index(build, operation):
     assert attempts > 0
     for nth in range(1, attempts + 1):
         outcomes = []
-        for m in (build(), _unbatched(build())):
-            before = m.snapshot()
+        for m in (build(), reference(build())):
+            before = _state(m)
             m.physmem.faults.arm(nth=nth)
             try:
                 operation(m)
-                outcomes.append(("ok", m.snapshot()))
+                outcomes.append(("ok", _state(m)))
             except VmemcoreError as error:
-                assert m.snapshot() == before, f"allocation {nth}: the failed operation left changes"
+                assert _state(m) == before, f"allocation {nth}: the failed operation left changes"
                 outcomes.append((f"{type(error).__name__}: {error}", None))
             m.physmem.faults.disarm()
         assert outcomes[0] == outcomes[1], f"allocation {nth}"
@@ -187,3 +195,66 @@ def test_fault_injection_at_every_allocation_of_a_batched_devdax_add():
     # tail), 128 compound pages a section, plus a PMD table and a PTE table per section
     attempts = _fault_every_index(build, lambda m: add_devdax_step(m, 64 * GiB, 256 * MiB, "2M"))
     assert attempts == 1 + 2 * (1 + 2 * 64)
+
+
+
+def _fragmented():
+    """4 GiB, 2 MiB of device memory added (so the next add finds its PMD table and the PTE table
+    of its first section begun: 4 pages taken, a 4 MiB block split down to orders 2..9), then 3
+    single pages taken and the middle one given back: the draw starts with single free pages,
+    goes on through the split orders and ends in whole 4 MiB blocks."""
+    m = Machine("x86_64", memory=[{"size": 4 * GiB}])
+    add_devdax_step(m, 64 * GiB, 2 * MiB, "2M")
+    pfns = [m.physmem.alloc(1, 0, Use.PINNED) for _ in range(3)]
+    m.physmem.release(pfns[1], 1)
+    return m
+
+
+def test_fault_injection_at_every_allocation_of_a_compound_populate_drawn_ahead(monkeypatch):
+    """The reference allocates each page table and each PTE table's head and first tail pages when
+    the walk reaches them (``draw_ahead`` refused), as the kernel does."""
+    draw_ahead = populate.draw_ahead
+    monkeypatch.setattr(populate, "draw_ahead",
+                        lambda machine, *args: None if getattr(machine, "as_it_goes", False) else draw_ahead(machine, *args))
+
+    def as_it_goes(m):
+        m.as_it_goes = True
+        return m
+
+    def add(m):  # the rest of section 0, then section 1: one populate call
+        add_devdax_step(m, 64 * GiB + 2 * MiB, 254 * MiB, "2M")
+
+    attempts = _fault_every_index(_fragmented, add, as_it_goes)
+    # section 0's PTE table is there: 63 compound pages of 2 own vmemmap pages each; then
+    # section 1: a PTE table and 64 compound pages (the PMD table came with the first 2 MiB)
+    assert attempts == 2 * 63 + 1 + 2 * 64
+    drawn, walked = _fragmented(), as_it_goes(_fragmented())
+    for m in (drawn, walked):
+        add(m)
+    assert _state(drawn) == _state(walked)
+    drawn.check()
+
+
+def _freeing_as_it_goes(machine):
+    """The machine with each free of a teardown reaching the allocator when the walk makes it."""
+    machine.physmem.releases_gathered = contextlib.nullcontext
+    return machine
+
+
+@pytest.mark.parametrize("arch,variant,kernel", DEVDAX_MACHINES)
+def test_teardown_frees_gathered_equal_frees_one_by_one(arch, variant, kernel):
+    """A teardown's frees done at its end, in order, leave the free lists (their order included)
+    and the frame maps as freeing each when the walk reaches it: device-dax and hot-added memory."""
+    machines = [Machine(arch, variant, kernel, memory=[{"size": 4 * GiB}]) for _ in range(2)]
+    _freeing_as_it_goes(machines[1])
+    for m in machines:
+        add_devdax_step(m, 64 * GiB + 64 * MiB, 1 * GiB + 64 * MiB, "2M")
+        add_devdax_step(m, 72 * GiB, 256 * MiB)  # base pages: a frame per vmemmap page
+        m.hotplug.add_memory(80 * GiB, 2 * m.hotplug.block_size)
+    assert _state(machines[0]) == _state(machines[1])
+    for m in machines:
+        remove_devdax_step(m, 72 * GiB, 256 * MiB)
+        remove_devdax_step(m, 64 * GiB + 64 * MiB)
+        m.hotplug.remove_memory(80 * GiB, 2 * m.hotplug.block_size)
+    assert _state(machines[0]) == _state(machines[1])
+    machines[0].check()

@@ -25,8 +25,10 @@ def vmemmap_teardown(machine, start, end, altmap, policy: TeardownPolicy):
     """Unmap ``[start, end)`` of the vmemmap and free what is no longer used, as ``policy`` says.
     The kernel's ``vmemmap_free`` frees one section's memmap at most (``section_deactivate``); a
     range of several stands for one call per section (:meth:`vmemcore.sparse.Sparse.batches`),
-    so the closing flush is one per section."""
-    _teardown(machine, machine.pagetable.top, start, end, altmap, policy)
+    so the closing flush is one per section. The walk frees and never allocates, so its frees
+    reach the allocator gathered (:meth:`vmemcore.physmem.PhysMem.releases_gathered`)."""
+    with machine.physmem.releases_gathered():
+        _teardown(machine, machine.pagetable.top, start, end, altmap, policy)
     step, base = machine.sparse_geometry.section_memmap_bytes, machine.sparse_geometry.vmemmap_base
     sections = (end - 1 - base) // step - (start - base) // step + 1
     _flush(machine, policy.flush_end, start, end, times=sections)

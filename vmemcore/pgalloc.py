@@ -68,8 +68,7 @@ class TableFrames:
             nr_pages = nbytes >> self.page_shift
             pfn = self.physmem.alloc(nr_pages, node, Use.PAGETABLE, align=nr_pages)
             if pfn is not None:
-                self._set_frame(pfn, (level.name, nr_pages, 1, 1, boot))
-                self._add_pages(level.name, nr_pages)
+                self.adopt(level, pfn)
             return pfn
         key = (level.name, boot)
         free = self.partial.get(key, ())
@@ -86,6 +85,14 @@ class TableFrames:
             self._add_pages(level.name, 1)
             self._set_partial(key, free + (pfn,))
         return pfn
+
+    def adopt(self, level, pfn):
+        """A table of ``level`` (a page or more after boot: no fragments) in the frames at ``pfn``,
+        which the caller took from the allocator for page tables."""
+        boot = self.physmem.booting
+        nr_pages = (level.boot_alloc_bytes if boot else level.alloc_bytes) >> self.page_shift
+        self._set_frame(pfn, (level.name, nr_pages, 1, 1, boot))
+        self._add_pages(level.name, nr_pages)
 
     def free(self, pfn):
         """Free one table held at ``pfn``: its frame goes back when no other table is left in it

@@ -12,6 +12,7 @@ the scenario validator) and must not load numpy.
 
 import enum
 import itertools
+from contextlib import contextmanager
 from errno import EEXIST
 
 from attrs import frozen
@@ -129,6 +130,7 @@ class PhysMem:
         self._free = {}  # node -> RangeMap of free pfns (value: their zone)
         self.booting = True  # memblock until boot ends, buddy afterwards
         self.faults = FaultInjector()
+        self._gathered = None  # frees waiting for the end of releases_gathered(), in order
 
     def _pfns(self, start_pfn, end_pfn):
         """``[start_pfn, end_pfn)`` for a message, labelled, with its physical addresses."""
@@ -304,14 +306,49 @@ class PhysMem:
         if len(pfns) < granted:  # memory ran out before any injected failure: that attempt ends it
             self.faults.attempts = before[0] + len(pfns) + 1
             self.faults.failed = before[1]
-        owner = Owner(purpose)
-        ordered = np.sort(pfns)
-        breaks = np.flatnonzero(np.diff(ordered) != size) + 1  # where a run of adjacent blocks starts
-        firsts = ordered[np.concatenate(([0], breaks))] if len(ordered) else ordered
-        lasts = ordered[np.concatenate((breaks - 1, [len(ordered) - 1]))] if len(ordered) else ordered
-        for first, last in zip(firsts.tolist(), lasts.tolist()):
-            self._take(first, last + size - first, owner)
+        self._take_runs(pfns, size, [Owner(purpose)], np.zeros(len(pfns), dtype=np.int64))
         return pfns.tolist()
+
+    def alloc_sequence(self, requests, node):
+        """Successive single-page buddy allocations (``alloc(1, node, purpose)`` each) for the
+        ``(purpose, count)`` pairs of ``requests`` in turn, stopping at the first failure: the same
+        pages, in the same order, as those calls (or :meth:`alloc_pages` calls), taken off the free
+        lists in one sweep. Fault injection sees each attempt with its purpose. Returns the array
+        of pfns granted."""
+        import numpy as np
+
+        before, wanted = (self.faults.attempts, self.faults.failed), []
+        for purpose, count in requests:
+            granted = self.faults.successes_before_failure(count, "buddy", 1, node, purpose)
+            wanted.append(granted)
+            if granted < count:
+                break
+        pfns = self._alloc_buddy(sum(wanted), 0, node, False, False)
+        if len(pfns) < sum(wanted):  # memory ran out first: that attempt ends the sequence
+            self.faults.attempts = before[0] + len(pfns) + 1
+            self.faults.failed = before[1]
+        owners = [Owner(purpose) for purpose, _ in requests[:len(wanted)]]
+        self._take_runs(pfns, 1, owners, np.repeat(np.arange(len(wanted)), wanted)[:len(pfns)])
+        return pfns
+
+    def _take_runs(self, pfns, size, owners, which):
+        """:meth:`_take` of the blocks of ``size`` pages at ``pfns``, block i for ``owners[which[i]]``,
+        a run of adjacent blocks of one owner at a time (the free map a run of adjacent blocks)."""
+        import numpy as np
+
+        if not len(pfns):
+            return
+        order = np.argsort(pfns, kind="stable")
+        ordered, which = pfns[order], which[order]
+        apart = np.diff(ordered) != size
+        for cuts, owned in ((apart | (np.diff(which) != 0), True), (apart, False)):
+            bounds = np.concatenate(([0], np.flatnonzero(cuts) + 1, [len(ordered)])).tolist()
+            for lo, hi in zip(bounds, bounds[1:]):
+                pfn, nr_pages = int(ordered[lo]), (hi - lo) * size
+                if owned:
+                    self.frames.set(pfn, pfn + nr_pages, owners[int(which[lo])])
+                else:
+                    self._leave_free_map(pfn, nr_pages)
 
     def _alloc_buddy(self, count, order, node, exact_nid, movable):
         """Up to ``count`` blocks of ``order`` off the free lists, zonelist order (each node's
@@ -365,6 +402,9 @@ class PhysMem:
     def _take(self, pfn, nr_pages, owner):
         """Frames leave the free map (the free lists, if any, let them go already)."""
         self.frames.set(pfn, pfn + nr_pages, owner)
+        self._leave_free_map(pfn, nr_pages)
+
+    def _leave_free_map(self, pfn, nr_pages):
         for start, end, node in self.nodes.items(pfn, pfn + nr_pages):
             self._free[node].set(start, end, None)
 
@@ -406,9 +446,33 @@ class PhysMem:
     def release_many(self, blocks, to_tail=False):
         """:meth:`release` of each ``(pfn, nr_pages)`` of ``blocks`` in turn. The free lists take
         them one by one in the order given, as the kernel frees them; the frame and free-memory maps,
-        whose end state does not depend on that order, are updated a run of adjacent blocks at a time."""
+        whose end state does not depend on that order, are updated a run of adjacent blocks at a time
+        (inside :meth:`releases_gathered`, runs of the whole block's frees)."""
+        blocks = [(pfn, nr_pages, to_tail) for pfn, nr_pages in blocks]
+        if self._gathered is not None:
+            self._gathered.extend(blocks)
+        else:
+            self._release(blocks)
+
+    @contextmanager
+    def releases_gathered(self):
+        """Frees inside the ``with`` block are gathered and done at its end, in the order made:
+        for a block that frees and allocates nothing else meanwhile (a vmemmap teardown), so the
+        free lists end as the frees one by one leave them, and the frame maps take a run of
+        adjacent frees (a section's frames and its PTE table) as one change."""
+        if self._gathered is not None:
+            yield
+            return
+        self._gathered = []
+        try:
+            yield
+        finally:
+            blocks, self._gathered = self._gathered, None
+            self._release(blocks)
+
+    def _release(self, blocks):
         runs = []
-        for pfn, nr_pages in sorted(blocks):
+        for pfn, nr_pages, _ in sorted(blocks):
             if runs and runs[-1][1] == pfn:
                 runs[-1][1] = pfn + nr_pages
             else:
@@ -420,6 +484,11 @@ class PhysMem:
                     self._free[node].set(zs, ze, zone)
         if self.booting:
             return
+        for to_tail, same in itertools.groupby(blocks, key=lambda block: block[2]):
+            self._free_to_lists([block[:2] for block in same], to_tail)
+
+    def _free_to_lists(self, blocks, to_tail):
+        """The buddy frees of :meth:`_release`: each ``(pfn, nr_pages)`` of ``blocks`` in turn."""
         ranges = {}  # (node, zone) -> its ranges in the order given: lists of other zones never meet
         lo = hi = 0  # the stretch of one node and zone that the last block lay in
         for pfn, nr_pages in blocks:

@@ -132,12 +132,19 @@ def vmemmap_map_leaf(machine, addr, span, pfn, node, function="__map_kernel_page
     vmemmap_verify(machine, pfns, node)
 
 
-def table_allocator(machine, node):
+def table_allocator(machine, node, ahead=None):
     """``vmemmap_alloc_block_zero(PAGE_SIZE, node)`` for page-table pages (a fragment of one where
-    the level's tables are smaller, vmemcore/pgalloc.py), raising on failure."""
+    the level's tables are smaller, vmemcore/pgalloc.py), raising on failure; from the frames
+    drawn ``ahead`` (:class:`FramesAhead`) if given."""
 
     def alloc(level):
-        pfn = machine.table_frames.alloc(level, node)
+        if ahead is None:
+            pfn = machine.table_frames.alloc(level, node)
+        else:
+            got = ahead.take(1)
+            pfn = int(got[0]) if len(got) else None
+            if pfn is not None:
+                machine.table_frames.adopt(level, pfn)
         if pfn is None:
             raise OutOfMemory(f"no memory for a {level.name} table of the vmemmap (node {node})")
         return pfn
@@ -191,14 +198,14 @@ def vmemmap_populate_basepages(machine, start, end, node, altmap=None, reuse_pfn
     _fill_pte_tables(machine, start, end, node, fill)
 
 
-def _fill_pte_tables(machine, start, end, node, fill):
+def _fill_pte_tables(machine, start, end, node, fill, ahead=None):
     """The PTE walk both populate paths share (``vmemmap_populate_range``): each PTE table under
-    ``[start, end)`` (rounded out to pages) is created if missing, then ``fill(table, lo, hi)``
-    maps its entries ``lo..hi``, a table at a time."""
+    ``[start, end)`` (rounded out to pages) is created if missing (from the frames drawn ``ahead``,
+    if given), then ``fill(table, lo, hi)`` maps its entries ``lo..hi``, a table at a time."""
     pt = machine.pagetable
     page = machine.geometry.page_size
     depth = len(machine.geometry.levels) - 1
-    alloc = table_allocator(machine, node)
+    alloc = table_allocator(machine, node, ahead)
     addr, end = start // page * page, -(-end // page) * page
     while addr < end:
         table = pt.walk(addr, depth, alloc)
@@ -207,6 +214,67 @@ def _fill_pte_tables(machine, start, end, node, fill):
         lo, hi = table_index_range(table, addr, end)
         fill(table, lo, hi)
         addr = table.va(hi)
+
+
+class FramesAhead:
+    """Single frames drawn ahead for a PTE walk (:func:`draw_ahead`), handed out in order."""
+
+    def __init__(self, pfns):
+        self.pfns = pfns
+        self.used = 0
+
+    def take(self, count):
+        """The next ``count`` frames (fewer when the draw stopped short: that allocation failed)."""
+        got = self.pfns[self.used:self.used + count]
+        self.used += len(got)
+        return got
+
+
+def draw_ahead(machine, start, end, node, wanted):
+    """The single-page allocations a PTE walk of ``[start, end)`` will make, drawn in one sweep
+    (:meth:`~vmemcore.physmem.PhysMem.alloc_sequence`): in walk order, each missing table
+    (``vmemmap_alloc_block_zero`` of a page, top down) and then ``wanted(base, lo, hi, flags)``
+    frames for the entries ``lo..hi`` of the PTE table at ``base`` (``flags``: its entries' flags,
+    None while it is missing). The same pages, in the same order, as the walk's own calls would
+    get, the failure (fault or no memory) at the same attempt. None where the walk's allocations
+    are not all single buddy pages (booting, tables smaller or larger than a page) or it would
+    meet a leaf: the caller walks allocating as it goes."""
+    geometry = machine.geometry
+    page = geometry.page_size
+    levels = geometry.levels
+    if machine.physmem.booting or any(level.alloc_bytes != page for level in levels[1:]):
+        return None
+    pt = machine.pagetable
+    depth = len(levels) - 1
+    span = levels[depth].table_span
+    created = set()  # (depth, base) of the tables the walk will have created
+    requests = []
+
+    def request(purpose, count):
+        if count and requests and requests[-1][0] is purpose:
+            requests[-1] = (purpose, requests[-1][1] + count)
+        elif count:
+            requests.append((purpose, count))
+
+    addr, end = start // page * page, -(-end // page) * page
+    while addr < end:
+        missing = 0
+        for d in range(1, depth + 1):
+            key = (d, addr >> (levels[d].shift + levels[d].bits))
+            if not missing and (key in created or pt.walk(addr, d) is not None):
+                continue
+            parent = None if missing else pt.walk(addr, d - 1)
+            if parent is not None and parent.flags[parent.index(addr)] & PRESENT:
+                return None  # a leaf above the PTE level: the walk refuses it
+            missing += 1
+            created.add(key)
+        request(Use.PAGETABLE, missing)
+        base = addr // span * span
+        table = pt.walk(addr, depth)
+        lo, hi = (addr - base) // page, (min(end, base + span) - base) // page
+        request(Use.MEMMAP, wanted(base, lo, hi, None if table is None else table.flags))
+        addr = base + span
+    return FramesAhead(machine.physmem.alloc_sequence(requests, node))
 
 
 def _contiguous_spans(machine, table, empty, node, altmap):
@@ -515,15 +583,25 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
     sparse = machine.sparse_geometry
     carried = []  # (compound page, frame of its first tail page) of the last one a table began
 
+    def positions(base, lo, hi):  # each entry's compound page and vmemmap page within it
+        return np.divmod((base - start) // page + np.arange(lo, hi), per)
+
+    def own_pages(base, lo, hi, flags):  # the head and first tail pages still to map
+        own = positions(base, lo, hi)[1] < 2
+        return int(np.count_nonzero(own if flags is None else own & ((flags[lo:hi] & PRESENT) == 0)))
+
+    ahead = None if reuse is not None else draw_ahead(machine, start, end, node, own_pages)
+
     def fill(table, lo, hi):
         index = np.arange(lo, hi)
         empty = (table.flags[lo:hi] & PRESENT) == 0
         if reuse is not None:
             _map_reused(machine, table, index[empty], np.full(int(empty.sum()), reuse, dtype=np.int64), node)
             return
-        compound, pos = np.divmod((table.va(lo) - start) // page + index - lo, per)
+        compound, pos = positions(table.base, lo, hi)
         own = index[(pos < 2) & empty]
-        _set_ptes(machine, table, own, alloc_blocks(machine, 1, len(own), node, None), node, "compound devmap")
+        got = alloc_blocks(machine, 1, len(own), node, None) if ahead is None else ahead.take(len(own))
+        _set_ptes(machine, table, own, got, node, "compound devmap")
         described = own[pos[own - lo] == 1]  # the first tail pages: shared, so described
         firsts = (table.va(0) - sparse.vmemmap_base + described * page) // sparse.struct_page_size
         machine.structpages.describe_many(table.pfns[described].tolist(), [CopyOf(p) for p in firsts.tolist()])
@@ -538,7 +616,7 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
         shared = (pos >= 2) & empty
         _map_reused(machine, table, index[shared], frames[np.searchsorted(heads, compound[shared])], node)
 
-    _fill_pte_tables(machine, start, end, node, fill)
+    _fill_pte_tables(machine, start, end, node, fill, ahead)
 
 
 def vmemmap_populate_compound_by_address(machine, start_pfn, start, end, node, pgmap):
