@@ -47,7 +47,7 @@ class FreeLists:
         old = self._assign(lst, key, run)
         journal = self.journal
         if journal is not None and journal.active:
-            journal.record(lambda: self._assign(lst, key, old))
+            journal.record(self._assign, lst, key, old)
 
     def _assign(self, lst, key, run):
         """Put ``run`` under ``key`` (None: remove it); returns the run it replaces."""

@@ -24,14 +24,15 @@ class Journal:
     def active(self) -> bool:
         return self._records is not None
 
-    def record(self, undo):
-        """Remember ``undo`` (a callable), called right after the change it undoes, if a
-        transaction is open; if it cannot be remembered, the change is undone at once."""
+    def record(self, undo, *args):
+        """Remember ``undo(*args)``, called right after the change it undoes, if a transaction is
+        open; if it cannot be remembered, the change is undone at once. (Passing the arguments
+        rather than a closure over them keeps a record to a tuple: the hot paths make millions.)"""
         if self._records is not None:
             try:
-                self._records.append(undo)
+                self._records.append((undo, args))
             except BaseException:
-                undo()
+                undo(*args)
                 raise
 
     @contextmanager
@@ -47,8 +48,8 @@ class Journal:
             yield
         except BaseException:
             records, self._records = self._records, None
-            for undo in reversed(records):
-                undo()
+            for undo, args in reversed(records):
+                undo(*args)
             raise
         finally:
             if collecting:

@@ -137,7 +137,7 @@ class RangeMap:
             return
         old = self._assign(start, end, [(start, end, value)] if value is not None else [])
         if self.journal is not None and self.journal.active:
-            self.journal.record(lambda: self._assign(start, end, old))
+            self.journal.record(self._assign, start, end, old)
 
     def _window(self, start, end):
         """Positions of the first and past the last extent overlapping ``[start, end)`` or touching
