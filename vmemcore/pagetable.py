@@ -293,8 +293,13 @@ class PageTable(VmemmapMapping):
         last = min(end, table.base + table.level.table_span) - 1
         hi = table.index(last) + 1
         yield table, lo, hi
-        for i in sorted(k for k in table.children if lo <= k < hi):
-            yield from self.tables_in(start, end, table=table.children[i])
+        children = table.children
+        if hi - lo < len(children):  # fewer entries in the range than children: look each one up
+            reached = [i for i in range(lo, hi) if i in children]
+        else:
+            reached = sorted(i for i in children if lo <= i < hi)
+        for i in reached:
+            yield from self.tables_in(start, end, table=children[i])
 
     def leaf_runs(self, start, end):
         """Yield ``(vaddr, level, pfns)`` for each table's present leaves in ``[start, end)``:
