@@ -338,6 +338,21 @@ class PhysMem:
 
         if not len(pfns):
             return
+        if len(pfns) <= 64:  # a few pages (a folio's vmemmap): numpy's per-call cost would dominate
+            blocks = sorted(zip(pfns.tolist(), which.tolist()))
+            for owned in (True, False):
+                start, end, whose = blocks[0][0], blocks[0][0] + size, blocks[0][1]
+                for pfn, who in blocks[1:] + [(None, None)]:
+                    if pfn == end and (who == whose or not owned):
+                        end += size
+                        continue
+                    if owned:
+                        self.frames.set(start, end, owners[whose])
+                    else:
+                        self._leave_free_map(start, end - start)
+                    if pfn is not None:
+                        start, end, whose = pfn, pfn + size, who
+            return
         order = np.argsort(pfns, kind="stable")
         ordered, which = pfns[order], which[order]
         apart = np.diff(ordered) != size
