@@ -242,8 +242,8 @@ class PhysMem:
         ZONE_MOVABLE, and they try it first.
         """
         if self.booting:
-            pfns = self.memblock_alloc(1, nr_pages, node, purpose, align or 1, exact_nid, movable)
-            return int(pfns[0]) if len(pfns) else None
+            runs = self._memblock_runs(1, nr_pages, node, purpose, align or 1, exact_nid, movable)
+            return runs[0][0] if runs else None
         if self.faults.should_fail("buddy", nr_pages, node, purpose):
             return None
         order = max(nr_pages - 1, 0).bit_length()
@@ -266,11 +266,17 @@ class PhysMem:
         taken at once, with the same frames, owners and fault-injection attempts as one call each."""
         import numpy as np
 
+        runs = self._memblock_runs(count, nr_pages, node, purpose, align, exact_nid, movable)
+        return (np.concatenate([np.arange(r.start, r.stop, r.step, dtype=np.int64) for r in runs]) if runs
+                else np.empty(0, dtype=np.int64))
+
+    def _memblock_runs(self, count, nr_pages, node, purpose, align, exact_nid, movable):
+        """:meth:`memblock_alloc`'s blocks as ranges of first pfns, one per free range walked down."""
         before = self.faults.attempts, self.faults.failed
         granted = self.faults.successes_before_failure(count, "memblock", nr_pages, node, purpose)
         owner = Owner(purpose, reserved=True)
         step = -(-nr_pages // align) * align
-        parts, left = [], granted
+        runs, left = [], granted
         for candidate in self._node_order(node, exact_nid):
             for zone in self._zone_order(movable):
                 for start, end, _ in self._free[candidate].items_reversed(zone) if left else ():
@@ -278,20 +284,20 @@ class PhysMem:
                     if top < start:
                         continue
                     n = min(left, (top - start) // step + 1)
-                    pfns = top - np.arange(n, dtype=np.int64) * step
+                    pfns = range(top, top - n * step, -step)
                     if step == nr_pages:  # the blocks follow on: one run
-                        self._take(int(pfns[-1]), n * nr_pages, owner)
+                        self._take(pfns[-1], n * nr_pages, owner)
                     else:
-                        for pfn in pfns.tolist():
+                        for pfn in pfns:
                             self._take(pfn, nr_pages, owner)
-                    parts.append(pfns)
+                    runs.append(pfns)
                     left -= n
                     if not left:
                         break
         if left:  # memory ran out before any injected failure: that attempt ends it
             self.faults.attempts = before[0] + granted - left + 1
             self.faults.failed = before[1]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return runs
 
     def alloc_pages(self, count, node, purpose, order=0, exact_nid=False, movable=False):
         """``count`` successive buddy allocations of ``2**order`` pages, stopping at the first
