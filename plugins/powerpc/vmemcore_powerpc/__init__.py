@@ -50,7 +50,7 @@ BLOCK_SIZE_PROBE = Change(
     "powerpc-memory-block-probe", "the memory block size probed from the device tree (probe_memory_block_size): "
     "without ibm,dynamic-reconfiguration-memory, 1 GiB divided by 4 per memory node (before: "
     "pseries_memory_block_size, the size of the memory node that follows memory@0)", "6.6", commit="4d15721177d5",
-    status="UNCONFIRMED (release: in powerpc next in August 2023, for the 6.6 merge window)")
+    status="CONFIRMED (merged into mainline on 2023-08-31, the 6.6 merge window)")
 DAX_DEDUP = Change("powerpc-dax-dedup", "compound devmap vmemmap dedup, generic on every arch", "5.19",
                    commit="4917f55b4ef9", status="CONFIRMED (MM pull for 5.19-rc1)")
 DAX_DEDUP_OFF = Change("powerpc-dax-dedup-off", "dedup becomes an arch opt-in (vmemmap_can_optimize) that powerpc "
