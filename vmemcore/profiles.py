@@ -102,7 +102,7 @@ HVO_SYSCTL = Change(
     status="CONFIRMED (MM pull for 5.19-rc1)")
 HVO_MHP_COMPATIBLE = Change(
     "hvo-memmap-on-memory", "HVO and memmap_on_memory compatible (self-hosted vmemmap skipped)", "6.0",
-    commit="66361095129b", status="UNCONFIRMED (v5 posted after the 5.19 merge window)")
+    commit="66361095129b", status="CONFIRMED (stable/linux master push of 2022-08-06, tracking mainline: 6.0 merge window)")
 HVO_NEW_HEAD = Change(
     "hvo-new-head-page", "HVO copies the head vmemmap page to a new page (the old one reused on failure)", "6.2",
     commit="11aad2631bf7", status="CONFIRMED (MM pull for 6.2-rc1)")
