@@ -120,7 +120,7 @@ MHP_PER_BLOCK = Change(
     "6.8", commit="6b8f0798b85a", status="CONFIRMED (MM pull for 6.8-rc1)")
 HVO_RESET_4 = Change(
     "hvo-reset-4", "NR_RESET_STRUCT_PAGE 3 -> 4 (\"mm, hugetlb: Increment the number of pages to be reset on "
-    "HVO\")", "6.15", status="UNCONFIRMED (release: posted as a fix of a 6.15 merge-window commit)")
+    "HVO\")", "6.15", status="CONFIRMED (mainline 274fe92de2c4, mm-hotfixes-stable-2025-04-19-21-24, before 6.15-rc3)")
 BOOT_MEMMAP_COUNTER = Change(
     "memmap-boot-counter", "removing a boot (early) section's memmap lowers nr_memmap_boot_pages (\"mm: fix "
     "accounting of memmap pages for early sections\", linux-next id 5c995bb51ee3)", "6.17",
