@@ -130,8 +130,8 @@ BOOT_MEMMAP_COUNTER = Change(
     status="UNCONFIRMED (mainline id and release; Cc stable, backports UNCONFIRMED)")
 HVO_SHARED_TAIL = Change(
     "hvo-shared-tail-page", "fake heads eliminated: one shared read-only tail page per zone and order, the head "
-    "page always copied, no reset_struct_pages", "7.1", status="UNCONFIRMED (present in the v7.1 tree; 7.0 not "
-    "checked)")
+    "page always copied, no reset_struct_pages", "7.1",
+    status="CONFIRMED (torvalds/linux push of 2026-04-15, mm-stable-2026-04-13-21-45, after Linux 7.0)")
 
 #: Every dated change of the engine, oldest first.
 ENGINE_CHANGES = (
