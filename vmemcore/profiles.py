@@ -102,7 +102,8 @@ HVO_SYSCTL = Change(
     status="CONFIRMED (MM pull for 5.19-rc1)")
 HVO_MHP_COMPATIBLE = Change(
     "hvo-memmap-on-memory", "HVO and memmap_on_memory compatible (self-hosted vmemmap skipped)", "6.0",
-    commit="66361095129b", status="UNCONFIRMED (v5 posted after the 5.19 merge window)")
+    commit="66361095129b",
+    status="CONFIRMED (stable/linux master push of 2022-08-06, tracking mainline: 6.0 merge window)")
 HVO_NEW_HEAD = Change(
     "hvo-new-head-page", "HVO copies the head vmemmap page to a new page (the old one reused on failure)", "6.2",
     commit="11aad2631bf7", status="CONFIRMED (MM pull for 6.2-rc1)")
@@ -114,21 +115,23 @@ MHP_FALLBACK = Change(
     "mode", "6.6", commit="e3c2bfdd33a3", status="CONFIRMED (MM pull for 6.6-rc1)")
 HVO_BATCHED = Change(
     "hvo-batched", "HVO optimizes and restores lists of folios with one TLB flush per batch", "6.7",
-    commit="79359d6d24df", status="CONFIRMED (release, MM pull for 6.7-rc1); commit id UNCONFIRMED")
+    commit="79359d6d24df",
+    status="CONFIRMED (release, MM pull for 6.7-rc1; id in the 2023-11-03 linux-block master push carrying mainline)")
 MHP_PER_BLOCK = Change(
     "memmap-on-memory-per-block", "memmap_on_memory requests split across memory blocks, one altmap per block",
     "6.8", commit="6b8f0798b85a", status="CONFIRMED (MM pull for 6.8-rc1)")
 HVO_RESET_4 = Change(
     "hvo-reset-4", "NR_RESET_STRUCT_PAGE 3 -> 4 (\"mm, hugetlb: Increment the number of pages to be reset on "
-    "HVO\")", "6.15", status="UNCONFIRMED (release: posted as a fix of a 6.15 merge-window commit)")
+    "HVO\")", "6.15",
+    status="CONFIRMED (mainline 274fe92de2c4, mm-hotfixes-stable-2025-04-19-21-24, before 6.15-rc3)")
 BOOT_MEMMAP_COUNTER = Change(
     "memmap-boot-counter", "removing a boot (early) section's memmap lowers nr_memmap_boot_pages (\"mm: fix "
     "accounting of memmap pages for early sections\", linux-next id 5c995bb51ee3)", "6.17",
     status="UNCONFIRMED (mainline id and release; Cc stable, backports UNCONFIRMED)")
 HVO_SHARED_TAIL = Change(
     "hvo-shared-tail-page", "fake heads eliminated: one shared read-only tail page per zone and order, the head "
-    "page always copied, no reset_struct_pages", "7.1", status="UNCONFIRMED (present in the v7.1 tree; 7.0 not "
-    "checked)")
+    "page always copied, no reset_struct_pages", "7.1",
+    status="CONFIRMED (torvalds/linux push of 2026-04-15, mm-stable-2026-04-13-21-45, after Linux 7.0)")
 
 #: Every dated change of the engine, oldest first.
 ENGINE_CHANGES = (

@@ -68,7 +68,7 @@ HASH4K_CONT = Change("powerpc-hash4k-cont-hugepages", "hash-4K HugeTLB pages map
                      status="UNCONFIRMED")
 VMEMMAP_START_ALIGN = Change("powerpc-vmemmap-start-align", "radix vmemmap start aligned down to PMD_SIZE without an "
                              "altmap, PAGE_SIZE with one", "6.17", commit="f5164797284d",
-                             status="UNCONFIRMED (release: in powerpc next, 2025-06-30)")
+                             status="CONFIRMED (torvalds/linux master push of 2025-07-30, 6.17 merge window)")
 
 
 def _parse(variant):
