@@ -369,13 +369,16 @@ def test_radix_hugepage_sizes_are_2m_and_1g(variant, gigantic):
 @pytest.mark.parametrize("variant, kernel, sizes", [
     ("hash-64K", "6.12", [(16 * MiB, "pmd", 1), (16 * GiB, "pud", 1)]),
     ("hash-4K", "6.12", [(16 * MiB, "pmd", 8), (16 * GiB, "pud", 64)]),  # contiguous PMD/PUD entries
+    # 57fb15c32f4f reached mainline in the 6.11 merge window: 6.11 has the contiguous entries, 6.10 hugepd
+    ("hash-4K", "6.11", [(16 * MiB, "pmd", 8), (16 * GiB, "pud", 64)]),
+    ("hash-4K", "6.10", [(16 * MiB, "pud", 1), (16 * GiB, "pgd", 1)]),
     ("hash-4K", "6.1", [(16 * MiB, "pud", 1), (16 * GiB, "pgd", 1)]),    # hugepd off a PUD / PGD entry
 ])
 def test_hash_hugepage_sizes_are_16m_and_16g(variant, kernel, sizes):
     s = stub(variant, kernel)
     got = HOOKS.hugepage_sizes(s)
     assert [(h.size, h.level, h.contiguous) for h in got] == sizes
-    if kernel == "6.12":
+    if kernel in ("6.11", "6.12"):
         for h in got:
             assert s.geometry.level(h.level).entry_span * h.contiguous == h.size
 

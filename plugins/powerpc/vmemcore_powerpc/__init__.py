@@ -64,8 +64,9 @@ RADIX_MHP = Change("powerpc-radix-memmap-on-memory", "ARCH_MHP_MEMMAP_ON_MEMORY_
                    "(\"powerpc/book3s64/memhotplug: enable memmap on memory for radix\")", "6.6",
                    status="CONFIRMED (MM pull for 6.6-rc1)")
 HASH4K_CONT = Change("powerpc-hash4k-cont-hugepages", "hash-4K HugeTLB pages mapped by runs of 64 PUD / 8 PMD entries "
-                     "instead of hugepd directories (\"use contiguous PMD/PUD instead of HUGEPD\")", "6.12",
-                     status="UNCONFIRMED")
+                     "instead of hugepd directories (\"use contiguous PMD/PUD instead of HUGEPD\")", "6.11",
+                     commit="57fb15c32f4f", status="CONFIRMED (in mainline by 2024-07-22, the 6.11 merge window: "
+                     "gregkh/tty tty-next's merge of mainline that day lists it)")
 VMEMMAP_START_ALIGN = Change("powerpc-vmemmap-start-align", "radix vmemmap start aligned down to PMD_SIZE without an "
                              "altmap, PAGE_SIZE with one", "6.17", commit="f5164797284d",
                              status="CONFIRMED (torvalds/linux master push of 2025-07-30, 6.17 merge window)")
@@ -211,7 +212,7 @@ def vmemcore_hugepage_sizes(machine):
     """``hugetlbpage_init`` through ``check_and_get_huge_psize``: radix 2 MiB (PMD) and 1 GiB (PUD), hash
     16 MiB and 16 GiB (16G pages come only from firmware reservations). Hash-64K's PMD and PUD entries
     span exactly those; hash-4K maps them with 8 PMD and 64 PUD entries since "use contiguous PMD/PUD
-    instead of HUGEPD" (6.12, UNCONFIRMED), before that from hugepd directories hanging off a PUD (16M)
+    instead of HUGEPD" (57fb15c32f4f, 6.11), before that from hugepd directories hanging off a PUD (16M)
     or PGD (16G) entry."""
     mmu, page = _parse(machine.variant)
     if mmu == "radix":

@@ -33,6 +33,6 @@ def test_profiles_lists_them(capsys):
     assert main(["profiles", "6.11.3", "--arch", "riscv64", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     via = {c["name"]: c["via"] for c in data["changes"] if c["owner"] == "riscv64"}
-    assert via == {"riscv64-hvo": "v6.3", "riscv64-svnapot-hugetlb": "v6.3", "riscv64-vmemmap-pmd": "v6.8",
+    assert via == {"riscv64-hvo": "v6.3", "riscv64-svnapot-hugetlb": "v6.4", "riscv64-vmemmap-pmd": "v6.8",
                    "riscv64-hotplug": "v6.11", "riscv64-preallocate-vmemmap": "v6.11",
                    "riscv64-zone-device": "v6.11", "riscv64-dax-dedup": "v6.11"}

@@ -72,8 +72,9 @@ def vmemmap_start(variant, profile):
 # its own (docs/plugins.md#dated-changes); none of them was backported to a stable series.
 HVO = Change("riscv64-hvo", "riscv selects ARCH_WANT_HUGETLB_PAGE_OPTIMIZE_VMEMMAP: HVO", "6.3",
              commit="a3c7d6b642e4", status="CONFIRMED (RISC-V pull for 6.3)")
-SVNAPOT_HUGETLB = Change("riscv64-svnapot-hugetlb", "Svnapot 64 KiB HugeTLB pages", "6.3", commit="82a1a1f3bfb6",
-                         status="UNCONFIRMED (release)")
+SVNAPOT_HUGETLB = Change("riscv64-svnapot-hugetlb", "Svnapot 64 KiB HugeTLB pages", "6.4", commit="82a1a1f3bfb6",
+                         status="CONFIRMED (torvalds/linux master on 2023-04-29, merge of riscv-for-linus-6.4-mw1, "
+                         "after v6.3 of 2023-04-23)")
 VMEMMAP_PMD = Change("riscv64-vmemmap-pmd", "vmemmap mapped with PMD leaves (vmemmap_populate_hugepages)", "6.8",
                      commit="ff172d4818ad", status="CONFIRMED (RISC-V pull for 6.8)")
 HOTPLUG = Change("riscv64-hotplug", "memory hot(un)plug: ARCH_ENABLE_MEMORY_HOTPLUG/HOTREMOVE", "6.11",
@@ -148,7 +149,7 @@ def vmemcore_sparse_geometry(variant, profile):
 def vmemcore_hugepage_sizes(machine):
     """``arch_hugetlb_valid_size``: ``HPAGE_SIZE`` (2 MiB PMD), ``PUD_SIZE`` (1 GiB; Sv39's PUD is
     folded into its top table), and with Svnapot the NAPOT sizes (``napot_cont_size``: 64 KiB, 16 PTEs;
-    82a1a1f3bfb6 "riscv: mm: support Svnapot in hugetlb page", 6.3 UNCONFIRMED). No 512 GiB size."""
+    82a1a1f3bfb6 "riscv: mm: support Svnapot in hugetlb page", 6.4). No 512 GiB size."""
     gigantic = next(level.name for level in machine.geometry.levels if level.shift == 30)
     sizes = [HugePageSize(2 * MiB, "pmd"), HugePageSize(1 * GiB, gigantic)]
     if machine.features["svnapot"] and machine.profile.has(SVNAPOT_HUGETLB):
