@@ -401,7 +401,6 @@ class HugeTLB:
         return self.hvo.optimize(rest) if self.optimize_vmemmap else {}
 
 
-
 CLUSTER_GAP = 64  # folios: a wider gap between freed folios is not scanned for their struct pages
 
 

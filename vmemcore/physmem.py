@@ -114,6 +114,12 @@ class FaultInjector:
             self.failed += 1
         return granted
 
+    def ran_out(self, before, got):
+        """The allocator ran out of memory after ``got`` successes counted from the state
+        ``before`` (``(attempts, failed)``), ahead of any injected failure: the attempt that found
+        nothing ends the sequence, and no injected failure happened."""
+        self.attempts, self.failed = before[0] + got + 1, before[1]
+
 
 class PhysMem:
     """Present memory by node, who owns each frame, and the allocators that hand frames out."""
@@ -294,9 +300,8 @@ class PhysMem:
                     left -= n
                     if not left:
                         break
-        if left:  # memory ran out before any injected failure: that attempt ends it
-            self.faults.attempts = before[0] + granted - left + 1
-            self.faults.failed = before[1]
+        if left:
+            self.faults.ran_out(before, granted - left)
         return runs
 
     def alloc_pages(self, count, node, purpose, order=0, exact_nid=False, movable=False):
@@ -309,9 +314,8 @@ class PhysMem:
         before = self.faults.attempts, self.faults.failed
         granted = self.faults.successes_before_failure(count, "buddy", size, node, purpose)
         pfns = self._alloc_buddy(granted, order, node, exact_nid, movable)
-        if len(pfns) < granted:  # memory ran out before any injected failure: that attempt ends it
-            self.faults.attempts = before[0] + len(pfns) + 1
-            self.faults.failed = before[1]
+        if len(pfns) < granted:
+            self.faults.ran_out(before, len(pfns))
         self._take_runs(pfns, size, [Owner(purpose)], np.zeros(len(pfns), dtype=np.int64))
         return pfns.tolist()
 
@@ -330,9 +334,8 @@ class PhysMem:
             if granted < count:
                 break
         pfns = self._alloc_buddy(sum(wanted), 0, node, False, False)
-        if len(pfns) < sum(wanted):  # memory ran out first: that attempt ends the sequence
-            self.faults.attempts = before[0] + len(pfns) + 1
-            self.faults.failed = before[1]
+        if len(pfns) < sum(wanted):
+            self.faults.ran_out(before, len(pfns))
         owners = [Owner(purpose) for purpose, _ in requests[:len(wanted)]]
         self._take_runs(pfns, 1, owners, np.repeat(np.arange(len(wanted)), wanted)[:len(pfns)])
         return pfns

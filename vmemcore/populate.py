@@ -402,12 +402,18 @@ def free_vmemmap_frames(machine, pfn, nr_pages, altmap=None):
     if machine.vmemmap_refs.put(pfn):
         return
     machine.structpages.forget(pfn, nr_pages)
-    if altmap is not None:
-        altmap.release(nr_pages)
-        if not altmap.device:
-            machine.physmem.unclaim(pfn, nr_pages)
-    else:
+    _give_back(machine, pfn, nr_pages, altmap)
+
+
+def _give_back(machine, pfn, nr_pages, altmap):
+    """Frames ``[pfn, pfn + nr_pages)`` back to ``altmap`` (offline memory again, unless device
+    memory) or, without one, to the page allocator."""
+    if altmap is None:
         machine.physmem.release(pfn, nr_pages)
+        return
+    altmap.release(nr_pages)
+    if not altmap.device:
+        machine.physmem.unclaim(pfn, nr_pages)
 
 
 def free_vmemmap_pages(machine, pfns, nr_pages=1, altmap=None):
@@ -426,12 +432,7 @@ def free_vmemmap_pages(machine, pfns, nr_pages=1, altmap=None):
         first, count = int(run[0]), len(run) * nr_pages
         if nr_pages > 1:
             machine.structpages.forget(first, count)
-        if altmap is None:
-            machine.physmem.release(first, count)
-            continue
-        altmap.release(count)
-        if not altmap.device:
-            machine.physmem.unclaim(first, count)
+        _give_back(machine, first, count, altmap)
 
 
 class VmemmapRefs:
