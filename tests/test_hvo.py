@@ -418,3 +418,26 @@ def test_before_67_a_failed_restore_keeps_that_folio_as_surplus_and_frees_the_re
         assert m.physmem.faults.attempts == 10 * pages - (pages - 1 - (nth - 1) % pages)
         m.physmem.faults.disarm()
         m.check()
+
+
+@pytest.mark.parametrize("kernel, interleaved", [("6.1", True), ("6.6", True), ("6.12", False)])
+def test_before_6_7_each_fresh_folio_is_optimized_before_the_next_is_allocated(kernel, interleaved):
+    # alloc_fresh_hugetlb_folio -> prep_new_hugetlb_folio -> hugetlb_vmemmap_optimize (before 6.7):
+    # the PTE table that splits the first folio's vmemmap PMD is allocated before the second folio.
+    # With one order-9 block left below order 10, the first folio takes it; the table is then cut
+    # from the lowest page of the first order-10 block (expand() keeps the low end), and the second
+    # folio gets that block's upper half (6.2-6.6 allocate the new head page before the split,
+    # from the same place). 6.7+ allocates both folios first (the second the low
+    # half), then optimizes the list: the table comes from the upper half.
+    m = machine(kernel, size=4 * GiB)
+    buddy = m.physmem.buddy
+    for order in range(10):
+        for _ in buddy.free_list(0, NORMAL, order)[order == 9:]:
+            m.physmem.alloc(1 << order, 0, Use.PINNED)
+    assert [len(buddy.free_list(0, NORMAL, order)) for order in range(10)] == [0] * 9 + [1]
+    (b9,), b10 = buddy.free_list(0, NORMAL, 9), buddy.free_list(0, NORMAL, 10)[0]
+    m.hugetlb.resize("2M", 2)
+    heads = [f.head for f in m.hugetlb.hstate("2M").folios.values()]
+    owner = m.physmem.owner(b10 if interleaved else b10 + 512).use  # 6.2+ allocates a new head page first
+    assert owner is (Use.PAGETABLE if kernel != "6.6" else Use.MEMMAP)
+    assert heads == ([b9, b10 + 512] if interleaved else [b9, b10])

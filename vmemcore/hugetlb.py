@@ -220,6 +220,8 @@ class HugeTLB:
         if attempts > SimulatorLimit.MAX_RECORDS:
             raise SimulatorLimit(f"nr_hugepages {count:,} of {h.name}: up to {attempts:,} new HugeTLB pages, more than the "
                                  f"{SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
+        if self.optimize_vmemmap and not self.machine.profile.hvo_batched:
+            return self._grow_one_by_one(h, count)
         if len(nodes) == 1:  # no interleaving: one allocation sweep gives the same folios
             heads = self.machine.physmem.alloc_pages(attempts, nodes[0], Use.HUGETLB, h.order, exact_nid=True,
                                                      movable=self._movable(h))
@@ -232,6 +234,19 @@ class HugeTLB:
                 break
             fresh.append(folio)
         failed = self.add_folios(h, fresh)
+        return self._result(h, count, allocated=len(fresh), fresh=fresh, failed=failed)
+
+    def _grow_one_by_one(self, h, count):
+        """Before 6.7 each fresh folio is optimized as it is allocated (``alloc_fresh_hugetlb_folio``
+        → ``prep_new_hugetlb_folio`` → ``hugetlb_vmemmap_optimize``), so the vmemmap pages one
+        frees may hold the next folio's page table, new head page, or (merged) the next folio."""
+        fresh, failed = [], {}
+        while h.nr_huge_pages < count:
+            folio = self._alloc_folio(h)
+            if folio is None:
+                break
+            fresh.append(folio)
+            failed.update(self.add_folios(h, [folio]))
         return self._result(h, count, allocated=len(fresh), fresh=fresh, failed=failed)
 
     def _result(self, h, requested, fresh=(), failed=None, **counts):
