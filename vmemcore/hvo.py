@@ -24,7 +24,7 @@ from .pagetable import RDONLY, table_index_range
 from .physmem import Use
 from .profiles import HvoHeadPage, HvoTailPage
 from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
-from .populate import vmemmap_populate_hvo
+from .populate import FramesAhead, vmemmap_populate_hvo
 from .structpage import CopyOf, SharedTail
 
 SPLIT_NO_TLB_FLUSH = 1
@@ -448,16 +448,23 @@ class Hvo:
         self._split_pass(todo)
         m.flush_tlb_all()
         pages = []
-        shared = m.profile.hvo_tail_page is HvoTailPage.SHARED
-        for run, groupable in self._runs(todo):
+        runs = self._runs(todo)
+        ahead, ahead_end = None, 0  # new head pages drawn for the groups up to run ahead_end
+        for r, (run, groupable) in enumerate(runs):
+            if r >= ahead_end:
+                ahead = None
             k = 0
             while k < len(run):
                 folio, head = run[k], UNTRIED
-                if groupable and (not shared or (folio.node, folio.order) in self.tail_pages):
-                    k += self._optimize_group(run[k:], pages)
+                if groupable and self._groups_remap(folio):
+                    if ahead is None:
+                        ahead_end = self._stretch(runs, r, self._groups_remap)
+                        count = len(run) - k + sum(len(later) for later, _ in runs[r + 1:ahead_end])
+                        ahead = FramesAhead(m.physmem.alloc_pages(count, folio.node, Use.MEMMAP))
+                    k += self._optimize_group(run[k:], pages, ahead)
                     if k == len(run):
                         break
-                    folio, head = run[k], None  # its new head page could not be had
+                    folio, head, ahead = run[k], None, None  # its new head page could not be had
                 k += 1
                 error = self.optimize_folio(folio, pages, REMAP_NO_TLB_FLUSH, head)
                 if error == ENOMEM and pages:  # free what is pending and try once more
@@ -478,7 +485,10 @@ class Hvo:
         optimized = self.optimized
         done, restored, error = [], 0, None
         runs = self._runs(folios) if batched else [(list(folios), False)]
+        ahead, ahead_end = None, 0  # vmemmap pages drawn for the groups up to run ahead_end
         for r, (run, groupable) in enumerate(runs):
+            if r >= ahead_end:
+                ahead = None
             flags = [f.head in optimized for f in run]
             k = 0
             while k < len(run):
@@ -488,7 +498,11 @@ class Hvo:
                     continue
                 if groupable:  # the optimized folios from here on
                     n = next((j for j in range(k, len(run)) if not flags[j]), len(run)) - k
-                    count, error = self._restore_group(run[k:k + n])
+                    if ahead is None:
+                        ahead_end = self._stretch(runs, r, lambda folio: True)
+                        count = sum(self.optimizable(f.order) for later, _ in runs[r:ahead_end] for f in later if f.head in optimized)
+                        ahead = FramesAhead(m.physmem.alloc_pages(count, run[k].node, Use.MEMMAP))
+                    count, error = self._restore_group(run[k:k + n], ahead)
                 else:
                     error = self.restore_folio(run[k], REMAP_NO_TLB_FLUSH if batched else 0)
                     count = 0 if error else 1
@@ -528,12 +542,34 @@ class Hvo:
         pmds = pmds[pmds <= np.repeat(last, len(pmds) // len(heads))]
         _, where = np.unique(pmds, return_index=True)
         base = m.sparse_geometry.vmemmap_base
+        leaves = []  # (table, index, address) of each leaf PMD to split, in the order they come
         for pmd in pmds[np.sort(where)].tolist():
             addr = base + pmd * span
             table = m.pagetable.walk(addr, depth)
             i = table.index(addr)
-            if table.is_leaf(i) and self.split_pmd(table, i, addr, Walk(None, flags=SPLIT_NO_TLB_FLUSH)) == ENOMEM:
+            if table.is_leaf(i):
+                leaves.append((table, i, addr))
+        level = m.geometry.levels[depth + 1]
+        if not self.batch_runs or level.alloc_bytes != self.page:  # a table a call (fragments: pgalloc's)
+            for table, i, addr in leaves:
+                if self.split_pmd(table, i, addr, Walk(None, flags=SPLIT_NO_TLB_FLUSH)) == ENOMEM:
+                    return
+            return
+        # the PTE tables are single pages allocated one after another: drawn a node's stretch at a time
+        nodes = [m.physmem.node_of(int(table.pfns[i])) for table, i, _ in leaves]
+        k = 0
+        while k < len(leaves):
+            end = k + 1
+            while end < len(leaves) and nodes[end] == nodes[k]:
+                end += 1
+            frames = m.physmem.alloc_pages(end - k, nodes[k], Use.PAGETABLE)
+            for (table, i, _), pfn in zip(leaves[k:end], frames):
+                m.table_frames.adopt(level, pfn)
+                self.writer.split_leaf(table, i, pfn, "vmemmap_split_pmd")
+            m.stats.add("hvo_pmd_splits", len(frames))
+            if len(frames) < end - k:
                 return
+            k = end
 
     def _runs(self, folios):
         """Split ``folios`` into runs, each marked True when its folios' whole vmemmap lies in one
@@ -544,8 +580,9 @@ class Hvo:
         span = m.geometry.levels[-1].table_span
         size = m.sparse_geometry.struct_page_size
         n = len(folios)
-        heads, orders, nodes = (np.fromiter((getattr(f, name) for f in folios), dtype=np.int64, count=n)
-                                for name in ("head", "order", "node"))
+        heads = np.array([f.head for f in folios], dtype=np.int64)
+        orders = np.array([f.order for f in folios], dtype=np.int64)
+        nodes = np.array([f.node for f in folios], dtype=np.int64)
         offsets, vmemmap = heads * size, size << orders
         table = offsets // span
         alone = (vmemmap < self.page) | (table != (offsets + vmemmap - 1) // span)  # vmemmap over tables
@@ -572,13 +609,30 @@ class Hvo:
         first = (offsets - (table.base - m.sparse_geometry.vmemmap_base)) // self.page
         return table, first[:, None] + np.arange(pages)
 
-    def _optimize_group(self, group, pages):
+    def _groups_remap(self, folio) -> bool:
+        """Can ``folio``, in a run sharing a split PTE table, be remapped as part of a group? (7.1:
+        once its zone's shared tail page exists; allocating that one is the single-folio path's.)"""
+        return self.machine.profile.hvo_tail_page is not HvoTailPage.SHARED or (folio.node, folio.order) in self.tail_pages
+
+    @staticmethod
+    def _stretch(runs, r, groups):
+        """Past the last of the runs from ``r`` on that are groupable, on ``runs[r]``'s node, and
+        whose folios ``groups`` accepts: the runs whose allocations follow one another with
+        nothing else allocated or freed between them, so one sweep can draw them all."""
+        node = runs[r][0][0].node
+        end = r + 1
+        while end < len(runs) and runs[end][1] and runs[end][0][0].node == node and groups(runs[end][0][0]):
+            end += 1
+        return end
+
+    def _optimize_group(self, group, pages, ahead):
         """``__hugetlb_vmemmap_optimize_folio`` for a run of folios sharing a PTE table, all split
-        already: new head pages in one allocation sweep, the PTEs in one write. Returns how many
-        folios were optimized; fewer than ``len(group)`` means the next one's head allocation failed."""
+        already: new head pages taken from ``ahead`` (drawn in one allocation sweep), the PTEs in
+        one write. Returns how many folios were optimized; fewer than ``len(group)`` means the
+        next one's head allocation failed."""
         m = self.machine
         structpages = m.structpages
-        heads = m.physmem.alloc_pages(len(group), group[0].node, Use.MEMMAP)
+        heads = ahead.take(len(group))
         if not heads:
             return 0
         group = group[:len(heads)]
@@ -599,15 +653,16 @@ class Hvo:
         m.stats.add(NR_MEMMAP_PAGES, len(heads))
         return len(heads)
 
-    def _restore_group(self, group):
+    def _restore_group(self, group, ahead):
         """``__hugetlb_vmemmap_restore_folio`` for a run of optimized folios sharing a PTE table:
-        their page lists in one allocation sweep, the PTEs in one write. Returns (restored, error)."""
+        their page lists taken from ``ahead`` (drawn in one allocation sweep), the PTEs in one
+        write. Returns (restored, error)."""
         m = self.machine
         wanted = len(group)
         table, index = self._entries(group)
         tails = index[:, 1:]
         per_folio = tails.shape[1]
-        frames = m.physmem.alloc_pages(wanted * per_folio, group[0].node, Use.MEMMAP)
+        frames = ahead.take(wanted * per_folio)
         count = len(frames) // per_folio
         for frame in frames[count * per_folio:]:  # the failing folio frees what it got
             m.physmem.release(frame, 1)
