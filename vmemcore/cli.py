@@ -516,7 +516,7 @@ def _kpageflags(args):
     if args.json:
         data = {"folio": None, "ranges": kpageflags_report(runs)}
         if folio is not None:
-            data["folio"] = {"size": hstate.name, "index": args.index, **attrs.asdict(folio),
+            data["folio"] = {"size": hstate.name, "index": args.index, **folio._asdict(),
                              "optimized": machine.hugetlb.hvo.is_optimized(folio.head)}
         if args.check:
             data["check"] = {"passed": failure is None, "failure": failure}

@@ -9,6 +9,7 @@ boot (``gather_bootmem_prealloc``), and the HVO switch (``vm.hugetlb_optimize_vm
 """
 
 import bisect
+from typing import NamedTuple
 
 import attrs
 
@@ -19,9 +20,9 @@ from .physmem import Owner, Use
 from .units import format_size
 
 
-@attrs.frozen
-class Folio:
-    """A HugeTLB folio: its head pfn, order and node; where it came from and whether HVO holds it."""
+class Folio(NamedTuple):
+    """A HugeTLB folio: its head pfn, order and node; whether it came from boot memory and is a
+    surplus page. (A named tuple: a pool holds hundreds of thousands, made and compared fast.)"""
 
     head: int
     order: int
@@ -339,7 +340,7 @@ class HugeTLB:
 
     def _keep_surplus(self, h, folio):
         """A folio whose vmemmap could not be restored goes back to the pool as a surplus page."""
-        self._put(h, attrs.evolve(self.folio(folio.head), surplus=True))
+        self._put(h, self.folio(folio.head)._replace(surplus=True))
         self._push_free(h, self.folio(folio.head))
         self.machine.stats.add("hugetlb_restore_failures", 1)
 
