@@ -14,6 +14,8 @@ the right head.
 The kpageflags view mirrors ``stable_page_flags`` (``fs/proc/page.c``) for the flags modelled here.
 """
 
+from typing import NamedTuple
+
 import attrs
 import numpy as np
 
@@ -56,23 +58,22 @@ class ReadOnlyFault(VmemcoreError):
     """A write hit a read-only vmemmap mapping (HVO maps shared tail pages read-only)."""
 
 
-@attrs.frozen
-class CopyOf:
+class CopyOf(NamedTuple):
     """A frame holding a copy of the struct pages of ``first_pfn``'s vmemmap page, with the
-    struct pages in ``overrides`` (index -> StructPage) rewritten."""
+    struct pages in ``overrides`` (index -> StructPage) rewritten. (Named tuples: HVO makes one
+    per folio, hundreds of thousands at a time.)"""
 
     first_pfn: int
     overrides: tuple = ()
 
 
-@attrs.frozen
-class SharedTail:
+class SharedTail(NamedTuple):
     """7.1's per-zone read-only page of identical tail struct pages of one folio order."""
 
     order: int
 
 
-def _at_home(descriptor, first_pfn) -> bool:
+def at_home(descriptor, first_pfn) -> bool:
     """Is ``descriptor`` a plain copy of the struct pages of the vmemmap page from ``first_pfn``?"""
     return type(descriptor) is CopyOf and not descriptor.overrides and descriptor.first_pfn == first_pfn
 
@@ -206,19 +207,20 @@ class StructPages:
             for k, frame in zip(hits.tolist(), pfns[hits].tolist()):
                 pfn = first + k * self.per_page
                 if start_pfn <= pfn < end_pfn:
-                    out.append((pfn, frame, _at_home(self.contents[frame], pfn)))
+                    out.append((pfn, frame, at_home(self.contents[frame], pfn)))
         return out
 
     def reads_like_home(self, descriptor, vaddr) -> bool:
         """Is ``descriptor`` a plain copy of the struct pages that belong at ``vaddr``?"""
-        return _at_home(descriptor, self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page)
+        return at_home(descriptor, self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page)
 
     def forget_many(self, frames):
-        """``forget`` for a sorted numpy array of frames."""
+        """``forget`` for sorted frames (a list or a numpy array)."""
         if not self.contents:
             return
         if len(frames) < len(self.contents):  # look up the fewer
-            found = [frame for frame in frames.tolist() if frame in self.contents]
+            found = [frame for frame in (frames.tolist() if isinstance(frames, np.ndarray) else frames)
+                     if frame in self.contents]
         else:
             keys = np.fromiter(self.contents.keys(), dtype=np.int64, count=len(self.contents))
             found = keys[np.isin(keys, frames)].tolist()
