@@ -141,6 +141,8 @@ class HugeTLB:
 
     def _set_nid(self, h, name, value):
         old = getattr(h, name)
+        if old == value:
+            return
         setattr(h, name, value)
         self._record(lambda: setattr(h, name, old))
 
@@ -188,10 +190,16 @@ class HugeTLB:
         heads = [folio.head for folio in folios]
         lengths = {node: len(stack) for node, stack in h.free_lists.items()}
         self._record(lambda: self._unadd(h, heads, lengths))  # undoes any part of what follows
+        pool = h.folios
         for folio in folios:
-            h.folios[folio.head] = folio
-            h.free_lists.setdefault(folio.node, []).append(folio.head)
-        return self.hvo.optimize([h.folios[f.head] for f in folios]) if self.optimize_vmemmap else {}
+            pool[folio.head] = folio
+        nodes = {folio.node for folio in folios}
+        if len(nodes) == 1:
+            h.free_lists.setdefault(nodes.pop(), []).extend(heads)
+        else:
+            for folio in folios:
+                h.free_lists.setdefault(folio.node, []).append(folio.head)
+        return self.hvo.optimize(list(folios)) if self.optimize_vmemmap else {}
 
     @staticmethod
     def _unadd(h, heads, lengths):
@@ -252,13 +260,13 @@ class HugeTLB:
 
     def _result(self, h, requested, fresh=(), failed=None, **counts):
         failed = failed or {}
-        eligible = [f for f in fresh if self.hvo.optimizable(f.order)] if self.optimize_vmemmap else []
+        eligible = len(fresh) if self.optimize_vmemmap and self.hvo.optimizable(h.order) else 0  # fresh: of h's order
         reasons = {}
-        if self.optimize_vmemmap and len(eligible) < len(fresh):
-            reasons["not optimizable"] = len(fresh) - len(eligible)  # struct pages fill at most a page
+        if self.optimize_vmemmap and eligible < len(fresh):
+            reasons["not optimizable"] = len(fresh) - eligible  # struct pages fill at most a page
         for error in failed.values():
             reasons[error] = reasons.get(error, 0) + 1
-        return ResizeResult(h.name, requested, h.nr_huge_pages, optimized=len(eligible) - len(failed),
+        return ResizeResult(h.name, requested, h.nr_huge_pages, optimized=eligible - len(failed),
                             not_optimized=reasons, surplus=h.surplus_huge_pages, **counts)
 
     def take_free_folio(self, h, head):

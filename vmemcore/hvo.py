@@ -25,7 +25,7 @@ from .physmem import Use
 from .profiles import HvoHeadPage, HvoTailPage
 from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
 from .populate import FramesAhead, vmemmap_populate_hvo
-from .structpage import CopyOf, SharedTail
+from .structpage import CopyOf, SharedTail, at_home
 
 SPLIT_NO_TLB_FLUSH = 1
 REMAP_NO_TLB_FLUSH = 2
@@ -306,19 +306,30 @@ class Hvo:
 
     # -- free and allocate vmemmap pages --------------------------------------------------------
     def free_page_list(self, pages):
-        """``free_vmemmap_page_list``: boot frames lower the boot counter, buddy frames the other."""
+        """``free_vmemmap_page_list``: boot frames lower the boot counter, buddy frames the other.
+        ``pages`` holds frames and arrays of frames (a group's, appended whole)."""
         if not pages:
             return
         m = self.machine
-        frames = np.sort(np.array(pages, dtype=np.int64))
+        chunks = [p for p in pages if isinstance(p, np.ndarray)]
+        singles = [p for p in pages if not isinstance(p, np.ndarray)]
+        if chunks:
+            frames = np.sort(np.concatenate(chunks + [np.array(singles, dtype=np.int64)]))
+            breaks = np.flatnonzero(np.diff(frames) != 1) + 1
+            starts, ends = frames[np.r_[0, breaks]].tolist(), (frames[np.r_[breaks - 1, -1]] + 1).tolist()
+        else:  # a folio's few pages: numpy's per-call cost would dominate
+            frames = sorted(singles)
+            starts, ends = [frames[0]], []
+            for before, frame in zip(frames, frames[1:]):
+                if frame != before + 1:
+                    ends.append(before + 1)
+                    starts.append(frame)
+            ends.append(frames[-1] + 1)
         m.structpages.forget_many(frames)
-        breaks = np.flatnonzero(np.diff(frames) != 1) + 1
-        firsts, lasts = frames[np.r_[0, breaks]].tolist(), frames[np.r_[breaks - 1, -1]].tolist()
-        for start, last in zip(firsts, lasts):
-            end = last + 1
+        for start, end in zip(starts, ends):
             for s, e, owner in m.physmem.frames.items(start, end):
                 m.stats.add(NR_MEMMAP_BOOT_PAGES if owner.reserved else NR_MEMMAP_PAGES, -(e - s))
-            m.physmem.release(start, end - start)
+        m.physmem.release_many([(start, end - start) for start, end in zip(starts, ends)])
         m.stats.add("hvo_vmemmap_pages_freed", len(frames))
         pages.clear()
 
@@ -426,6 +437,11 @@ class Hvo:
             walk.tail_page = self.tail_pages[(m.physmem.node_of(folio.head), folio.order)]
             walk_start += self.page
         self.remap_range(walk_start, end, walk)
+        structpages = m.structpages
+        for vaddr in range(start, start + reserve, self.page):  # the pages kept: mapped at home alone again
+            frame = m.vmemmap.translate(vaddr) >> m.geometry.page_shift
+            if structpages.reads_like_home(structpages.contents.get(frame), vaddr):
+                structpages.describe(frame, None)
         self.set_optimized(folio.head, False)
         return None
 
@@ -460,7 +476,7 @@ class Hvo:
                     if ahead is None:
                         ahead_end = self._stretch(runs, r, self._groups_remap)
                         count = len(run) - k + sum(len(later) for later, _ in runs[r + 1:ahead_end])
-                        ahead = FramesAhead(m.physmem.alloc_pages(count, folio.node, Use.MEMMAP))
+                        ahead = FramesAhead(m.physmem.alloc_sequence([(Use.MEMMAP, count)], folio.node))
                     k += self._optimize_group(run[k:], pages, ahead)
                     if k == len(run):
                         break
@@ -501,7 +517,7 @@ class Hvo:
                     if ahead is None:
                         ahead_end = self._stretch(runs, r, lambda folio: True)
                         count = sum(self.optimizable(f.order) for later, _ in runs[r:ahead_end] for f in later if f.head in optimized)
-                        ahead = FramesAhead(m.physmem.alloc_pages(count, run[k].node, Use.MEMMAP))
+                        ahead = FramesAhead(m.physmem.alloc_sequence([(Use.MEMMAP, count)], run[k].node))
                     count, error = self._restore_group(run[k:k + n], ahead)
                 else:
                     error = self.restore_folio(run[k], REMAP_NO_TLB_FLUSH if batched else 0)
@@ -633,23 +649,23 @@ class Hvo:
         m = self.machine
         structpages = m.structpages
         heads = ahead.take(len(group))
-        if not heads:
+        if not len(heads):
             return 0
         group = group[:len(heads)]
         table, index = self._entries(group)
         old = table.pfns[index]
         new = np.empty_like(old)
         new[:, 0] = heads
-        new[:, 1:] = self.tail_pages[(group[0].node, group[0].order)] if m.profile.hvo_tail_page is HvoTailPage.SHARED else np.array(heads)[:, None]
+        new[:, 1:] = self.tail_pages[(group[0].node, group[0].order)] if m.profile.hvo_tail_page is HvoTailPage.SHARED else heads[:, None]
         flags = np.full(old.shape, RDONLY, dtype=np.uint8)
         flags[:, 0] = 0
         per_page = structpages.per_page
         contents = structpages.contents
         self.set_optimized_many([folio.head for folio in group])
-        structpages.describe_many(heads, [contents.get(old_head) or CopyOf(folio.head // per_page * per_page)
+        structpages.describe_many(heads.tolist(), [contents.get(old_head) or CopyOf(folio.head // per_page * per_page)
                                           for folio, old_head in zip(group, old[:, 0].tolist())])
         self.writer.set_leaves(table, index.ravel(), new.ravel(), flags.ravel(), "vmemmap_remap_pte")
-        pages.extend(old.ravel().tolist())
+        pages.append(old.ravel())  # a chunk of the list: free_page_list takes arrays too
         m.stats.add(NR_MEMMAP_PAGES, len(heads))
         return len(heads)
 
@@ -664,7 +680,7 @@ class Hvo:
         per_folio = tails.shape[1]
         frames = ahead.take(wanted * per_folio)
         count = len(frames) // per_folio
-        for frame in frames[count * per_folio:]:  # the failing folio frees what it got
+        for frame in frames[count * per_folio:].tolist():  # the failing folio frees what it got
             m.physmem.release(frame, 1)
         if count:
             group, index, tails = group[:count], index[:count], tails[:count]
@@ -674,17 +690,29 @@ class Hvo:
                 source = table.pfns[index[:, 0]]  # the reuse page: what the head PTE maps
             if np.any(table.pfns[tails] != source[:, None]):
                 raise AssertionError("restore found a tail PTE not mapping its folio's reuse page")
-            fresh = np.array(frames[:count * per_folio], dtype=np.int64).reshape(count, per_folio)[:, ::-1]
-            # each folio's tail pages get copies of its reuse page: descriptors for all at once
-            structpages, copied, copies = m.structpages, [], []
-            for folio, source_frame, row in zip(group, source.tolist(), fresh.tolist()):
-                copy = self._restored_copy(structpages.contents[source_frame], folio.head + structpages.per_page, folio)
-                if copy is not None:
-                    copied.extend(row)
-                    copies.extend([copy] * len(row))
+            fresh = frames[:count * per_folio].reshape(count, per_folio)[:, ::-1]
+            # each folio's tail pages get copies of its reuse page, and its head page is mapped at
+            # home alone again: descriptors for all at once
+            structpages, copied, copies, forget = m.structpages, [], [], []
+            contents, per_page, home = structpages.contents, structpages.per_page, set()
+            heads = table.pfns[index[:, 0]].tolist()
+            for folio, head, source_frame, row in zip(group, heads, source.tolist(), fresh.tolist()):
+                source = contents[source_frame]
+                # where a plain copy sits in its folio decides whether its reset copy reads like home
+                place = source.first_pfn - folio.head if type(source) is CopyOf and not source.overrides else None
+                if place is None or place not in home:
+                    copy = self._restored_copy(source, folio.head + per_page, folio)
+                    if copy is not None:
+                        copied.extend(row)
+                        copies.extend([copy] * len(row))
+                    elif place is not None:
+                        home.add(place)
+                if at_home(contents.get(head), folio.head):
+                    forget.append(head)
             structpages.describe_many(copied, copies)
             self.set_optimized_many([folio.head for folio in group], False)
             self.writer.set_leaves(table, tails.ravel(), fresh.ravel(), 0, "vmemmap_restore_pte")
+            structpages.describe_many(forget, [None] * len(forget))  # once no tail maps them
             m.stats.add(NR_MEMMAP_PAGES, count * per_folio)
             m.stats.add("hvo_vmemmap_pages_allocated", count * per_folio)
         return count, (ENOMEM if count < wanted else None)
