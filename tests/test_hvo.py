@@ -441,3 +441,18 @@ def test_before_6_7_each_fresh_folio_is_optimized_before_the_next_is_allocated(k
     owner = m.physmem.owner(b10 if interleaved else b10 + 512).use  # 6.2+ allocates a new head page first
     assert owner is (Use.PAGETABLE if kernel != "6.6" else Use.MEMMAP)
     assert heads == ([b9, b10 + 512] if interleaved else [b9, b10])
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12", "7.1"])
+def test_materialised_looks_up_a_few_pages_as_the_table_walk_finds_them(kernel, monkeypatch):
+    from vmemcore import structpage
+
+    m = machine(kernel, size=4 * GiB)
+    m.hugetlb.resize("2M", 40)
+    m.hugetlb.resize("2M", 30)  # some restored, some still optimized
+    heads = sorted(m.hugetlb.hstate("2M").folios)
+    ranges = [(h + d, h + d + n) for h in heads[::3] for d in (0, 1, 63, 64, 511) for n in (1, 64, 65, 512, 1024)]
+    fast = [m.structpages.materialised(*r) for r in ranges]
+    monkeypatch.setattr(structpage, "FEW_PAGES", 0)
+    assert fast == [m.structpages.materialised(*r) for r in ranges]
+    assert sum(map(len, fast)) > 0

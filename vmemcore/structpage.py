@@ -73,6 +73,9 @@ class SharedTail(NamedTuple):
     order: int
 
 
+FEW_PAGES = 16  # vmemmap pages that materialised() looks up one by one rather than a table at a time
+
+
 def at_home(descriptor, first_pfn) -> bool:
     """Is ``descriptor`` a plain copy of the struct pages of the vmemmap page from ``first_pfn``?"""
     return type(descriptor) is CopyOf and not descriptor.overrides and descriptor.first_pfn == first_pfn
@@ -190,6 +193,17 @@ class StructPages:
             return []
         machine = self.machine
         contents = self.contents
+        per_page = self.per_page
+        first = -(-start_pfn // per_page) * per_page
+        size = machine.sparse_geometry.struct_page_size
+        if end_pfn - first <= FEW_PAGES * per_page and not size & (size - 1):  # a few whole pages: each looked up
+            pt, page_shift, out = machine.pagetable, machine.geometry.page_shift, []
+            for pfn in range(first, end_pfn, per_page):
+                phys = pt.translate(machine.pfn_to_page(pfn))
+                frame = None if phys is None else phys >> page_shift
+                if frame in contents:
+                    out.append((pfn, frame, at_home(contents[frame], pfn)))
+            return out
         keys = None  # the descriptors' frames, sorted once when the range's pages outnumber them
         if (end_pfn - start_pfn) // self.per_page >= len(contents):
             keys = np.sort(np.fromiter(contents, dtype=np.int64, count=len(contents)))
