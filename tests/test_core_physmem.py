@@ -39,6 +39,30 @@ def test_alloc_pages_equals_successive_allocs(seed):
     bulk.check()
 
 
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_bulk_allocation_shows_fault_injection_the_attempts_successive_calls_make(seed):
+    """Up to the first failure, injected or memory run out, and no attempt past it: a sweep asked
+    for far more than memory holds costs what memory holds, not what was asked."""
+    rng = random.Random(2000 + seed)
+    order, node = rng.choice([0, 3, 5]), rng.choice([0, 1])
+    fail_at = rng.choice([None, rng.randint(1, 600)])
+    seen = {"one": [], "bulk": []}
+
+    def predicate(name):
+        return lambda request: seen[name].append(request.index) or request.index == fail_at
+
+    one = _machine(seed)
+    one.faults.arm(predicate=predicate("one"))
+    while one.alloc(1 << order, node, Use.HUGETLB) is not None:
+        pass
+    bulk = _machine(seed)
+    bulk.faults.arm(predicate=predicate("bulk"))
+    bulk.alloc_pages(10**9, node, Use.HUGETLB, order=order)
+    assert seen["bulk"] == seen["one"]
+    assert bulk.snapshot() == one.snapshot()
+    assert (bulk.faults.attempts, bulk.faults.failed) == (one.faults.attempts, one.faults.failed)
+
 def test_buddy_blocks_are_naturally_aligned_and_split_from_the_list_head():
     p = PhysMem(12, 1 << 30)
     p.add_range(0, 0, 4096)

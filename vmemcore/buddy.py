@@ -323,6 +323,15 @@ class FreeLists:
                 ranges.append((start, end))
         return out
 
+    def blocks_available(self, order, node, zone) -> int:
+        """How many blocks of ``order`` the lists of ``node`` and ``zone`` can hand out (splitting
+        the larger blocks): what successive allocations get before one finds nothing."""
+        total = 0
+        for o in range(order, self.max_order + 1):
+            for lo, hi, *_ in self._runs.get((node, zone, o), {}).values():
+                total += (hi - lo) >> order
+        return total
+
     def order_of(self, pfn):
         """The order of the free block holding ``pfn``, or None when it is not free."""
         found = self._locate(pfn)

@@ -307,12 +307,14 @@ class PhysMem:
     def alloc_pages(self, count, node, purpose, order=0, exact_nid=False, movable=False):
         """``count`` successive buddy allocations of ``2**order`` pages, stopping at the first
         failure: the same blocks, in the same order, as ``count`` calls of ``alloc``, taken off
-        the free lists a run at a time. Returns the list of first pfns granted."""
+        the free lists a run at a time (fault injection sees the attempts up to the one that finds
+        memory run out, not the ``count`` asked for). Returns the list of first pfns granted."""
         import numpy as np
 
         size = 1 << order
         before = self.faults.attempts, self.faults.failed
-        granted = self.faults.successes_before_failure(count, "buddy", size, node, purpose)
+        attempts = min(count, self._blocks_available(order, node, exact_nid, movable) + 1)  # then memory has run out
+        granted = self.faults.successes_before_failure(attempts, "buddy", size, node, purpose)
         pfns = self._alloc_buddy(granted, order, node, exact_nid, movable)
         if len(pfns) < granted:
             self.faults.ran_out(before, len(pfns))
@@ -323,14 +325,16 @@ class PhysMem:
         """Successive single-page buddy allocations (``alloc(1, node, purpose)`` each) for the
         ``(purpose, count)`` pairs of ``requests`` in turn, stopping at the first failure: the same
         pages, in the same order, as those calls (or :meth:`alloc_pages` calls), taken off the free
-        lists in one sweep. Fault injection sees each attempt with its purpose. Returns the array
-        of pfns granted."""
+        lists in one sweep. Fault injection sees each attempt with its purpose (up to the one
+        that finds memory run out). Returns the array of pfns granted."""
         import numpy as np
 
         before, wanted = (self.faults.attempts, self.faults.failed), []
+        possible = self._blocks_available(0, node, False, False) + 1  # up to the attempt that finds memory run out
         for purpose, count in requests:
-            granted = self.faults.successes_before_failure(count, "buddy", 1, node, purpose)
+            granted = self.faults.successes_before_failure(min(count, possible), "buddy", 1, node, purpose)
             wanted.append(granted)
+            possible -= granted
             if granted < count:
                 break
         pfns = self._alloc_buddy(sum(wanted), 0, node, False, False)
@@ -389,6 +393,14 @@ class PhysMem:
                     parts.append(got)
                     left -= len(got)
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def _blocks_available(self, order, node, exact_nid, movable) -> int:
+        """How many blocks of ``order`` successive allocations get before one finds nothing (for
+        ``alloc_contig_pages`` sizes, at most the free pages over the block size)."""
+        nodes, zones = self._node_order(node, exact_nid), self._zone_order(movable)
+        if order > self.buddy.max_order:
+            return sum(self.free_pages(n, z) for n in nodes for z in zones) >> order
+        return sum(self.buddy.blocks_available(order, n, z) for n in nodes for z in zones)
 
     def _alloc_contig(self, count, order, node, exact_nid, movable):
         """``alloc_contig_pages``: each block the lowest naturally aligned range of the zone whose
