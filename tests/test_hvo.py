@@ -421,7 +421,7 @@ def test_before_67_a_failed_restore_keeps_that_folio_as_surplus_and_frees_the_re
 
 
 @pytest.mark.parametrize("kernel, interleaved", [("6.1", True), ("6.6", True), ("6.12", False)])
-def test_before_6_7_each_fresh_folio_is_optimized_before_the_next_is_allocated(kernel, interleaved):
+def test_before_67_each_fresh_folio_is_optimized_before_the_next_is_allocated(kernel, interleaved):
     # alloc_fresh_hugetlb_folio -> prep_new_hugetlb_folio -> hugetlb_vmemmap_optimize (before 6.7):
     # the PTE table that splits the first folio's vmemmap PMD is allocated before the second folio.
     # With one order-9 block left below order 10, the first folio takes it; the table is then cut
@@ -437,10 +437,10 @@ def test_before_6_7_each_fresh_folio_is_optimized_before_the_next_is_allocated(k
     assert [len(buddy.free_list(0, NORMAL, order)) for order in range(10)] == [0] * 9 + [1]
     (b9,), b10 = buddy.free_list(0, NORMAL, 9), buddy.free_list(0, NORMAL, 10)[0]
     m.hugetlb.resize("2M", 2)
-    heads = [f.head for f in m.hugetlb.hstate("2M").folios.values()]
+    heads = sorted(m.hugetlb.hstate("2M").folios)
     owner = m.physmem.owner(b10 if interleaved else b10 + 512).use  # 6.2+ allocates a new head page first
     assert owner is (Use.PAGETABLE if kernel != "6.6" else Use.MEMMAP)
-    assert heads == ([b9, b10 + 512] if interleaved else [b9, b10])
+    assert heads == sorted([b9, b10 + 512] if interleaved else [b9, b10])
 
 
 @pytest.mark.parametrize("kernel", ["6.1", "6.12", "7.1"])
@@ -456,3 +456,19 @@ def test_materialised_looks_up_a_few_pages_as_the_table_walk_finds_them(kernel, 
     monkeypatch.setattr(structpage, "FEW_PAGES", 0)
     assert fast == [m.structpages.materialised(*r) for r in ranges]
     assert sum(map(len, fast)) > 0
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.6"])
+def test_before_67_one_write_of_n_grows_the_pool_as_n_writes_of_one_more(kernel):
+    # each fresh folio is allocated (round robin over the nodes), optimized and enqueued before
+    # the next, whether one write asks for all of them or each write for one more
+    def two_nodes():
+        return Machine("x86_64", kernel=kernel, memory=[{"size": 2 * GiB, "node": 0}, {"size": 2 * GiB, "node": 1}],
+                       hugetlb={"optimize_vmemmap": True})
+    at_once, one_by_one = two_nodes(), two_nodes()
+    at_once.hugetlb.resize("2M", 150)
+    for count in range(1, 151):
+        one_by_one.hugetlb.resize("2M", count)
+    assert at_once.snapshot() == one_by_one.snapshot()
+    assert at_once.counters() == one_by_one.counters()
+    assert {f.node for f in at_once.hugetlb.hstate("2M").folios.values()} == {0, 1}

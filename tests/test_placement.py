@@ -120,21 +120,33 @@ def test_before_5_10_hot_added_memmap_lands_in_hot_added_memory():
     p.check()
 
 
-def test_hugetlb_pages_allocated_after_a_shrink_land_on_the_frames_just_freed():
-    m = Machine("x86_64")
+@pytest.mark.parametrize("kernel", ["6.6", "6.12"])
+def test_hugetlb_pages_allocated_after_a_shrink_land_on_the_frames_just_freed(kernel):
+    m = Machine("x86_64", kernel=kernel)
     m.hugetlb.resize("2M", 4)
     h = m.hugetlb.hstate("2M")
-    # the order-9 list's head 0x3efc00, then pfn 0 (split from the order-10 head), the upper half
-    # 0x200 expand left, then the next order-10 block 0x400 split (0x600 left on the order-9 list)
+    # allocated in this order: the order-9 list's head 0x3efc00, then pfn 0 (split from the
+    # order-10 head), the upper half 0x200 expand left, then the next order-10 block 0x400 split
+    # (0x600 left on the order-9 list)
     assert sorted(h.folios) == [0x0, 0x200, 0x400, 0x3EFC00]
     m.hugetlb.resize("2M", 2)
-    # the pool's free list is LIFO: 0x400 and 0x200 are removed, and freed in page_list order (each
-    # list_add()ed: 0x200 first). 0x200's buddy 0 is in use: head of order 9. 0x400 merges with its
-    # free buddy 0x600 into the order-10 block 0x400, at the head of order 10.
-    assert sorted(h.folios) == [0x0, 0x3EFC00]
-    assert m.physmem.buddy.free_list(0, NORMAL, 9)[0] == 0x200
+    # the pool's free list gives its head first; set_max_huge_pages list_add()s each folio removed
+    # to its page_list, which is freed in list order: the second removed first
+    if kernel == "6.6":
+        # each fresh folio went to the head as it came: 0x400 and then 0x200 are removed. 0x200's
+        # buddy 0 is in use: head of order 9. 0x400 merges with its free buddy 0x600 into the
+        # order-10 block 0x400, at the head of order 10.
+        assert sorted(h.folios) == [0x0, 0x3EFC00]
+        assert m.physmem.buddy.free_list(0, NORMAL, 9)[0] == 0x200
+    else:
+        # 6.7+ (d67e32f26713) enqueues the fresh list newest first: the oldest, 0x3efc00 and then
+        # 0, are at the head and removed. 0 (buddy 0x200 in use) and then 0x3efc00 (buddy 0x3efe00
+        # not free) go to the head of order 9.
+        assert sorted(h.folios) == [0x200, 0x400]
+        assert m.physmem.buddy.free_list(0, NORMAL, 9)[:2] == [0x3EFC00, 0x0]
     m.hugetlb.resize("2M", 4)
-    # the order-9 head 0x200, then the order-10 head 0x400 split: the frames just freed
+    # the frames just freed: 6.6 the order-9 head 0x200, then the order-10 head 0x400 split;
+    # 6.12 the order-9 head 0x3efc00, then 0
     assert sorted(h.folios) == [0x0, 0x200, 0x400, 0x3EFC00]
     m.check()
 

@@ -185,8 +185,9 @@ class HugeTLB:
         return None
 
     def add_folios(self, h, folios):
-        """``prep_and_add_allocated_folios`` / ``prep_and_add_bootmem_folios``: into the pool, then
-        HVO for the lot. Returns {head: reason} for folios HVO left alone."""
+        """``prep_and_add_allocated_folios`` (6.7+: the lot, in page_list order; before, called
+        for each fresh folio): into the pool, each at the head of its free list, then HVO for the
+        lot. Returns {head: reason} for folios HVO left alone."""
         heads = [folio.head for folio in folios]
         lengths = {node: len(stack) for node, stack in h.free_lists.items()}
         self._record(lambda: self._unadd(h, heads, lengths))  # undoes any part of what follows
@@ -229,7 +230,8 @@ class HugeTLB:
         if attempts > SimulatorLimit.MAX_RECORDS:
             raise SimulatorLimit(f"nr_hugepages {count:,} of {h.name}: up to {attempts:,} new HugeTLB pages, more than the "
                                  f"{SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
-        if self.optimize_vmemmap and not self.machine.profile.hvo_batched:
+        pool_list = self.machine.profile.hugetlb_pool_list
+        if self.optimize_vmemmap and not pool_list:
             return self._grow_one_by_one(h, count)
         if len(nodes) == 1:  # no interleaving: one allocation sweep gives the same folios
             heads = self.machine.physmem.alloc_pages(attempts, nodes[0], Use.HUGETLB, h.order, exact_nid=True,
@@ -242,13 +244,17 @@ class HugeTLB:
             if folio is None:
                 break
             fresh.append(folio)
-        failed = self.add_folios(h, fresh)
+        # 6.7+: set_max_huge_pages list_add()s each fresh folio to its page_list, so HVO and the free
+        # lists take them newest first and the oldest ends at the head of its free list; before,
+        # each went to the head as it came
+        failed = self.add_folios(h, fresh[::-1] if pool_list else fresh)
         return self._result(h, count, allocated=len(fresh), fresh=fresh, failed=failed)
 
     def _grow_one_by_one(self, h, count):
-        """Before 6.7 each fresh folio is optimized as it is allocated (``alloc_fresh_hugetlb_folio``
-        → ``prep_new_hugetlb_folio`` → ``hugetlb_vmemmap_optimize``), so the vmemmap pages one
-        frees may hold the next folio's page table, new head page, or (merged) the next folio."""
+        """Before 6.7 (d67e32f26713) each fresh folio is optimized as it is allocated
+        (``alloc_fresh_hugetlb_folio`` → ``prep_new_hugetlb_folio`` → ``hugetlb_vmemmap_optimize``),
+        so the vmemmap pages one frees may hold the next folio's page table, new head page, or
+        (merged) the next folio."""
         fresh, failed = [], {}
         while h.nr_huge_pages < count:
             folio = self._alloc_folio(h)

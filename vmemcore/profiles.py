@@ -56,6 +56,9 @@ class KernelProfile:
     hvo_needs_basepage_vmemmap: bool
     # 6.7+: hugetlb_vmemmap_optimize_folios / _restore_folios batch with one TLB flush
     hvo_batched: bool
+    # 6.7+: set_max_huge_pages gathers fresh folios on a list, newest first, and adds them together
+    # (before: each optimized and enqueued as it is allocated)
+    hugetlb_pool_list: bool
     # struct pages of a restored tail page rewritten from their neighbours (reset_struct_pages)
     nr_reset_struct_page: int
     # the memmap_on_memory design
@@ -113,6 +116,11 @@ VMEMMAP_RESERVE_NR = Change(
 MHP_FALLBACK = Change(
     "memmap-on-memory-fallback", "an unsupported memmap_on_memory request falls back to a normal memmap; 'force' "
     "mode", "6.6", commit="e3c2bfdd33a3", status="CONFIRMED (MM pull for 6.6-rc1)")
+HUGETLB_POOL_LIST = Change(
+    "hugetlb-pool-list", "set_max_huge_pages gathers the fresh folios on a list (list_add: newest first) and adds "
+    "them to the pool together (prep_and_add_allocated_folios)", "6.7", commit="d67e32f26713",
+    status="CONFIRMED (MM pull for 6.7-rc1, the series of hvo-batched; mainline id as the Fixes: lists of that "
+    "series cite it)")
 HVO_BATCHED = Change(
     "hvo-batched", "HVO optimizes and restores lists of folios with one TLB flush per batch", "6.7",
     commit="79359d6d24df",
@@ -136,7 +144,7 @@ HVO_SHARED_TAIL = Change(
 #: Every dated change of the engine, oldest first.
 ENGINE_CHANGES = (
     FREE_CORE_TO_TAIL, HVO_MERGED, HVO_ONE_PAGE, HVO_SYSCTL, HVO_MHP_COMPATIBLE, HVO_NEW_HEAD, VMEMMAP_RESERVE_NR, MHP_FALLBACK,
-    HVO_BATCHED, MHP_PER_BLOCK, HVO_RESET_4, BOOT_MEMMAP_COUNTER, HVO_SHARED_TAIL,
+    HUGETLB_POOL_LIST, HVO_BATCHED, MHP_PER_BLOCK, HVO_RESET_4, BOOT_MEMMAP_COUNTER, HVO_SHARED_TAIL,
 )
 
 #: Each profile field: its value before any change, then (change, value) pairs, oldest first; the
@@ -148,6 +156,7 @@ FIELDS = {
     "hvo_tail_page": ("reuse", ((HVO_SHARED_TAIL, "shared"),)),
     "hvo_needs_basepage_vmemmap": (False, ()),  # never in mainline: only the "5.14" name (the v17 series)
     "hvo_batched": (False, ((HVO_BATCHED, True),)),
+    "hugetlb_pool_list": (False, ((HUGETLB_POOL_LIST, True),)),
     "nr_reset_struct_page": (0, ((HVO_ONE_PAGE, 3), (HVO_RESET_4, 4), (HVO_SHARED_TAIL, 0))),
     "mhp_design": ("single-block", ((MHP_PER_BLOCK, "per-block"),)),
     "mhp_fallback": (False, ((MHP_FALLBACK, True),)),
