@@ -468,7 +468,7 @@ class Hvo:
         ahead, ahead_end = None, 0  # new head pages drawn for the groups up to run ahead_end
         for r, (run, groupable) in enumerate(runs):
             if r >= ahead_end:
-                ahead = None
+                ahead = _used_up(ahead)
             k = 0
             while k < len(run):
                 folio, head = run[k], UNTRIED
@@ -480,7 +480,7 @@ class Hvo:
                     k += self._optimize_group(run[k:], pages, ahead)
                     if k == len(run):
                         break
-                    folio, head, ahead = run[k], None, None  # its new head page could not be had
+                    folio, head, ahead = run[k], None, _used_up(ahead)  # its new head page could not be had
                 k += 1
                 error = self.optimize_folio(folio, pages, REMAP_NO_TLB_FLUSH, head)
                 if error == ENOMEM and pages:  # free what is pending and try once more
@@ -489,6 +489,7 @@ class Hvo:
                     error = self.optimize_folio(folio, pages, REMAP_NO_TLB_FLUSH)
                 if error:
                     failed[folio.head] = error
+        _used_up(ahead)
         m.flush_tlb_all()
         self.free_page_list(pages)
         return failed
@@ -504,7 +505,7 @@ class Hvo:
         ahead, ahead_end = None, 0  # vmemmap pages drawn for the groups up to run ahead_end
         for r, (run, groupable) in enumerate(runs):
             if r >= ahead_end:
-                ahead = None
+                ahead = _used_up(ahead)
             flags = [f.head in optimized for f in run]
             k = 0
             while k < len(run):
@@ -516,8 +517,8 @@ class Hvo:
                     n = next((j for j in range(k, len(run)) if not flags[j]), len(run)) - k
                     if ahead is None:
                         ahead_end = self._stretch(runs, r, lambda folio: True)
-                        count = sum(self.optimizable(f.order) for later, _ in runs[r:ahead_end] for f in later if f.head in optimized)
-                        ahead = FramesAhead(m.physmem.alloc_sequence([(Use.MEMMAP, count)], run[k].node))
+                        pages = sum(self.optimizable(f.order) for later, _ in runs[r:ahead_end] for f in later if f.head in optimized)
+                        ahead = FramesAhead(m.physmem.alloc_sequence([(Use.MEMMAP, pages)], run[k].node))
                     count, error = self._restore_group(run[k:k + n], ahead)
                 else:
                     error = self.restore_folio(run[k], REMAP_NO_TLB_FLUSH if batched else 0)
@@ -526,9 +527,11 @@ class Hvo:
                 restored += count
                 k += count
                 if error:
+                    _used_up(ahead)
                     if batched and restored:
                         m.flush_tlb_all()
                     return done, run[k:] + [f for later, _ in runs[r + 1:] for f in later], error
+        _used_up(ahead)
         if batched and restored:
             m.flush_tlb_all()
         return done, [], None
@@ -566,7 +569,7 @@ class Hvo:
             if table.is_leaf(i):
                 leaves.append((table, i, addr))
         level = m.geometry.levels[depth + 1]
-        if not self.batch_runs or level.alloc_bytes != self.page:  # a table a call (fragments: pgalloc's)
+        if not self.batch_runs or level.alloc_bytes != self.page or m.physmem.booting:  # a table a call
             for table, i, addr in leaves:
                 if self.split_pmd(table, i, addr, Walk(None, flags=SPLIT_NO_TLB_FLUSH)) == ENOMEM:
                     return
@@ -632,9 +635,9 @@ class Hvo:
 
     @staticmethod
     def _stretch(runs, r, groups):
-        """Past the last of the runs from ``r`` on that are groupable, on ``runs[r]``'s node, and
-        whose folios ``groups`` accepts: the runs whose allocations follow one another with
-        nothing else allocated or freed between them, so one sweep can draw them all."""
+        """The index of the first run after ``r`` that is not groupable, is on another node than
+        ``runs[r]``, or holds folios ``groups`` refuses. The runs before it allocate one after
+        another with nothing else allocated or freed between them, so one sweep draws them all."""
         node = runs[r][0][0].node
         end = r + 1
         while end < len(runs) and runs[end][1] and runs[end][0][0].node == node and groups(runs[end][0][0]):
@@ -716,3 +719,10 @@ class Hvo:
             m.stats.add(NR_MEMMAP_PAGES, count * per_folio)
             m.stats.add("hvo_vmemmap_pages_allocated", count * per_folio)
         return count, (ENOMEM if count < wanted else None)
+
+
+def _used_up(ahead):
+    """A stretch's draw is done with: every page drawn was handed out (else frames would leak)."""
+    if ahead is not None and ahead.used != len(ahead.pfns):
+        raise AssertionError(f"{len(ahead.pfns) - ahead.used} vmemmap pages drawn for an HVO batch were not used")
+    return None

@@ -217,7 +217,8 @@ def _fill_pte_tables(machine, start, end, node, fill, ahead=None):
 
 
 class FramesAhead:
-    """Single frames drawn ahead for a PTE walk (:func:`draw_ahead`), handed out in order."""
+    """Single frames drawn ahead in one sweep (for a PTE walk, :func:`draw_ahead`; for an HVO
+    batch), handed out in order."""
 
     def __init__(self, pfns):
         self.pfns = pfns
