@@ -472,3 +472,21 @@ def test_before_67_one_write_of_n_grows_the_pool_as_n_writes_of_one_more(kernel)
     assert at_once.snapshot() == one_by_one.snapshot()
     assert at_once.counters() == one_by_one.counters()
     assert {f.node for f in at_once.hugetlb.hstate("2M").folios.values()} == {0, 1}
+
+
+@pytest.mark.parametrize("kernel, first_allocated_maps_first", [("6.1", True), ("6.6", True), ("6.12", False)])
+def test_a_restore_maps_its_pages_in_the_order_of_the_kernels_list(kernel, first_allocated_maps_first):
+    # alloc_vmemmap_page_list list_add_tail()ed each page until 91f386bf0772 (6.7), list_add() since;
+    # vmemmap_restore_pte maps the tails, lowest first, to the list's first entry each time
+    m = machine(kernel, size=4 * GiB)
+    m.hugetlb.hvo.batch_runs = False
+    m.hugetlb.resize("2M", 1)
+    folio = next(iter(m.hugetlb.hstate("2M").folios.values()))
+    hvo, allocated = m.hugetlb.hvo, []
+    alloc_page_list = hvo.alloc_page_list
+    hvo.alloc_page_list = lambda count, node: allocated.extend(alloc_page_list(count, node)) or list(allocated)
+    assert hvo.restore_folio(folio, 0) is None
+    start = m.pfn_to_page(folio.head)
+    mapped = [m.pagetable.translate(start + i * 4096) >> 12 for i in range(1, 8)]
+    assert len(set(allocated)) == 7
+    assert mapped == (allocated if first_allocated_maps_first else allocated[::-1])

@@ -431,6 +431,8 @@ class Hvo:
         pages = self.alloc_page_list((end - start - reserve) // self.page, m.physmem.node_of(folio.head))
         if pages is None:
             return ENOMEM
+        if not m.profile.hvo_batched:  # list_add_tail until 91f386bf0772 (6.7): the first page allocated maps first
+            pages.reverse()
         walk = Walk("restore", flags=flags, pages=pages, reuse_addr=start + reserve - self.page)
         walk_start = walk.reuse_addr
         if m.profile.hvo_tail_page is HvoTailPage.SHARED:
