@@ -490,3 +490,22 @@ def test_a_restore_maps_its_pages_in_the_order_of_the_kernels_list(kernel, first
     mapped = [m.pagetable.translate(start + i * 4096) >> 12 for i in range(1, 8)]
     assert len(set(allocated)) == 7
     assert mapped == (allocated if first_allocated_maps_first else allocated[::-1])
+
+
+@pytest.mark.parametrize("kernel, falls_back", [("6.6", False), ("6.12", True)])
+def test_a_restore_takes_pages_of_another_node_from_6_7(kernel, falls_back):
+    # alloc_vmemmap_page_list asked for __GFP_THISNODE until 6.7 ("mm: hugetlb_vmemmap: fix hugetlb
+    # page number decrease failed on movable nodes"): with the folio's node full, the restore fails
+    # and the folio stays in the pool as a surplus page; from 6.7 the pages come from node 1
+    m = Machine("x86_64", kernel=kernel, memory=[{"size": 2 * GiB, "node": 0}, {"size": 2 * GiB, "node": 1}],
+                hugetlb={"optimize_vmemmap": True})
+    m.hugetlb.resize("2M", 1)
+    folio = next(iter(m.hugetlb.hstate("2M").folios.values()))
+    m.physmem.alloc_pages(m.physmem.free_pages(folio.node), folio.node, Use.PINNED, exact_nid=True)
+    assert m.physmem.free_pages(folio.node) == 0
+    result = m.hugetlb.resize("2M", 0)
+    assert (result.freed, result.surplus) == ((1, 0) if falls_back else (0, 1))
+    if falls_back:
+        frames = [m.physmem.owner(pfn) for pfn in range(folio.head, folio.head + 512)]
+        assert all(owner.use is Use.FREE for owner in frames)
+    m.check()

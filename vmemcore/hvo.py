@@ -334,12 +334,14 @@ class Hvo:
         pages.clear()
 
     def _alloc_page(self, node):
-        return self.machine.physmem.alloc(1, node, Use.MEMMAP)
+        """A new head page (or 7.1's shared tail page): on ``node`` alone before 6.7 (__GFP_THISNODE)."""
+        m = self.machine
+        return m.physmem.alloc(1, node, Use.MEMMAP, exact_nid=not m.profile.hvo_node_fallback)
 
     def alloc_page_list(self, count, node):
         """``alloc_vmemmap_page_list``: all ``count`` pages (in allocation order) or None."""
         physmem = self.machine.physmem
-        pages = physmem.alloc_pages(count, node, Use.MEMMAP)
+        pages = physmem.alloc_pages(count, node, Use.MEMMAP, exact_nid=not self.machine.profile.hvo_node_fallback)
         if len(pages) < count:
             for frame in pages:
                 physmem.release(frame, 1)

@@ -59,6 +59,8 @@ class KernelProfile:
     # 6.7+: set_max_huge_pages gathers fresh folios on a list, newest first, and adds them together
     # (before: each optimized and enqueued as it is allocated)
     hugetlb_pool_list: bool
+    # 6.7+: HVO's vmemmap pages (new head page, restore) may come from other nodes (before: __GFP_THISNODE)
+    hvo_node_fallback: bool
     # struct pages of a restored tail page rewritten from their neighbours (reset_struct_pages)
     nr_reset_struct_page: int
     # the memmap_on_memory design
@@ -121,6 +123,11 @@ HUGETLB_POOL_LIST = Change(
     "them to the pool together (prep_and_add_allocated_folios)", "6.7", commit="d67e32f26713",
     status="CONFIRMED (MM pull for 6.7-rc1, the series of hvo-batched; mainline id as the Fixes: lists of that "
     "series cite it)")
+HVO_NODE_FALLBACK = Change(
+    "hvo-node-fallback", "HVO's vmemmap page allocations (the new head page, a restore's pages) may fall back to "
+    "other nodes: __GFP_THISNODE dropped", "6.7", commit="6a898c2757af",
+    status="CONFIRMED (6a898c2757af and \"mm: hugetlb_vmemmap: fix hugetlb page number decrease failed on movable "
+    "nodes\" (mainline id UNCONFIRMED), both in the MM pull for 6.7-rc1)")
 HVO_BATCHED = Change(
     "hvo-batched", "HVO optimizes and restores lists of folios with one TLB flush per batch", "6.7",
     commit="79359d6d24df",
@@ -144,7 +151,7 @@ HVO_SHARED_TAIL = Change(
 #: Every dated change of the engine, oldest first.
 ENGINE_CHANGES = (
     FREE_CORE_TO_TAIL, HVO_MERGED, HVO_ONE_PAGE, HVO_SYSCTL, HVO_MHP_COMPATIBLE, HVO_NEW_HEAD, VMEMMAP_RESERVE_NR, MHP_FALLBACK,
-    HUGETLB_POOL_LIST, HVO_BATCHED, MHP_PER_BLOCK, HVO_RESET_4, BOOT_MEMMAP_COUNTER, HVO_SHARED_TAIL,
+    HUGETLB_POOL_LIST, HVO_NODE_FALLBACK, HVO_BATCHED, MHP_PER_BLOCK, HVO_RESET_4, BOOT_MEMMAP_COUNTER, HVO_SHARED_TAIL,
 )
 
 #: Each profile field: its value before any change, then (change, value) pairs, oldest first; the
@@ -157,6 +164,7 @@ FIELDS = {
     "hvo_needs_basepage_vmemmap": (False, ()),  # never in mainline: only the "5.14" name (the v17 series)
     "hvo_batched": (False, ((HVO_BATCHED, True),)),
     "hugetlb_pool_list": (False, ((HUGETLB_POOL_LIST, True),)),
+    "hvo_node_fallback": (False, ((HVO_NODE_FALLBACK, True),)),
     "nr_reset_struct_page": (0, ((HVO_ONE_PAGE, 3), (HVO_RESET_4, 4), (HVO_SHARED_TAIL, 0))),
     "mhp_design": ("single-block", ((MHP_PER_BLOCK, "per-block"),)),
     "mhp_fallback": (False, ((MHP_FALLBACK, True),)),
