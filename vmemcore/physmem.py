@@ -92,6 +92,11 @@ class FaultInjector:
         self._nth = None
         self._predicate = None
 
+    @property
+    def asks_predicate(self) -> bool:
+        """Does each attempt cost a predicate call (so a sweep should not ask past what memory holds)?"""
+        return self._predicate is not None
+
     def should_fail(self, allocator, nr_pages, node, purpose) -> bool:
         return self.successes_before_failure(1, allocator, nr_pages, node, purpose) == 0
 
@@ -313,8 +318,9 @@ class PhysMem:
 
         size = 1 << order
         before = self.faults.attempts, self.faults.failed
-        attempts = min(count, self._blocks_available(order, node, exact_nid, movable) + 1)  # then memory has run out
-        granted = self.faults.successes_before_failure(attempts, "buddy", size, node, purpose)
+        if self.faults.asks_predicate:  # no attempt past the one that finds memory run out
+            count = min(count, self._blocks_available(order, node, exact_nid, movable) + 1)
+        granted = self.faults.successes_before_failure(count, "buddy", size, node, purpose)
         pfns = self._alloc_buddy(granted, order, node, exact_nid, movable)
         if len(pfns) < granted:
             self.faults.ran_out(before, len(pfns))
@@ -330,7 +336,9 @@ class PhysMem:
         import numpy as np
 
         before, wanted = (self.faults.attempts, self.faults.failed), []
-        possible = self._blocks_available(0, node, False, False) + 1  # up to the attempt that finds memory run out
+        possible = sum(count for _, count in requests)
+        if self.faults.asks_predicate:  # no attempt past the one that finds memory run out
+            possible = min(possible, self._blocks_available(0, node, False, False) + 1)
         for purpose, count in requests:
             granted = self.faults.successes_before_failure(min(count, possible), "buddy", 1, node, purpose)
             wanted.append(granted)
