@@ -509,3 +509,17 @@ def test_a_restore_takes_pages_of_another_node_from_6_7(kernel, falls_back):
         frames = [m.physmem.owner(pfn) for pfn in range(folio.head, folio.head + 512)]
         assert all(owner.use is Use.FREE for owner in frames)
     m.check()
+
+
+@pytest.mark.parametrize("kernel, hvo", [("6.1", True), ("6.6", False), ("6.12", True), ("6.12", False)])
+def test_boot_gigantic_pages_join_the_pool_in_the_order_of_the_kernels_lists(kernel, hvo):
+    # memblock hands the boot pages out top down. Before 6.7 gather_bootmem_prealloc walks
+    # huge_boot_pages (list_add: newest first) and enqueues each at the head of the free list, so
+    # the oldest (highest) ends at the head; since d67e32f26713 (6.7) it gathers them on a second
+    # list first, and the newest (lowest) ends at the head. HVO takes them in the same order.
+    m = Machine("x86_64", kernel=kernel, memory=[{"size": 16 * GiB}],
+                hugetlb={"optimize_vmemmap": hvo, "boot": [{"size": "1G", "count": 3}]})
+    h = m.hugetlb.hstate("1G")
+    (stack,) = h.free_lists.values()  # the end of the stack is the head of the list
+    head_first = stack[::-1]
+    assert head_first == (sorted(stack, reverse=True) if kernel != "6.12" else sorted(stack))

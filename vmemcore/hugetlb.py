@@ -420,7 +420,11 @@ class HugeTLB:
         ``vmemmap_wrprotect_hvo``), the others optimized in one batch. Each folio's frames are
         managed from then on: ``adjust_managed_page_count(page, pages_per_huge_page(h))`` restores
         the pages memblock "stole" to ``totalram_pages`` and the zone's ``managed_pages``, in every
-        kernel modelled (the early-CMA pages 6.15 exempts are not modelled)."""
+        kernel modelled (the early-CMA pages 6.15 exempts are not modelled). Before 6.7 the folios
+        come newest first (``huge_boot_pages`` is built with ``list_add``), so the oldest ends at
+        the head of the free list; since, gathered on a second list, oldest first."""
+        if not self.machine.profile.hugetlb_pool_list:
+            folios = folios[::-1]
         preinit = self.hvo.optimize_bootmem_folios(folios)
         physmem = self.machine.physmem
         for folio in folios:
