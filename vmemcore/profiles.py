@@ -121,13 +121,13 @@ MHP_FALLBACK = Change(
 HUGETLB_POOL_LIST = Change(
     "hugetlb-pool-list", "set_max_huge_pages gathers the fresh folios on a list (list_add: newest first) and adds "
     "them to the pool together (prep_and_add_allocated_folios)", "6.7", commit="d67e32f26713",
-    status="CONFIRMED (MM pull for 6.7-rc1, the series of hvo-batched; mainline id as the Fixes: lists of that "
-    "series cite it)")
+    status="CONFIRMED (MM pull for 6.7-rc1, the series of hvo-batched; in the torvalds/linux push of 2023-11-03, "
+    "bc3012f4e3a9..8f6f76a6a29f)")
 HVO_NODE_FALLBACK = Change(
     "hvo-node-fallback", "HVO's vmemmap page allocations (the new head page, a restore's pages) may fall back to "
     "other nodes: __GFP_THISNODE dropped", "6.7", commit="6a898c2757af",
-    status="CONFIRMED (6a898c2757af and \"mm: hugetlb_vmemmap: fix hugetlb page number decrease failed on movable "
-    "nodes\" (mainline id UNCONFIRMED), both in the MM pull for 6.7-rc1)")
+    status="CONFIRMED (6a898c2757af and 2eaa6c2abb9d \"mm: hugetlb_vmemmap: fix hugetlb page number decrease failed "
+    "on movable nodes\": MM pull for 6.7-rc1, both in the torvalds/linux push of 2023-11-03, bc3012f4e3a9..8f6f76a6a29f)")
 HVO_BATCHED = Change(
     "hvo-batched", "HVO optimizes and restores lists of folios with one TLB flush per batch", "6.7",
     commit="79359d6d24df",
