@@ -523,3 +523,17 @@ def test_boot_gigantic_pages_join_the_pool_in_the_order_of_the_kernels_lists(ker
     (stack,) = h.free_lists.values()  # the end of the stack is the head of the list
     head_first = stack[::-1]
     assert head_first == (sorted(stack, reverse=True) if kernel != "6.12" else sorted(stack))
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
+def test_boot_pages_of_a_buddy_size_asked_for_one_node_all_land_there(kernel):
+    # hugepages=1:4 (hugetlb_hstate_alloc_pages_onenode, __GFP_THISNODE): the four pages are node
+    # 1's, and the round robin of later writes to nr_hugepages still starts at node 0
+    m = Machine("x86_64", kernel=kernel, memory=[{"size": 2 * GiB, "node": 0}, {"size": 2 * GiB, "node": 1}],
+                hugetlb={"optimize_vmemmap": True, "boot": [{"size": "2M", "count": 4, "node": 1}]})
+    h = m.hugetlb.hstate("2M")
+    assert [f.node for f in h.folios.values()] == [1, 1, 1, 1]
+    assert h.next_nid_to_alloc == 0
+    m.hugetlb.resize("2M", 6)
+    assert sorted(f.node for f in h.folios.values()) == [0, 1, 1, 1, 1, 1]
+    m.check()

@@ -222,8 +222,21 @@ class HugeTLB:
                 return self._grow(h, count)
             return self._shrink(h, count)
 
-    def _grow(self, h, count):
-        nodes = self._nodes()
+    def boot_pages(self, size, count, node=None):
+        """``hugetlb_hstate_alloc_pages`` for a size the buddy allocator holds (``hugepages=``):
+        ``count`` more pages, as a write to ``nr_hugepages`` adds them, or with ``node``
+        (``hugepages=node:count``) all on that node (``hugetlb_hstate_alloc_pages_onenode``,
+        ``__GFP_THISNODE``), the round robin of the other writes left where it was."""
+        h = self.hstate(size)
+        if node is None:
+            return self.resize(size, h.nr_huge_pages + count)
+        if node not in self._nodes():
+            raise BadRequest(f"hugepages on node {node!r}: the machine has no memory there (nodes: {self._nodes()})")
+        with self.machine.transaction():
+            return self._grow(h, h.nr_huge_pages + count, node)
+
+    def _grow(self, h, count, node=None):
+        nodes = self._nodes() if node is None else [node]
         # set_max_huge_pages allocates until an allocation fails: no more than the free frames can
         # hold, plus the attempt that fails, whatever count was asked for
         attempts = min(count - h.nr_huge_pages, (self.machine.physmem.free_pages() >> h.order) + 1)
@@ -232,7 +245,7 @@ class HugeTLB:
                                  f"{SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
         pool_list = self.machine.profile.hugetlb_pool_list
         if self.optimize_vmemmap and not pool_list:
-            return self._grow_one_by_one(h, count)
+            return self._grow_one_by_one(h, count, node)
         if len(nodes) == 1:  # no interleaving: one allocation sweep gives the same folios
             heads = self.machine.physmem.alloc_pages(attempts, nodes[0], Use.HUGETLB, h.order, exact_nid=True,
                                                      movable=self._movable(h))
@@ -250,14 +263,18 @@ class HugeTLB:
         failed = self.add_folios(h, fresh[::-1] if pool_list else fresh)
         return self._result(h, count, allocated=len(fresh), fresh=fresh, failed=failed)
 
-    def _grow_one_by_one(self, h, count):
+    def _grow_one_by_one(self, h, count, node=None):
         """Before 6.7 (d67e32f26713) each fresh folio is optimized as it is allocated
         (``alloc_fresh_hugetlb_folio`` → ``prep_new_hugetlb_folio`` → ``hugetlb_vmemmap_optimize``),
         so the vmemmap pages one frees may hold the next folio's page table, new head page, or
         (merged) the next folio."""
         fresh, failed = [], {}
         while h.nr_huge_pages < count:
-            folio = self._alloc_folio(h)
+            if node is None:
+                folio = self._alloc_folio(h)
+            else:
+                pfn = self.machine.physmem.alloc(1 << h.order, node, Use.HUGETLB, exact_nid=True, movable=self._movable(h))
+                folio = None if pfn is None else Folio(pfn, h.order, node)
             if folio is None:
                 break
             fresh.append(folio)

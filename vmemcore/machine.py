@@ -114,7 +114,7 @@ class Machine:
         self.hotplug = Hotplug(self, (config.hotplug or HotplugSpec()).memmap_on_memory)
         for entry in hugetlb.boot:  # hugetlb_init: the smaller boot-time pages come from the buddy allocator
             if not self.hugetlb.is_gigantic(entry.size):
-                self.hugetlb.resize(entry.size, self.hugetlb.hstate(entry.size).nr_huge_pages + entry.count)
+                self.hugetlb.boot_pages(entry.size, entry.count, entry.node)
         if self.live_entries is not None:
             self.live_entries.operation = "runtime"
 
