@@ -162,8 +162,12 @@ def test_free_hugetlb_pages_are_dissolved_by_offline():
     m.hotplug.online(a, "movable")
     m.hugetlb.resize("2M", 64)  # movable allocations take ZONE_MOVABLE first: all in block a
     assert all(f.head >= G64 // 4096 for f in m.hugetlb.hstate("2M").folios.values())
+    flushes = m.stats["tlb_flush_all"], m.stats["tlb_flush_kernel_range"]
     m.hotplug.offline(a)
     assert m.hugetlb.hstate("2M").nr_huge_pages == 0
+    # dissolve_free_hugetlb_folio restores each folio on its own (hugetlb_vmemmap_restore_folio, no
+    # batch): one TLB flush of its vmemmap range each, no full flush
+    assert (m.stats["tlb_flush_all"], m.stats["tlb_flush_kernel_range"]) == (flushes[0], flushes[1] + 64)
     m.check()
 
 

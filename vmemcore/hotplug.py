@@ -304,18 +304,19 @@ class Hotplug:
             return dissolved
 
     def _dissolve_hugetlb(self, block, start):
-        """``dissolve_free_hugetlb_folios``: free HugeTLB folios in the range go back to buddy;
-        returns how many, per size name."""
+        """``dissolve_free_hugetlb_folios``: the free HugeTLB folios in the range, lowest address
+        first, each dissolved (vmemmap restored, memory freed) before the next; returns how many,
+        per size name."""
         hugetlb = self.machine.hugetlb
         dissolved = {}
-        for h in hugetlb.hstates.values():
-            victims = [hugetlb.take_free_folio(h, head) for head in sorted(h.folios) if start <= head < block.end_pfn]
-            if victims:
-                hugetlb.free_folios(h, victims)
-                if any(v.head in h.folios for v in victims):
-                    raise BadRequest(f"offline of memory block {block.id} failed (-EBUSY): a HugeTLB page's vmemmap "
-                                     "could not be restored", errno=-EBUSY)
-                dissolved[h.name] = len(victims)
+        victims = sorted((head, size) for size, h in hugetlb.hstates.items() for head in h.folios
+                         if start <= head < block.end_pfn)
+        for head, size in victims:
+            h = hugetlb.hstates[size]
+            if hugetlb.dissolve(h, head):
+                raise BadRequest(f"offline of memory block {block.id} failed (-EBUSY): a HugeTLB page's vmemmap "
+                                 "could not be restored", errno=-EBUSY)
+            dissolved[h.name] = dissolved.get(h.name, 0) + 1
         return dissolved
 
     # -- remove ---------------------------------------------------------------------------------

@@ -301,6 +301,17 @@ class HugeTLB:
         self._record(lambda: stack.insert(index, head))
         return folio
 
+    def dissolve(self, h, head):
+        """``dissolve_free_hugetlb_folio``: the free folio at ``head`` leaves the pool, its vmemmap
+        restored on its own (``hugetlb_vmemmap_restore_folio``: no batch, its own TLB flush) and
+        its memory freed, before the caller dissolves the next. Returns ENOMEM when the vmemmap
+        cannot be restored (the caller fails, as offline_pages does)."""
+        folio = self.take_free_folio(h, head)
+        error = self.hvo.restore_folio(folio, 0)
+        if not error:
+            self._free_folios(h, [folio])
+        return error
+
     def _pick_free(self, h, count):
         """``remove_pool_hugetlb_folio`` up to ``count`` times: each takes the first free folio of
         the next node to free from (round robin from ``next_nid_to_free``); journaled once."""
