@@ -179,10 +179,15 @@ class HugeTLB:
         for k in range(len(nodes)):
             node = nodes[(first + k) % len(nodes)]
             self._set_nid(h, "next_nid_to_alloc", nodes[(first + k + 1) % len(nodes)])
-            pfn = self.machine.physmem.alloc(1 << h.order, node, Use.HUGETLB, exact_nid=True, movable=self._movable(h))
-            if pfn is not None:
-                return Folio(pfn, h.order, node)
+            folio = self._alloc_on(h, node)
+            if folio is not None:
+                return folio
         return None
+
+    def _alloc_on(self, h, node):
+        """A fresh folio of ``h`` on ``node`` alone (``__GFP_THISNODE``), or None."""
+        pfn = self.machine.physmem.alloc(1 << h.order, node, Use.HUGETLB, exact_nid=True, movable=self._movable(h))
+        return None if pfn is None else Folio(pfn, h.order, node)
 
     def add_folios(self, h, folios):
         """``prep_and_add_allocated_folios`` (6.7+: the lot, in page_list order; before, called
@@ -270,11 +275,7 @@ class HugeTLB:
         (merged) the next folio."""
         fresh, failed = [], {}
         while h.nr_huge_pages < count:
-            if node is None:
-                folio = self._alloc_folio(h)
-            else:
-                pfn = self.machine.physmem.alloc(1 << h.order, node, Use.HUGETLB, exact_nid=True, movable=self._movable(h))
-                folio = None if pfn is None else Folio(pfn, h.order, node)
+            folio = self._alloc_folio(h) if node is None else self._alloc_on(h, node)
             if folio is None:
                 break
             fresh.append(folio)

@@ -701,19 +701,13 @@ class Hvo:
             # each folio's tail pages get copies of its reuse page, and its head page is mapped at
             # home alone again: descriptors for all at once
             structpages, copied, copies, forget = m.structpages, [], [], []
-            contents, per_page, home = structpages.contents, structpages.per_page, set()
+            contents, per_page = structpages.contents, structpages.per_page
             heads = table.pfns[index[:, 0]].tolist()
             for folio, head, source_frame, row in zip(group, heads, source.tolist(), fresh.tolist()):
-                source = contents[source_frame]
-                # where a plain copy sits in its folio decides whether its reset copy reads like home
-                place = source.first_pfn - folio.head if type(source) is CopyOf and not source.overrides else None
-                if place is None or place not in home:
-                    copy = self._restored_copy(source, folio.head + per_page, folio)
-                    if copy is not None:
-                        copied.extend(row)
-                        copies.extend([copy] * len(row))
-                    elif place is not None:
-                        home.add(place)
+                copy = self._restored_copy(contents[source_frame], folio.head + per_page, folio)
+                if copy is not None:
+                    copied.extend(row)
+                    copies.extend([copy] * len(row))
                 if at_home(contents.get(head), folio.head):
                     forget.append(head)
             structpages.describe_many(copied, copies)
