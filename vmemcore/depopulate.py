@@ -18,7 +18,7 @@ from .archtypes import Flush, InUse, TeardownPolicy
 from .errors import BadRequest
 from .live_entries import unfold_contiguous
 from .pagetable import LEAF, PRESENT, table_index_range
-from .populate import free_vmemmap_pages
+from .populate import give_back_frames
 
 
 def vmemmap_teardown(machine, start, end, altmap, policy: TeardownPolicy):
@@ -56,10 +56,7 @@ def _flush(machine, flush, start, end, times=1):
 def _teardown(machine, table, start, end, altmap, policy):
     lo, hi = table_index_range(table, start, end)
     if table.depth == len(machine.geometry.levels) - 1:  # a PTE table: leaves only
-        present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
-        if len(present):
-            _free_leaves(machine, table, present, start, end, altmap, policy)
-        _flush(machine, policy.flush_pte_table, start, end)
+        _teardown_ptes(machine, None, [(None, table, start, end)], altmap, policy)
         return
     children = []
     leaves = []
@@ -68,18 +65,44 @@ def _teardown(machine, table, start, end, altmap, policy):
         if flag & PRESENT:
             (leaves if flag & LEAF else children).append(i)
     if leaves:
-        _free_leaves(machine, table, np.array(leaves, dtype=np.int64), start, end, altmap, policy)
-    for i in children:
-        child = table.children[i]
-        first, last = max(table.va(i), start), min(table.va(i + 1), end)
+        pfns = _clear_leaves(machine, table, np.array(leaves, dtype=np.int64), start, end, policy)
+        if pfns is not None:
+            give_back_frames(machine, machine.vmemmap_refs.put_tables([pfns])[0],
+                             table.level.entry_span >> machine.geometry.page_shift, altmap)
+    spans = [(i, table.children[i], max(table.va(i), start), min(table.va(i + 1), end)) for i in children]
+    if table.depth + 1 == len(machine.geometry.levels) - 1:
+        if spans:
+            _teardown_ptes(machine, table, spans, altmap, policy)
+        return
+    for i, child, first, last in spans:
         _teardown(machine, child, first, last, altmap, policy)
         if child.empty and _frees_table(table, i, first, last, policy):
             free_table(machine, table, i)
 
 
-def _free_leaves(machine, table, leaves, start, end, altmap, policy):
-    """Clear the leaves ``leaves`` of ``table`` that are no longer used, and free their frames.
-    Only the first and the last leaf can be partly covered by ``[start, end)``."""
+def _teardown_ptes(machine, parent, spans, altmap, policy):
+    """Tear down the PTE tables ``spans`` (``(index in parent, table, first, last)`` each, in
+    walk order), freeing each one the policy frees once empty: the PTEs of all are cleared first
+    and their references dropped together, then each table's frames are given back and the table
+    freed in turn, so that the frees come in the order of a walk a table at a time."""
+    cleared = []
+    for _, table, first, last in spans:
+        lo, hi = table_index_range(table, first, last)
+        present = np.flatnonzero(table.flags[lo:hi] & PRESENT) + lo
+        pfns = _clear_leaves(machine, table, present, first, last, policy) if len(present) else None
+        cleared.append(pfns if pfns is not None else np.empty(0, dtype=np.int64))
+        _flush(machine, policy.flush_pte_table, first, last)
+    freed = machine.vmemmap_refs.put_tables(cleared)
+    for (i, table, first, last), frames in zip(spans, freed):
+        give_back_frames(machine, frames, 1, altmap)
+        if parent is not None and table.empty and _frees_table(parent, i, first, last, policy):
+            free_table(machine, parent, i)
+
+
+def _clear_leaves(machine, table, leaves, start, end, policy):
+    """Clear the leaves ``leaves`` of ``table`` that are no longer used; returns their frames
+    (None when none is cleared). Only the first and the last leaf can be partly covered by
+    ``[start, end)``."""
     first, last = int(leaves[0]), int(leaves[-1])
     freed = leaves
     if table.va(first) < start or table.va(last + 1) > end:
@@ -87,20 +110,15 @@ def _free_leaves(machine, table, leaves, start, end, altmap, policy):
                 and _still_used(machine, table, i, max(table.va(i), start), min(table.va(i + 1), end), policy.in_use)]
         freed = np.setdiff1d(leaves, kept) if kept else leaves
         if not len(freed):
-            return
+            return None
     if table in machine.pagetable.cont_tables:
         unfold_contiguous(machine, table, freed, keep=freed)
     pfns = table.pfns[freed]
-    nr_pages = table.level.entry_span >> machine.geometry.page_shift
     machine.pagetable.clear_leaves(table, freed, function="vmemmap_free")
     if policy.flush_leaf is not Flush.NONE:
         for i in freed.tolist():
             _flush(machine, policy.flush_leaf, table.va(i), table.va(i) + machine.geometry.page_size)
-    if altmap is not None:
-        held = altmap.holds_many(pfns)
-        free_vmemmap_pages(machine, pfns[held], nr_pages, altmap)
-        pfns = pfns[~held]
-    free_vmemmap_pages(machine, pfns, nr_pages)
+    return pfns
 
 
 def _still_used(machine, table, index, first, last, in_use):

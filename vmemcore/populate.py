@@ -417,23 +417,27 @@ def _give_back(machine, pfn, nr_pages, altmap):
         machine.physmem.unclaim(pfn, nr_pages)
 
 
-def free_vmemmap_pages(machine, pfns, nr_pages=1, altmap=None):
-    """:func:`free_vmemmap_frames` of the ``nr_pages`` frames of each entry of ``pfns`` (the present
-    leaves of a page table), batched: each entry drops a reference, and the frames whose last
-    reference goes are given back a contiguous run at a time (to ``altmap``, which must hold them
-    all, if given), as the one-by-one frees would leave them."""
-    if not len(pfns):
+def give_back_frames(machine, frames, nr_pages=1, altmap=None):
+    """Give back the ``nr_pages`` frames at each of ``frames`` (sorted, their last reference gone),
+    as the one-by-one frees would leave them: those ``altmap`` holds to it first, then the others,
+    each a contiguous run at a time."""
+    if not len(frames):
         return
-    frames = machine.vmemmap_refs.put_many(pfns)
     if nr_pages == 1:
         machine.structpages.forget_many(frames)
-    for run in np.split(frames, np.flatnonzero(np.diff(frames) != nr_pages) + 1):
-        if not len(run):
-            continue
-        first, count = int(run[0]), len(run) * nr_pages
-        if nr_pages > 1:
-            machine.structpages.forget(first, count)
-        _give_back(machine, first, count, altmap)
+    if altmap is not None:
+        held = altmap.holds_many(frames)
+        parts = [(frames[held], altmap), (frames[~held], None)]
+    else:
+        parts = [(frames, None)]
+    for part, where in parts:
+        for run in np.split(part, np.flatnonzero(np.diff(part) != nr_pages) + 1):
+            if not len(run):
+                continue
+            first, count = int(run[0]), len(run) * nr_pages
+            if nr_pages > 1:
+                machine.structpages.forget(first, count)
+            _give_back(machine, first, count, where)
 
 
 class VmemmapRefs:
@@ -446,43 +450,63 @@ class VmemmapRefs:
         self.extra = {}
         self.journal = journal
 
-    def get(self, frames):
-        """``get_page`` once per entry of the array ``frames`` (a frame may repeat)."""
-        pfns, counts = np.unique(frames, return_counts=True)
-        self._update({p: self.extra.get(p, 0) + c for p, c in zip(pfns.tolist(), counts.tolist())})
+    def get(self, frames, times=None):
+        """``get_page`` once per entry of the array ``frames`` (a frame may repeat), or ``times``
+        times (an array alongside)."""
+        pfns, where = np.unique(frames, return_inverse=True)
+        counts = np.bincount(where.ravel(), weights=times, minlength=len(pfns)).astype(np.int64)
+        pfns, extra = pfns.tolist(), self.extra
+        old = [extra.get(p, 0) for p in pfns]
+        self._set(pfns, old, [o + c for o, c in zip(old, counts.tolist())])
 
-    def put_many(self, frames):
-        """``put_page_testzero`` once per entry of the array ``frames``: the frames (sorted, each
-        once) whose last reference went."""
-        pfns, counts = np.unique(frames, return_counts=True)
-        if not self.extra:
-            return pfns
-        extra = np.array([self.extra.get(p, 0) for p in pfns.tolist()], dtype=np.int64)
-        held = extra > 0
-        left = np.maximum(extra[held] - counts[held], 0)
-        self._update(dict(zip(pfns[held].tolist(), left.tolist())))
-        return pfns[counts > extra]
+    def put_tables(self, tables):
+        """``put_page_testzero`` once per entry of each array of ``tables`` in turn (the frames of
+        page tables cleared one after another): for each, the frames (sorted, each once) whose
+        last reference went there."""
+        frames = np.concatenate(tables)
+        # each frame's count, and the table of its last entry (unique over the reversed entries)
+        pfns, back, counts = np.unique(frames[::-1], return_index=True, return_counts=True)
+        if len(tables) == 1:
+            last = np.zeros(len(pfns), dtype=np.int64)
+        else:
+            last = np.repeat(np.arange(len(tables)), [len(t) for t in tables])[len(frames) - 1 - back]
+        if self.extra:
+            extra = np.array([self.extra.get(p, 0) for p in pfns.tolist()], dtype=np.int64)
+            held = extra > 0
+            self._set(pfns[held].tolist(), extra[held].tolist(), np.maximum(extra[held] - counts[held], 0).tolist())
+            gone = counts > extra
+            pfns, last = pfns[gone], last[gone]
+        if len(tables) == 1:
+            return [pfns]
+        order = np.argsort(last, kind="stable")  # by table, each table's frames still sorted
+        pfns, last = pfns[order], last[order]
+        bounds = np.searchsorted(last, np.arange(len(tables) + 1)).tolist()
+        return [pfns[a:b] for a, b in zip(bounds, bounds[1:])]
 
     def put(self, frame) -> bool:
         """``put_page_testzero`` on ``frame``: True while other references remain (nothing to free)."""
         extra = self.extra.get(frame)
         if extra is None:
             return False
-        self._update({frame: extra - 1})
+        self._set([frame], [extra], [extra - 1])
         return True
 
-    def _update(self, changes):
-        old = {p: self.extra.get(p, 0) for p in changes}
-        self._apply(changes)
+    def _set(self, frames, old, new):
+        """``frames`` go from ``old`` extra references to ``new`` (lists alongside), journaled."""
+        self._apply(frames, new)
         if self.journal is not None and self.journal.active:
-            self.journal.record(lambda: self._apply(old))
+            self.journal.record(self._apply, frames, old)
 
-    def _apply(self, changes):
-        for frame, extra in changes.items():
-            if extra:
-                self.extra[frame] = extra
+    def _apply(self, frames, values):
+        extra = self.extra
+        if all(values):
+            extra.update(zip(frames, values))
+            return
+        for frame, value in zip(frames, values):
+            if value:
+                extra[frame] = value
             else:
-                self.extra.pop(frame, None)
+                extra.pop(frame, None)
 
     def snapshot(self):
         return dict(self.extra)
@@ -504,6 +528,7 @@ class VmemmapRefs:
 
 # -- compound devmap pages (device-dax): vmemmap_can_optimize and the compound populate ----------
 
+APPLY_EVERY = 64  # PTE tables the compound populate fills before it describes their frames and takes references
 VMEMMAP_RESERVE_NR = 2  # vmemmap pages a deduplicated compound page keeps of its own
 # c1a6c536fb08 (v6.6, profiles.VMEMMAP_RESERVE_NR) made dedup need more than VMEMMAP_RESERVE_NR
 # vmemmap pages per compound page; before, any compound page (vmemmap_shift > 0) took the compound path
@@ -555,11 +580,10 @@ def compound_section_tail_page(machine, start) -> int:
 
 
 def _map_reused(machine, table, index, frames, node):
-    """Map PTEs ``index`` of ``table`` to existing ``frames``, a reference taken per PTE."""
+    """Map PTEs ``index`` of ``table`` to existing ``frames`` (the caller takes a reference per PTE)."""
     if len(index):
         machine.pagetable.set_leaves(table, index, frames, function="vmemmap_pte_populate")
         vmemmap_verify(machine, frames, node)
-        machine.vmemmap_refs.get(frames)
 
 
 def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap):
@@ -584,13 +608,26 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
     per = min(end - start, csize) // page  # vmemmap pages per step of the kernel's loop
     sparse = machine.sparse_geometry
     carried = []  # (compound page, frame of its first tail page) of the last one a table began
+    shapes = {}  # (first entry's vmemmap page in the range, lo, hi) -> where the table's compound pages lie
+    described, firsts = [], []  # gathered over the walk, applied once at its end
+    shared_frames, shared_counts = [], []
 
-    def positions(base, lo, hi):  # each entry's compound page and vmemmap page within it
-        return np.divmod((base - start) // page + np.arange(lo, hi), per)
+    def shape(base, lo, hi):
+        """Each entry's compound page (counted from the range's start) and vmemmap page within it:
+        the same for every table the range crosses alike, so worked out once per kind of table."""
+        step = (base - start) // page + lo
+        key = (step % per, lo, hi)
+        found = shapes.get(key)
+        if found is None:
+            compound, pos = np.divmod(step % per + np.arange(hi - lo), per)
+            found = shapes[key] = (compound, pos, np.flatnonzero(pos < 2), np.flatnonzero(pos == 1),
+                                   np.flatnonzero(pos >= 2))
+        compound, pos, own, first_tail, shared = found
+        return compound + step // per, pos, own, first_tail, shared
 
     def own_pages(base, lo, hi, flags):  # the head and first tail pages still to map
-        own = positions(base, lo, hi)[1] < 2
-        return int(np.count_nonzero(own if flags is None else own & ((flags[lo:hi] & PRESENT) == 0)))
+        _, _, own, _, _ = shape(base, lo, hi)
+        return len(own) if flags is None else int(np.count_nonzero((flags[lo:hi][own] & PRESENT) == 0))
 
     ahead = None if reuse is not None else draw_ahead(machine, start, end, node, own_pages)
 
@@ -598,27 +635,50 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
         index = np.arange(lo, hi)
         empty = (table.flags[lo:hi] & PRESENT) == 0
         if reuse is not None:
-            _map_reused(machine, table, index[empty], np.full(int(empty.sum()), reuse, dtype=np.int64), node)
+            count = int(empty.sum())
+            _map_reused(machine, table, index[empty], np.full(count, reuse, dtype=np.int64), node)
+            shared_frames.append(np.array([reuse], dtype=np.int64))
+            shared_counts.append(np.array([count], dtype=np.int64))
             return
-        compound, pos = positions(table.base, lo, hi)
-        own = index[(pos < 2) & empty]
+        compound, pos, own, first_tail, shared = shape(table.base, lo, hi)
+        if not empty.all():
+            own, shared = own[empty[own]], shared[empty[shared]]
         got = alloc_blocks(machine, 1, len(own), node, None) if ahead is None else ahead.take(len(own))
-        _set_ptes(machine, table, own, got, node, "compound devmap")
-        described = own[pos[own - lo] == 1]  # the first tail pages: shared, so described
-        firsts = (table.va(0) - sparse.vmemmap_base + described * page) // sparse.struct_page_size
-        machine.structpages.describe_many(table.pfns[described].tolist(), [CopyOf(p) for p in firsts.tolist()])
+        _set_ptes(machine, table, own + lo, got, node, "compound devmap")
+        mapped = own[pos[own] == 1]  # the first tail pages: shared, so described
+        described.append(table.pfns[mapped + lo])
+        firsts.append((table.va(0) - sparse.vmemmap_base + (mapped + lo) * page) // sparse.struct_page_size)
         # each shared PTE maps its compound page's first tail frame: in this table, or carried
         # over from the table where a compound page larger than a table began (ascending order)
-        heads = compound[pos == 1]
-        frames = table.pfns[index[pos == 1]]
+        heads, frames = compound[first_tail], table.pfns[first_tail + lo]
         if carried:
             heads, frames = np.concatenate(([carried[0][0]], heads)), np.concatenate(([carried[0][1]], frames))
         if len(heads):
             carried[:] = [(int(heads[-1]), int(frames[-1]))]
-        shared = (pos >= 2) & empty
-        _map_reused(machine, table, index[shared], frames[np.searchsorted(heads, compound[shared])], node)
+        which = np.searchsorted(heads, compound[shared])
+        _map_reused(machine, table, shared + lo, frames[which], node)
+        counts = np.bincount(which, minlength=len(heads))
+        shared_frames.append(frames[counts > 0])
+        shared_counts.append(counts[counts > 0])
 
-    _fill_pte_tables(machine, start, end, node, fill, ahead)
+    def apply():
+        if described:
+            machine.structpages.describe_many(np.concatenate(described).tolist(),
+                                              [CopyOf(p) for p in np.concatenate(firsts).tolist()])
+        if shared_frames:
+            machine.vmemmap_refs.get(np.concatenate(shared_frames), np.concatenate(shared_counts))
+        for gathered in (described, firsts, shared_frames, shared_counts):
+            gathered.clear()
+
+    def fill_and_apply(table, lo, hi):
+        fill(table, lo, hi)
+        if len(shared_frames) == APPLY_EVERY:
+            apply()
+
+    try:
+        _fill_pte_tables(machine, start, end, node, fill_and_apply, ahead)
+    finally:  # what was mapped, even when the walk stopped short (the caller tears it down)
+        apply()
 
 
 def vmemmap_populate_compound_by_address(machine, start_pfn, start, end, node, pgmap):
@@ -708,5 +768,7 @@ def vmemmap_populate_compound_by_address(machine, start_pfn, start, end, node, p
             if not table.flags[i] & PRESENT:  # the tail page may be this very page
                 if frame not in machine.structpages.contents:  # shared from now on: its contents matter
                     machine.structpages.describe(frame, CopyOf(machine.sparse_geometry.page_to_pfn(source.va(j))))
-                _map_reused(machine, table, np.array([i]), np.array([frame], dtype=np.int64), node)
+                frames = np.array([frame], dtype=np.int64)
+                _map_reused(machine, table, np.array([i]), frames, node)
+                machine.vmemmap_refs.get(frames)
         addr_pfn, addr = addr_pfn + 1, addr + page

@@ -113,8 +113,12 @@ class StructPages:
             self.journal.record(lambda: self._put_many(frames, old))
 
     def _put_many(self, frames, descriptors):
+        contents = self.contents
         for frame, descriptor in zip(frames, descriptors):
-            self._put(frame, descriptor)
+            if descriptor is None:
+                contents.pop(frame, None)
+            else:
+                contents[frame] = descriptor
 
     def _put(self, frame, descriptor):
         if descriptor is None:
