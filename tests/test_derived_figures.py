@@ -228,3 +228,35 @@ def test_base_page_memmap_placement_summed_a_pte_table_at_a_time_as_leaf_by_leaf
             (0, {"on_node": 3 * MiB, "off_node": 0, "on_device": 0}), (1, {"on_node": 4 * MiB, "off_node": 0, "on_device": 0})]
     monkeypatch.setattr(report_module, "_repeats", lambda frames: True)
     assert [derived(machine)["nodes"] for machine in machines] == figures
+
+
+def test_first_mappings_keeps_the_first_pte_of_each_frame():
+    import numpy as np
+    from vmemcore.report import _first_mappings
+
+    leaves = np.arange(10, 14)
+    assert _first_mappings(np.array([5, 6, 7, 8]), leaves).tolist() == [10, 11, 12, 13]  # one run: all
+    assert _first_mappings(np.array([5, 6, 7, 6]), leaves).tolist() == [10, 11, 12]  # up, then down: 6 again
+    assert _first_mappings(np.array([9, 4, 4, 4]), leaves).tolist() == [10, 11]
+
+
+def test_placement_deduplicated_a_table_at_a_time_as_over_all_ptes(monkeypatch):
+    """Device-dax dedup and HVO map frames several times inside a PTE table: each table is reduced
+    to the first PTE of each frame and summed whole; counting every PTE and dropping repeats over
+    all of them (the path taken when tables share frames) gives the same figures."""
+    from vmemcore import report as module
+
+    machine, _ = run_scenario(parse_scenario(HOT_ADD.format(mode="Y", node=1, hosted="false")
+                                             + '[[steps]]\nop = "devdax.add"\nstart = "68G"\nsize = "1G"\nalign = "2M"\n'))
+    machine.hugetlb.set_optimize_vmemmap(True)
+    machine.hugetlb.resize("2M", 64)
+    by_table = module._placement(machine)
+    monkeypatch.setattr(module, "_first_mappings", lambda frames, leaves: leaves)
+    monkeypatch.setattr(module, "_repeats", lambda frames: False)
+
+    def memmap(nodes):
+        return sum(n["memmap"]["on_node"] + n["memmap"]["off_node"] for n in nodes)
+    # every PTE counted: 6 more pages per 2 MiB compound page (8 PTEs, 2 frames), 7 per HVO'd folio
+    assert memmap(module._placement(machine)) - memmap(by_table) == (512 * 6 + 64 * 7) * PAGE
+    monkeypatch.setattr(module, "_repeats", lambda frames: True)
+    assert module._placement(machine) == by_table

@@ -210,9 +210,11 @@ def _placement(machine) -> list:
             whole.append(summed)
         else:
             leaf_by_leaf(table, leaves, span)
-    # a frame several PTEs map (HVO, device-dax dedup) counts once: with none, each PTE table is
-    # one sum where it can be, as above; with some, every PTE counts alone, the repeats dropped below
-    repeated = bool(ptes) and _repeats(np.concatenate([table.pfns[leaves] for table, leaves in ptes]))
+    # a frame several PTEs map (HVO, device-dax dedup) counts once: at its first PTE in its table,
+    # and when tables share frames, at its first PTE of all (the repeats dropped below); each PTE
+    # table is one sum, as above, where no frame of it is in another table
+    ptes = [(table, _first_mappings(table.pfns[leaves], leaves)) for table, leaves in ptes]
+    repeated = bool(ptes) and _repeats(np.concatenate([np.sort(table.pfns[leaves]) for table, leaves in ptes]))
     for table, leaves in ptes:
         summed = None if repeated else one_sum(table, leaves, 1)
         if summed:
@@ -250,6 +252,15 @@ def _placement(machine) -> list:
         owners = described(np.array([offset for _, offset, _ in tables], dtype=np.int64))
         add(owners, homes, np.array([nbytes for _, _, nbytes in tables], dtype=np.int64), "pagetables", ("on_node", "off_node"))
     return [{"node": node} | out[node] for node in sorted(out)]
+
+
+def _first_mappings(frames, leaves):
+    """The entries of ``leaves`` (mapping ``frames``) that map a frame first, in order."""
+    step = np.diff(frames)
+    if not len(step) or (abs(int(step[0])) == 1 and (step == step[0]).all()):  # one run of frames
+        return leaves
+    _, first = np.unique(frames, return_index=True)
+    return leaves if len(first) == len(leaves) else leaves[np.sort(first)]
 
 
 def _repeats(frames) -> bool:
