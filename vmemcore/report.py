@@ -214,7 +214,7 @@ def _placement(machine) -> list:
     # and when tables share frames, at its first PTE of all (the repeats dropped below); each PTE
     # table is one sum, as above, where no frame of it is in another table
     ptes = [(table, _first_mappings(table.pfns[leaves], leaves)) for table, leaves in ptes]
-    repeated = bool(ptes) and _repeats(np.concatenate([np.sort(table.pfns[leaves]) for table, leaves in ptes]))
+    repeated = bool(ptes) and _repeats(np.concatenate([table.pfns[leaves] for table, leaves in ptes]))
     for table, leaves in ptes:
         summed = None if repeated else one_sum(table, leaves, 1)
         if summed:
