@@ -112,3 +112,35 @@ def test_batched_free_lists_match_the_one_block_at_a_time_model(data):
             held.extend((pfn, 0) for pfn in range(start, end) if lists.order_of(pfn) is None
                         and not any(p <= pfn < p + (1 << o) for p, o in held))
         _same(lists, model)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.data())
+def test_freeing_blocks_one_order_below_the_top_pairs_them_as_the_model(data):
+    """Frees of many blocks of order ``MAX_PAGE_ORDER - 1`` (2 MiB HugeTLB folios on x86_64) are
+    paired with numpy (``FreeLists._free_pairs``): the same lists as the model's frees one by one,
+    whether a buddy is freed earlier in the call, later, or was free before it."""
+    import vmemcore.buddy as buddy
+
+    order, blocks = TOP - 1, 2 * PAGES >> (TOP - 1)
+    lists, model = FreeLists(max_order=TOP), Model()
+    lists.free_range(0, 2 * PAGES, 0, NORMAL)
+    model.free_range(0, 2 * PAGES)
+    assert lists.alloc_many(blocks, order, 0, NORMAL).tolist() == [model.alloc(order) for _ in range(blocks)]
+    held = [k << order for k in range(blocks)]
+    before = data.draw(st.lists(st.sampled_from(held), unique=True, max_size=blocks // 2), label="freed before")
+    tail = data.draw(st.booleans(), label="to the tail")
+    for pfn in before:  # one at a time: never the paired path
+        lists.free_range(pfn, pfn + (1 << order), 0, NORMAL, tail)
+        model.free(pfn, order, tail)
+    rest = [pfn for pfn in held if pfn not in before]
+    freed = data.draw(st.permutations(rest), label="freed in one call")
+    original = buddy.PAIRS
+    buddy.PAIRS = 1
+    try:
+        lists.free_ranges([(pfn, pfn + (1 << order)) for pfn in freed], 0, NORMAL, tail)
+    finally:
+        buddy.PAIRS = original
+    for pfn in freed:
+        model.free(pfn, order, tail)
+    _same(lists, model)

@@ -23,6 +23,7 @@ loads this module (through the scenario validator) and must stay fast.
 import heapq
 
 SHORT = 1024  # allocations of at most this many blocks are listed in Python, longer ones with numpy
+PAIRS = 64  # frees of at least this many blocks one order below the top are paired with numpy
 
 
 class FreeLists:
@@ -156,6 +157,10 @@ class FreeLists:
         at a time would list them; a block merged away within the call never touches the lists.
         The ``MAX_PAGE_ORDER`` blocks of a range cannot merge, so a stretch of them is one entry."""
         top = self.max_order
+        if len(ranges) >= PAIRS and all(end - start == 1 << (top - 1) and not start & ((1 << (top - 1)) - 1)
+                                        for start, end in ranges):
+            self._free_pairs([start for start, _ in ranges], node, zone, to_tail)
+            return
         added = []  # (order, lo, hi, ascending, tail) in the order freed; None once merged away
         pending = {}  # first pfn of a block of `added` below MAX_PAGE_ORDER -> its index there
         for start, end in ranges:
@@ -191,6 +196,41 @@ class FreeLists:
                 listed.setdefault((order, tail), []).append((lo, hi, ascending))
         for (order, tail), entries in listed.items():
             self._push((node, zone, order), entries if tail else entries[::-1], tail)
+
+    def _free_pairs(self, starts, node, zone, to_tail):
+        """:meth:`free_ranges` of blocks one order below ``MAX_PAGE_ORDER`` (2 MiB HugeTLB folios on
+        most arches), found a whole array at a time: each merges with its buddy, if that was freed
+        earlier in the call or is on the list, into a ``MAX_PAGE_ORDER`` block, which merges no
+        further; a block that stays is never ``buddy_merge_likely``-tested (that asks for an order
+        two below the top), so it goes where ``to_tail`` says."""
+        import numpy as np
+
+        order = self.max_order - 1
+        size = 1 << order
+        blocks = np.array(starts, dtype=np.int64)
+        position = np.arange(len(blocks))
+        by_pfn = np.argsort(blocks, kind="stable")
+        buddies = blocks ^ size
+        k = np.minimum(np.searchsorted(blocks[by_pfn], buddies), len(blocks) - 1)
+        partner = np.where(blocks[by_pfn][k] == buddies, by_pfn[k], -1)
+        merged = partner >= 0
+        merges = merged & (partner < position)  # the later of a pair merges; the earlier leaves no entry
+        lst = (node, zone, order)
+        for i in np.flatnonzero(~merged).tolist():  # a buddy freed before the call, if it is on the list
+            key = self._free_block(int(buddies[i]), lst)
+            if key is not None:
+                self._cut(lst, key, int(buddies[i]), int(buddies[i]) + size)
+                merges[i] = merged[i] = True
+        stays = ~merged
+        listed = []  # (order, first pfns in the order freed)
+        if stays.any():
+            listed.append((order, blocks[stays]))
+        if merges.any():
+            listed.append((order + 1, blocks[merges] & ~size))
+        for block_order, firsts in listed:
+            span = 1 << block_order
+            entries = [(lo, lo + span, True) for lo in firsts.tolist()]
+            self._push((node, zone, block_order), entries if to_tail else entries[::-1], to_tail)
 
     def _is_free(self, pfn, order, node, zone, added, pending):
         """Is the block of ``order`` at ``pfn`` free: freed earlier in this call, or on its list?"""
