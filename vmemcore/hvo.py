@@ -703,13 +703,20 @@ class Hvo:
             structpages, copied, copies, forget = m.structpages, [], [], []
             contents, per_page = structpages.contents, structpages.per_page
             heads = table.pfns[index[:, 0]].tolist()
-            for folio, head, source_frame, row in zip(group, heads, source.tolist(), fresh.tolist()):
-                copy = self._restored_copy(contents[source_frame], folio.head + per_page, folio)
-                if copy is not None:
-                    copied.extend(row)
-                    copies.extend([copy] * len(row))
-                if at_home(contents.get(head), folio.head):
-                    forget.append(head)
+            sources = [contents[frame] for frame in source.tolist()]
+            if heads == source.tolist() and all(at_home(d, f.head) for d, f in zip(sources, group)) \
+                    and self._restored_copy(sources[0], group[0].head + per_page, group[0]) is None:
+                # each folio's reuse page is its head page, a plain copy of home: the same outcome
+                # for all (restored copies read like home; each head page at home alone again)
+                forget = heads
+            else:
+                for folio, head, source_desc, row in zip(group, heads, sources, fresh.tolist()):
+                    copy = self._restored_copy(source_desc, folio.head + per_page, folio)
+                    if copy is not None:
+                        copied.extend(row)
+                        copies.extend([copy] * len(row))
+                    if at_home(contents.get(head), folio.head):
+                        forget.append(head)
             structpages.describe_many(copied, copies)
             self.set_optimized_many([folio.head for folio in group], False)
             self.writer.set_leaves(table, tails.ravel(), fresh.ravel(), 0, "vmemmap_restore_pte")

@@ -256,11 +256,11 @@ def _placement(machine) -> list:
 
 def _first_mappings(frames, leaves):
     """The entries of ``leaves`` (mapping ``frames``) that map a frame first, in order."""
-    step = np.diff(frames)
-    if not len(step) or (abs(int(step[0])) == 1 and (step == step[0]).all()):  # one run of frames
+    ordered = np.sort(frames)
+    if (ordered[1:] != ordered[:-1]).all():
         return leaves
     _, first = np.unique(frames, return_index=True)
-    return leaves if len(first) == len(leaves) else leaves[np.sort(first)]
+    return leaves[np.sort(first)]
 
 
 def _repeats(frames) -> bool:
