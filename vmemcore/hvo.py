@@ -314,7 +314,8 @@ class Hvo:
         chunks = [p for p in pages if isinstance(p, np.ndarray)]
         singles = [p for p in pages if not isinstance(p, np.ndarray)]
         if chunks:
-            frames = np.sort(np.concatenate(chunks + [np.array(singles, dtype=np.int64)]))
+            # each chunk ascends, mostly: a stable sort (a merge of runs) costs little
+            frames = np.sort(np.concatenate(chunks + [np.array(singles, dtype=np.int64)]), kind="stable")
             breaks = np.flatnonzero(np.diff(frames) != 1) + 1
             starts, ends = frames[np.r_[0, breaks]].tolist(), (frames[np.r_[breaks - 1, -1]] + 1).tolist()
         else:  # a folio's few pages: numpy's per-call cost would dominate
@@ -507,10 +508,11 @@ class Hvo:
         done, restored, error = [], 0, None
         runs = self._runs(folios) if batched else [(list(folios), False)]
         ahead, ahead_end = None, 0  # vmemmap pages drawn for the groups up to run ahead_end
+        flagged = [[f.head in optimized for f in run] for run, _ in runs]  # a restore changes only its own
         for r, (run, groupable) in enumerate(runs):
             if r >= ahead_end:
                 ahead = _used_up(ahead)
-            flags = [f.head in optimized for f in run]
+            flags = flagged[r]
             k = 0
             while k < len(run):
                 if not flags[k]:
@@ -521,7 +523,9 @@ class Hvo:
                     n = next((j for j in range(k, len(run)) if not flags[j]), len(run)) - k
                     if ahead is None:
                         ahead_end = self._stretch(runs, r, lambda folio: True)
-                        pages = sum(self.optimizable(f.order) for later, _ in runs[r:ahead_end] for f in later if f.head in optimized)
+                        # the optimized folios from here to the stretch's end (a run: one order)
+                        pages = sum(self.optimizable(runs[j][0][0].order) * sum(flagged[j][k if j == r else 0:])
+                                    for j in range(r, ahead_end))
                         ahead = FramesAhead(m.physmem.alloc_sequence([(Use.MEMMAP, pages)], run[k].node))
                     count, error = self._restore_group(run[k:k + n], ahead)
                 else:
