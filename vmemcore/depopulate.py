@@ -93,8 +93,9 @@ def _teardown_ptes(machine, parent, spans, altmap, policy):
         cleared.append(pfns if pfns is not None else np.empty(0, dtype=np.int64))
         _flush(machine, policy.flush_pte_table, first, last)
     freed = machine.vmemmap_refs.put_tables(cleared)
+    machine.structpages.forget_many(np.concatenate(freed))
     for (i, table, first, last), frames in zip(spans, freed):
-        give_back_frames(machine, frames, 1, altmap)
+        give_back_frames(machine, frames, 1, altmap, forget=False)
         if parent is not None and table.empty and _frees_table(parent, i, first, last, policy):
             free_table(machine, parent, i)
 

@@ -13,6 +13,9 @@ call per entry would get), so populating a 1 PiB machine costs its page tables, 
 PMD entries one by one.
 """
 
+from collections import deque
+from itertools import repeat
+
 import numpy as np
 
 from . import profiles
@@ -417,13 +420,14 @@ def _give_back(machine, pfn, nr_pages, altmap):
         machine.physmem.unclaim(pfn, nr_pages)
 
 
-def give_back_frames(machine, frames, nr_pages=1, altmap=None):
+def give_back_frames(machine, frames, nr_pages=1, altmap=None, forget=True):
     """Give back the ``nr_pages`` frames at each of ``frames`` (sorted, their last reference gone),
     as the one-by-one frees would leave them: those ``altmap`` holds to it first, then the others,
-    each a contiguous run at a time."""
+    each a contiguous run at a time. Their contents are forgotten (unless ``forget`` is False:
+    the caller forgets a batch's at once)."""
     if not len(frames):
         return
-    if nr_pages == 1:
+    if nr_pages == 1 and forget:
         machine.structpages.forget_many(frames)
     if altmap is not None:
         held = altmap.holds_many(frames)
@@ -471,7 +475,7 @@ class VmemmapRefs:
         else:
             last = np.repeat(np.arange(len(tables)), [len(t) for t in tables])[len(frames) - 1 - back]
         if self.extra:
-            extra = np.array([self.extra.get(p, 0) for p in pfns.tolist()], dtype=np.int64)
+            extra = np.fromiter(map(self.extra.get, pfns.tolist(), repeat(0)), dtype=np.int64, count=len(pfns))
             held = extra > 0
             self._set(pfns[held].tolist(), extra[held].tolist(), np.maximum(extra[held] - counts[held], 0).tolist())
             gone = counts > extra
@@ -501,12 +505,14 @@ class VmemmapRefs:
         extra = self.extra
         if all(values):
             extra.update(zip(frames, values))
-            return
-        for frame, value in zip(frames, values):
-            if value:
-                extra[frame] = value
-            else:
-                extra.pop(frame, None)
+        elif not any(values):  # the last references went (a teardown): map keeps the loop in C
+            deque(map(extra.pop, frames, repeat(None)), maxlen=0)
+        else:
+            for frame, value in zip(frames, values):
+                if value:
+                    extra[frame] = value
+                else:
+                    extra.pop(frame, None)
 
     def snapshot(self):
         return dict(self.extra)

@@ -233,7 +233,7 @@ class StructPages:
         return at_home(descriptor, self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page)
 
     def forget_many(self, frames):
-        """``forget`` for sorted frames (a list or a numpy array)."""
+        """``forget`` for frames (a list or a numpy array), each once."""
         if not self.contents:
             return
         if len(frames) < len(self.contents):  # look up the fewer
