@@ -120,6 +120,8 @@ def test_freeing_blocks_one_order_below_the_top_pairs_them_as_the_model(data):
     """Frees of many blocks of order ``MAX_PAGE_ORDER - 1`` (2 MiB HugeTLB folios on x86_64) are
     paired with numpy (``FreeLists._free_pairs``): the same lists as the model's frees one by one,
     whether a buddy is freed earlier in the call, later, or was free before it."""
+    import numpy as np
+
     import vmemcore.buddy as buddy
 
     order, blocks = TOP - 1, 2 * PAGES >> (TOP - 1)
@@ -138,7 +140,7 @@ def test_freeing_blocks_one_order_below_the_top_pairs_them_as_the_model(data):
     original = buddy.PAIRS
     buddy.PAIRS = 1
     try:
-        lists.free_ranges([(pfn, pfn + (1 << order)) for pfn in freed], 0, NORMAL, tail)
+        lists.free_blocks(np.array(freed, dtype=np.int64), 1 << order, 0, NORMAL, tail)
     finally:
         buddy.PAIRS = original
     for pfn in freed:

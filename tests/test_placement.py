@@ -183,3 +183,27 @@ def test_release_many_frees_in_the_order_given_as_one_release_per_block_does():
     assert after[0] == after[1] and sorted(after[0]) == sorted(pfn for pfn, _ in blocks)
     for m in machines:
         m.check()
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_release_blocks_frees_as_release_many_does(nodes, monkeypatch):
+    """A pool's folios freed as an array (``release_blocks``; order-9 blocks are paired with numpy
+    on x86_64) leave the machine and the free lists' order as ``release_many`` of the same blocks;
+    across two nodes the lists take each node's blocks in turn."""
+    import numpy as np
+
+    import vmemcore.buddy as buddy
+
+    monkeypatch.setattr(buddy, "PAIRS", 4)
+    memory = [{"size": 4 * GiB}] + ([{"node": 1, "size": 4 * GiB}] if nodes == 2 else [])
+    machines = [Machine("x86_64", memory=memory) for _ in range(2)]
+    for m in machines:
+        got = [pfn for node in range(nodes) for pfn in m.physmem.alloc_pages(8, node, Use.PINNED, order=9, exact_nid=True)]
+        order = [3, 0, 1, 7, 5, 2, 6] + ([11, 8, 15, 9] if nodes == 2 else [])
+        blocks = [got[i] for i in order]  # some buddies freed before their pair, some after, one never
+    machines[0].physmem.release_blocks(np.array(blocks, dtype=np.int64), 512)
+    machines[1].physmem.release_many([(pfn, 512) for pfn in blocks])
+    assert machines[0].snapshot() == machines[1].snapshot()
+    assert machines[0].physmem.buddy.lists() == machines[1].physmem.buddy.lists()
+    for m in machines:
+        m.check()

@@ -143,6 +143,14 @@ class FreeLists:
         """:meth:`free_ranges` of the one range ``[start, end)``."""
         self.free_ranges([(start, end)], node, zone, to_tail)
 
+    def free_blocks(self, pfns, nr_pages, node, zone, to_tail=False):
+        """:meth:`free_ranges` of ``nr_pages`` pages at each pfn of the array ``pfns``, in turn."""
+        size = 1 << (self.max_order - 1)
+        if len(pfns) >= PAIRS and nr_pages == size and not (pfns & (size - 1)).any():
+            self._free_pairs(pfns, node, zone, to_tail)
+        else:
+            self.free_ranges([(pfn, pfn + nr_pages) for pfn in pfns.tolist()], node, zone, to_tail)
+
     def free_ranges(self, ranges, node, zone, to_tail=False):
         """Free each ``[start, end)`` of ``ranges`` in turn, cut into the largest naturally aligned
         blocks, lowest first, as ``__free_pages_memory`` and ``online_pages_range`` cut memory for
@@ -157,10 +165,6 @@ class FreeLists:
         at a time would list them; a block merged away within the call never touches the lists.
         The ``MAX_PAGE_ORDER`` blocks of a range cannot merge, so a stretch of them is one entry."""
         top = self.max_order
-        if len(ranges) >= PAIRS and all(end - start == 1 << (top - 1) and not start & ((1 << (top - 1)) - 1)
-                                        for start, end in ranges):
-            self._free_pairs([start for start, _ in ranges], node, zone, to_tail)
-            return
         added = []  # (order, lo, hi, ascending, tail) in the order freed; None once merged away
         pending = {}  # first pfn of a block of `added` below MAX_PAGE_ORDER -> its index there
         for start, end in ranges:
@@ -207,7 +211,7 @@ class FreeLists:
 
         order = self.max_order - 1
         size = 1 << order
-        blocks = np.array(starts, dtype=np.int64)
+        blocks = np.asarray(starts, dtype=np.int64)
         position = np.arange(len(blocks))
         by_pfn = np.argsort(blocks, kind="stable")
         buddies = blocks ^ size

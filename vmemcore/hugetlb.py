@@ -9,9 +9,11 @@ boot (``gather_bootmem_prealloc``), and the HVO switch (``vm.hugetlb_optimize_vm
 """
 
 import bisect
+from operator import attrgetter
 from typing import NamedTuple
 
 import attrs
+import numpy as np
 
 from . import profiles
 from .errors import BadRequest, SimulatorLimit, Veto
@@ -29,6 +31,9 @@ class Folio(NamedTuple):
     node: int
     boot: bool = False
     surplus: bool = False
+
+
+_SURPLUS = attrgetter("surplus")
 
 
 @attrs.define
@@ -52,7 +57,7 @@ class HState:
 
     @property
     def surplus_huge_pages(self):
-        return sum(f.surplus for f in self.folios.values())
+        return sum(map(_SURPLUS, self.folios.values()))
 
 
 @attrs.frozen
@@ -422,7 +427,7 @@ class HugeTLB:
                 forget.append(home_heads[folio.head])
         structpages.describe_many(forget, [None] * len(forget))
         # one release per folio, in the list's order, as the kernel frees them
-        machine.physmem.release_many([(folio.head, 1 << folio.order) for folio in freed])
+        machine.physmem.release_blocks(np.array([folio.head for folio in freed], dtype=np.int64), 1 << h.order)
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):

@@ -708,7 +708,8 @@ class Hvo:
             contents, per_page = structpages.contents, structpages.per_page
             heads = table.pfns[index[:, 0]].tolist()
             sources = [contents[frame] for frame in source.tolist()]
-            if heads == source.tolist() and all(at_home(d, f.head) for d, f in zip(sources, group)) \
+            if heads == source.tolist() and all(type(d) is CopyOf and not d.overrides for d in sources) \
+                    and [d.first_pfn for d in sources] == [f.head for f in group] \
                     and self._restored_copy(sources[0], group[0].head + per_page, group[0]) is None:
                 # each folio's reuse page is its head page, a plain copy of home: the same outcome
                 # for all (restored copies read like home; each head page at home alone again)

@@ -498,6 +498,28 @@ class PhysMem:
         else:
             self._release(blocks)
 
+    def release_blocks(self, pfns, nr_pages):
+        """:meth:`release_many` of ``nr_pages`` frames at each pfn of the array ``pfns`` (a pool of
+        folios freed in turn), without a tuple per block: the maps take the runs of adjacent
+        blocks, the free lists the blocks in the order given."""
+        import numpy as np
+
+        if self._gathered is not None or not len(pfns):
+            self.release_many([(pfn, nr_pages) for pfn in pfns.tolist()])
+            return
+        ordered = np.sort(pfns)
+        breaks = np.flatnonzero(np.diff(ordered) != nr_pages) + 1
+        starts, ends = ordered[np.r_[0, breaks]].tolist(), (ordered[np.r_[breaks - 1, -1]] + nr_pages).tolist()
+        self._free_maps(zip(starts, ends))
+        if self.booting:
+            return
+        lo, hi = starts[0], ends[-1]
+        node, zone = self.nodes.extent(lo), self.zones.extent(lo)
+        if node is None or zone is None or min(node[1], zone[1]) < hi:  # across nodes, zones or holes
+            self._free_to_lists([(pfn, nr_pages) for pfn in pfns.tolist()], False)
+            return
+        self.buddy.free_blocks(pfns, nr_pages, node[2], zone[2])
+
     @contextmanager
     def releases_gathered(self):
         """Frees inside the ``with`` block are gathered and done at its end, in the order made:
@@ -521,15 +543,19 @@ class PhysMem:
                 runs[-1][1] = pfn + nr_pages
             else:
                 runs.append([pfn, pfn + nr_pages])
+        self._free_maps(runs)
+        if self.booting:
+            return
+        for to_tail, same in itertools.groupby(blocks, key=lambda block: block[2]):
+            self._free_to_lists([block[:2] for block in same], to_tail)
+
+    def _free_maps(self, runs):
+        """The frame and free-memory maps of the ``(start, end)`` runs freed."""
         for start, end in runs:
             self.frames.set(start, end, FREE)
             for s, e, node in self.nodes.items(start, end):
                 for zs, ze, zone in self.zones.items(s, e):
                     self._free[node].set(zs, ze, zone)
-        if self.booting:
-            return
-        for to_tail, same in itertools.groupby(blocks, key=lambda block: block[2]):
-            self._free_to_lists([block[:2] for block in same], to_tail)
 
     def _free_to_lists(self, blocks, to_tail):
         """The buddy frees of :meth:`_release`: each ``(pfn, nr_pages)`` of ``blocks`` in turn."""
