@@ -401,8 +401,9 @@ class HugeTLB:
         machine = self.machine
         structpages = machine.structpages
         suspects, home_heads = set(), {}  # folios with struct pages to check; head pages to forget
+        in_order = [folio.head for folio in folios]
         if folios:
-            heads = sorted(folio.head for folio in folios)
+            heads = sorted(in_order)
             size = 1 << folios[0].order
             for lo, hi in _clusters(heads, size):
                 for first, frame, home in structpages.materialised(heads[lo], heads[hi - 1] + size):
@@ -415,19 +416,22 @@ class HugeTLB:
                         home_heads[head] = frame
         dropped = {}  # head -> folio, as they leave the pool
         self._record(lambda: h.folios.update(dropped))  # undoes any part of what follows
-        freed, forget = [], []
-        for folio in folios:
-            bad = folio.head in suspects and machine.bad_pages.free_folio_is_bad(folio)
-            dropped[folio.head] = h.folios.pop(folio.head)
-            if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
-                machine.bad_pages.leak(folio.head, 1 << folio.order)
-                continue
-            freed.append(folio)
-            if folio.head in home_heads:
-                forget.append(home_heads[folio.head])
+        if suspects:
+            freed = []
+            for folio in folios:
+                bad = folio.head in suspects and machine.bad_pages.free_folio_is_bad(folio)
+                dropped[folio.head] = h.folios.pop(folio.head)
+                if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
+                    machine.bad_pages.leak(folio.head, 1 << folio.order)
+                    continue
+                freed.append(folio.head)
+        else:  # nothing to check: the pool lets them all go
+            dropped.update(zip(in_order, map(h.folios.pop, in_order)))
+            freed = in_order
+        forget = [home_heads[head] for head in freed if head in home_heads] if home_heads else []
         structpages.describe_many(forget, [None] * len(forget))
         # one release per folio, in the list's order, as the kernel frees them
-        machine.physmem.release_blocks(np.array([folio.head for folio in freed], dtype=np.int64), 1 << h.order)
+        machine.physmem.release_blocks(np.array(freed, dtype=np.int64), 1 << h.order)
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):
