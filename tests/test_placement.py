@@ -193,8 +193,10 @@ def test_release_blocks_frees_as_release_many_does(nodes, monkeypatch):
     import numpy as np
 
     import vmemcore.buddy as buddy
+    import vmemcore.physmem as physmem
 
     monkeypatch.setattr(buddy, "PAIRS", 4)
+    monkeypatch.setattr(physmem, "FEW_BLOCKS", 4)
     memory = [{"size": 4 * GiB}] + ([{"node": 1, "size": 4 * GiB}] if nodes == 2 else [])
     machines = [Machine("x86_64", memory=memory) for _ in range(2)]
     for m in machines:

@@ -49,6 +49,7 @@ class Owner:
 FREE = Owner(Use.FREE)
 OFFLINE = Owner(Use.OFFLINE)
 KERNEL_IMAGE = Owner(Use.KERNEL_IMAGE, reserved=True)
+FEW_BLOCKS = 64  # release_blocks of fewer blocks goes the way of release_many
 
 
 class Zone(enum.StrEnum):
@@ -504,7 +505,7 @@ class PhysMem:
         blocks, the free lists the blocks in the order given."""
         import numpy as np
 
-        if self._gathered is not None or not len(pfns):
+        if self._gathered is not None or len(pfns) < FEW_BLOCKS:  # a few: numpy's per-call cost would dominate
             self.release_many([(pfn, nr_pages) for pfn in pfns.tolist()])
             return
         ordered = np.sort(pfns)
