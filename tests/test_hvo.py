@@ -537,3 +537,23 @@ def test_boot_pages_of_a_buddy_size_asked_for_one_node_all_land_there(kernel):
     m.hugetlb.resize("2M", 6)
     assert sorted(f.node for f in h.folios.values()) == [0, 1, 1, 1, 1, 1]
     m.check()
+
+
+@pytest.mark.parametrize("operation", ["depopulate_section_memmap", "remove_memmap"])
+def test_the_memmap_of_hugetlb_pages_is_not_freed_under_them(operation):
+    """The kernel frees a section's memmap only once its memory is offline, which dissolves the
+    HugeTLB pages there; freeing it under 1 GiB folios whose vmemmap HVO remapped (one reuse page
+    mapped from eight PTE tables) is refused, and nothing changes."""
+    from vmemcore.scenario import parse_scenario, run_scenario
+
+    m, _ = run_scenario(parse_scenario(
+        '[machine]\narch = "x86_64"\nkernel = "6.12"\n[[memory]]\nsize = "2G"\n[hugetlb]\noptimize_vmemmap = true\n'
+        '[[steps]]\nop = "hotplug.add"\nstart = "64G"\nsize = "4G"\n'
+        '[[steps]]\nop = "hotplug.online"\nstart = "64G"\nsize = "4G"\n'
+        '[[steps]]\nop = "hugetlb.resize"\nsize = "1G"\ncount = 2\n'))
+    assert m.hugetlb.hstate("1G").nr_huge_pages == 2 and len(m.hugetlb.hvo.optimized) == 2
+    before = m.snapshot()
+    with pytest.raises(BadRequest, match=r"pfn 0x1000000 is a HugeTLB page.*offline the memory first"):
+        getattr(m, operation)(64 * GiB >> 12, 4 * GiB >> 12)
+    assert m.snapshot() == before
+    m.check()

@@ -186,9 +186,19 @@ class Machine:
         with self.transaction():
             self.sparse.populate(pfn, nr_pages, node, altmap)
 
+    def _refuse_hugetlb(self, pfn, nr_pages, what):
+        """Refuse to free the memmap of memory holding HugeTLB pages: the kernel frees memmap only
+        of memory offlined first, which dissolves them (HVO may have remapped their memmap)."""
+        for start, _, owner in self.physmem.frames.items(pfn, pfn + nr_pages):
+            if owner.use is Use.HUGETLB:
+                raise BadRequest(f"{what} of pfn range [{pfn:#x}, +{nr_pages:#x}): pfn {start:#x} is a HugeTLB page; "
+                                 "the kernel frees the memmap only of offline memory (offlining dissolves HugeTLB "
+                                 "pages): shrink the pool or offline the memory first")
+
     def depopulate_section_memmap(self, pfn, nr_pages, altmap=None):
         """Unmap and free the memmap of ``[pfn, pfn + nr_pages)`` through the arch's ``vmemmap_free``."""
         self._check_pages(pfn, nr_pages)
+        self._refuse_hugetlb(pfn, nr_pages, "memmap.depopulate")
         with self.transaction():
             for start, count in self._section_pieces(pfn, nr_pages):
                 state = self.sparse.sections.get(self.sparse.section_nr(start))
@@ -212,6 +222,7 @@ class Machine:
         """``sparse_remove_section`` for each section piece of the range (as ``__remove_pages``), a
         run of whole sections at once where that frees the same (:meth:`Sparse.batches`)."""
         self._check_pages(pfn, nr_pages)
+        self._refuse_hugetlb(pfn, nr_pages, "memmap.remove")
         with self.transaction():
             for start, count in self._section_pieces(pfn, nr_pages, self.sparse.batches()):
                 self.sparse.remove(start, count, altmap)
