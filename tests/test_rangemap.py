@@ -97,3 +97,29 @@ def test_items_reversed_steps_past_changes_made_behind_it():
         m.set(start + 2, end, None)  # take the top three keys of the extent
     assert seen == list(range(90, -1, -10))
     assert m.covered(0, 100) == 10 * 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops, st.lists(st.tuples(st.integers(1, 5), st.integers(0, 5), st.sampled_from(["a", "b", "c"])), max_size=12))
+def test_set_many_equals_set_run_by_run(before, runs):
+    """Runs set as one change (what lies between them kept) leave the map as one set per run."""
+    many, one, pos, spans = RangeMap(Journal()), RangeMap(), 0, []
+    for a, b, value in before:
+        for m in (many, one):
+            m.set(min(a, b), max(a, b), value)
+    for length, gap, value in runs:  # sorted, disjoint, some touching
+        spans.append((pos + gap, pos + gap + length, value))
+        pos += gap + length
+    with many.journal.transaction():
+        many.set_many(spans)
+    for span in spans:
+        one.set(*span)
+    assert many.items() == one.items() and many.totals == one.totals
+    undone = RangeMap(Journal())
+    for a, b, value in before:
+        undone.set(min(a, b), max(a, b), value)
+    expected = undone.items()
+    with pytest.raises(ZeroDivisionError), undone.journal.transaction():
+        undone.set_many(spans)
+        1 / 0
+    assert undone.items() == expected

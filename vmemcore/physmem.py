@@ -379,12 +379,13 @@ class PhysMem:
         ordered, which = pfns[order], which[order]
         apart = np.diff(ordered) != size
         for cuts, owned in ((apart | (np.diff(which) != 0), True), (apart, False)):
-            bounds = np.concatenate(([0], np.flatnonzero(cuts) + 1, [len(ordered)])).tolist()
-            for lo, hi in zip(bounds, bounds[1:]):
-                pfn, nr_pages = int(ordered[lo]), (hi - lo) * size
-                if owned:
-                    self.frames.set(pfn, pfn + nr_pages, owners[int(which[lo])])
-                else:
+            bounds = np.concatenate(([0], np.flatnonzero(cuts) + 1, [len(ordered)]))
+            firsts, counts = ordered[bounds[:-1]].tolist(), (np.diff(bounds) * size).tolist()
+            if owned:  # the runs of each owner, as one change of the frame map
+                self.frames.set_many([(pfn, pfn + n, owners[k]) for pfn, n, k in
+                                      zip(firsts, counts, which[bounds[:-1]].tolist())])
+            else:
+                for pfn, nr_pages in zip(firsts, counts):
                     self._leave_free_map(pfn, nr_pages)
 
     def _alloc_buddy(self, count, order, node, exact_nid, movable):

@@ -139,6 +139,33 @@ class RangeMap:
         if self.journal is not None and self.journal.active:
             self.journal.record(self._assign, start, end, old)
 
+    def set_many(self, runs):
+        """:meth:`set` of each ``(start, end, value)`` of ``runs`` (sorted, disjoint; values, not
+        None), as one change: what lies between them is kept. Costs the runs and the extents
+        between the first and the last, not a change per run."""
+        if len(runs) < 2:
+            for start, end, value in runs:
+                self.set(start, end, value)
+            return
+        start, end = runs[0][0], runs[-1][1]
+        between = self.items(start, end)  # the extents the runs fall among, clipped
+        segments, done, j = [], start, 0  # done: where the segments built so far end
+        for lo, hi, value in runs:
+            while j < len(between) and between[j][0] < lo:  # what lies in the gap before this run
+                s, e, kept = between[j]
+                if max(s, done) < min(e, lo):
+                    segments.append((max(s, done), min(e, lo), kept))
+                if e > lo:
+                    break
+                j += 1
+            segments.append((lo, hi, value))
+            done = hi
+            while j < len(between) and between[j][1] <= hi:
+                j += 1
+        old = self._assign(start, end, segments)
+        if self.journal is not None and self.journal.active:
+            self.journal.record(self._assign, start, end, old)
+
     def _window(self, start, end):
         """Positions of the first and past the last extent overlapping ``[start, end)`` or touching
         it (to merge with): within one block when they can be, found with two bisections."""
