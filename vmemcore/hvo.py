@@ -21,7 +21,7 @@ import numpy as np
 from .errors import BadRequest, OutOfMemory
 from .live_entries import LiveWriter, RemapStrategy
 from .pagetable import RDONLY, table_index_range
-from .physmem import Use
+from .physmem import Use, block_runs
 from .profiles import HvoHeadPage, HvoTailPage
 from .stats import NR_MEMMAP_BOOT_PAGES, NR_MEMMAP_PAGES
 from .populate import FramesAhead, vmemmap_populate_hvo
@@ -316,8 +316,7 @@ class Hvo:
         if chunks:
             # each chunk ascends, mostly: a stable sort (a merge of runs) costs little
             frames = np.sort(np.concatenate(chunks + [np.array(singles, dtype=np.int64)]), kind="stable")
-            breaks = np.flatnonzero(np.diff(frames) != 1) + 1
-            starts, ends = frames[np.r_[0, breaks]].tolist(), (frames[np.r_[breaks - 1, -1]] + 1).tolist()
+            starts, ends = block_runs(frames, 1)
         else:  # a folio's few pages: numpy's per-call cost would dominate
             frames = sorted(singles)
             starts, ends = [frames[0]], []
@@ -708,8 +707,7 @@ class Hvo:
             contents, per_page = structpages.contents, structpages.per_page
             heads = table.pfns[index[:, 0]].tolist()
             sources = [contents[frame] for frame in source.tolist()]
-            if heads == source.tolist() and all(type(d) is CopyOf and not d.overrides for d in sources) \
-                    and [d.first_pfn for d in sources] == [f.head for f in group] \
+            if heads == source.tolist() and all(map(at_home, sources, [f.head for f in group])) \
                     and self._restored_copy(sources[0], group[0].head + per_page, group[0]) is None:
                 # each folio's reuse page is its head page, a plain copy of home: the same outcome
                 # for all (restored copies read like home; each head page at home alone again)

@@ -52,6 +52,15 @@ KERNEL_IMAGE = Owner(Use.KERNEL_IMAGE, reserved=True)
 FEW_BLOCKS = 64  # release_blocks of fewer blocks goes the way of release_many
 
 
+def block_runs(ordered, step):
+    """The runs of the sorted array ``ordered`` of block starts ``step`` apart: lists of the
+    runs' first pfns and of their ends (past their last block)."""
+    import numpy as np
+
+    breaks = np.flatnonzero(np.diff(ordered) != step) + 1
+    return ordered[np.r_[0, breaks]].tolist(), (ordered[np.r_[breaks - 1, -1]] + step).tolist()
+
+
 class Zone(enum.StrEnum):
     """The zone online memory is in; the value is the name users write and reports show."""
 
@@ -509,9 +518,7 @@ class PhysMem:
         if self._gathered is not None or len(pfns) < FEW_BLOCKS:  # a few: numpy's per-call cost would dominate
             self.release_many([(pfn, nr_pages) for pfn in pfns.tolist()])
             return
-        ordered = np.sort(pfns)
-        breaks = np.flatnonzero(np.diff(ordered) != nr_pages) + 1
-        starts, ends = ordered[np.r_[0, breaks]].tolist(), (ordered[np.r_[breaks - 1, -1]] + nr_pages).tolist()
+        starts, ends = block_runs(np.sort(pfns), nr_pages)
         self._free_maps(zip(starts, ends))
         if self.booting:
             return

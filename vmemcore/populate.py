@@ -23,7 +23,7 @@ from .archtypes import NUMA_NO_NODE
 from .errors import BadRequest, OutOfMemory
 from .geometry import Support
 from .pagetable import CONT, PRESENT, table_index_range
-from .physmem import Owner, Use
+from .physmem import Owner, Use, block_runs
 from .structpage import CopyOf
 from .units import format_size
 
@@ -435,13 +435,12 @@ def give_back_frames(machine, frames, nr_pages=1, altmap=None, forget=True):
     else:
         parts = [(frames, None)]
     for part, where in parts:
-        for run in np.split(part, np.flatnonzero(np.diff(part) != nr_pages) + 1):
-            if not len(run):
-                continue
-            first, count = int(run[0]), len(run) * nr_pages
+        if not len(part):
+            continue
+        for first, end in zip(*block_runs(part, nr_pages)):
             if nr_pages > 1:
-                machine.structpages.forget(first, count)
-            _give_back(machine, first, count, where)
+                machine.structpages.forget(first, end - first)
+            _give_back(machine, first, end - first, where)
 
 
 class VmemmapRefs:
