@@ -314,8 +314,9 @@ class Hvo:
         chunks = [p for p in pages if isinstance(p, np.ndarray)]
         singles = [p for p in pages if not isinstance(p, np.ndarray)]
         if chunks:
-            # each chunk ascends, mostly: a stable sort (a merge of runs) costs little
-            frames = np.sort(np.concatenate(chunks + [np.array(singles, dtype=np.int64)]), kind="stable")
+            frames = np.concatenate(chunks + [np.array(singles, dtype=np.int64)])
+            pages.clear()  # the chunks are copied: let them go before the sort
+            frames.sort(kind="stable")  # each chunk ascends, mostly: a merge of runs costs little
             starts, ends = block_runs(frames, 1)
         else:  # a folio's few pages: numpy's per-call cost would dominate
             frames = sorted(singles)
@@ -325,7 +326,7 @@ class Hvo:
                     ends.append(before + 1)
                     starts.append(frame)
             ends.append(frames[-1] + 1)
-        m.structpages.forget_many(frames)
+        m.structpages.forget_many(frames, ordered=True)
         for start, end in zip(starts, ends):
             for s, e, owner in m.physmem.frames.items(start, end):
                 m.stats.add(NR_MEMMAP_BOOT_PAGES if owner.reserved else NR_MEMMAP_PAGES, -(e - s))
@@ -468,31 +469,36 @@ class Hvo:
         self._split_pass(todo)
         m.flush_tlb_all()
         pages = []
+        described = []  # the groups' new head pages, described together (see _optimize_group)
         runs = self._runs(todo)
         ahead, ahead_end = None, 0  # new head pages drawn for the groups up to run ahead_end
-        for r, (run, groupable) in enumerate(runs):
-            if r >= ahead_end:
-                ahead = _used_up(ahead)
-            k = 0
-            while k < len(run):
-                folio, head = run[k], UNTRIED
-                if groupable and self._groups_remap(folio):
-                    if ahead is None:
-                        ahead_end = self._stretch(runs, r, self._groups_remap)
-                        count = len(run) - k + sum(len(later) for later, _ in runs[r + 1:ahead_end])
-                        ahead = FramesAhead(m.physmem.alloc_sequence([(Use.MEMMAP, count)], folio.node))
-                    k += self._optimize_group(run[k:], pages, ahead)
-                    if k == len(run):
-                        break
-                    folio, head, ahead = run[k], None, _used_up(ahead)  # its new head page could not be had
-                k += 1
-                error = self.optimize_folio(folio, pages, REMAP_NO_TLB_FLUSH, head)
-                if error == ENOMEM and pages:  # free what is pending and try once more
-                    m.flush_tlb_all()
-                    self.free_page_list(pages)
-                    error = self.optimize_folio(folio, pages, REMAP_NO_TLB_FLUSH)
-                if error:
-                    failed[folio.head] = error
+        try:
+            for r, (run, groupable) in enumerate(runs):
+                if r >= ahead_end:
+                    ahead = _used_up(ahead)
+                k = 0
+                while k < len(run):
+                    folio, head = run[k], UNTRIED
+                    if groupable and self._groups_remap(folio):
+                        if ahead is None:
+                            ahead_end = self._stretch(runs, r, self._groups_remap)
+                            count = len(run) - k + sum(len(later) for later, _ in runs[r + 1:ahead_end])
+                            ahead = FramesAhead(m.physmem.alloc_sequence([(Use.MEMMAP, count)], folio.node))
+                        k += self._optimize_group(run[k:], pages, ahead, described)
+                        if k == len(run):
+                            break
+                        folio, head, ahead = run[k], None, _used_up(ahead)  # its new head page could not be had
+                    k += 1
+                    self._describe_heads(described)
+                    error = self.optimize_folio(folio, pages, REMAP_NO_TLB_FLUSH, head)
+                    if error == ENOMEM and pages:  # free what is pending and try once more
+                        m.flush_tlb_all()
+                        self.free_page_list(pages)
+                        error = self.optimize_folio(folio, pages, REMAP_NO_TLB_FLUSH)
+                    if error:
+                        failed[folio.head] = error
+        finally:
+            self._describe_heads(described)
         _used_up(ahead)
         m.flush_tlb_all()
         self.free_page_list(pages)
@@ -651,11 +657,13 @@ class Hvo:
             end += 1
         return end
 
-    def _optimize_group(self, group, pages, ahead):
+    def _optimize_group(self, group, pages, ahead, described):
         """``__hugetlb_vmemmap_optimize_folio`` for a run of folios sharing a PTE table, all split
         already: new head pages taken from ``ahead`` (drawn in one allocation sweep), the PTEs in
-        one write. Returns how many folios were optimized; fewer than ``len(group)`` means the
-        next one's head allocation failed."""
+        one write. New head pages that copy plain struct pages go onto ``described`` as (frames,
+        first pfns), for :meth:`_describe_heads`: nothing reads them before (they are fresh frames,
+        each mapped at the head of a folio done with), unless the live-entry watch is on. Returns how many folios were optimized;
+        fewer than ``len(group)`` means the next one's head allocation failed."""
         m = self.machine
         structpages = m.structpages
         heads = ahead.take(len(group))
@@ -670,14 +678,27 @@ class Hvo:
         flags = np.full(old.shape, RDONLY, dtype=np.uint8)
         flags[:, 0] = 0
         per_page = structpages.per_page
-        contents = structpages.contents
-        self.set_optimized_many([folio.head for folio in group])
-        structpages.describe_many(heads.tolist(), [contents.get(old_head) or CopyOf(folio.head // per_page * per_page)
-                                          for folio, old_head in zip(group, old[:, 0].tolist())])
+        folio_heads = [folio.head for folio in group]
+        self.set_optimized_many(folio_heads)
+        firsts = np.array(folio_heads, dtype=np.int64) // per_page * per_page
+        sources = structpages.contents.get_many(old[:, 0])  # what the old head pages hold, if anything
+        if any(sources):
+            structpages.describe_many(heads, [source or CopyOf(first) for source, first in zip(sources, firsts.tolist())])
+        elif m.live_entries is not None:  # the live-entry watch compares the contents of each PTE's frames
+            structpages.describe_plain(heads, firsts)
+        else:
+            described.append((heads, firsts))
         self.writer.set_leaves(table, index.ravel(), new.ravel(), flags.ravel(), "vmemmap_remap_pte")
         pages.append(old.ravel())  # a chunk of the list: free_page_list takes arrays too
         m.stats.add(NR_MEMMAP_PAGES, len(heads))
         return len(heads)
+
+    def _describe_heads(self, described):
+        """Describe the new head pages gathered by :meth:`_optimize_group` (plain copies), at once."""
+        if described:
+            self.machine.structpages.describe_plain(np.concatenate([f for f, _ in described]),
+                                                    np.concatenate([p for _, p in described]))
+            described.clear()
 
     def _restore_group(self, group, ahead):
         """``__hugetlb_vmemmap_restore_folio`` for a run of optimized folios sharing a PTE table:
@@ -705,15 +726,16 @@ class Hvo:
             # home alone again: descriptors for all at once
             structpages, copied, copies, forget = m.structpages, [], [], []
             contents, per_page = structpages.contents, structpages.per_page
-            heads = table.pfns[index[:, 0]].tolist()
-            sources = [contents[frame] for frame in source.tolist()]
-            if heads == source.tolist() and all(map(at_home, sources, [f.head for f in group])) \
-                    and self._restored_copy(sources[0], group[0].head + per_page, group[0]) is None:
+            heads = table.pfns[index[:, 0]]
+            folio_heads = np.array([f.head for f in group], dtype=np.int64)
+            if np.array_equal(heads, source) and np.array_equal(contents.plain_firsts(source), folio_heads) \
+                    and self._restored_copy(CopyOf(group[0].head), group[0].head + per_page, group[0]) is None:
                 # each folio's reuse page is its head page, a plain copy of home: the same outcome
                 # for all (restored copies read like home; each head page at home alone again)
                 forget = heads
             else:
-                for folio, head, source_desc, row in zip(group, heads, sources, fresh.tolist()):
+                sources = contents.get_many(source)
+                for folio, head, source_desc, row in zip(group, heads.tolist(), sources, fresh.tolist()):
                     copy = self._restored_copy(source_desc, folio.head + per_page, folio)
                     if copy is not None:
                         copied.extend(row)
@@ -723,7 +745,7 @@ class Hvo:
             structpages.describe_many(copied, copies)
             self.set_optimized_many([folio.head for folio in group], False)
             self.writer.set_leaves(table, tails.ravel(), fresh.ravel(), 0, "vmemmap_restore_pte")
-            structpages.describe_many(forget, [None] * len(forget))  # once no tail maps them
+            structpages.forget_many(forget)  # once no tail maps them
             m.stats.add(NR_MEMMAP_PAGES, count * per_folio)
             m.stats.add("hvo_vmemmap_pages_allocated", count * per_folio)
         return count, (ENOMEM if count < wanted else None)

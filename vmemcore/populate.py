@@ -668,8 +668,7 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
 
     def apply():
         if described:
-            machine.structpages.describe_many(np.concatenate(described).tolist(),
-                                              [CopyOf(p) for p in np.concatenate(firsts).tolist()])
+            machine.structpages.describe_plain(np.concatenate(described), np.concatenate(firsts))
         if shared_frames:
             machine.vmemmap_refs.get(np.concatenate(shared_frames), np.concatenate(shared_counts))
         for gathered in (described, firsts, shared_frames, shared_counts):

@@ -14,11 +14,10 @@ the right head.
 The kpageflags view mirrors ``stable_page_flags`` (``fs/proc/page.c``) for the flags modelled here.
 """
 
-from typing import NamedTuple
-
 import attrs
 import numpy as np
 
+from .descriptors import CopyOf, Descriptors, SharedTail
 from .errors import VmemcoreError
 from .profiles import HvoTailPage
 
@@ -58,21 +57,6 @@ class ReadOnlyFault(VmemcoreError):
     """A write hit a read-only vmemmap mapping (HVO maps shared tail pages read-only)."""
 
 
-class CopyOf(NamedTuple):
-    """A frame holding a copy of the struct pages of ``first_pfn``'s vmemmap page, with the
-    struct pages in ``overrides`` (index -> StructPage) rewritten. (Named tuples: HVO makes one
-    per folio, hundreds of thousands at a time.)"""
-
-    first_pfn: int
-    overrides: tuple = ()
-
-
-class SharedTail(NamedTuple):
-    """7.1's per-zone read-only page of identical tail struct pages of one folio order."""
-
-    order: int
-
-
 FEW_PAGES = 16  # vmemmap pages that materialised() looks up one by one rather than a table at a time
 
 
@@ -87,11 +71,11 @@ class StructPages:
     def __init__(self, machine):
         self.machine = machine
         self.per_page = machine.geometry.page_size // machine.sparse_geometry.struct_page_size
-        self.contents = {}  # frame pfn -> CopyOf | SharedTail
+        self.contents = Descriptors()  # frame pfn -> CopyOf | SharedTail
         self.journal = machine.journal
 
     def snapshot(self):
-        return dict(self.contents)
+        return dict(self.contents.items())
 
     # -- descriptors ----------------------------------------------------------------------------
     def describe(self, frame, descriptor):
@@ -102,23 +86,31 @@ class StructPages:
             self.journal.record(lambda: self._put(frame, old))
 
     def describe_many(self, frames, descriptors):
-        """``describe`` each of ``frames`` (distinct) as the descriptor at the same place in
-        ``descriptors`` (None: back to plain), journaled once."""
-        if not frames:
+        """``describe`` each of ``frames`` (distinct; a list or an int64 array) as the descriptor
+        at the same place in ``descriptors`` (None: back to plain), journaled once."""
+        if not len(frames):
             return
-        contents = self.contents
-        old = [contents.get(frame) for frame in frames]
-        self._put_many(frames, descriptors)
-        if self.journal.active:
-            self.journal.record(lambda: self._put_many(frames, old))
+        frames = np.asarray(frames, dtype=np.int64)
+        taken = self.contents.take_many(frames)
+        self.contents.put(frames, descriptors)
+        self._record_undo(frames, taken)
 
-    def _put_many(self, frames, descriptors):
-        contents = self.contents
-        for frame, descriptor in zip(frames, descriptors):
-            if descriptor is None:
-                contents.pop(frame, None)
-            else:
-                contents[frame] = descriptor
+    def describe_plain(self, frames, firsts):
+        """``describe`` each of ``frames`` (an int64 array of distinct frames) as a plain copy,
+        ``CopyOf(first)``, of the pfn at the same place in ``firsts``; kept as arrays, journaled once."""
+        if not len(frames):
+            return
+        taken = self.contents.take_many(frames)
+        self.contents.add_plain(frames, firsts)
+        self._record_undo(frames, taken)
+
+    def _record_undo(self, frames, taken):
+        if self.journal.active:
+            self.journal.record(self._undo_many, frames, taken)
+
+    def _undo_many(self, frames, taken):
+        self.contents.take_many(frames)
+        self.contents.put_back(taken)
 
     def _put(self, frame, descriptor):
         if descriptor is None:
@@ -205,12 +197,13 @@ class StructPages:
             for pfn in range(first, end_pfn, per_page):
                 phys = pt.translate(machine.pfn_to_page(pfn))
                 frame = None if phys is None else phys >> page_shift
-                if frame in contents:
-                    out.append((pfn, frame, at_home(contents[frame], pfn)))
+                found = contents.get(frame)
+                if found is not None:
+                    out.append((pfn, frame, at_home(found, pfn)))
             return out
         keys = None  # the descriptors' frames, sorted once when the range's pages outnumber them
         if (end_pfn - start_pfn) // self.per_page >= len(contents):
-            keys = np.sort(np.fromiter(contents, dtype=np.int64, count=len(contents)))
+            keys = np.sort(contents.frames())
         page_shift = machine.geometry.page_shift
         out = []
         for vaddr, level, pfns in machine.pagetable.leaf_runs(machine.pfn_to_page(start_pfn), machine.pfn_to_page(end_pfn)):
@@ -218,7 +211,7 @@ class StructPages:
             if pages > 1:  # a block leaf: the frames of its pages follow one another
                 pfns = (pfns[:, None] + np.arange(pages)).ravel()
             if keys is None:
-                hits = np.array([k for k, frame in enumerate(pfns.tolist()) if frame in contents], dtype=np.int64)
+                hits = np.flatnonzero(contents.holds(pfns))
             else:
                 hits = np.flatnonzero(keys[np.minimum(np.searchsorted(keys, pfns), len(keys) - 1)] == pfns)
             first = machine.sparse_geometry.page_to_pfn(vaddr)
@@ -232,17 +225,13 @@ class StructPages:
         """Is ``descriptor`` a plain copy of the struct pages that belong at ``vaddr``?"""
         return at_home(descriptor, self.machine.sparse_geometry.page_to_pfn(vaddr) // self.per_page * self.per_page)
 
-    def forget_many(self, frames):
-        """``forget`` for frames (a list or a numpy array), each once."""
+    def forget_many(self, frames, ordered=False):
+        """``forget`` for frames (a list or an int64 array, ascending if ``ordered``), each once."""
         if not self.contents:
             return
-        if len(frames) < len(self.contents):  # look up the fewer
-            found = [frame for frame in (frames.tolist() if isinstance(frames, np.ndarray) else frames)
-                     if frame in self.contents]
-        else:
-            keys = np.fromiter(self.contents.keys(), dtype=np.int64, count=len(self.contents))
-            found = keys[np.isin(keys, frames)].tolist()
-        self.describe_many(found, [None] * len(found))
+        taken = self.contents.take_many(np.asarray(frames, dtype=np.int64), ordered)
+        if self.journal.active and (taken[0] or taken[1]):
+            self.journal.record(self.contents.put_back, taken)
 
     def forget(self, frame, nr_pages=1):
         """Frames given back to the allocator: their contents no longer matter."""
