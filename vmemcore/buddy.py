@@ -233,8 +233,8 @@ class FreeLists:
             listed.append((order + 1, blocks[merges] & ~size))
         for block_order, firsts in listed:
             span = 1 << block_order
-            entries = [(lo, lo + span, True) for lo in firsts.tolist()]
-            self._push((node, zone, block_order), entries if to_tail else entries[::-1], to_tail)
+            in_list_order = (firsts if to_tail else firsts[::-1]).tolist()
+            self._push((node, zone, block_order), ((lo, lo + span, True) for lo in in_list_order), to_tail)
 
     def _is_free(self, pfn, order, node, zone, added, pending):
         """Is the block of ``order`` at ``pfn`` free: freed earlier in this call, or on its list?"""

@@ -632,14 +632,15 @@ class Hvo:
         return runs
 
     def _entries(self, group):
-        """The PTE table of a group and the (folios x vmemmap pages) index array of its entries."""
+        """The PTE table of a group and the (folios x vmemmap pages) index array of its entries (of
+        the narrowest type that holds them: the journal keeps it)."""
         m = self.machine
         table = m.pagetable.walk(m.pfn_to_page(group[0].head), len(m.geometry.levels) - 1)
         size = m.sparse_geometry.struct_page_size
         pages = (size << group[0].order) // self.page
         offsets = np.array([f.head for f in group], dtype=np.int64) * size
         first = (offsets - (table.base - m.sparse_geometry.vmemmap_base)) // self.page
-        return table, first[:, None] + np.arange(pages)
+        return table, (first[:, None] + np.arange(pages)).astype(np.min_scalar_type(table.level.entries))
 
     def _groups_remap(self, folio) -> bool:
         """Can ``folio``, in a run sharing a split PTE table, be remapped as part of a group? (7.1:
@@ -662,8 +663,9 @@ class Hvo:
         already: new head pages taken from ``ahead`` (drawn in one allocation sweep), the PTEs in
         one write. New head pages that copy plain struct pages go onto ``described`` as (frames,
         first pfns), for :meth:`_describe_heads`: nothing reads them before (they are fresh frames,
-        each mapped at the head of a folio done with), unless the live-entry watch is on. Returns how many folios were optimized;
-        fewer than ``len(group)`` means the next one's head allocation failed."""
+        each mapped at the head of a folio done with), unless the live-entry watch is on. Returns
+        how many folios were optimized; fewer than ``len(group)`` means the next one's head
+        allocation failed."""
         m = self.machine
         structpages = m.structpages
         heads = ahead.take(len(group))
@@ -688,7 +690,9 @@ class Hvo:
             structpages.describe_plain(heads, firsts)
         else:
             described.append((heads, firsts))
-        self.writer.set_leaves(table, index.ravel(), new.ravel(), flags.ravel(), "vmemmap_remap_pte")
+        # the journal keeps the old frames the list holds, and a slice when the entries follow one another
+        self.writer.set_leaves(table, _as_slice(index.ravel()), new.ravel(), flags.ravel(), "vmemmap_remap_pte",
+                               old=old.ravel())
         pages.append(old.ravel())  # a chunk of the list: free_page_list takes arrays too
         m.stats.add(NR_MEMMAP_PAGES, len(heads))
         return len(heads)
@@ -749,6 +753,14 @@ class Hvo:
             m.stats.add(NR_MEMMAP_PAGES, count * per_folio)
             m.stats.add("hvo_vmemmap_pages_allocated", count * per_folio)
         return count, (ENOMEM if count < wanted else None)
+
+
+def _as_slice(entries):
+    """The index array ``entries`` as a slice when it counts up one by one (else itself)."""
+    start = int(entries[0])
+    if int(entries[-1]) - start + 1 == len(entries) and np.array_equal(entries, np.arange(start, start + len(entries))):
+        return slice(start, start + len(entries))
+    return entries
 
 
 def _used_up(ahead):

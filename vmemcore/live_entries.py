@@ -269,8 +269,9 @@ class LiveWriter:
         self.machine = machine
         self.strategy = RemapStrategy(strategy)
 
-    def set_leaves(self, table, index, pfns, flags, function):
-        """Entries ``index`` of ``table`` map ``pfns`` with ``flags``."""
+    def set_leaves(self, table, index, pfns, flags, function, old=None):
+        """Entries ``index`` of ``table`` map ``pfns`` with ``flags`` (``old``: see
+        :meth:`~vmemcore.pagetable.PageTable.set_leaves`)."""
         m = self.machine
         pt = m.pagetable
         if table in pt.cont_tables:
@@ -281,7 +282,7 @@ class LiveWriter:
             if len(live):
                 self._paused(table, live, lambda: pt.clear_leaves(table, live, function=function))
         same = self._same_contents(table, index, pfns) if self.strategy is RemapStrategy.BBML2 else None
-        pt.set_leaves(table, index, pfns, flags, function=function, same=same)
+        pt.set_leaves(table, index, pfns, flags, function=function, same=same, old=old)
 
     def split_leaf(self, table, index, pfn, function):
         """The block at ``table[index]`` becomes a table of ``pfn`` mapping the same memory."""

@@ -144,10 +144,12 @@ class PageTable(VmemmapMapping):
         self.tables[child.level.name] += 1
 
     # -- entries --------------------------------------------------------------------------------
-    def set_leaves(self, table, index, pfns, flags=0, function=None, same=None):
+    def set_leaves(self, table, index, pfns, flags=0, function=None, same=None, old=None):
         """Entries ``index`` (a slice or an index array) of ``table`` become leaves mapping ``pfns``
         with ``flags`` (one value, or one per entry); ``function``: the kernel function writing;
-        ``same``: which entries' new page holds what the old one holds (for the checker)."""
+        ``same``: which entries' new page holds what the old one holds (for the checker); ``old``:
+        a copy of the entries' pfns that the caller made and leaves unchanged (the journal keeps
+        it rather than a copy of its own)."""
         if not table.level.leaf:
             raise BadRequest(f"level {table.level.name} cannot hold leaves on this architecture")
         if isinstance(flags, int):
@@ -160,7 +162,7 @@ class PageTable(VmemmapMapping):
             self.observer.write(table, index, pfns, flags, function, same)
         if cont:
             self.cont_tables.add(table)
-        self._save(table, index)
+        self._save(table, index, old)
         old_present = int(np.count_nonzero(table.flags[index] & PRESENT))
         table.pfns[index] = pfns
         table.flags[index] = flags
@@ -188,9 +190,10 @@ class PageTable(VmemmapMapping):
         table.pfns[index] = NO_PFN
         table.flags[index] = 0
 
-    def _save(self, table, index):
+    def _save(self, table, index, pfns=None):
         if self.journal is not None and self.journal.active:
-            pfns, flags, present = table.pfns[index].copy(), table.flags[index].copy(), table.nr_present
+            pfns = table.pfns[index].copy() if pfns is None else pfns
+            flags, present = table.flags[index].copy(), table.nr_present
 
             def undo():
                 table.pfns[index] = pfns

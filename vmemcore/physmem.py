@@ -334,7 +334,7 @@ class PhysMem:
         pfns = self._alloc_buddy(granted, order, node, exact_nid, movable)
         if len(pfns) < granted:
             self.faults.ran_out(before, len(pfns))
-        self._take_runs(pfns, size, [Owner(purpose)], np.zeros(len(pfns), dtype=np.int64))
+        self._take_runs(pfns, size, [Owner(purpose)], np.zeros(len(pfns), dtype=np.uint8))
         return pfns.tolist()
 
     def alloc_sequence(self, requests, node):
@@ -359,7 +359,8 @@ class PhysMem:
         if len(pfns) < sum(wanted):
             self.faults.ran_out(before, len(pfns))
         owners = [Owner(purpose) for purpose, _ in requests[:len(wanted)]]
-        self._take_runs(pfns, 1, owners, np.repeat(np.arange(len(wanted)), wanted)[:len(pfns)])
+        which = np.repeat(np.arange(len(wanted), dtype=np.min_scalar_type(len(wanted))), wanted)[:len(pfns)]
+        self._take_runs(pfns, 1, owners, which)
         return pfns
 
     def _take_runs(self, pfns, size, owners, which):
@@ -386,6 +387,7 @@ class PhysMem:
             return
         order = np.argsort(pfns, kind="stable")
         ordered, which = pfns[order], which[order]
+        del order  # millions of pages: one temporary the size of the pfns at a time
         apart = np.diff(ordered) != size
         for cuts, owned in ((apart | (np.diff(which) != 0), True), (apart, False)):
             bounds = np.concatenate(([0], np.flatnonzero(cuts) + 1, [len(ordered)]))
