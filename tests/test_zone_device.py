@@ -120,6 +120,18 @@ def test_two_1g_compound_pages_keep_two_frames_each():
     m.check()
 
 
+def test_first_tail_pages_are_described_and_unmapped_vmemmap_holds_none():
+    """Each 2 MiB compound page's first tail frame reads as a plain copy of its own struct pages
+    (kept in the descriptor store's arrays); a range with no vmemmap materialises nothing."""
+    m = machine()
+    m.zone_device.add(pgmap("64G", "2G", 9))
+    firsts = [BASE + k * 512 + PER_PAGE for k in range(1024)]
+    assert [m.structpages.contents.get(m.memmap_frame(p)) for p in firsts] == [CopyOf(p) for p in firsts]
+    assert len(m.structpages.contents) == 1024
+    hole = 100 * GiB // 4096
+    assert m.structpages.materialised(hole, hole + 8 * PER_PAGE) == []
+
+
 @pytest.mark.parametrize("kernel", ["6.12", "7.1"])
 def test_every_pfn_reads_its_compound_head_through_the_vmemmap(kernel):
     m = machine(kernel=kernel)

@@ -45,8 +45,8 @@ class _Block:
         return at, (self.frames[at] == frames) & self.held[at]
 
     def index(self, frame):
-        """Where the single ``frame`` is held here, or -1."""
-        if not self.frames[0] <= frame <= self.frames[-1]:
+        """Where the single ``frame`` (None: no frame) is held here, or -1."""
+        if frame is None or not self.frames[0] <= frame <= self.frames[-1]:
             return -1
         i = int(self.frames.searchsorted(frame))
         return i if self.frames[i] == frame and self.held[i] else -1

@@ -281,6 +281,7 @@ class LiveWriter:
             live = live[(table.flags[live] & PRESENT) != 0]
             if len(live):
                 self._paused(table, live, lambda: pt.clear_leaves(table, live, function=function))
+                old = None  # the entries were cleared: the caller's copy no longer holds them
         same = self._same_contents(table, index, pfns) if self.strategy is RemapStrategy.BBML2 else None
         pt.set_leaves(table, index, pfns, flags, function=function, same=same, old=old)
 
