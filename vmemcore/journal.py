@@ -19,6 +19,7 @@ from contextlib import contextmanager
 class Journal:
     def __init__(self):
         self._records = None  # None: no transaction open, nothing recorded
+        self._saved = {}  # id -> owner whose state the transaction saved whole (kept: ids stay unique)
 
     @property
     def active(self) -> bool:
@@ -34,6 +35,15 @@ class Journal:
             except BaseException:
                 undo(*args)
                 raise
+
+    def first_change(self, owner) -> bool:
+        """True the first time ``owner`` asks in a transaction: it then records one undo that
+        restores its whole state as it was (small state changed many times, such as counters:
+        one record instead of one per change). False outside a transaction."""
+        if self._records is None or id(owner) in self._saved:
+            return False
+        self._saved[id(owner)] = owner
+        return True
 
     @contextmanager
     def transaction(self):
@@ -52,6 +62,7 @@ class Journal:
                 undo(*args)
             raise
         finally:
+            self._saved = {}
             if collecting:
                 gc.enable()
         self._records = None

@@ -59,10 +59,13 @@ class Counters:
     def add(self, name, delta):
         if not delta:
             return
-        existed, old = name in self._values, self._values.get(name, 0)
-        self._values[name] = old + delta
-        if self.journal is not None and self.journal.active:
-            self.journal.record(lambda: self._values.__setitem__(name, old) if existed else self._values.pop(name))
+        if self.journal is not None and self.journal.first_change(self):  # saved whole, once a transaction
+            self.journal.record(self._restore, dict(self._values))
+        self._values[name] = self._values.get(name, 0) + delta
+
+    def _restore(self, saved):
+        self._values.clear()
+        self._values.update(saved)
 
     def __getitem__(self, name):
         return self._values.get(name, 0)
