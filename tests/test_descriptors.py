@@ -75,3 +75,4 @@ def test_blocks_merge_as_they_grow():
         store.add_plain(frames, frames * 2)
     assert len(store) == 8000 and len(store._blocks) <= 11
     assert store.get(7999) == CopyOf(15998) and store.plain_firsts(np.array([4, 8001]))[:].tolist() == [8, -1]
+

@@ -13,8 +13,6 @@ call per entry would get), so populating a 1 PiB machine costs its page tables, 
 PMD entries one by one.
 """
 
-from collections import deque
-from itertools import repeat
 
 import numpy as np
 
@@ -446,21 +444,29 @@ def give_back_frames(machine, frames, nr_pages=1, altmap=None, forget=True):
 class VmemmapRefs:
     """References on vmemmap frames that back more than one PTE: ``vmemmap_pte_populate`` with
     ``VMEMMAP_POPULATE_PAGEREF`` takes ``get_page`` on the frame it maps again, and the free path's
-    ``put_page_testzero`` frees a frame only with its last reference. Kept as frame -> refcount - 1
-    for frames with more than one reference; changes are journaled."""
+    ``put_page_testzero`` frees a frame only with its last reference. Kept as refcount - 1 ("extra"
+    references) for frames with more than one reference, in sorted arrays of frames and counts (a
+    count of 0 is no entry; they are dropped when they make up half); changes are journaled."""
 
     def __init__(self, journal=None):
-        self.extra = {}
+        self._frames = np.zeros(0, dtype=np.int64)
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._unused = 0  # entries whose count is 0
         self.journal = journal
+
+    @property
+    def extra(self) -> dict:
+        """frame -> extra references, for the frames that have some."""
+        held = self._counts > 0
+        return dict(zip(self._frames[held].tolist(), self._counts[held].tolist()))
 
     def get(self, frames, times=None):
         """``get_page`` once per entry of the array ``frames`` (a frame may repeat), or ``times``
         times (an array alongside)."""
         pfns, where = np.unique(frames, return_inverse=True)
         counts = np.bincount(where.ravel(), weights=times, minlength=len(pfns)).astype(np.int64)
-        pfns, extra = pfns.tolist(), self.extra
-        old = [extra.get(p, 0) for p in pfns]
-        self._set(pfns, old, [o + c for o, c in zip(old, counts.tolist())])
+        old = self._extra_of(pfns)
+        self._set(pfns, old, old + counts)
 
     def put_tables(self, tables):
         """``put_page_testzero`` once per entry of each array of ``tables`` in turn (the frames of
@@ -473,10 +479,10 @@ class VmemmapRefs:
             last = np.zeros(len(pfns), dtype=np.int64)
         else:
             last = np.repeat(np.arange(len(tables)), [len(t) for t in tables])[len(frames) - 1 - back]
-        if self.extra:
-            extra = np.fromiter(map(self.extra.get, pfns.tolist(), repeat(0)), dtype=np.int64, count=len(pfns))
-            held = extra > 0
-            self._set(pfns[held].tolist(), extra[held].tolist(), np.maximum(extra[held] - counts[held], 0).tolist())
+        extra = self._extra_of(pfns)
+        held = extra > 0
+        if held.any():
+            self._set(pfns[held], extra[held], np.maximum(extra[held] - counts[held], 0))
             gone = counts > extra
             pfns, last = pfns[gone], last[gone]
         if len(tables) == 1:
@@ -488,47 +494,63 @@ class VmemmapRefs:
 
     def put(self, frame) -> bool:
         """``put_page_testzero`` on ``frame``: True while other references remain (nothing to free)."""
-        extra = self.extra.get(frame)
-        if extra is None:
+        pfns = np.array([frame], dtype=np.int64)
+        extra = self._extra_of(pfns)
+        if not extra[0]:
             return False
-        self._set([frame], [extra], [extra - 1])
+        self._set(pfns, extra, extra - 1)
         return True
 
-    def _set(self, frames, old, new):
-        """``frames`` go from ``old`` extra references to ``new`` (lists alongside), journaled."""
-        self._apply(frames, new)
-        if self.journal is not None and self.journal.active:
-            self.journal.record(self._apply, frames, old)
+    def _where(self, pfns):
+        """Where each of the sorted ``pfns`` is (or would go) in the arrays, and which are there."""
+        at = np.searchsorted(self._frames, pfns)
+        found = at < len(self._frames)
+        found[found] = self._frames[at[found]] == pfns[found]
+        return at, found
 
-    def _apply(self, frames, values):
-        extra = self.extra
-        if all(values):
-            extra.update(zip(frames, values))
-        elif not any(values):  # the last references went (a teardown): map keeps the loop in C
-            deque(map(extra.pop, frames, repeat(None)), maxlen=0)
-        else:
-            for frame, value in zip(frames, values):
-                if value:
-                    extra[frame] = value
-                else:
-                    extra.pop(frame, None)
+    def _extra_of(self, pfns):
+        """The extra references of each of the sorted ``pfns`` (0: none)."""
+        at, found = self._where(pfns)
+        out = np.zeros(len(pfns), dtype=np.int64)
+        out[found] = self._counts[at[found]]
+        return out
+
+    def _set(self, pfns, old, new):
+        """The sorted ``pfns`` go from ``old`` extra references to ``new`` (arrays alongside), journaled."""
+        self._apply(pfns, new)
+        if self.journal is not None and self.journal.active:
+            self.journal.record(self._apply, pfns, old)
+
+    def _apply(self, pfns, values):
+        at, found = self._where(pfns)
+        was, now = self._counts[at[found]] > 0, values[found] > 0
+        self._unused += int(np.count_nonzero(was & ~now)) - int(np.count_nonzero(now & ~was))
+        self._counts[at[found]] = values[found]
+        fresh = ~found & (values > 0)
+        if fresh.any():
+            self._frames = np.insert(self._frames, at[fresh], pfns[fresh])
+            self._counts = np.insert(self._counts, at[fresh], values[fresh])
+        if self._unused and 2 * self._unused >= len(self._counts):
+            held = self._counts > 0
+            self._frames, self._counts, self._unused = self._frames[held], self._counts[held], 0
 
     def snapshot(self):
-        return dict(self.extra)
+        return self.extra
 
     def check(self, leaf_frames):
         """Every referenced frame is mapped by exactly as many PTEs as it holds references
         (``leaf_frames``: (pfn array, pages per leaf) pairs of every present leaf)."""
-        if not self.extra:
+        extra = self.extra
+        if not extra:
             return
-        keys = np.fromiter(self.extra, dtype=np.int64, count=len(self.extra))
+        keys = np.fromiter(extra, dtype=np.int64, count=len(extra))
         ptes = [p for p, n in leaf_frames if n == 1]
         ptes = np.concatenate(ptes) if ptes else keys[:0]
         pfns, counts = np.unique(ptes[np.isin(ptes, keys)], return_counts=True)
         found = dict(zip(pfns.tolist(), counts.tolist()))
-        for frame, extra in self.extra.items():
-            assert found.get(frame, 0) == extra + 1, (
-                f"vmemmap frame {frame:#x} holds {extra + 1} references but {found.get(frame, 0)} PTEs map it")
+        for frame, count in extra.items():
+            assert found.get(frame, 0) == count + 1, (
+                f"vmemmap frame {frame:#x} holds {count + 1} references but {found.get(frame, 0)} PTEs map it")
 
 
 # -- compound devmap pages (device-dax): vmemmap_can_optimize and the compound populate ----------
