@@ -29,6 +29,15 @@ class SharedTail(NamedTuple):
     order: int
 
 
+def lookup(ordered, values):
+    """Where each of the array ``values`` sits in the sorted array ``ordered`` (``searchsorted``:
+    its index if there, else where it would go), and which of them are there."""
+    at = np.searchsorted(ordered, values)
+    if not len(ordered):
+        return at, np.zeros(len(values), dtype=bool)
+    return at, ordered[np.minimum(at, len(ordered) - 1)] == values
+
+
 class _Block:
     """Sorted frames, the first pfn each copies, and which are still held."""
 
@@ -40,9 +49,10 @@ class _Block:
         self.count = len(frames)
 
     def find(self, frames):
-        """Index of each of ``frames`` (an array) here, and the mask of those held here."""
-        at = np.minimum(np.searchsorted(self.frames, frames), len(self.frames) - 1)
-        return at, (self.frames[at] == frames) & self.held[at]
+        """Where each of ``frames`` (an array) is here (see :func:`lookup`), and which are held here."""
+        at, hit = lookup(self.frames, frames)
+        hit[hit] = self.held[at[hit]]
+        return at, hit
 
     def index(self, frame):
         """Where the single ``frame`` (None: no frame) is held here, or -1."""
@@ -228,7 +238,4 @@ def _merge(a, b):
 def _members(keys, frames, ordered):
     """Which of ``keys`` are among ``frames`` (arrays; ``frames`` ascending if ``ordered``: then
     without a temporary the size of both)."""
-    if not ordered:
-        return np.isin(keys, frames)
-    at = np.minimum(np.searchsorted(frames, keys), len(frames) - 1)
-    return frames[at] == keys
+    return lookup(frames, keys)[1] if ordered else np.isin(keys, frames)

@@ -429,7 +429,7 @@ class HugeTLB:
             dropped.update(zip(in_order, map(h.folios.pop, in_order)))
             freed = in_order
         forget = [home_heads[head] for head in freed if head in home_heads] if home_heads else []
-        structpages.describe_many(forget, [None] * len(forget))
+        structpages.forget_many(forget)
         # one release per folio, in the list's order, as the kernel frees them
         machine.physmem.release_blocks(np.array(freed, dtype=np.int64), 1 << h.order)
 

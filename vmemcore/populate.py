@@ -13,11 +13,11 @@ call per entry would get), so populating a 1 PiB machine costs its page tables, 
 PMD entries one by one.
 """
 
-
 import numpy as np
 
 from . import profiles
 from .archtypes import NUMA_NO_NODE
+from .descriptors import lookup
 from .errors import BadRequest, OutOfMemory
 from .geometry import Support
 from .pagetable import CONT, PRESENT, table_index_range
@@ -501,16 +501,9 @@ class VmemmapRefs:
         self._set(pfns, extra, extra - 1)
         return True
 
-    def _where(self, pfns):
-        """Where each of the sorted ``pfns`` is (or would go) in the arrays, and which are there."""
-        at = np.searchsorted(self._frames, pfns)
-        found = at < len(self._frames)
-        found[found] = self._frames[at[found]] == pfns[found]
-        return at, found
-
     def _extra_of(self, pfns):
         """The extra references of each of the sorted ``pfns`` (0: none)."""
-        at, found = self._where(pfns)
+        at, found = lookup(self._frames, pfns)
         out = np.zeros(len(pfns), dtype=np.int64)
         out[found] = self._counts[at[found]]
         return out
@@ -522,7 +515,7 @@ class VmemmapRefs:
             self.journal.record(self._apply, pfns, old)
 
     def _apply(self, pfns, values):
-        at, found = self._where(pfns)
+        at, found = lookup(self._frames, pfns)
         was, now = self._counts[at[found]] > 0, values[found] > 0
         self._unused += int(np.count_nonzero(was & ~now)) - int(np.count_nonzero(now & ~was))
         self._counts[at[found]] = values[found]
@@ -636,7 +629,7 @@ def vmemmap_populate_compound_pages(machine, start_pfn, start, end, node, pgmap)
     sparse = machine.sparse_geometry
     carried = []  # (compound page, frame of its first tail page) of the last one a table began
     shapes = {}  # (first entry's vmemmap page in the range, lo, hi) -> where the table's compound pages lie
-    described, firsts = [], []  # gathered over the walk, applied once at its end
+    described, firsts = [], []  # gathered over the walk, applied every APPLY_EVERY tables and at its end
     shared_frames, shared_counts = [], []
 
     def shape(base, lo, hi):

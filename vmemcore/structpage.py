@@ -17,7 +17,7 @@ The kpageflags view mirrors ``stable_page_flags`` (``fs/proc/page.c``) for the f
 import attrs
 import numpy as np
 
-from .descriptors import CopyOf, Descriptors, SharedTail
+from .descriptors import CopyOf, Descriptors, SharedTail, lookup
 from .errors import VmemcoreError
 from .profiles import HvoTailPage
 
@@ -213,7 +213,7 @@ class StructPages:
             if keys is None:
                 hits = np.flatnonzero(contents.holds(pfns))
             else:
-                hits = np.flatnonzero(keys[np.minimum(np.searchsorted(keys, pfns), len(keys) - 1)] == pfns)
+                hits = np.flatnonzero(lookup(keys, pfns)[1])
             first = machine.sparse_geometry.page_to_pfn(vaddr)
             for k, frame in zip(hits.tolist(), pfns[hits].tolist()):
                 pfn = first + k * self.per_page
