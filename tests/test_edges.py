@@ -153,33 +153,45 @@ def test_check_finds_a_folio_whose_frames_are_not_hugetlb():
 
 # ---------------------------------------------------------------------------------- journal
 
-class FailingDict(dict):
-    """A pool dict whose n-th store raises MemoryError before storing."""
-
-    def __init__(self, items, fail_at):
-        super().__init__(items)
-        self.stores, self.fail_at = 0, fail_at
-
-    def __setitem__(self, key, value):
-        self.stores += 1
-        if self.stores == self.fail_at:
-            raise MemoryError
-        super().__setitem__(key, value)
+POOL_CHANGES = ("add", "add_one", "remove", "set_flags")
 
 
-@pytest.mark.parametrize("fail_at", [1, 2, 100, 256])
-def test_a_memory_error_while_growing_a_pool_is_undone_completely(fail_at):
-    """HugeTLB._put recorded its undo (a pop) before storing: a MemoryError in the store made the
-    rollback raise KeyError and stop half-way."""
-    m = small(hugetlb={"optimize_vmemmap": True})
+class FailingPool:
+    """Makes the n-th change of a HugeTLB pool raise MemoryError before it changes anything."""
+
+    def __init__(self, pool, fail_at):
+        self.pool, self.changes, self.fail_at = pool, 0, fail_at
+        for name in POOL_CHANGES:
+            setattr(pool, name, self._failing(getattr(pool, name)))
+
+    def _failing(self, change):
+        def call(*args, **keywords):
+            self.changes += 1
+            if self.changes == self.fail_at:
+                raise MemoryError
+            return change(*args, **keywords)
+        return call
+
+    def remove(self):
+        for name in POOL_CHANGES:
+            delattr(self.pool, name)
+
+
+@pytest.mark.parametrize("kernel, fail_at", [("5.14", 1), ("5.14", 2), ("5.14", 100), ("5.14", 256),
+                                             ("6.12", 1), ("6.12", 2)])
+def test_a_memory_error_while_growing_a_pool_is_undone_completely(kernel, fail_at):
+    """A MemoryError at any change of the pool (folios joining it, HVO setting their flag) undoes
+    the whole grow, the folios allocated and optimized before it included. (Before 6.7 each folio
+    joins and is optimized in turn: two changes a folio.)"""
+    m = small(kernel=kernel, hugetlb={"optimize_vmemmap": True})
     m.hugetlb.resize("2M", 8)
     h = m.hugetlb.hstate("2M")
     before = m.snapshot()
-    h.folios = FailingDict(h.folios, fail_at)
+    failing = FailingPool(h.folios, fail_at)
     with pytest.raises(MemoryError):
         m.hugetlb.resize("2M", 300)
-    assert h.folios.stores == fail_at
-    h.folios = dict(h.folios)
+    assert failing.changes == fail_at
+    failing.remove()
     assert m.snapshot() == before
     m.check()
 

@@ -4,6 +4,7 @@ fault injection, and the batched path against the one-folio-at-a-time path."""
 import pytest
 
 from vmemcore.errors import BadRequest, Veto
+from vmemcore.hugetlb_pool import OPTIMIZED
 from vmemcore.machine import Machine
 from vmemcore.physmem import NORMAL, Owner, Use
 from vmemcore.structpage import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE, ReadOnlyFault, StructPage
@@ -406,7 +407,7 @@ def test_before_67_a_failed_restore_keeps_that_folio_as_surplus_and_frees_the_re
     for nth in range(1, 10 * pages + 1):
         m = _pre_67_pool(kernel, 30)
         # set_max_huge_pages adds each folio it takes to the front of its list: restored last first
-        victims = [f.head for f in m.hugetlb._pick_free(m.hugetlb.hstate("2M"), 10)][::-1]
+        victims = m.hugetlb._pick_free(m.hugetlb.hstate("2M"), 10).tolist()[::-1]
         m = _pre_67_pool(kernel, 30)  # the same pool, untouched
         m.physmem.faults.arm(nth=nth)
         result = m.hugetlb.resize("2M", 20)
@@ -551,7 +552,7 @@ def test_the_memmap_of_hugetlb_pages_is_not_freed_under_them(operation):
         '[[steps]]\nop = "hotplug.add"\nstart = "64G"\nsize = "4G"\n'
         '[[steps]]\nop = "hotplug.online"\nstart = "64G"\nsize = "4G"\n'
         '[[steps]]\nop = "hugetlb.resize"\nsize = "1G"\ncount = 2\n'))
-    assert m.hugetlb.hstate("1G").nr_huge_pages == 2 and len(m.hugetlb.hvo.optimized) == 2
+    assert m.hugetlb.hstate("1G").nr_huge_pages == 2 and m.hugetlb.hstate("1G").folios.count(OPTIMIZED) == 2
     before = m.snapshot()
     with pytest.raises(BadRequest, match=r"pfn 0x1000000 is a HugeTLB page.*offline the memory first"):
         getattr(m, operation)(64 * GiB >> 12, 4 * GiB >> 12)

@@ -482,10 +482,10 @@ def _folio(machine, size, index):
         hstate = pools[0]
     else:
         hstate = machine.hugetlb.hstate(size)
-    heads = sorted(hstate.folios)
+    heads = hstate.folios.heads()
     if index >= len(heads):
         raise BadRequest(f"no {hstate.name} folio #{index}: the pool holds {len(heads)} (nr_hugepages)")
-    return hstate, hstate.folios[heads[index]]
+    return hstate, hstate.folios[int(heads[index])]
 
 
 def _kpageflags(args):

@@ -309,8 +309,11 @@ class Hotplug:
         per size name."""
         hugetlb = self.machine.hugetlb
         dissolved = {}
-        victims = sorted((head, size) for size, h in hugetlb.hstates.items() for head in h.folios
-                         if start <= head < block.end_pfn)
+        victims = []
+        for size, h in hugetlb.hstates.items():
+            heads = h.folios.heads()
+            victims.extend((head, size) for head in heads[heads.searchsorted(start):heads.searchsorted(block.end_pfn)].tolist())
+        victims.sort()
         for head, size in victims:
             h = hugetlb.hstates[size]
             if hugetlb.dissolve(h, head):

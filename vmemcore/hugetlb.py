@@ -8,32 +8,15 @@ boot (``gather_bootmem_prealloc``), and the HVO switch (``vm.hugetlb_optimize_vm
 ``hugetlb_free_vmemmap`` boot parameter) which affects only folios allocated afterwards.
 """
 
-import bisect
-from operator import attrgetter
-from typing import NamedTuple
-
 import attrs
 import numpy as np
 
 from . import profiles
 from .errors import BadRequest, SimulatorLimit, Veto
+from .hugetlb_pool import BOOT, OPTIMIZED, SURPLUS, Folio, FolioPool, Folios, FreeList
 from .hvo import Hvo
 from .physmem import Owner, Use
 from .units import format_size
-
-
-class Folio(NamedTuple):
-    """A HugeTLB folio: its head pfn, order and node; whether it came from boot memory and is a
-    surplus page. (A named tuple: a pool holds hundreds of thousands, made and compared fast.)"""
-
-    head: int
-    order: int
-    node: int
-    boot: bool = False
-    surplus: bool = False
-
-
-_SURPLUS = attrgetter("surplus")
 
 
 @attrs.define
@@ -42,8 +25,8 @@ class HState:
 
     size: object  # HugePageSize
     order: int
-    folios: dict = attrs.Factory(dict)  # head pfn -> Folio
-    free_lists: dict = attrs.Factory(dict)  # node -> [head pfn], front of the list at the end
+    folios: FolioPool  # head pfn -> Folio
+    free_lists: dict = attrs.Factory(dict)  # node -> FreeList
     next_nid_to_alloc: int = 0
     next_nid_to_free: int = 0
 
@@ -57,7 +40,7 @@ class HState:
 
     @property
     def surplus_huge_pages(self):
-        return sum(map(_SURPLUS, self.folios.values()))
+        return self.folios.count(SURPLUS)
 
 
 @attrs.frozen
@@ -82,8 +65,11 @@ class HugeTLB:
         self.hvo = Hvo(machine, remap)
         sizes = machine.hooks.hugepage_sizes(machine)
         page_shift = machine.geometry.page_shift
-        self.hstates = {s.size: HState(s, (s.size >> page_shift).bit_length() - 1) for s in sizes}
-        self.orders = sorted({h.order for h in self.hstates.values()})
+        self.hstates = {}
+        for s in sizes:
+            order = (s.size >> page_shift).bit_length() - 1
+            self.hstates[s.size] = HState(s, order, FolioPool(order, machine.journal))
+        self._pools = {h.order: h.folios for h in self.hstates.values()}
         self.support = machine.hooks.hvo_support(machine)
         self.optimize_vmemmap = False
         if optimize_vmemmap:
@@ -92,7 +78,7 @@ class HugeTLB:
 
     def snapshot(self):
         return (
-            {size: (dict(h.folios), {n: list(l) for n, l in h.free_lists.items()}, h.next_nid_to_alloc, h.next_nid_to_free)
+            {size: (h.folios.snapshot(), {n: l.tolist() for n, l in h.free_lists.items()}, h.next_nid_to_alloc, h.next_nid_to_free)
              for size, h in self.hstates.items()},
             self.optimize_vmemmap,
             self.hvo.snapshot(),
@@ -112,12 +98,15 @@ class HugeTLB:
 
     def folio_of(self, pfn):
         """The HugeTLB folio holding ``pfn``, or None."""
-        for order in self.orders:
-            head = pfn >> order << order
-            for h in self.hstates.values():
-                if h.order == order and head in h.folios:
-                    return h.folios[head]
+        for h in self.hstates.values():
+            head = pfn >> h.order << h.order
+            if head in h.folios:
+                return h.folios[head]
         return None
+
+    def pool(self, order) -> FolioPool:
+        """The folios of the hstate of ``order``."""
+        return self._pools[order]
 
     def folio(self, head):
         """The HugeTLB folio whose head pfn is ``head``."""
@@ -127,22 +116,19 @@ class HugeTLB:
         raise BadRequest(f"no HugeTLB folio has its head at pfn {head!r}")
 
     # -- journaled state changes ----------------------------------------------------------------
-    def _record(self, undo):
+    def _record(self, undo, *args):
         if self.machine.journal.active:
-            self.machine.journal.record(undo)
+            self.machine.journal.record(undo, *args)
 
-    def _put(self, h, folio):
-        old = h.folios.get(folio.head)
-        h.folios[folio.head] = folio
-        self._record(lambda: h.folios.__setitem__(folio.head, old) if old else h.folios.pop(folio.head))
-
-    def _push_free(self, h, folio):
-        stack = h.free_lists.get(folio.node)
+    def _push_free(self, h, node, heads):
+        """Put ``heads`` (on ``node``) at the head of its free list, one after another."""
+        stack = h.free_lists.get(node)
         if stack is None:
-            stack = h.free_lists[folio.node] = []
-            self._record(lambda: h.free_lists.pop(folio.node))
-        stack.append(folio.head)
-        self._record(stack.pop)
+            stack = h.free_lists[node] = FreeList()
+            self._record(lambda: h.free_lists.pop(node))
+        length = len(stack)
+        stack.push(heads)
+        self._record(lambda: stack.truncate(length))
 
     def _set_nid(self, h, name, value):
         old = getattr(h, name)
@@ -184,44 +170,31 @@ class HugeTLB:
         for k in range(len(nodes)):
             node = nodes[(first + k) % len(nodes)]
             self._set_nid(h, "next_nid_to_alloc", nodes[(first + k + 1) % len(nodes)])
-            folio = self._alloc_on(h, node)
-            if folio is not None:
-                return folio
+            head = self._alloc_on(h, node)
+            if head is not None:
+                return head, node
         return None
 
     def _alloc_on(self, h, node):
-        """A fresh folio of ``h`` on ``node`` alone (``__GFP_THISNODE``), or None."""
-        pfn = self.machine.physmem.alloc(1 << h.order, node, Use.HUGETLB, exact_nid=True, movable=self._movable(h))
-        return None if pfn is None else Folio(pfn, h.order, node)
+        """The head pfn of a fresh folio of ``h`` on ``node`` alone (``__GFP_THISNODE``), or None."""
+        return self.machine.physmem.alloc(1 << h.order, node, Use.HUGETLB, exact_nid=True, movable=self._movable(h))
 
-    def add_folios(self, h, folios):
+    def add_folios(self, h, heads, nodes):
         """``prep_and_add_allocated_folios`` (6.7+: the lot, in page_list order; before, called
-        for each fresh folio): into the pool, each at the head of its free list, then HVO for the
-        lot. Returns {head: reason} for folios HVO left alone."""
-        heads = [folio.head for folio in folios]
-        lengths = {node: len(stack) for node, stack in h.free_lists.items()}
-        self._record(lambda: self._unadd(h, heads, lengths))  # undoes any part of what follows
-        pool = h.folios
-        for folio in folios:
-            pool[folio.head] = folio
-        nodes = {folio.node for folio in folios}
-        if len(nodes) == 1:
-            h.free_lists.setdefault(nodes.pop(), []).extend(heads)
-        else:
-            for folio in folios:
-                h.free_lists.setdefault(folio.node, []).append(folio.head)
-        return self.hvo.optimize(list(folios)) if self.optimize_vmemmap else {}
-
-    @staticmethod
-    def _unadd(h, heads, lengths):
-        """Take the fresh folios ``heads`` out of the pool; free lists back to ``lengths``."""
-        for head in heads:
-            h.folios.pop(head, None)
-        for node in list(h.free_lists):
-            if node in lengths:
-                del h.free_lists[node][lengths[node]:]
-            else:
-                del h.free_lists[node]
+        for each fresh folio): the fresh folios ``heads`` (on ``nodes``, arrays) into the pool,
+        each at the head of its free list, then HVO for the lot. Returns {head: reason} for folios
+        HVO left alone."""
+        if len(heads) == 1:  # the folio-by-folio path, before 6.7
+            head, node = int(heads[0]), int(nodes[0])
+            h.folios.add_one(head, node)
+            self._push_free(h, node, heads)
+            return self.hvo.optimize([Folio(head, h.order, node)]) if self.optimize_vmemmap else {}
+        h.folios.add(heads, nodes)
+        for node in np.unique(nodes).tolist():
+            self._push_free(h, node, heads if len(nodes) and np.all(nodes == node) else heads[nodes == node])
+        if not self.optimize_vmemmap:
+            return {}
+        return self.hvo.optimize(Folios(heads, nodes, h.order))
 
     def resize(self, size, count):
         """Write ``count`` to ``nr_hugepages`` of ``size`` (``set_max_huge_pages``)."""
@@ -259,51 +232,53 @@ class HugeTLB:
         if len(nodes) == 1:  # no interleaving: one allocation sweep gives the same folios
             heads = self.machine.physmem.alloc_pages(attempts, nodes[0], Use.HUGETLB, h.order, exact_nid=True,
                                                      movable=self._movable(h))
-            fresh = [Folio(head, h.order, nodes[0]) for head in heads]
+            heads, on = np.asarray(heads, dtype=np.int64), np.full(len(heads), nodes[0], dtype=np.int64)
         else:
             fresh = []
-        while len(nodes) > 1 and h.nr_huge_pages + len(fresh) < count:
-            folio = self._alloc_folio(h)
-            if folio is None:
-                break
-            fresh.append(folio)
+            while h.nr_huge_pages + len(fresh) < count:
+                got = self._alloc_folio(h)
+                if got is None:
+                    break
+                fresh.append(got)
+            heads = np.array([head for head, _ in fresh], dtype=np.int64)
+            on = np.array([node for _, node in fresh], dtype=np.int64)
         # 6.7+: set_max_huge_pages list_add()s each fresh folio to its page_list, so HVO and the free
         # lists take them newest first and the oldest ends at the head of its free list; before,
         # each went to the head as it came
-        failed = self.add_folios(h, fresh[::-1] if pool_list else fresh)
-        return self._result(h, count, allocated=len(fresh), fresh=fresh, failed=failed)
+        failed = self.add_folios(h, heads[::-1], on[::-1]) if pool_list else self.add_folios(h, heads, on)
+        return self._result(h, count, allocated=len(heads), failed=failed)
 
     def _grow_one_by_one(self, h, count, node=None):
         """Before 6.7 (d67e32f26713) each fresh folio is optimized as it is allocated
         (``alloc_fresh_hugetlb_folio`` → ``prep_new_hugetlb_folio`` → ``hugetlb_vmemmap_optimize``),
         so the vmemmap pages one frees may hold the next folio's page table, new head page, or
         (merged) the next folio."""
-        fresh, failed = [], {}
+        allocated, failed = 0, {}
         while h.nr_huge_pages < count:
-            folio = self._alloc_folio(h) if node is None else self._alloc_on(h, node)
-            if folio is None:
+            got = self._alloc_folio(h) if node is None else self._alloc_on(h, node)
+            if got is None:
                 break
-            fresh.append(folio)
-            failed.update(self.add_folios(h, [folio]))
-        return self._result(h, count, allocated=len(fresh), fresh=fresh, failed=failed)
+            head, on = got if node is None else (got, node)
+            allocated += 1
+            failed.update(self.add_folios(h, np.array([head], dtype=np.int64), np.array([on], dtype=np.int64)))
+        return self._result(h, count, allocated=allocated, failed=failed)
 
-    def _result(self, h, requested, fresh=(), failed=None, **counts):
+    def _result(self, h, requested, allocated=0, failed=None, **counts):
         failed = failed or {}
-        eligible = len(fresh) if self.optimize_vmemmap and self.hvo.optimizable(h.order) else 0  # fresh: of h's order
+        eligible = allocated if self.optimize_vmemmap and self.hvo.optimizable(h.order) else 0  # fresh: of h's order
         reasons = {}
-        if self.optimize_vmemmap and eligible < len(fresh):
-            reasons["not optimizable"] = len(fresh) - eligible  # struct pages fill at most a page
+        if self.optimize_vmemmap and eligible < allocated:
+            reasons["not optimizable"] = allocated - eligible  # struct pages fill at most a page
         for error in failed.values():
             reasons[error] = reasons.get(error, 0) + 1
-        return ResizeResult(h.name, requested, h.nr_huge_pages, optimized=eligible - len(failed),
+        return ResizeResult(h.name, requested, h.nr_huge_pages, allocated=allocated, optimized=eligible - len(failed),
                             not_optimized=reasons, surplus=h.surplus_huge_pages, **counts)
 
     def take_free_folio(self, h, head):
         """Take a particular free folio off its free list (to dissolve it)."""
         folio = h.folios[head]
         stack = h.free_lists[folio.node]
-        index = stack.index(head)
-        del stack[index]
+        index = stack.remove(head)
         self._record(lambda: stack.insert(index, head))
         return folio
 
@@ -315,35 +290,35 @@ class HugeTLB:
         folio = self.take_free_folio(h, head)
         error = self.hvo.restore_folio(folio, 0)
         if not error:
-            self._free_folios(h, [folio])
+            self._free_folios(h, [folio.head])
         return error
 
     def _pick_free(self, h, count):
         """``remove_pool_hugetlb_folio`` up to ``count`` times: each takes the first free folio of
-        the next node to free from (round robin from ``next_nid_to_free``); journaled once."""
-        stacks = {node: stack for node, stack in h.free_lists.items() if stack}
-        saved = {node: list(stack) for node, stack in stacks.items()}, h.next_nid_to_free
-        victims, nid = [], h.next_nid_to_free
+        the next node to free from (round robin from ``next_nid_to_free``). Returns their heads,
+        in the order taken (an array)."""
+        stacks = {node: stack for node, stack in h.free_lists.items() if len(stack)}
+        nid = h.next_nid_to_free
         if len(stacks) == 1:  # one node: the top of its stack, in order
             (node, stack), = stacks.items()
-            taken = stack[len(stack) - min(count, len(stack)):]
-            del stack[len(stack) - len(taken):]
-            victims, nid = [h.folios[head] for head in reversed(taken)], node + 1
-        while len(victims) < count and any(stacks.values()):
-            nodes = sorted(node for node, stack in stacks.items() if stack)
-            node = next((n for n in nodes if n >= nid), nodes[0])
-            victims.append(h.folios[stacks[node].pop()])
-            nid = node + 1
-        if victims:
-            h.next_nid_to_free = nid
-            self._record(lambda: self._unpick(h, *saved))
+            victims, nid = stack.pop(count), node + 1
+            self._record(stack.push, victims[::-1])
+        else:
+            taken = []
+            while len(taken) < count and stacks:
+                nodes = sorted(stacks)
+                node = next((n for n in nodes if n >= nid), nodes[0])
+                stack = stacks[node]
+                head = stack.pop(1)
+                self._record(stack.push, head)
+                taken.append(int(head[0]))
+                if not len(stack):
+                    del stacks[node]
+                nid = node + 1
+            victims = np.array(taken, dtype=np.int64)
+        if len(victims):
+            self._set_nid(h, "next_nid_to_free", nid)
         return victims
-
-    @staticmethod
-    def _unpick(h, stacks, nid):
-        for node, heads in stacks.items():
-            h.free_lists[node][:] = heads
-        h.next_nid_to_free = nid
 
     def _shrink(self, h, count):
         victims = self._pick_free(h, h.nr_huge_pages - count)
@@ -351,26 +326,32 @@ class HugeTLB:
         freed = self.free_folios(h, victims[::-1])
         return self._result(h, count, freed=freed)
 
-    def free_folios(self, h, folios):
-        """``update_and_free_pages_bulk``: restore vmemmap in bulk and free what was restored; after
-        a failure retry, and when nothing could be restored go one by one: a folio whose vmemmap
-        cannot be restored stays in the pool as a surplus page (``bulk_vmemmap_restore_error``).
-        Before 6.7 (no batching) the loop is over folios: each has its vmemmap restored and is
-        freed before the next (``update_and_free_page``, ``update_and_free_hugetlb_folio`` from
-        6.2), so its memory may hold the next one's restored vmemmap."""
+    def free_folios(self, h, heads):
+        """``update_and_free_pages_bulk`` of the folios ``heads`` (an array, in page_list order):
+        restore vmemmap in bulk and free what was restored; after a failure retry, and when nothing
+        could be restored go one by one: a folio whose vmemmap cannot be restored stays in the
+        pool as a surplus page (``bulk_vmemmap_restore_error``). Before 6.7 (no batching) the loop
+        is over folios: each has its vmemmap restored and is freed before the next
+        (``update_and_free_page``, ``update_and_free_hugetlb_folio`` from 6.2), so its memory may
+        hold the next one's restored vmemmap. Returns how many were freed."""
+        heads = np.asarray(heads, dtype=np.int64)
+        if not np.any(h.folios.flags(heads) & OPTIMIZED):  # no vmemmap to restore
+            self._free_folios(h, heads)
+            return len(heads)
+        folios = Folios(heads, h.folios.nodes(heads), h.order)
         if not self.machine.profile.hvo_batched:
             freed = 0
             for folio in folios:
                 if self.hvo.restore_folio(folio, 0):
                     self._keep_surplus(h, folio)
                 else:
-                    self._free_folios(h, [folio])
+                    self._free_folios(h, [folio.head])
                     freed += 1
             return freed
-        todo, freed = list(folios), 0
+        todo, freed = folios, 0
         while todo:
             done, todo, error = self.hvo.restore(todo)
-            self._free_folios(h, done)
+            self._free_folios(h, done.heads)
             freed += len(done)
             if not error or done:
                 continue
@@ -379,7 +360,7 @@ class HugeTLB:
                 if self.hvo.restore_folio(self.folio(folio.head), 0):
                     self._keep_surplus(h, folio)
                     continue
-                self._free_folios(h, [self.folio(folio.head)])
+                self._free_folios(h, [folio.head])
                 freed += 1
                 rest = todo[index + 1:]
                 break
@@ -388,50 +369,47 @@ class HugeTLB:
 
     def _keep_surplus(self, h, folio):
         """A folio whose vmemmap could not be restored goes back to the pool as a surplus page."""
-        self._put(h, self.folio(folio.head)._replace(surplus=True))
-        self._push_free(h, self.folio(folio.head))
+        h.folios.set_flags([folio.head], SURPLUS)
+        self._push_free(h, folio.node, [folio.head])
         self.machine.stats.add("hugetlb_restore_failures", 1)
 
-    def _free_folios(self, h, folios):
-        """``update_and_free_hugetlb_folio`` of each folio: it leaves the pool and its memory goes
-        back to the page allocator a folio at a time in the list's order, so the free lists' heads
-        hold the folios freed last (``__free_one_page``); the pool changes and the descriptors to
-        forget are journaled once for all. The head vmemmap page, now holding plain struct pages
-        again, needs no descriptor."""
+    def _free_folios(self, h, heads):
+        """``update_and_free_hugetlb_folio`` of each folio of ``heads``: it leaves the pool and its
+        memory goes back to the page allocator a folio at a time in the list's order, so the free
+        lists' heads hold the folios freed last (``__free_one_page``). The head vmemmap page, now
+        holding plain struct pages again, needs no descriptor."""
+        heads = np.asarray(heads, dtype=np.int64)
+        if not len(heads):
+            return
         machine = self.machine
         structpages = machine.structpages
+        size = 1 << h.order
         suspects, home_heads = set(), {}  # folios with struct pages to check; head pages to forget
-        in_order = [folio.head for folio in folios]
-        if folios:
-            heads = sorted(in_order)
-            size = 1 << folios[0].order
-            for lo, hi in _clusters(heads, size):
-                for first, frame, home in structpages.materialised(heads[lo], heads[hi - 1] + size):
-                    head = heads[bisect.bisect_right(heads, first, lo, hi) - 1]
-                    if first >= head + size:
-                        continue  # between the folios freed
-                    if not home:
-                        suspects.add(head)
-                    elif first == head:
-                        home_heads[head] = frame
-        dropped = {}  # head -> folio, as they leave the pool
-        self._record(lambda: h.folios.update(dropped))  # undoes any part of what follows
-        if suspects:
-            freed = []
-            for folio in folios:
-                bad = folio.head in suspects and machine.bad_pages.free_folio_is_bad(folio)
-                dropped[folio.head] = h.folios.pop(folio.head)
-                if bad:  # free_pages_prepare refused it: leaked, its struct pages left for debugging
-                    machine.bad_pages.leak(folio.head, 1 << folio.order)
-                    continue
-                freed.append(folio.head)
-        else:  # nothing to check: the pool lets them all go
-            dropped.update(zip(in_order, map(h.folios.pop, in_order)))
-            freed = in_order
-        forget = [home_heads[head] for head in freed if head in home_heads] if home_heads else []
-        structpages.forget_many(forget)
+        ordered = np.sort(heads) if len(heads) > 1 else heads
+        for lo, hi in _clusters(ordered, size) if len(heads) > 1 else [(0, 1)]:
+            found = structpages.materialised(int(ordered[lo]), int(ordered[hi - 1]) + size)
+            if not found:
+                continue
+            cluster = ordered[lo:hi]
+            firsts = np.array([first for first, _, _ in found], dtype=np.int64)
+            owners = cluster[np.searchsorted(cluster, firsts, side="right") - 1]
+            for (first, frame, home), head in zip(found, owners.tolist()):
+                if first >= head + size:
+                    continue  # between the folios freed
+                if not home:
+                    suspects.add(head)
+                elif first == head:
+                    home_heads[head] = frame
+        # free_pages_prepare refuses a bad one: leaked, its struct pages left for debugging
+        bad = [head for head in heads.tolist() if head in suspects and machine.bad_pages.free_folio_is_bad(h.folios[head])]
+        h.folios.remove(heads)
+        for head in bad:
+            machine.bad_pages.leak(head, size)
+        freed = heads[~np.isin(heads, bad)] if bad else heads
+        if home_heads:
+            structpages.forget_many([home_heads[head] for head in freed.tolist() if head in home_heads])
         # one release per folio, in the list's order, as the kernel frees them
-        machine.physmem.release_blocks(np.array(freed, dtype=np.int64), 1 << h.order)
+        machine.physmem.release_blocks(freed, size)
 
     # -- boot -----------------------------------------------------------------------------------
     def reserve_boot_pages(self, size, count, node=None):
@@ -463,12 +441,12 @@ class HugeTLB:
         the head of the free list; since, gathered on a second list, oldest first."""
         if not self.machine.profile.hugetlb_pool_list:
             folios = folios[::-1]
-        preinit = self.hvo.optimize_bootmem_folios(folios)
         physmem = self.machine.physmem
         for folio in folios:
             physmem.retag(folio.head, 1 << folio.order, Owner(Use.HUGETLB))
-            self._put(h, folio)
-            self._push_free(h, folio)
+            h.folios.add_one(folio.head, folio.node, BOOT)
+            self._push_free(h, folio.node, [folio.head])
+        preinit = self.hvo.optimize_bootmem_folios(folios)
         rest = [f for f in folios if f not in preinit]
         return self.hvo.optimize(rest) if self.optimize_vmemmap else {}
 
@@ -477,12 +455,9 @@ CLUSTER_GAP = 64  # folios: a wider gap between freed folios is not scanned for 
 
 
 def _clusters(heads, size):
-    """``(lo, hi)`` index ranges of the sorted ``heads`` whose folios lie within ``CLUSTER_GAP``
-    folios of each other: the stretches of memory worth one scan of the vmemmap (a pool spread over
-    all of memory is scanned where its folios are, not across the memory between them)."""
-    lo = 0
-    for i in range(1, len(heads)):
-        if heads[i] - heads[i - 1] > CLUSTER_GAP * size:
-            yield lo, i
-            lo = i
-    yield lo, len(heads)
+    """``(lo, hi)`` index ranges of the sorted array ``heads`` whose folios lie within
+    ``CLUSTER_GAP`` folios of each other: the stretches of memory worth one scan of the vmemmap (a
+    pool spread over all of memory is scanned where its folios are, not across the memory between
+    them)."""
+    bounds = [0, *(np.flatnonzero(np.diff(heads) > CLUSTER_GAP * size) + 1).tolist(), len(heads)]
+    return zip(bounds, bounds[1:])

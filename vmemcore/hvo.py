@@ -5,7 +5,7 @@ Mirrors ``mm/hugetlb_vmemmap.c`` (as of v6.12, the default profile): the remap w
 ``vmemmap_restore_pte``, ``vmemmap_remap_free`` (new head page, rollback walk),
 ``vmemmap_remap_alloc``/``alloc_vmemmap_page_list``, ``free_vmemmap_page``, the single-folio and
 batched ``hugetlb_vmemmap_optimize_folio(s)`` / ``hugetlb_vmemmap_restore_folio(s)``, the
-``HPG_vmemmap_optimized`` flag (:class:`Hvo` owns it), and 6.15+'s boot-time gigantic pages built
+``HPG_vmemmap_optimized`` flag (kept in the pool's folio flags), and 6.15+'s boot-time gigantic pages built
 optimized (``hugetlb_vmemmap_init_early``, ``hugetlb_vmemmap_optimize_bootmem_folios``). The kernel
 profile picks the variant: the v17 design's two reserved pages (5.14), the kept head page (6.1), the
 new head page with fallback (6.2+), batching (6.7+), and 7.1's shared read-only tail page.
@@ -19,6 +19,7 @@ import attrs
 import numpy as np
 
 from .errors import BadRequest, OutOfMemory
+from .hugetlb_pool import OPTIMIZED, Folios
 from .live_entries import LiveWriter, RemapStrategy
 from .pagetable import RDONLY, table_index_range
 from .physmem import Use, block_runs
@@ -75,24 +76,29 @@ class Hvo:
         self.tail_pages = {}  # (node, order) -> frame of 7.1's shared tail page (zone->vmemmap_tails)
         self._home_copies = {}  # where a restored copy sits in its folio -> does it read like home?
         self.batch_runs = True  # remap runs of folios a page table at a time (False: folio by folio)
-        self.optimized = set()  # heads of folios whose vmemmap HVO holds (HPG_vmemmap_optimized)
         self._optimizable = {}  # order -> vmemmap pages HVO frees per folio
         self.preinit = []  # boot folios whose vmemmap sparse_init builds optimized (6.15+)
 
     def snapshot(self):
-        return dict(self.tail_pages), set(self.optimized)
+        return dict(self.tail_pages)
 
-    # -- the optimized flag (HPG_vmemmap_optimized) ------------------------------------------------
+    # -- the optimized flag (HPG_vmemmap_optimized, kept by the pool) -------------------------------
     def is_optimized(self, head) -> bool:
-        return head in self.optimized
+        return any(h.folios.has(head, OPTIMIZED) for h in self.machine.hugetlb.hstates.values())
 
-    def should_optimize(self, folios) -> list:
-        """The folios ``vmemmap_should_optimize_folio`` passes: HVO on, the folio not optimized
-        yet, and something to free."""
-        if not self.machine.hugetlb.optimize_vmemmap:
-            return []
-        optimized, pages = self.optimized, {order: self.optimizable(order) for order in {f.order for f in folios}}
-        return [f for f in folios if pages[f.order] > 0 and f.head not in optimized]
+    def _optimized(self, folios):
+        """Whether each of ``folios`` (:class:`Folios`) is optimized: a bool array."""
+        if not len(folios):
+            return np.zeros(0, dtype=bool)
+        return self.machine.hugetlb.pool(folios.order).flags(folios.heads) & OPTIMIZED != 0
+
+    def should_optimize(self, folios) -> Folios:
+        """The folios ``vmemmap_should_optimize_folio`` passes (of ``folios``, :class:`Folios`):
+        HVO on, the folio not optimized yet, and something to free."""
+        if not self.machine.hugetlb.optimize_vmemmap or not self.optimizable(folios.order):
+            return folios[:0]
+        optimized = self._optimized(folios)
+        return folios[~optimized] if optimized.any() else folios
 
     def optimizable(self, order) -> int:
         """:func:`optimizable_pages` of ``order`` on this machine (the same for every folio)."""
@@ -101,22 +107,13 @@ class Hvo:
             pages = self._optimizable[order] = optimizable_pages(self.machine, order)
         return pages
 
-    def set_optimized(self, head, value):
+    def set_optimized(self, folio, value):
         """Set or clear the folio's vmemmap-optimized flag, journaled."""
-        if (head in self.optimized) == value:
-            return
-        (self.optimized.add if value else self.optimized.discard)(head)
-        journal = self.machine.journal
-        if journal.active:
-            journal.record(lambda: (self.optimized.discard if value else self.optimized.add)(head))
+        self.machine.hugetlb.pool(folio.order).set_flags([folio.head], OPTIMIZED, value)
 
-    def set_optimized_many(self, heads, value=True):
-        """Set (or clear) the flag of the folios ``heads`` (none of them in that state yet),
-        journaled once."""
-        (self.optimized.update if value else self.optimized.difference_update)(heads)
-        journal = self.machine.journal
-        if journal.active:
-            journal.record(lambda: (self.optimized.difference_update if value else self.optimized.update)(heads))
+    def set_optimized_many(self, order, heads, value=True):
+        """Set (or clear) the flag of the folios ``heads`` of ``order``, journaled once."""
+        self.machine.hugetlb.pool(order).set_flags(heads, OPTIMIZED, value)
 
     # -- boot-time gigantic pages built optimized (6.15+) ------------------------------------------
     def plan_preinit(self, folios):
@@ -162,7 +159,7 @@ class Hvo:
             start = m.pfn_to_page(folio.head)
             if m.profile.hvo_tail_page is not HvoTailPage.SHARED:
                 self.alias_head_page(start)
-            self.set_optimized(folio.head, True)
+            self.set_optimized(folio, True)
             self.wrprotect(start + m.geometry.page_size, start + (m.sparse_geometry.struct_page_size << folio.order))
         return preinit
 
@@ -292,7 +289,8 @@ class Hvo:
             # the outcome depends only on where source and target sit in the folio
             first = getattr(source, "first_pfn", None)
             key = (type(source), None if first is None else first - folio.head,
-                   min(target - folio.head, structpages.per_page), folio.order, self.is_optimized(folio.head))
+                   min(target - folio.head, structpages.per_page), folio.order,
+                   m.hugetlb.pool(folio.order).has(folio.head, OPTIMIZED))
         same = self._home_copies.get(key)
         copy = None
         if same is None:
@@ -392,13 +390,13 @@ class Hvo:
             walk.tail_page = self.shared_tail_page(node, folio.order)
             if walk.tail_page is None:
                 return ENOMEM
-        self.set_optimized(folio.head, True)  # set first, so the new head page's copy carries it
+        self.set_optimized(folio, True)  # set first, so the new head page's copy carries it
         walk.reuse_addr = start + (profile.hvo_reserve_pages - 1) * self.page
         if profile.hvo_head_page is not HvoHeadPage.KEEP:
             if head is UNTRIED:
                 head = self._alloc_page(node)
             if head is None and profile.hvo_head_page is HvoHeadPage.ALWAYS:
-                self.set_optimized(folio.head, False)
+                self.set_optimized(folio, False)
                 return ENOMEM
             if head is not None:
                 m.structpages.describe(head, m.structpages.copy_page(walk.reuse_addr))
@@ -412,7 +410,7 @@ class Hvo:
         if error and walk.nr_walked:
             self._rollback(walk)
         if error:
-            self.set_optimized(folio.head, False)
+            self.set_optimized(folio, False)
         return error
 
     def _rollback(self, failed):
@@ -427,7 +425,7 @@ class Hvo:
     def restore_folio(self, folio, flags):
         """``__hugetlb_vmemmap_restore_folio``: None on success, else ENOMEM (folio unchanged)."""
         m = self.machine
-        if not self.is_optimized(folio.head):
+        if not m.hugetlb.pool(folio.order).has(folio.head, OPTIMIZED):
             return None
         start, end = self._range(folio)
         reserve = m.profile.hvo_reserve_pages * self.page
@@ -447,7 +445,7 @@ class Hvo:
             frame = m.vmemmap.translate(vaddr) >> m.geometry.page_shift
             if structpages.reads_like_home(structpages.contents.get(frame), vaddr):
                 structpages.describe(frame, None)
-        self.set_optimized(folio.head, False)
+        self.set_optimized(folio, False)
         return None
 
     # -- entry points ---------------------------------------------------------------------------
@@ -457,15 +455,18 @@ class Hvo:
         Returns {head: error} for the folios left unoptimized."""
         m = self.machine
         failed = {}
-        todo = self.should_optimize(folios)
         if not m.profile.hvo_batched:
-            for folio in todo:
+            on = m.hugetlb.optimize_vmemmap
+            for folio in folios:
+                if not on or not self.optimizable(folio.order) or m.hugetlb.pool(folio.order).has(folio.head, OPTIMIZED):
+                    continue  # vmemmap_should_optimize_folio says no
                 pages = []
                 error = self.optimize_folio(folio, pages, 0)
                 self.free_page_list(pages)
                 if error:
                     failed[folio.head] = error
             return failed
+        todo = self.should_optimize(Folios.of(folios))
         self._split_pass(todo)
         m.flush_tlb_all()
         pages = []
@@ -506,48 +507,50 @@ class Hvo:
 
     def restore(self, folios):
         """``hugetlb_vmemmap_restore_folios`` (or one at a time before 6.7): restore in order and
-        stop at the first failure. Returns (folios with a full vmemmap, the rest, error)."""
+        stop at the first failure. Returns (folios with a full vmemmap, the rest, error), the two
+        as :class:`Folios`."""
         m = self.machine
+        folios = Folios.of(folios)
         batched = m.profile.hvo_batched
-        optimized = self.optimized
-        done, restored, error = [], 0, None
-        runs = self._runs(folios) if batched else [(list(folios), False)]
+        restored, error = 0, None
+        runs = self._runs(folios) if batched else [(folios, False)]
         ahead, ahead_end = None, 0  # vmemmap pages drawn for the groups up to run ahead_end
-        flagged = [[f.head in optimized for f in run] for run, _ in runs]  # a restore changes only its own
+        optimized = self._optimized(folios)  # a restore changes only its own
+        starts = np.cumsum([0] + [len(run) for run, _ in runs]).tolist()  # where each run starts in folios
+        per_folio = self.optimizable(folios.order)
         for r, (run, groupable) in enumerate(runs):
             if r >= ahead_end:
                 ahead = _used_up(ahead)
-            flags = flagged[r]
+            flags = optimized[starts[r]:starts[r + 1]]
             k = 0
             while k < len(run):
                 if not flags[k]:
-                    done.append(run[k])
                     k += 1
                     continue
                 if groupable:  # the optimized folios from here on
-                    n = next((j for j in range(k, len(run)) if not flags[j]), len(run)) - k
+                    plain = np.flatnonzero(~flags[k:])
+                    n = int(plain[0]) if len(plain) else len(run) - k
                     if ahead is None:
                         ahead_end = self._stretch(runs, r, lambda folio: True)
-                        # the optimized folios from here to the stretch's end (a run: one order)
-                        pages = sum(self.optimizable(runs[j][0][0].order) * sum(flagged[j][k if j == r else 0:])
-                                    for j in range(r, ahead_end))
+                        # the optimized folios from here to the stretch's end
+                        pages = per_folio * int(np.count_nonzero(optimized[starts[r] + k:starts[ahead_end]]))
                         ahead = FramesAhead(m.physmem.alloc_sequence([(Use.MEMMAP, pages)], run[k].node))
                     count, error = self._restore_group(run[k:k + n], ahead)
                 else:
                     error = self.restore_folio(run[k], REMAP_NO_TLB_FLUSH if batched else 0)
                     count = 0 if error else 1
-                done.extend(run[k:k + count])
                 restored += count
                 k += count
                 if error:
                     _used_up(ahead)
                     if batched and restored:
                         m.flush_tlb_all()
-                    return done, run[k:] + [f for later, _ in runs[r + 1:] for f in later], error
+                    at = starts[r] + k
+                    return folios[:at], folios[at:], error
         _used_up(ahead)
         if batched and restored:
             m.flush_tlb_all()
-        return done, [], None
+        return folios, folios[:0], None
 
     # -- batches a page table at a time ---------------------------------------------------------
     def _any_self_hosted(self):
@@ -556,10 +559,10 @@ class Hvo:
     def _split_pass(self, todo):
         """Pass 1 of the batch: split every PMD the folios' vmemmap needs, stopping at the first
         ENOMEM. Each PMD is split when the first folio needing it comes, as one walk per folio would."""
-        if not todo:
+        if not len(todo):
             return
         m = self.machine
-        if self._any_self_hosted() or len({f.order for f in todo}) > 1:
+        if self._any_self_hosted():
             for folio in todo:
                 if self.split_folio(folio) == ENOMEM:
                     return
@@ -567,9 +570,9 @@ class Hvo:
         depth = m.geometry.pmd_depth
         span = m.geometry.levels[depth].entry_span
         size = m.sparse_geometry.struct_page_size
-        heads = np.array([f.head for f in todo], dtype=np.int64)
+        heads = todo.heads
         first = (heads * size + (m.profile.hvo_reserve_pages - 1) * self.page) // span
-        last = (heads * size + (size << todo[0].order) - 1) // span
+        last = (heads * size + (size << todo.order) - 1) // span
         pmds = (first[:, None] + np.arange(int((last - first).max()) + 1)).ravel()
         pmds = pmds[pmds <= np.repeat(last, len(pmds) // len(heads))]
         _, where = np.unique(pmds, return_index=True)
@@ -607,27 +610,25 @@ class Hvo:
         """Split ``folios`` into runs, each marked True when its folios' whole vmemmap lies in one
         existing PTE table on one node, so that a batch can remap the run with a few array writes."""
         m = self.machine
-        if not folios or not self.batch_runs or m.profile.hvo_reserve_pages != 1 or self._any_self_hosted():
-            return [(list(folios), False)]
+        if not len(folios) or not self.batch_runs or m.profile.hvo_reserve_pages != 1 or self._any_self_hosted():
+            return [(folios, False)]
         span = m.geometry.levels[-1].table_span
         size = m.sparse_geometry.struct_page_size
         n = len(folios)
-        heads = np.array([f.head for f in folios], dtype=np.int64)
-        orders = np.array([f.order for f in folios], dtype=np.int64)
-        nodes = np.array([f.node for f in folios], dtype=np.int64)
-        offsets, vmemmap = heads * size, size << orders
+        heads, nodes = folios.heads, folios.nodes
+        offsets, vmemmap = heads * size, size << folios.order
         table = offsets // span
         alone = (vmemmap < self.page) | (table != (offsets + vmemmap - 1) // span)  # vmemmap over tables
-        # a run ends where the next folio differs in order, node or PTE table, and around a lone one
+        # a run ends where the next folio differs in node or PTE table, and around a lone one
         cut = np.ones(n, dtype=bool)
-        cut[1:] = alone[1:] | alone[:-1] | (orders[1:] != orders[:-1]) | (nodes[1:] != nodes[:-1]) | (table[1:] != table[:-1])
+        cut[1:] = alone[1:] | alone[:-1] | (nodes[1:] != nodes[:-1]) | (table[1:] != table[:-1])
         starts = np.flatnonzero(cut).tolist()
         runs = []
         for i, j in zip(starts, starts[1:] + [n]):
             if alone[i]:
                 runs.append((folios[i:j], False))
                 continue
-            split = m.pagetable.walk(m.pfn_to_page(folios[i].head), len(m.geometry.levels) - 1) is not None
+            split = m.pagetable.walk(m.pfn_to_page(int(heads[i])), len(m.geometry.levels) - 1) is not None
             runs.append((folios[i:j], split))
         return runs
 
@@ -635,10 +636,10 @@ class Hvo:
         """The PTE table of a group and the (folios x vmemmap pages) index array of its entries (of
         the narrowest type that holds them: the journal keeps it)."""
         m = self.machine
-        table = m.pagetable.walk(m.pfn_to_page(group[0].head), len(m.geometry.levels) - 1)
+        table = m.pagetable.walk(m.pfn_to_page(int(group.heads[0])), len(m.geometry.levels) - 1)
         size = m.sparse_geometry.struct_page_size
-        pages = (size << group[0].order) // self.page
-        offsets = np.array([f.head for f in group], dtype=np.int64) * size
+        pages = (size << group.order) // self.page
+        offsets = group.heads * size
         first = (offsets - (table.base - m.sparse_geometry.vmemmap_base)) // self.page
         return table, (first[:, None] + np.arange(pages)).astype(np.min_scalar_type(table.level.entries))
 
@@ -652,9 +653,9 @@ class Hvo:
         """The index of the first run after ``r`` that is not groupable, is on another node than
         ``runs[r]``, or holds folios ``groups`` refuses. The runs before it allocate one after
         another with nothing else allocated or freed between them, so one sweep draws them all."""
-        node = runs[r][0][0].node
+        node = int(runs[r][0].nodes[0])
         end = r + 1
-        while end < len(runs) and runs[end][1] and runs[end][0][0].node == node and groups(runs[end][0][0]):
+        while end < len(runs) and runs[end][1] and int(runs[end][0].nodes[0]) == node and groups(runs[end][0][0]):
             end += 1
         return end
 
@@ -676,13 +677,12 @@ class Hvo:
         old = table.pfns[index]
         new = np.empty_like(old)
         new[:, 0] = heads
-        new[:, 1:] = self.tail_pages[(group[0].node, group[0].order)] if m.profile.hvo_tail_page is HvoTailPage.SHARED else heads[:, None]
+        new[:, 1:] = self.tail_pages[(int(group.nodes[0]), group.order)] if m.profile.hvo_tail_page is HvoTailPage.SHARED else heads[:, None]
         flags = np.full(old.shape, RDONLY, dtype=np.uint8)
         flags[:, 0] = 0
         per_page = structpages.per_page
-        folio_heads = [folio.head for folio in group]
-        self.set_optimized_many(folio_heads)
-        firsts = np.array(folio_heads, dtype=np.int64) // per_page * per_page
+        self.set_optimized_many(group.order, group.heads)
+        firsts = group.heads // per_page * per_page
         sources = structpages.contents.get_many(old[:, 0])  # what the old head pages hold, if anything
         if any(sources):
             structpages.describe_many(heads, [source or CopyOf(first) for source, first in zip(sources, firsts.tolist())])
@@ -720,7 +720,7 @@ class Hvo:
         if count:
             group, index, tails = group[:count], index[:count], tails[:count]
             if m.profile.hvo_tail_page is HvoTailPage.SHARED:
-                source = np.full(count, self.tail_pages[(group[0].node, group[0].order)], dtype=np.int64)
+                source = np.full(count, self.tail_pages[(int(group.nodes[0]), group.order)], dtype=np.int64)
             else:
                 source = table.pfns[index[:, 0]]  # the reuse page: what the head PTE maps
             if np.any(table.pfns[tails] != source[:, None]):
@@ -731,8 +731,7 @@ class Hvo:
             structpages, copied, copies, forget = m.structpages, [], [], []
             contents, per_page = structpages.contents, structpages.per_page
             heads = table.pfns[index[:, 0]]
-            folio_heads = np.array([f.head for f in group], dtype=np.int64)
-            if np.array_equal(heads, source) and np.array_equal(contents.plain_firsts(source), folio_heads) \
+            if np.array_equal(heads, source) and np.array_equal(contents.plain_firsts(source), group.heads) \
                     and self._restored_copy(CopyOf(group[0].head), group[0].head + per_page, group[0]) is None:
                 # each folio's reuse page is its head page, a plain copy of home: the same outcome
                 # for all (restored copies read like home; each head page at home alone again)
@@ -747,7 +746,7 @@ class Hvo:
                     if at_home(contents.get(head), folio.head):
                         forget.append(head)
             structpages.describe_many(copied, copies)
-            self.set_optimized_many([folio.head for folio in group], False)
+            self.set_optimized_many(group.order, group.heads, False)
             self.writer.set_leaves(table, tails.ravel(), fresh.ravel(), 0, "vmemmap_restore_pte")
             structpages.forget_many(forget)  # once no tail maps them
             m.stats.add(NR_MEMMAP_PAGES, count * per_folio)

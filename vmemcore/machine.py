@@ -337,7 +337,7 @@ class Machine:
         every table frame and every mapped memmap frame is owned as such, nothing owned as memmap
         or page table is unmapped, and the frames owned by HugeTLB are exactly its pools' folios."""
         self.physmem.check()
-        folios = [(np.fromiter(h.folios, np.int64, len(h.folios)), 1 << h.order) for h in self.hugetlb.hstates.values()]
+        folios = [(h.folios.heads(), 1 << h.order) for h in self.hugetlb.hstates.values()]
         _assert_owned(self.physmem, Use.HUGETLB, folios, arrays=True)
         per_frame = {}
         for table in self.pagetable.all_tables():

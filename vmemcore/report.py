@@ -7,6 +7,7 @@ import numpy as np
 
 from . import structpage
 from .hotplug import BlockState
+from .hugetlb_pool import BOOT, OPTIMIZED
 from .hvo import optimizable_pages
 from .pagetable import LEAF, PRESENT
 from .physmem import MOVABLE, NORMAL, Use
@@ -136,7 +137,7 @@ def _hvo_saving(machine) -> dict:
     sake (``hvo_needs_basepage_vmemmap``), which assumes the arch maps it with PMD leaves otherwise."""
     page = machine.geometry.page_size
     hugetlb = machine.hugetlb
-    optimized = {h.name: sum(map(hugetlb.hvo.is_optimized, h.folios)) for _, h in sorted(hugetlb.hstates.items())}
+    optimized = {h.name: h.folios.count(OPTIMIZED) for _, h in sorted(hugetlb.hstates.items())}
     saved = sum(optimizable_pages(machine, h.order) * optimized[h.name] for h in hugetlb.hstates.values())
     splits = machine.stats["hvo_pmd_splits"]
     pte = machine.geometry.levels[-1]
@@ -300,8 +301,8 @@ def hugetlb_report(hugetlb) -> dict:
             h.name: {
                 "nr_hugepages": h.nr_huge_pages,
                 "surplus": h.surplus_huge_pages,
-                "optimized": sum(map(hugetlb.hvo.is_optimized, h.folios)),
-                "boot": sum(f.boot for f in h.folios.values()),
+                "optimized": h.folios.count(OPTIMIZED),
+                "boot": h.folios.count(BOOT),
             }
             for _, h in sorted(hugetlb.hstates.items())
         },
