@@ -280,13 +280,18 @@ def test_an_unexpected_exception_is_still_a_bug(monkeypatch):
 
 # ---------------------------------------------------------------------------------- the simulator's own memory
 
-def test_a_pool_larger_than_the_simulator_keeps_is_refused(monkeypatch):
+@pytest.mark.parametrize("hvo, limit, other", [(False, "MAX_FOLIOS", "MAX_RECORDS"), (True, "MAX_RECORDS", "MAX_FOLIOS")])
+def test_a_pool_larger_than_the_simulator_keeps_is_refused(monkeypatch, hvo, limit, other):
     # 1 GiB less the 32 MiB kernel image holds about 490 pages of 2 MiB: with the limit at 100, 10**12
-    # (capped at what memory holds) is refused before anything changes, while 100 fit
-    monkeypatch.setattr(SimulatorLimit, "MAX_RECORDS", 100)
-    m = small()
+    # (capped at what memory holds) is refused before anything changes, while 100 fit. A pool's
+    # folios are arrays (MAX_FOLIOS); HVO keeps much more per folio (MAX_RECORDS), and the other
+    # limit does not apply
+    monkeypatch.setattr(SimulatorLimit, limit, 100)
+    monkeypatch.setattr(SimulatorLimit, other, 10)
+    m = small(hugetlb={"optimize_vmemmap": hvo})
     before = m.snapshot()
-    with pytest.raises(SimulatorLimit, match="nr_hugepages 1,000,000,000,000 of 2M: up to 48[0-9] new HugeTLB pages") as info:
+    with pytest.raises(SimulatorLimit, match="nr_hugepages 1,000,000,000,000 of 2M: up to 48[0-9] new HugeTLB pages, "
+                                             "more than the 100 ") as info:
         m.hugetlb.resize("2M", 10**12)
     assert info.value.errno_name == "ENOMEM" and m.snapshot() == before
     assert m.hugetlb.resize("2M", 99).nr_hugepages == 99

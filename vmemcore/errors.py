@@ -38,14 +38,16 @@ class OutOfMemory(VmemcoreError):
 
 class SimulatorLimit(VmemcoreError):
     """The simulator would need more of its own memory than it allows: it keeps a record of some
-    kilobytes per HugeTLB page and memory block, so an operation that would create more than
-    ``MAX_RECORDS`` of them is refused, as is one over more than ``MAX_SECTIONS`` sections (each
+    kilobytes per HugeTLB page HVO optimizes and per memory block, so an operation that would
+    create more than ``MAX_RECORDS`` of them (``MAX_FOLIOS`` HugeTLB pages a grow allocates on one
+    node without HVO, a few dozen bytes each) is refused, as is one over more than ``MAX_SECTIONS`` sections (each
     leaves journal records), and ``MAX_TABLES`` page tables (up to 18 KiB each while an
     operation's journal holds their old entries) are all a machine may have; the machine is left
     as it was (-ENOMEM). The kernel has no such limit."""
 
     errno = -ENOMEM
     MAX_RECORDS = 1 << 20  # about 5 GiB of the simulator's memory at worst
+    MAX_FOLIOS = 1 << 26  # HugeTLB folios one grow allocates on one node without HVO: under 100 bytes each
     MAX_TABLES = 1 << 18  # a 1 PiB x86_64 machine has 16,417; an HVO'd 1 TiB pool adds 8,192
     MAX_SECTIONS = 1 << 18  # sections one memmap operation adds or removes (32 TiB of x86_64's)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import profiles
 from .errors import BadRequest, SimulatorLimit, Veto
-from .hugetlb_pool import BOOT, OPTIMIZED, SURPLUS, Folio, FolioPool, Folios, FreeList
+from .hugetlb_pool import BOOT, OPTIMIZED, SURPLUS, Folio, FolioPool, Folios, FreeList, ascending
 from .hvo import Hvo
 from .physmem import Owner, Use
 from .units import format_size
@@ -223,9 +223,13 @@ class HugeTLB:
         # set_max_huge_pages allocates until an allocation fails: no more than the free frames can
         # hold, plus the attempt that fails, whatever count was asked for
         attempts = min(count - h.nr_huge_pages, (self.machine.physmem.free_pages() >> h.order) + 1)
-        if attempts > SimulatorLimit.MAX_RECORDS:
+        # a folio costs the pool 19 bytes; one HVO optimizes, or one allocated node by node, much more
+        optimizing = self.optimize_vmemmap and self.hvo.optimizable(h.order)
+        limit = SimulatorLimit.MAX_RECORDS if optimizing or len(nodes) > 1 else SimulatorLimit.MAX_FOLIOS
+        if attempts > limit:
             raise SimulatorLimit(f"nr_hugepages {count:,} of {h.name}: up to {attempts:,} new HugeTLB pages, more than the "
-                                 f"{SimulatorLimit.MAX_RECORDS:,} the simulator keeps records of in one operation")
+                                 f"{limit:,} the simulator keeps records of in one operation"
+                                 + (" with HVO on" if optimizing else " on more than one node" if len(nodes) > 1 else ""))
         pool_list = self.machine.profile.hugetlb_pool_list
         if self.optimize_vmemmap and not pool_list:
             return self._grow_one_by_one(h, count, node)
@@ -335,7 +339,7 @@ class HugeTLB:
         (``update_and_free_page``, ``update_and_free_hugetlb_folio`` from 6.2), so its memory may
         hold the next one's restored vmemmap. Returns how many were freed."""
         heads = np.asarray(heads, dtype=np.int64)
-        if not np.any(h.folios.flags(heads) & OPTIMIZED):  # no vmemmap to restore
+        if not h.folios.count(OPTIMIZED) or not (h.folios.flags(heads) & OPTIMIZED).any():  # no vmemmap to restore
             self._free_folios(h, heads)
             return len(heads)
         folios = Folios(heads, h.folios.nodes(heads), h.order)
@@ -385,7 +389,7 @@ class HugeTLB:
         structpages = machine.structpages
         size = 1 << h.order
         suspects, home_heads = set(), {}  # folios with struct pages to check; head pages to forget
-        ordered = np.sort(heads) if len(heads) > 1 else heads
+        ordered = ascending(heads)[0] if len(heads) > 1 else heads
         for lo, hi in _clusters(ordered, size) if len(heads) > 1 else [(0, 1)]:
             found = structpages.materialised(int(ordered[lo]), int(ordered[hi - 1]) + size)
             if not found:

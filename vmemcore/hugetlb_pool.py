@@ -221,13 +221,17 @@ class FolioPool:
                 self._settle()
             return
         self._settle()  # (no entry gone may share a head with one added)
-        order = np.argsort(heads, kind="stable")
-        heads, nodes, flags = heads[order], nodes[order], flags[order]
-        if np.any(np.diff(heads) == 0) or np.any(lookup(self._heads, heads)[1]):
+        heads, nodes, flags = ascending(heads, nodes, flags)
+        if (heads[1:] == heads[:-1]).any() or lookup(self._heads, heads)[1].any():
             raise KeyError("a folio added is in the pool already")
-        at = np.searchsorted(self._heads, heads)
-        self._heads, self._nodes, self._flags = (np.insert(self._heads, at, heads), np.insert(self._nodes, at, nodes),
-                                                 np.insert(self._flags, at, flags))
+        pool = self._heads
+        if not len(pool) or heads[0] > pool[-1]:  # after every folio there: appended
+            merged = (np.concatenate((pool, heads)), np.concatenate((self._nodes, nodes.astype(_NODE))),
+                      np.concatenate((self._flags, flags.astype(np.uint8))))
+        else:
+            at = pool.searchsorted(heads)
+            merged = np.insert(pool, at, heads), np.insert(self._nodes, at, nodes), np.insert(self._flags, at, flags)
+        self._heads, self._nodes, self._flags = merged
 
     def remove(self, heads):
         """Folios ``heads`` (array-like, all in the pool) leave it."""
@@ -289,6 +293,18 @@ class FolioPool:
             return
         self._merged()
         self._flags[self._find(heads)] = flags
+
+
+def ascending(heads, *rest):
+    """``heads`` and the arrays ``rest`` in ascending order of ``heads`` (a grow's heads come
+    ascending or, newest first, descending: no sort needed then)."""
+    steps = np.diff(heads)
+    if (steps > 0).all():
+        return (heads, *rest)
+    if (steps < 0).all():
+        return (heads[::-1], *(a[::-1] for a in rest))
+    order = np.argsort(heads, kind="stable")
+    return (heads[order], *(a[order] for a in rest))
 
 
 class FreeList:
@@ -360,8 +376,17 @@ class Folios:
 
     def __init__(self, heads, nodes, order):
         self.heads = np.asarray(heads, dtype=np.int64)
-        self.nodes = np.broadcast_to(np.asarray(nodes, dtype=np.int64), self.heads.shape)
+        self.nodes = np.asarray(nodes, dtype=np.int64)
+        if self.nodes.shape != self.heads.shape:
+            self.nodes = np.broadcast_to(self.nodes, self.heads.shape)
         self.order = order
+
+    @classmethod
+    def _part(cls, heads, nodes, order):
+        """Folios of arrays already made (a slice's: no checks, as it is made per page table)."""
+        part = cls.__new__(cls)
+        part.heads, part.nodes, part.order = heads, nodes, order
+        return part
 
     @classmethod
     def of(cls, folios):
@@ -378,7 +403,7 @@ class Folios:
 
     def __getitem__(self, key):
         if isinstance(key, (slice, np.ndarray)):
-            return Folios(self.heads[key], self.nodes[key], self.order)
+            return Folios._part(self.heads[key], self.nodes[key], self.order)
         return Folio(int(self.heads[key]), self.order, int(self.nodes[key]))
 
     def __iter__(self):
